@@ -1,0 +1,20 @@
+"""Pure-PyTorch paged attention: the golden every kernel is judged against.
+
+Never imports ``kernels``: the reference must stay independent of what it checks.
+"""
+
+from .masks import visibility
+from .paged import FP8_DTYPES, is_fp8, unified_attention
+from .split import Partials, merge_partials, segment_bounds, segment_partials, split_kv_attention
+
+__all__ = [
+    "FP8_DTYPES",
+    "Partials",
+    "is_fp8",
+    "merge_partials",
+    "segment_bounds",
+    "segment_partials",
+    "split_kv_attention",
+    "unified_attention",
+    "visibility",
+]

@@ -1,0 +1,91 @@
+"""Split-KV semantics: per-segment partial results and their log-sum-exp merge.
+
+A segment is a contiguous range of key positions. For each (query, head) it yields the running
+max ``m`` of its logits, the exp-sum ``l = sum(exp(s - m))`` and the unnormalized output
+``acc = sum(exp(s - m) * v)``. A segment with no visible key has ``m = -inf, l = 0, acc = 0`` and
+contributes nothing to the merge. Merging all segments must equal single-pass attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .paged import compute_dtype_for, sequence_scores, write_output
+
+
+@dataclass(frozen=True)
+class Partials:
+    """One sequence's split-KV partials, ``num_segments`` first.
+
+    max, expsum: ``[num_segments, heads, q_len]``; acc: ``[num_segments, heads, q_len, head_size]``.
+    """
+
+    max: torch.Tensor
+    expsum: torch.Tensor
+    acc: torch.Tensor
+
+
+def segment_bounds(seq_len: int, num_segments: int) -> list[tuple[int, int]]:
+    """Split key positions ``0 .. seq_len`` into ``num_segments`` equal spans (later ones may be empty)."""
+    span = -(-seq_len // num_segments) if seq_len else 0
+    return [(min(s * span, seq_len), min((s + 1) * span, seq_len)) for s in range(num_segments)]
+
+
+def segment_partials(scores: torch.Tensor, values: torch.Tensor, bounds) -> Partials:
+    maxes, sums, accs = [], [], []
+    for start, end in bounds:
+        seg_scores = scores[..., start:end]
+        if end > start:
+            m = seg_scores.amax(dim=-1)
+        else:
+            m = torch.full(scores.shape[:-1], float("-inf"), dtype=scores.dtype, device=scores.device)
+        m_safe = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+        weights = torch.exp(seg_scores - m_safe[..., None])
+        maxes.append(m)
+        sums.append(weights.sum(dim=-1))
+        accs.append(torch.matmul(weights, values[:, start:end]))
+    return Partials(torch.stack(maxes), torch.stack(sums), torch.stack(accs))
+
+
+def merge_partials(partials: Partials, sinks=None) -> torch.Tensor:
+    """Log-sum-exp merge of segments (and the optional per-head sink logit) -> ``[heads, q_len, dim]``.
+
+    Never divides by zero: when no segment holds a visible key (and there is no sink) the
+    result is zeros.
+    """
+    m = partials.max.amax(dim=0)
+    if sinks is not None:
+        m = torch.maximum(m, sinks[:, None])
+    m_safe = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+    rescale = torch.exp(partials.max - m_safe)  # exp(-inf) = 0 for empty segments
+    denom = (partials.expsum * rescale).sum(dim=0)
+    if sinks is not None:
+        denom = denom + torch.exp(sinks[:, None] - m_safe)
+    numer = (partials.acc * rescale[..., None]).sum(dim=0)
+    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
+    return torch.where(denom[..., None] > 0, numer / safe[..., None], torch.zeros_like(numer))
+
+
+def split_kv_attention(
+    q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
+    window_size, block_table, softcap, q_descale, k_descale, v_descale,
+    alibi_slopes=None, sinks=None, output_scale=None, *, num_segments=4, precision="float64", **_ignored,
+):
+    """Paged attention computed segment by segment and merged; must equal the single pass."""
+    dtype = compute_dtype_for(q.dtype, precision)
+    window_size = (-1, -1) if window_size is None else tuple(window_size)
+    softcap = 0.0 if softcap is None else float(softcap)
+    for seq in range(cu_seqlens_q.numel() - 1):
+        parts = sequence_scores(
+            seq, q, k, v, cu_seqlens_q, seqused_k, softmax_scale, causal, window_size, block_table,
+            softcap, k_descale, v_descale, alibi_slopes, sinks, dtype,
+        )
+        if parts is None:
+            continue
+        bounds = segment_bounds(int(seqused_k[seq]), num_segments)
+        result = merge_partials(segment_partials(parts.scores, parts.values, bounds), parts.sinks)
+        rows = slice(int(cu_seqlens_q[seq]), int(cu_seqlens_q[seq + 1]))
+        write_output(out, rows, result.transpose(0, 1), output_scale)
+    return out
