@@ -1,0 +1,323 @@
+"""Triton kernels for unified paged attention.
+
+One kernel body serves both paths: ``SPLIT_KV=False`` is the 2D kernel (grid: query blocks x KV
+heads; it normalizes and stores the output), ``SPLIT_KV=True`` is the 3D kernel (a third grid
+axis over KV segments; it stores each segment's unnormalized output, running max and exp-sum
+into the workspace). Both walk KV tiles with the same inner loop, ``_attend_tiles``, and decide
+visibility with the same helper, ``_visible``. ``_reduce_segments_kernel`` merges the segments.
+
+Conventions shared by every kernel here:
+- Scores are kept in log2 units (scaled by log2(e)) so the softmax uses exp2; softcap, ALiBi
+  slopes and sink logits are converted on the way in.
+- A query block holds ``BLOCK_Q`` consecutive tokens of one sequence times the
+  ``NUM_QUERIES_PER_KV`` query heads that share a KV head (GQA packing): row r is token
+  ``r // NUM_QUERIES_PER_KV``, head ``r % NUM_QUERIES_PER_KV`` within the group.
+- Query blocks are numbered so that sequence s owns blocks from ``cu_seqlens_q[s] // BLOCK_Q + s``
+  on; the grid is sized from shapes only (``num_tokens // BLOCK_Q + num_seqs``) and surplus
+  programs exit, which keeps launches free of host syncs and capturable in CUDA graphs.
+- Windows arrive as non-negative "effective" bounds: key j is visible to query position p iff
+  ``p - j <= window_left`` and ``j - p <= window_right`` and ``j < seq_len`` (causal is
+  ``window_right = 0``; unlimited is a bound larger than any length).
+- All address arithmetic that can exceed 2^31 elements is done in int64.
+"""
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _sequence_of(cu_seqlens_q_ptr, index, num_seqs, BLOCK_Q: tl.constexpr, PER_SEQ_PADDING: tl.constexpr):
+    """Largest s with start(s) <= index, where start(s) = cu[s] // BLOCK_Q (+ s with padding).
+
+    Binary search over the cumulative query lengths: no host-side mapping, so the launch
+    needs no device-to-host copy of the metadata.
+    """
+    lo = 0
+    hi = num_seqs
+    while lo < hi:
+        mid = (lo + hi) // 2
+        start = tl.load(cu_seqlens_q_ptr + mid) // BLOCK_Q
+        if PER_SEQ_PADDING:
+            start += mid
+        if start <= index:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@triton.jit
+def _segment_layout(seq_len, q_len, window_left, num_segments, TILE: tl.constexpr):
+    """How a sequence's KV tiles are split into segments: (first_tile, tiles_per_segment, active).
+
+    Only tiles some query of the sequence can see are split (the window's left edge for its
+    first query up to the end of the sequence), so segments wholly outside a sliding window do
+    not exist. Segments numbered ``>= active`` hold no tile: the 3D kernel skips them and the
+    reduction never reads them. Both kernels call this so they always agree.
+    """
+    first_key = tl.maximum(seq_len - q_len - window_left, 0)
+    first_tile = first_key // TILE
+    num_tiles = tl.maximum(tl.cdiv(seq_len, TILE) - first_tile, 0)
+    tiles_per_segment = tl.cdiv(num_tiles, num_segments)
+    active = tl.cdiv(num_tiles, tl.maximum(tiles_per_segment, 1))
+    return first_tile, tiles_per_segment, active
+
+
+@triton.jit
+def _visible(row_pos, key, seq_len, window_left, window_right):
+    """[rows, keys] visibility: inside the sequence and inside the (causal) window."""
+    distance = row_pos[:, None] - key[None, :]
+    return (key[None, :] < seq_len) & (distance <= window_left) & (-distance <= window_right)
+
+
+@triton.jit
+def _stable_tanh(x):
+    # 1 - 2 / (e^{2x} + 1): e^{2x} overflowing to inf gives exactly 1, underflowing to 0 gives -1,
+    # so no magnitude of x produces NaN (unlike (e^x - e^-x) / (e^x + e^-x)).
+    return 1.0 - 2.0 / (tl.exp2(x * (2.0 * 1.4426950408889634)) + 1.0)
+
+
+@triton.jit
+def _load_kv_tile(base_ptr, phys_block, slot, stride_blk, stride_slot, stride_dim, dims, key_valid, dim_valid,
+                  TRANSPOSED: tl.constexpr, MASKED: tl.constexpr, HEAD_PADDED: tl.constexpr):
+    """Gather a tile of cache rows: ``[HEAD_PAD, TILE]`` when TRANSPOSED (keys), else ``[TILE, HEAD_PAD]``."""
+    row_off = phys_block * stride_blk + slot.to(tl.int64) * stride_slot
+    if TRANSPOSED:
+        ptrs = base_ptr + row_off[None, :] + dims[:, None] * stride_dim
+        mask = key_valid[None, :] & dim_valid[:, None]
+    else:
+        ptrs = base_ptr + row_off[:, None] + dims[None, :] * stride_dim
+        mask = key_valid[:, None] & dim_valid[None, :]
+    if MASKED or HEAD_PADDED:
+        return tl.load(ptrs, mask=mask, other=0.0)
+    return tl.load(ptrs)
+
+
+@triton.jit
+def _attend_tiles(
+    acc, m_i, l_i, q, tile_begin, tile_end,
+    k_base, v_base, block_table_row, stride_bt_blk,
+    stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
+    row_pos, key_lo, key_hi, seq_len, window_left, window_right,
+    qk_scale, softcap, alibi_slope, dims, dim_valid,
+    MASKED: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_PADDED: tl.constexpr,
+    USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Online softmax over KV tiles ``[tile_begin, tile_end)``; returns the updated (acc, m_i, l_i).
+
+    With MASKED=False every key of every tile is known to be visible to every row (the caller
+    proves it), so loads and scores skip masking. With MASKED=True keys outside
+    ``[key_lo, key_hi)`` are not loaded at all (not even their block-table entry) and values
+    there are zero, so NaN garbage in slots no query sees cannot reach the output.
+    """
+    offs = tl.arange(0, TILE)
+    for tile in range(tile_begin, tile_end):
+        key = tile * TILE + offs
+        if MASKED:
+            key_valid = (key >= key_lo) & (key < key_hi)
+            phys_block = tl.load(block_table_row + (key // BLOCK_SIZE) * stride_bt_blk, mask=key_valid, other=0)
+        else:
+            key_valid = key >= 0
+            phys_block = tl.load(block_table_row + (key // BLOCK_SIZE) * stride_bt_blk)
+        phys_block = phys_block.to(tl.int64)
+        slot = key % BLOCK_SIZE
+        k_tile = _load_kv_tile(k_base, phys_block, slot, stride_k_blk, stride_k_slot, stride_k_dim, dims,
+                               key_valid, dim_valid, True, MASKED, HEAD_PADDED)
+        v_tile = _load_kv_tile(v_base, phys_block, slot, stride_v_blk, stride_v_slot, stride_v_dim, dims,
+                               key_valid, dim_valid, False, MASKED, HEAD_PADDED)
+        k_tile = k_tile.to(q.dtype)
+        v_tile = v_tile.to(q.dtype)
+
+        scores = tl.dot(q, k_tile, input_precision=DOT_PRECISION) * qk_scale
+        if USE_SOFTCAP:
+            scores = softcap * _stable_tanh(scores / softcap)
+        if USE_ALIBI:
+            scores += alibi_slope[:, None] * (key[None, :] - row_pos[:, None]).to(tl.float32)
+        if MASKED:
+            visible = _visible(row_pos, key, seq_len, window_left, window_right) & key_valid[None, :]
+            scores = tl.where(visible, scores, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        # A row that has seen no visible key yet keeps m = -inf; shifting by 0 instead keeps
+        # exp2(-inf - (-inf)) = NaN out of p and alpha.
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(scores - m_shift[:, None])
+        alpha = tl.exp2(m_i - m_shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v_tile.dtype), v_tile, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _paged_attention_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, block_table_ptr, cu_seqlens_q_ptr, seqused_k_ptr,
+    alibi_ptr, sinks_ptr, k_descale_ptr, v_descale_ptr, output_scale_ptr,
+    part_acc_ptr, part_max_ptr, part_sum_ptr,
+    stride_q_tok, stride_q_head, stride_q_dim,
+    stride_o_tok, stride_o_head, stride_o_dim,
+    stride_k_blk, stride_k_slot, stride_k_head, stride_k_dim,
+    stride_v_blk, stride_v_slot, stride_v_head, stride_v_dim,
+    stride_bt_seq, stride_bt_blk,
+    stride_part_tok, stride_part_head,
+    num_seqs, qk_scale, softcap, window_left, window_right, num_segments,
+    NUM_QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
+    TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr,
+    USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, USE_SINKS: tl.constexpr,
+    KV_FP8: tl.constexpr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr,
+    SPLIT_KV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    q_block = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    segment = tl.program_id(2)
+
+    seq = _sequence_of(cu_seqlens_q_ptr, q_block, num_seqs, BLOCK_Q, True)
+    q_start = tl.load(cu_seqlens_q_ptr + seq)
+    q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
+    local_block = q_block - (q_start // BLOCK_Q + seq)
+    if local_block * BLOCK_Q >= q_len:
+        return
+    seq_len = tl.load(seqused_k_ptr + seq)
+    context_len = seq_len - q_len
+
+    rows = tl.arange(0, BLOCK_M)
+    row_tok = local_block * BLOCK_Q + rows // NUM_QUERIES_PER_KV
+    row_head = kv_head * NUM_QUERIES_PER_KV + rows % NUM_QUERIES_PER_KV
+    row_valid = (rows < BLOCK_Q * NUM_QUERIES_PER_KV) & (row_tok < q_len)
+    row_pos = context_len + row_tok
+    dims = tl.arange(0, HEAD_PAD)
+    dim_valid = dims < HEAD_SIZE
+
+    # q stays in registers for the whole KV walk.
+    q_rows = (q_start + row_tok).to(tl.int64)
+    q_ptrs = q_ptr + q_rows[:, None] * stride_q_tok + row_head[:, None] * stride_q_head + dims[None, :] * stride_q_dim
+    q = tl.load(q_ptrs, mask=row_valid[:, None] & dim_valid[None, :], other=0.0)
+
+    # Keys some row of this block sees, and keys every row sees (those tiles skip masking).
+    first_pos = context_len + local_block * BLOCK_Q
+    last_pos = context_len + tl.minimum(q_len, (local_block + 1) * BLOCK_Q) - 1
+    key_lo = tl.maximum(first_pos - window_left, 0)
+    key_hi = tl.minimum(seq_len, last_pos + window_right + 1)
+    all_lo = tl.maximum(last_pos - window_left, 0)
+    all_hi = tl.minimum(seq_len, first_pos + window_right + 1)
+    tile_a = key_lo // TILE
+    tile_d = tl.cdiv(key_hi, TILE)
+    tile_b = tl.minimum(tl.maximum(tl.cdiv(all_lo, TILE), tile_a), tile_d)
+    tile_c = tl.minimum(tl.maximum(all_hi // TILE, tile_b), tile_d)
+    if SPLIT_KV:
+        first_tile, tiles_per_segment, active = _segment_layout(seq_len, q_len, window_left, num_segments, TILE)
+        if segment >= active:
+            return
+        seg_lo = first_tile + segment * tiles_per_segment
+        seg_hi = seg_lo + tiles_per_segment
+        tile_a = tl.minimum(tl.maximum(tile_a, seg_lo), seg_hi)
+        tile_b = tl.minimum(tl.maximum(tile_b, seg_lo), seg_hi)
+        tile_c = tl.minimum(tl.maximum(tile_c, seg_lo), seg_hi)
+        tile_d = tl.minimum(tl.maximum(tile_d, seg_lo), seg_hi)
+
+    scale = qk_scale
+    if KV_FP8:
+        scale = scale * tl.load(k_descale_ptr)
+    if USE_ALIBI:
+        alibi_slope = tl.load(alibi_ptr + row_head, mask=row_valid, other=0.0).to(tl.float32) * 1.4426950408889634
+    else:
+        alibi_slope = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+    if USE_SINKS and not SPLIT_KV:
+        # The sink is one extra logit with no value: start the softmax from it.
+        m_i = tl.load(sinks_ptr + row_head, mask=row_valid, other=float("-inf")).to(tl.float32) * 1.4426950408889634
+        l_i = tl.where(m_i == float("-inf"), 0.0, 1.0)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    k_base = k_ptr + kv_head.to(tl.int64) * stride_k_head
+    v_base = v_ptr + kv_head.to(tl.int64) * stride_v_head
+    block_table_row = block_table_ptr + seq.to(tl.int64) * stride_bt_seq
+    HEAD_PADDED: tl.constexpr = HEAD_PAD != HEAD_SIZE
+
+    acc, m_i, l_i = _attend_tiles(
+        acc, m_i, l_i, q, tile_a, tile_b, k_base, v_base, block_table_row, stride_bt_blk,
+        stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
+        row_pos, key_lo, key_hi, seq_len, window_left, window_right, scale, softcap, alibi_slope, dims, dim_valid,
+        True, TILE, BLOCK_SIZE, HEAD_PADDED, USE_SOFTCAP, USE_ALIBI, DOT_PRECISION)
+    acc, m_i, l_i = _attend_tiles(
+        acc, m_i, l_i, q, tile_b, tile_c, k_base, v_base, block_table_row, stride_bt_blk,
+        stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
+        row_pos, key_lo, key_hi, seq_len, window_left, window_right, scale, softcap, alibi_slope, dims, dim_valid,
+        False, TILE, BLOCK_SIZE, HEAD_PADDED, USE_SOFTCAP, USE_ALIBI, DOT_PRECISION)
+    acc, m_i, l_i = _attend_tiles(
+        acc, m_i, l_i, q, tile_c, tile_d, k_base, v_base, block_table_row, stride_bt_blk,
+        stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
+        row_pos, key_lo, key_hi, seq_len, window_left, window_right, scale, softcap, alibi_slope, dims, dim_valid,
+        True, TILE, BLOCK_SIZE, HEAD_PADDED, USE_SOFTCAP, USE_ALIBI, DOT_PRECISION)
+
+    if KV_FP8:
+        acc = acc * tl.load(v_descale_ptr)
+
+    if SPLIT_KV:
+        part = (q_start + row_tok).to(tl.int64) * stride_part_tok + row_head * stride_part_head + segment
+        tl.store(part_max_ptr + part, m_i, mask=row_valid)
+        tl.store(part_sum_ptr + part, l_i, mask=row_valid)
+        acc_ptrs = part_acc_ptr + part[:, None] * HEAD_PAD + dims[None, :]
+        tl.store(acc_ptrs, acc, mask=row_valid[:, None])
+    else:
+        # l_i == 0 only for rows that saw no key and no sink: their acc is 0, so they store 0.
+        result = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        if OUT_FP8:
+            result = result / tl.load(output_scale_ptr)
+            result = tl.minimum(tl.maximum(result, -OUT_FP8_MAX), OUT_FP8_MAX)
+        o_ptrs = out_ptr + q_rows[:, None] * stride_o_tok + row_head[:, None] * stride_o_head + dims[None, :] * stride_o_dim
+        tl.store(o_ptrs, result.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & dim_valid[None, :])
+
+
+@triton.jit
+def _reduce_segments_kernel(
+    out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, cu_seqlens_q_ptr, seqused_k_ptr,
+    sinks_ptr, output_scale_ptr,
+    stride_o_tok, stride_o_head, stride_o_dim,
+    stride_part_tok, stride_part_head,
+    num_seqs, window_left, num_segments,
+    TILE: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr,
+    USE_SINKS: tl.constexpr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr,
+):
+    """Merge one (token, head)'s segments with log-sum-exp rescaling; reads active segments only."""
+    token = tl.program_id(0)
+    head = tl.program_id(1)
+    seq = _sequence_of(cu_seqlens_q_ptr, token, num_seqs, 1, False)
+    q_start = tl.load(cu_seqlens_q_ptr + seq)
+    q_end = tl.load(cu_seqlens_q_ptr + seq + 1)
+    if token >= q_end:
+        return  # padding rows past the last sequence are left untouched
+    seq_len = tl.load(seqused_k_ptr + seq)
+    first_tile, tiles_per_segment, active = _segment_layout(seq_len, q_end - q_start, window_left, num_segments, TILE)
+
+    segs = tl.arange(0, SEGMENTS_PAD)
+    seg_valid = segs < active
+    part = token.to(tl.int64) * stride_part_tok + head * stride_part_head + segs
+    seg_max = tl.load(part_max_ptr + part, mask=seg_valid, other=float("-inf"))
+    seg_sum = tl.load(part_sum_ptr + part, mask=seg_valid, other=0.0)
+    top = tl.max(seg_max, 0)
+    if USE_SINKS:
+        sink = tl.load(sinks_ptr + head).to(tl.float32) * 1.4426950408889634
+        top = tl.maximum(top, sink)
+    # All segments empty and no sink: shift by 0 so every weight is exp2(-inf) = 0, not NaN.
+    top = tl.where(top == float("-inf"), 0.0, top)
+    weight = tl.exp2(seg_max - top)
+    denom = tl.sum(seg_sum * weight, 0)
+    if USE_SINKS:
+        denom += tl.exp2(sink - top)
+
+    dims = tl.arange(0, HEAD_PAD)
+    dim_valid = dims < HEAD_SIZE
+    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_PAD + dims[None, :],
+                  mask=seg_valid[:, None] & dim_valid[None, :], other=0.0)
+    result = tl.sum(acc * weight[:, None], 0) / tl.where(denom == 0.0, 1.0, denom)
+    if OUT_FP8:
+        result = result / tl.load(output_scale_ptr)
+        result = tl.minimum(tl.maximum(result, -OUT_FP8_MAX), OUT_FP8_MAX)
+    o_ptrs = out_ptr + token.to(tl.int64) * stride_o_tok + head * stride_o_head + dims * stride_o_dim
+    tl.store(o_ptrs, result.to(out_ptr.dtype.element_ty), mask=dim_valid)

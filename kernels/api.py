@@ -1,0 +1,116 @@
+"""``unified_attention``: validate, plan, launch. Nothing else happens here."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from . import _attention
+from .plan import INTERPRETER_NUM_SMS, LaunchPlan, effective_window, next_power_of_2, plan_launch
+from .validate import FP8_CACHE_DTYPES, check_arguments
+from .workspace import Workspace
+
+FP8_E4M3_MAX = 448.0
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return INTERPRETER_NUM_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _check_backend(q: torch.Tensor) -> None:
+    if q.device.type == "cpu" and not interpreting():
+        raise ValueError("q: CPU tensors need the Triton interpreter; set TRITON_INTERPRET=1 before importing triton")
+    if interpreting() and q.dtype == torch.bfloat16:
+        from ._interpreter_probe import bf16_dot_is_exact
+
+        if not bf16_dot_is_exact():
+            raise NotImplementedError(
+                "q: bfloat16 tl.dot is wrong under this Triton interpreter (triton issue #11584); "
+                "run on a GPU, or install the test harness's interpreter fix first")
+
+
+def make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, *, split_kv=None, num_segments=None,
+              workspace=None, batch_invariant=False) -> LaunchPlan:
+    """The plan ``unified_attention`` would launch for these arguments (no device reads)."""
+    return plan_launch(
+        num_tokens=q.shape[0], num_seqs=cu_seqlens_q.shape[0] - 1, max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k, num_q_heads=q.shape[1], num_kv_heads=k.shape[2], head_size=q.shape[2],
+        num_sms=_num_sms(q.device), interpreter=interpreting(), split_kv=split_kv, num_segments=num_segments,
+        batch_invariant=batch_invariant, max_segments=None if workspace is None else workspace.num_segments,
+    )
+
+
+def unified_attention(
+    q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
+    window_size, block_table, softcap, q_descale, k_descale, v_descale,
+    alibi_slopes=None, sinks=None, output_scale=None, *,
+    split_kv=None, num_segments=None, workspace=None, batch_invariant=False,
+):
+    """Paged attention over a varlen batch; writes into ``out`` and returns it.
+
+    Shapes: q/out ``[num_tokens, num_q_heads, head_size]``; k/v ``[num_blocks, block_size,
+    num_kv_heads, head_size]`` (any strides, last dim contiguous); block_table int32
+    ``[num_seqs, max_blocks]``; cu_seqlens_q int32 ``[num_seqs + 1]``; seqused_k int32
+    ``[num_seqs]`` (keys per sequence, new tokens included). ``split_kv`` None lets the planner
+    choose, True/False force the 3D/2D path; ``num_segments`` overrides the segment count;
+    ``workspace`` (a ``Workspace``) makes the 3D path allocation-free; ``batch_invariant``
+    makes a sequence's output independent of the rest of the batch.
+    """
+    check_arguments(
+        q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
+        window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
+        output_scale, num_segments, workspace,
+    )
+    _check_backend(q)
+    plan = make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, split_kv=split_kv,
+                     num_segments=num_segments, workspace=workspace, batch_invariant=batch_invariant)
+    if q.shape[0] == 0:
+        return out
+    num_tokens, num_q_heads, head_size = q.shape
+    window_left, window_right = effective_window(window_size, causal)
+    split = plan.path == "3d"
+    if split and workspace is None:
+        workspace = Workspace(num_tokens, num_q_heads, head_size, plan.num_segments, q.device)
+    part_acc, part_max, part_sum = (workspace.acc, workspace.max, workspace.expsum) if split else (q, q, q)
+    part_strides = (part_max.stride(0), part_max.stride(1)) if split else (0, 0)
+    softcap = float(softcap or 0.0)
+    kv_fp8 = k.dtype in FP8_CACHE_DTYPES
+    out_fp8 = out.dtype in FP8_CACHE_DTYPES
+    common = dict(
+        HEAD_SIZE=head_size, HEAD_PAD=next_power_of_2(head_size), TILE=plan.tile_size,
+        USE_SINKS=sinks is not None, OUT_FP8=out_fp8, OUT_FP8_MAX=FP8_E4M3_MAX,
+    )
+    _attention._paged_attention_kernel[plan.grid](
+        q, k, v, out, block_table, cu_seqlens_q, seqused_k,
+        _or(alibi_slopes, q), _or(sinks, q), _or(k_descale, q), _or(v_descale, q), _or(output_scale, q),
+        part_acc, part_max, part_sum,
+        *q.stride(), *out.stride(), *k.stride(), *v.stride(), *block_table.stride(), *part_strides,
+        cu_seqlens_q.shape[0] - 1, softmax_scale * _attention.LOG2E, softcap * _attention.LOG2E,
+        window_left, window_right, plan.num_segments,
+        NUM_QUERIES_PER_KV=num_q_heads // k.shape[2], BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q,
+        BLOCK_SIZE=k.shape[1], USE_SOFTCAP=softcap > 0, USE_ALIBI=alibi_slopes is not None,
+        KV_FP8=kv_fp8, SPLIT_KV=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=plan.num_warps, num_stages=plan.num_stages, **common,
+    )
+    if split:
+        _attention._reduce_segments_kernel[plan.reduce_grid](
+            out, part_acc, part_max, part_sum, cu_seqlens_q, seqused_k, _or(sinks, q), _or(output_scale, q),
+            *out.stride(), *part_strides, cu_seqlens_q.shape[0] - 1, window_left, plan.num_segments,
+            SEGMENTS_PAD=plan.segments_pad, num_warps=4 if not interpreting() else 1, **common,
+        )
+    return out
+
+
+def _or(tensor, fallback):
+    """Unused pointer arguments still need a tensor; the constexpr switches keep them unread."""
+    return fallback if tensor is None else tensor
+

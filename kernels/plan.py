@@ -1,0 +1,146 @@
+"""Launch planning: which path, which tiles, how many KV segments, what grid.
+
+``plan_launch`` is a pure function of shapes, host integers and the device's multiprocessor
+count, so it never syncs the device, gives the same answer on every replay of a captured CUDA
+graph, and can be unit-tested without a GPU.
+
+Heuristic (measured on an H100, see benchmarks/results/):
+- Prefill or mixed batches take the 2D path: a query block already gives every program a
+  tensor-core sized tile of work.
+- Decode-only batches (max_seqlen_q == 1) have one query block per (sequence, KV head). When
+  that grid cannot keep the memory system busy (fewer than ``PROGRAMS_PER_SM`` programs per
+  multiprocessor), the split-KV path divides each sequence's KV into segments so that the
+  grid holds about ``PROGRAMS_PER_SM`` x num_sms programs, without making a segment shorter
+  than ``MIN_TILES_PER_SEGMENT`` tiles (below that the reduction costs more than it saves).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Programs per multiprocessor the decode grid should reach to saturate HBM.
+PROGRAMS_PER_SM = 4
+# A segment must hold at least this many KV tiles to pay for its share of the reduction.
+MIN_TILES_PER_SEGMENT = 2
+# Upper bound on segments per sequence (the reduction loads all of them at once).
+MAX_SEGMENTS = 128
+# The interpreter has no multiprocessors; this nominal count makes small CPU batches split too.
+INTERPRETER_NUM_SMS = 8
+# Window bound standing for "unlimited": larger than any sequence the kernels accept.
+UNLIMITED = 1 << 30
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """A frozen description of one launch."""
+
+    path: str  # "2d" or "3d"
+    block_m: int  # rows per program: block_q tokens x queries-per-KV-head heads (padded)
+    block_q: int  # query tokens per program
+    tile_size: int  # keys per inner-loop iteration (independent of the cache's block size)
+    num_segments: int  # KV segments per sequence (1 on the 2D path)
+    num_warps: int
+    num_stages: int
+    grid: tuple[int, int, int]
+    reduce_grid: tuple[int, int] | None
+    reason: str
+
+    @property
+    def segments_pad(self) -> int:
+        return next_power_of_2(self.num_segments)
+
+
+def effective_window(window_size, causal: bool) -> tuple[int, int]:
+    """(left, right) as non-negative bounds; causal is right = 0, -1 becomes UNLIMITED."""
+    left, right = (-1, -1) if window_size is None else (int(window_size[0]), int(window_size[1]))
+    left = UNLIMITED if left < 0 else left
+    right = 0 if causal else (UNLIMITED if right < 0 else right)
+    return left, right
+
+
+def _tile_size(head_pad: int, interpreter: bool) -> int:
+    if interpreter:
+        return 16  # interpreter cost is per tile: small tiles let short CPU cases cross many
+    return 64 if head_pad <= 128 else 32
+
+
+def _block_m(num_queries_per_kv: int, max_seqlen_q: int, head_pad: int, prefill_sized: bool, interpreter: bool) -> int:
+    group = next_power_of_2(num_queries_per_kv)
+    if interpreter or not prefill_sized:
+        return max(16, group)
+    cap = 128 if head_pad <= 128 else 64
+    return max(group, min(cap, max(16, next_power_of_2(max_seqlen_q * num_queries_per_kv))))
+
+
+def choose_num_segments(num_seqs: int, num_kv_heads: int, max_seqlen_k: int, tile_size: int, num_sms: int) -> int:
+    """Segments that fill about PROGRAMS_PER_SM x num_sms programs; 1 means "stay 2D"."""
+    programs_2d = max(num_seqs * num_kv_heads, 1)
+    wanted = next_power_of_2(math.ceil(PROGRAMS_PER_SM * num_sms / programs_2d))
+    longest = math.ceil(max_seqlen_k / tile_size) // MIN_TILES_PER_SEGMENT
+    segments = min(wanted, longest, MAX_SEGMENTS)
+    return segments if segments >= 2 else 1
+
+
+def plan_launch(
+    *, num_tokens: int, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int, num_q_heads: int,
+    num_kv_heads: int, head_size: int, num_sms: int, interpreter: bool = False,
+    split_kv: bool | None = None, num_segments: int | None = None, batch_invariant: bool = False,
+    max_segments: int | None = None,
+) -> LaunchPlan:
+    """Plan a launch from shapes and host integers only (no device reads)."""
+    num_queries_per_kv = num_q_heads // num_kv_heads
+    head_pad = next_power_of_2(head_size)
+    tile = _tile_size(head_pad, interpreter)
+    decode = max_seqlen_q <= 1
+    heuristic_segments = choose_num_segments(num_seqs, num_kv_heads, max_seqlen_k, tile, num_sms)
+
+    if batch_invariant:
+        # Nothing may depend on the rest of the batch: fixed tiles, fixed path.
+        if split_kv:
+            raise ValueError("split_kv=True cannot be combined with batch_invariant=True")
+        path, reason = "2d", "batch-invariant mode always takes the 2D path with fixed tiles"
+    elif split_kv is not None:
+        path, reason = ("3d" if split_kv else "2d"), f"forced by split_kv={split_kv}"
+    elif num_segments is not None:
+        path, reason = "3d", f"num_segments={num_segments} given"
+    elif decode and heuristic_segments > 1:
+        path = "3d"
+        reason = (f"decode batch: {num_seqs} seqs x {num_kv_heads} KV heads is under "
+                  f"{PROGRAMS_PER_SM} programs per SM on {num_sms} SMs")
+    else:
+        path = "2d"
+        reason = "prefill/mixed batch" if not decode else "decode grid already fills the device"
+
+    segments = 1
+    if path == "3d":
+        segments = num_segments if num_segments is not None else max(heuristic_segments, 2)
+        if max_segments is not None:
+            if num_segments is not None and num_segments > max_segments:
+                raise ValueError(f"num_segments={num_segments} exceeds the workspace's {max_segments} segments")
+            segments = min(segments, max_segments)
+        if segments < 1:
+            raise ValueError(f"num_segments must be >= 1, got {segments}")
+
+    block_m = _block_m(num_queries_per_kv, max_seqlen_q, head_pad, not (decode or batch_invariant), interpreter)
+    if batch_invariant and not interpreter:
+        block_m = max(64, next_power_of_2(num_queries_per_kv))
+    block_q = block_m // num_queries_per_kv
+    num_q_blocks = num_tokens // block_q + num_seqs
+    big = block_m * head_pad >= 128 * 128
+    return LaunchPlan(
+        path=path,
+        block_m=block_m,
+        block_q=block_q,
+        tile_size=tile,
+        num_segments=segments,
+        num_warps=1 if interpreter else (8 if big else 4),
+        num_stages=1 if interpreter else (2 if head_pad > 128 else 3),
+        grid=(num_q_blocks, num_kv_heads, segments),
+        reduce_grid=(num_tokens, num_q_heads) if path == "3d" else None,
+        reason=reason,
+    )

@@ -1,0 +1,166 @@
+"""Argument checks.
+
+``check_arguments`` runs on every call: it looks only at shapes, dtypes, strides and devices,
+never at tensor contents, so it costs no device sync and is safe inside CUDA-graph capture.
+``validate_metadata`` reads the metadata (it syncs) and is meant for tests, debugging and
+users who want to check a batch before launching it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+QUERY_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FP8_CACHE_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn",) if hasattr(torch, n))
+MIN_HEAD_SIZE, MAX_HEAD_SIZE = 16, 512
+
+
+def _fail(arg: str, message: str, exc=ValueError):
+    raise exc(f"{arg}: {message}")
+
+
+def _expect_tensor(arg: str, value, ndim: int | None = None):
+    if not isinstance(value, torch.Tensor):
+        _fail(arg, f"expected a torch.Tensor, got {type(value).__name__}", TypeError)
+    if ndim is not None and value.dim() != ndim:
+        _fail(arg, f"expected {ndim} dimensions, got shape {tuple(value.shape)}")
+
+
+def _expect_int32_vector(arg: str, value, length: int | None):
+    _expect_tensor(arg, value, 1)
+    if value.dtype != torch.int32:
+        _fail(arg, f"expected dtype torch.int32, got {value.dtype}", TypeError)
+    if length is not None and value.shape[0] != length:
+        _fail(arg, f"expected {length} entries, got {value.shape[0]}")
+
+
+def _expect_scale(arg: str, value, device):
+    _expect_tensor(arg, value)
+    if value.numel() != 1:
+        _fail(arg, f"expected a one-element tensor (per-tensor scale), got shape {tuple(value.shape)}")
+    if value.dtype != torch.float32:
+        _fail(arg, f"expected dtype torch.float32, got {value.dtype}", TypeError)
+    if value.device != device:
+        _fail(arg, f"expected device {device}, got {value.device}")
+
+
+def check_arguments(
+    q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
+    window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
+    output_scale, num_segments, workspace,
+) -> None:
+    """Cheap checks; raises ValueError/TypeError naming the argument before anything is written."""
+    _expect_tensor("q", q, 3)
+    _expect_tensor("k", k, 4)
+    _expect_tensor("v", v, 4)
+    _expect_tensor("out", out, 3)
+    if q.dtype not in QUERY_DTYPES:
+        _fail("q", f"expected dtype in {QUERY_DTYPES}, got {q.dtype}", TypeError)
+    if q_descale is not None:
+        _fail("q_descale", "fp8 queries are not supported; pass None")
+    for name, cache in (("k", k), ("v", v)):
+        if cache.dtype != q.dtype and cache.dtype not in FP8_CACHE_DTYPES:
+            _fail(name, f"expected dtype {q.dtype} (q's) or an fp8 e4m3 cache, got {cache.dtype}", TypeError)
+    if v.dtype != k.dtype:
+        _fail("v", f"expected the same dtype as k ({k.dtype}), got {v.dtype}", TypeError)
+    if v.shape != k.shape:
+        _fail("v", f"expected the same shape as k {tuple(k.shape)}, got {tuple(v.shape)}")
+    if out.dtype != q.dtype and out.dtype not in FP8_CACHE_DTYPES:
+        _fail("out", f"expected dtype {q.dtype} (q's) or fp8 e4m3, got {out.dtype}", TypeError)
+    if out.shape != q.shape:
+        _fail("out", f"expected q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
+
+    num_tokens, num_q_heads, head_size = q.shape
+    num_blocks, block_size, num_kv_heads, kv_head_size = k.shape
+    if kv_head_size != head_size:
+        _fail("k", f"head size {kv_head_size} differs from q's {head_size}")
+    if not MIN_HEAD_SIZE <= head_size <= MAX_HEAD_SIZE:
+        _fail("q", f"head size must be in [{MIN_HEAD_SIZE}, {MAX_HEAD_SIZE}], got {head_size}")
+    if num_kv_heads == 0 or num_q_heads % num_kv_heads:
+        _fail("k", f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+    if block_size < 1 or num_blocks < 1:
+        _fail("k", f"cache must have at least one block of at least one slot, got shape {tuple(k.shape)}")
+    for name, t in (("q", q), ("k", k), ("v", v), ("out", out)):
+        if t.stride(-1) != 1:
+            _fail(name, f"last dimension must be contiguous (stride 1), got stride {t.stride(-1)}")
+
+    _expect_int32_vector("cu_seqlens_q", cu_seqlens_q, None)
+    if cu_seqlens_q.shape[0] < 2:
+        _fail("cu_seqlens_q", "expected at least 2 entries (num_seqs + 1)")
+    num_seqs = cu_seqlens_q.shape[0] - 1
+    _expect_int32_vector("seqused_k", seqused_k, num_seqs)
+    _expect_tensor("block_table", block_table, 2)
+    if block_table.dtype != torch.int32:
+        _fail("block_table", f"expected dtype torch.int32, got {block_table.dtype}", TypeError)
+    if block_table.shape[0] != num_seqs:
+        _fail("block_table", f"expected {num_seqs} rows (one per sequence), got {block_table.shape[0]}")
+
+    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            _fail(name, f"expected a non-negative int, got {value!r}", TypeError if not isinstance(value, int) else ValueError)
+    if not isinstance(softmax_scale, (int, float)) or isinstance(softmax_scale, bool) or not (softmax_scale == softmax_scale) \
+            or abs(softmax_scale) == float("inf"):
+        _fail("softmax_scale", f"expected a finite float, got {softmax_scale!r}", TypeError)
+    if not isinstance(causal, bool):
+        _fail("causal", f"expected a bool, got {causal!r}", TypeError)
+    if window_size is not None:
+        if len(window_size) != 2 or any(isinstance(w, bool) or not isinstance(w, int) or w < -1 for w in window_size):
+            _fail("window_size", f"expected (left, right) ints >= -1, got {window_size!r}")
+    if softcap is not None and (not isinstance(softcap, (int, float)) or softcap < 0 or softcap != softcap):
+        _fail("softcap", f"expected a float >= 0 (0 disables it), got {softcap!r}")
+
+    device = q.device
+    tensors = {"k": k, "v": v, "out": out, "cu_seqlens_q": cu_seqlens_q, "seqused_k": seqused_k, "block_table": block_table}
+    for name, t in tensors.items():
+        if t.device != device:
+            _fail(name, f"expected device {device} (q's), got {t.device}")
+    for name, t in (("alibi_slopes", alibi_slopes), ("sinks", sinks)):
+        if t is None:
+            continue
+        _expect_tensor(name, t, 1)
+        if t.shape[0] != num_q_heads:
+            _fail(name, f"expected {num_q_heads} entries (one per query head), got {t.shape[0]}")
+        if not t.dtype.is_floating_point:
+            _fail(name, f"expected a floating dtype, got {t.dtype}", TypeError)
+        if t.device != device:
+            _fail(name, f"expected device {device}, got {t.device}")
+    if k.dtype in FP8_CACHE_DTYPES:
+        for name, t in (("k_descale", k_descale), ("v_descale", v_descale)):
+            if t is None:
+                _fail(name, "required for an fp8 cache (pass a one-element float32 tensor)")
+            _expect_scale(name, t, device)
+    if out.dtype in FP8_CACHE_DTYPES:
+        if output_scale is None:
+            _fail("output_scale", "required when out is fp8")
+        _expect_scale("output_scale", output_scale, device)
+    if num_segments is not None and (isinstance(num_segments, bool) or not isinstance(num_segments, int) or num_segments < 1):
+        _fail("num_segments", f"expected a positive int, got {num_segments!r}")
+    if workspace is not None:
+        workspace.check_fits(num_tokens, num_q_heads, head_size, device)
+
+
+def validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table) -> None:
+    """Checks that need the metadata's values (syncs the device). Raises ValueError naming the argument."""
+    cu = cu_seqlens_q.tolist()
+    lens_k = seqused_k.tolist()
+    num_tokens, num_blocks, block_size = q.shape[0], k.shape[0], k.shape[1]
+    if cu[0] != 0:
+        _fail("cu_seqlens_q", f"must start at 0, got {cu[0]}")
+    q_lens = [b - a for a, b in zip(cu, cu[1:])]
+    if any(n < 0 for n in q_lens):
+        _fail("cu_seqlens_q", f"must be non-decreasing, got {cu}")
+    if cu[-1] > num_tokens:
+        _fail("cu_seqlens_q", f"last entry {cu[-1]} exceeds q's {num_tokens} tokens")
+    if q_lens and max(q_lens) > max_seqlen_q:
+        _fail("max_seqlen_q", f"{max_seqlen_q} is below the longest query length {max(q_lens)}")
+    capacity = block_table.shape[1] * block_size
+    for seq, (q_len, kv_len) in enumerate(zip(q_lens, lens_k)):
+        if kv_len < q_len:
+            _fail("seqused_k", f"sequence {seq} has {q_len} query tokens but only {kv_len} keys")
+        if kv_len > capacity:
+            _fail("seqused_k", f"sequence {seq} has {kv_len} keys but its block table holds {capacity}")
+        if kv_len > max_seqlen_k:
+            _fail("max_seqlen_k", f"{max_seqlen_k} is below sequence {seq}'s {kv_len} keys")
+        used = block_table[seq, : -(-kv_len // block_size)]
+        if used.numel() and (int(used.min()) < 0 or int(used.max()) >= num_blocks):
+            _fail("block_table", f"sequence {seq} references a block outside [0, {num_blocks})")

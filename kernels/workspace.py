@@ -1,0 +1,49 @@
+"""Preallocated buffers for the split-KV path, so a call allocates nothing (CUDA-graph safe)."""
+
+from __future__ import annotations
+
+import torch
+
+from .plan import next_power_of_2
+
+
+class Workspace:
+    """Per-segment partial outputs, maxima and exp-sums for up to ``max_num_tokens`` query tokens.
+
+    For decode batches one token is one sequence, so ``max_num_tokens`` is the largest batch.
+    ``num_segments`` is the most segments a call may use. Nothing in it needs initializing: the
+    3D kernel writes every entry the reduction reads.
+    """
+
+    def __init__(self, max_num_tokens: int, num_q_heads: int, head_size: int, num_segments: int, device="cuda"):
+        if min(max_num_tokens, num_q_heads, head_size, num_segments) < 1:
+            raise ValueError("Workspace: every size must be >= 1")
+        self.max_num_tokens = max_num_tokens
+        self.num_q_heads = num_q_heads
+        self.head_size = head_size
+        self.head_pad = next_power_of_2(head_size)
+        self.num_segments = num_segments
+        shape = (max_num_tokens, num_q_heads, num_segments)
+        self.acc = torch.empty(*shape, self.head_pad, dtype=torch.float32, device=device)
+        self.max = torch.empty(shape, dtype=torch.float32, device=device)
+        self.expsum = torch.empty(shape, dtype=torch.float32, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.acc.device
+
+    def check_fits(self, num_tokens: int, num_q_heads: int, head_size: int, device) -> None:
+        if num_tokens > self.max_num_tokens:
+            raise ValueError(f"workspace: sized for {self.max_num_tokens} tokens, call has {num_tokens}")
+        if num_q_heads != self.num_q_heads:
+            raise ValueError(f"workspace: sized for {self.num_q_heads} query heads, call has {num_q_heads}")
+        if head_size != self.head_size:
+            raise ValueError(f"workspace: sized for head size {self.head_size}, call has {head_size}")
+        if self.device != device:
+            raise ValueError(f"workspace: on {self.device}, call is on {device}")
+
+    def fill_(self, value: float) -> "Workspace":
+        """Poison every buffer (tests use NaN to prove no unwritten entry is read)."""
+        for t in (self.acc, self.max, self.expsum):
+            t.fill_(value)
+        return self
