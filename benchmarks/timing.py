@@ -1,0 +1,208 @@
+"""Timing: CUDA-graph capture and replay, medians, input rotation against L2, copy bandwidth.
+
+A measurement captures a sequence of calls (one per rotated input copy, cycled up to a minimum
+count) into one ``torch.cuda.CUDAGraph``, replays the graph many times, times every replay with
+CUDA events and reports the median per call. Rotating inputs whose combined size is several
+times the L2 makes every call read its operands from HBM, as a layer of a real model does.
+If capture fails the same sequence is timed eagerly and the result says so.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import platform
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+H100_L2_BYTES = 50 * 1024 * 1024
+
+
+@dataclass
+class Timing:
+    median_us: float  # median over replays of (replay time / calls per replay)
+    p20_us: float
+    p80_us: float
+    min_us: float
+    calls_per_replay: int
+    copies: int  # distinct input copies cycled within one replay
+    replays: int
+    mode: str  # "graph" or "eager"
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def require_cuda() -> torch.device:
+    if not torch.cuda.is_available():
+        raise SystemExit(
+            "benchmarks: timing needs a CUDA GPU and none is visible (torch.cuda.is_available() is False). "
+            "Use --dry-run on a CPU machine, or run on the GPU machine.")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def l2_bytes(device: torch.device | None = None) -> int:
+    if device is None or device.type != "cuda":
+        return H100_L2_BYTES
+    props = torch.cuda.get_device_properties(device)
+    return int(getattr(props, "L2_cache_size", 0) or H100_L2_BYTES)
+
+
+def rotation_copies(copy_bytes: int, l2: int, *, l2_multiple: int = 4, max_copies: int = 128) -> int:
+    """Input copies to cycle so that one pass touches ``l2_multiple`` x L2 (1 if a copy already does)."""
+    if copy_bytes <= 0:
+        return 1
+    return max(1, min(max_copies, math.ceil(l2_multiple * l2 / copy_bytes)))
+
+
+def _quantile(sorted_vals: Sequence[float], q: float) -> float:
+    if not sorted_vals:
+        return float("nan")
+    pos = q * (len(sorted_vals) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
+
+
+def summarize(per_call_us: Sequence[float], **meta) -> Timing:
+    vals = sorted(per_call_us)
+    return Timing(median_us=statistics.median(vals), p20_us=_quantile(vals, 0.2), p80_us=_quantile(vals, 0.8),
+                  min_us=vals[0], replays=len(vals), **meta)
+
+
+def time_calls(calls: Sequence[Callable[[], object]], *, min_calls: int = 8, target_s: float = 0.2,
+               min_replays: int = 10, max_replays: int = 300, warmup_replays: int = 3,
+               use_graph: bool = True) -> Timing:
+    """Median microseconds per call of ``calls`` (each one call on its own rotated inputs).
+
+    Every callable is run once eagerly first (Triton compiles, cuDNN plans, errors surface
+    here, outside capture), then the cycled sequence is captured and replayed.
+    """
+    if not calls:
+        raise ValueError("time_calls: nothing to time")
+    n_copies = len(calls)
+    sequence = [calls[i % n_copies] for i in range(max(n_copies, min_calls))]
+    for fn in calls:
+        fn()
+    torch.cuda.synchronize()
+
+    note = ""
+    replay: Callable[[], None]
+    graph = None
+    if use_graph:
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for fn in calls:
+                    fn()
+            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for fn in sequence:
+                    fn()
+            torch.cuda.synchronize()
+        except Exception as exc:  # capture unsupported for this call: time eagerly, say so
+            graph = None
+            note = f"graph capture failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); eager timing"
+            torch.cuda.synchronize()
+    if graph is not None:
+        replay = graph.replay
+    else:
+        def replay() -> None:
+            for fn in sequence:
+                fn()
+
+    for _ in range(warmup_replays):
+        replay()
+    torch.cuda.synchronize()
+    # Pilot: size the measurement to about target_s of device time.
+    t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t0.record()
+    for _ in range(3):
+        replay()
+    t1.record()
+    torch.cuda.synchronize()
+    per_replay_s = max(t0.elapsed_time(t1) / 3e3, 1e-7)
+    replays = int(min(max_replays, max(min_replays, target_s / per_replay_s)))
+
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
+    for s, e in zip(starts, ends):
+        s.record()
+        replay()
+        e.record()
+    torch.cuda.synchronize()
+    per_call = [s.elapsed_time(e) * 1e3 / len(sequence) for s, e in zip(starts, ends)]
+    del graph
+    return summarize(per_call, calls_per_replay=len(sequence), copies=n_copies,
+                     mode="graph" if use_graph and not note else "eager", note=note)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: float = 0.2) -> dict:
+    """Device-to-device copy bandwidth in GB/s (read + write bytes counted) and its timing."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 255)
+    dst = torch.empty_like(src)
+    timing = time_calls([lambda: dst.copy_(src)], min_calls=4, target_s=target_s)
+    del src, dst
+    torch.cuda.empty_cache()
+    return {
+        "bytes_per_copy": nbytes,
+        "gbps": 2 * nbytes / (timing.median_us * 1e-6) / 1e9,
+        "best_gbps": 2 * nbytes / (timing.min_us * 1e-6) / 1e9,
+        "timing": timing.to_dict(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def environment(device: torch.device | None) -> dict:
+    """Device name, versions and date: what the results file must say about where it came from."""
+    import triton
+
+    env = {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda_runtime": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "git_commit": _git_commit(),
+        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.sweep", *sys.argv[1:]]),
+        "host": platform.node(),
+    }
+    if device is not None and device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update({
+            "device_name": props.name,
+            "num_sms": props.multi_processor_count,
+            "l2_bytes": l2_bytes(device),
+            "total_memory_bytes": props.total_memory,
+            "compute_capability": f"{props.major}.{props.minor}",
+        })
+    else:
+        env.update({"device_name": "cpu (dry run)", "num_sms": None, "l2_bytes": None})
+    return env
+
+
+def card_slug(device_name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'h100-80gb-hbm3': the results' file-name stem."""
+    name = device_name.lower().replace("nvidia", "").strip()
+    slug = "".join(c if c.isalnum() else "-" for c in name)
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return slug.strip("-") or "unknown"
