@@ -1,0 +1,210 @@
+"""Attention functions that route a Hugging Face model's attention through our paged backends.
+
+Each backend is registered under its own name twice: in transformers' ``AttentionInterface``
+(the function the attention layers call) and in ``AttentionMaskInterface`` (what the model
+builds as ``attention_mask`` for it). The mask registration is not optional: for an
+implementation name the mask interface does not know, transformers skips mask creation and
+passes ``None``, and a padded batch would then silently attend to its padding.
+
+Our mask function hands the 2D padding mask through untouched; the attention function uses its
+last ``q_len`` columns to tell real new tokens from padding, packs the real ones into the varlen
+layout, appends their K/V to the paged cache and calls ``unified_attention`` on the cache.
+
+The model is run without a transformers cache on these backends, so the ``key``/``value`` an
+attention layer receives are exactly this step's new tokens; history lives only in our paged
+cache. Which cache and step plan apply is set by ``PagedSession.step`` around each forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .paged_cache import PagedKVCache, StepPlan
+
+BACKENDS = ("kernel", "reference", "sdpa")
+PAGED_BACKENDS = ("kernel", "reference")
+IMPLEMENTATION_NAMES = {"kernel": "paged_kernel", "reference": "paged_reference", "sdpa": "sdpa"}
+
+# Deliberate corruptions for demonstrating that the parity gate bites (``--break-kernel``).
+BREAK_MODES = ("none", "scale", "drop-last-block")
+
+
+@dataclass
+class PagedSession:
+    """One batch's paged cache plus the plan of the step being run."""
+
+    cache: PagedKVCache
+    plan: StepPlan | None = None
+    # Attention calls per kernel path ("2d" / "split-kv"); the engine shares one across batches.
+    calls: Counter = field(default_factory=Counter)
+
+    @contextlib.contextmanager
+    def step(self, plan: StepPlan):
+        self.plan = plan
+        token = _ACTIVE.session
+        _ACTIVE.session = self
+        try:
+            yield self
+        finally:
+            _ACTIVE.session = token
+            self.plan = None
+
+
+class _Active(threading.local):
+    session: PagedSession | None = None
+
+
+_ACTIVE = _Active()
+
+
+def _kernel_fn():
+    # Imported late: the kernels package is optional for the sdpa/reference backends, and on CPU
+    # TRITON_INTERPRET must be in the environment before triton is first imported.
+    import kernels
+
+    return kernels.unified_attention
+
+
+def _reference_fn(precision: str):
+    import reference
+
+    def call(*args, split_kv=None, **kwargs):
+        return reference.unified_attention(*args, precision=precision, **kwargs)
+
+    return call
+
+
+@dataclass
+class BackendConfig:
+    """Process-wide knobs of the paged backends (set by ``configure``)."""
+
+    reference_precision: str = "float64"
+    break_mode: str = "none"
+
+
+CONFIG = BackendConfig()
+
+
+def configure(reference_precision: str | None = None, break_mode: str | None = None) -> None:
+    if reference_precision is not None:
+        CONFIG.reference_precision = reference_precision
+    if break_mode is not None:
+        if break_mode not in BREAK_MODES:
+            raise ValueError(f"break mode must be one of {BREAK_MODES}, got {break_mode!r}")
+        CONFIG.break_mode = break_mode
+
+
+def new_token_mask(attention_mask, batch: int, q_len: int, device) -> torch.Tensor:
+    """Bool ``[batch, q_len]``: which of this step's query positions hold real tokens."""
+    if attention_mask is None:
+        return torch.ones(batch, q_len, dtype=torch.bool, device=device)
+    if attention_mask.dim() != 2:
+        raise ValueError(f"paged attention expects the 2D padding mask, got shape {tuple(attention_mask.shape)}")
+    return attention_mask[:, -q_len:].to(device=device, dtype=torch.bool)
+
+
+def _broken_call(fn: Callable, mode: str) -> Callable:
+    """Wrap ``fn`` so its results are subtly wrong in a way a real kernel bug could be."""
+    if mode == "none":
+        return fn
+
+    def call(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, *rest, **kw):
+        if mode == "scale":
+            # A wrong softmax scale (e.g. forgetting a head-size change) sharpens every head.
+            softmax_scale = softmax_scale * 1.25
+        elif mode == "drop-last-block":
+            # Forgetting the final partial block of every sequence: the newest keys (often the
+            # query token's own) vanish. A sequence never drops below its own query count, so
+            # no query row is left with nothing to attend to.
+            block = k.shape[1]
+            q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
+            shortened = seqused_k - ((seqused_k - 1) % block + 1)
+            seqused_k = torch.maximum(shortened, q_lens).to(seqused_k.dtype)
+        return fn(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, *rest, **kw)
+
+    return call
+
+
+def paged_attention_forward(backend: str, module, query, key, value, attention_mask, scaling=None,
+                            dropout: float = 0.0, softcap=None, sliding_window=None, **kwargs):
+    """The transformers attention function of a paged backend.
+
+    ``query`` is ``[batch, q_heads, q_len, head_dim]``, ``key``/``value`` the same with kv heads,
+    all for this step's positions only; returns ``([batch, q_len, q_heads, head_dim], None)``.
+    """
+    session = _ACTIVE.session
+    if session is None or session.plan is None:
+        raise RuntimeError(f"{backend} attention called outside a PagedSession step")
+    plan, cache = session.plan, session.cache
+    batch, num_q_heads, q_len, head_dim = query.shape
+    if dropout:
+        raise ValueError("paged attention is inference-only (dropout must be 0)")
+    real = new_token_mask(attention_mask, batch, q_len, query.device)
+    counts = real.sum(dim=1).tolist()
+    if counts != plan.q_lens:
+        raise RuntimeError(f"padding mask says {counts} new tokens per row, the step plan says {plan.q_lens}")
+
+    # Boolean indexing walks rows in order and each row's real tokens in order: exactly the
+    # varlen layout, whatever side the padding is on.
+    q = query.transpose(1, 2)[real].contiguous()
+    k_new = key.transpose(1, 2)[real]
+    v_new = value.transpose(1, 2)[real]
+    layer = module.layer_idx
+    cache.write(layer, plan, k_new, v_new)
+
+    if backend == "kernel":
+        fn = _broken_call(_kernel_fn(), CONFIG.break_mode)
+    else:
+        fn = _reference_fn(CONFIG.reference_precision)
+    scale = float(module.scaling if scaling is None else scaling)
+    window = (-1, -1)
+    if sliding_window is not None:
+        window = (int(sliding_window) - 1, 0)
+    split_kv = plan.is_decode  # a serving engine: split-KV for decode, the 2D path for prefill
+    out = torch.empty_like(q)
+    fn(
+        q, cache.k[layer], cache.v[layer], out, plan.cu_seqlens_q, plan.max_seqlen_q, plan.seqused_k,
+        plan.max_seqlen_k, scale, True, window, plan.block_table, float(softcap or 0.0), None, None, None,
+        split_kv=split_kv,
+    )
+    session.calls["split-kv" if split_kv else "2d"] += 1
+    result = query.new_zeros(batch, q_len, num_q_heads, head_dim)
+    result[real] = out
+    return result, None
+
+
+def padding_mask_passthrough(batch_size, *args, attention_mask=None, **kwargs):
+    """Mask function for the paged backends: the 2D padding mask as given (or None)."""
+    return attention_mask
+
+
+_REGISTERED = False
+
+
+def register() -> None:
+    """Register the paged backends with transformers (idempotent)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from transformers import AttentionInterface
+
+    try:
+        from transformers import AttentionMaskInterface
+    except ImportError:  # older releases only export it from masking_utils
+        from transformers.masking_utils import AttentionMaskInterface
+
+    for backend in PAGED_BACKENDS:
+        name = IMPLEMENTATION_NAMES[backend]
+
+        def forward(*args, _backend=backend, **kwargs):
+            return paged_attention_forward(_backend, *args, **kwargs)
+
+        AttentionInterface.register(name, forward)
+        AttentionMaskInterface.register(name, padding_mask_passthrough)
+    _REGISTERED = True

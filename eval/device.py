@@ -1,0 +1,46 @@
+"""Device and dtype defaults, and the Triton interpreter switch for GPU-less machines."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+
+def has_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def ensure_triton_mode() -> None:
+    """Without a GPU, kernels can only run in Triton's interpreter, which must be chosen early."""
+    if has_cuda() or "TRITON_INTERPRET" in os.environ:
+        return
+    os.environ["TRITON_INTERPRET"] = "1"
+    if "triton" in sys.modules:
+        # Too late for modules that already read the flag; the kernel backend checks again.
+        print("warning: triton was imported before eval; set TRITON_INTERPRET=1 yourself", file=sys.stderr)
+
+
+def default_device() -> str:
+    return "cuda" if has_cuda() else "cpu"
+
+
+def default_dtype(device: str) -> str:
+    # bf16 tl.dot is wrong under the Triton interpreter (triton issue 11584), so CPU runs use
+    # float32; on a GPU bf16 is what the job is about.
+    return "bfloat16" if str(device).startswith("cuda") else "float32"
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(name: str | torch.dtype, device: str) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name in (None, "auto"):
+        name = default_dtype(device)
+    name = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}.get(name, name)
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or auto, got {name!r}")
+    return DTYPES[name]
