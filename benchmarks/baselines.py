@@ -58,6 +58,7 @@ class SdpaBaseline:
     note: str
     num_tokens: int
     out_shape: tuple[int, int, int]
+    expanded: bool = False
 
     def _run(self, copy: int) -> list[torch.Tensor]:
         from torch.nn.attention import sdpa_kernel
@@ -153,7 +154,7 @@ def build_sdpa(name: str, inputs: PagedInputs, copies: int | None = None) -> Sdp
     expanded = SdpaBaseline(name, make_groups(True), enable_gqa=False,
                             note=f"KV heads expanded {hkv}->{h} (enable_gqa failed: {reason[:200]}); "
                                  f"reads {h // hkv}x the KV bytes" + mask_note,
-                            num_tokens=point.num_tokens, out_shape=(point.num_tokens, h, d))
+                            num_tokens=point.num_tokens, out_shape=(point.num_tokens, h, d), expanded=True)
     reason2 = _try_once(expanded)
     if reason2 is None:
         return expanded

@@ -1,0 +1,299 @@
+"""Report: table (markdown), target checks and plot, all derived from the results JSON.
+
+Everything here reads only the JSON the sweep wrote, so it re-renders on any machine:
+
+    python -m benchmarks.report benchmarks/results/h100-80gb-hbm3.json
+
+writes ``<stem>.md`` and ``<stem>.png`` beside the JSON (the PNG needs matplotlib) and prints
+the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+IMPLS = ("heuristic", "2d", "3d", "sdpa-flash", "sdpa-cudnn")
+LABELS = {
+    "heuristic": "ours (heuristic)",
+    "2d": "ours, forced 2D",
+    "3d": "ours, forced 3D",
+    "sdpa-flash": "SDPA flash (contiguous)",
+    "sdpa-cudnn": "SDPA cuDNN (contiguous)",
+}
+# Slack for "heuristic never slower than the better forced path": replay-to-replay noise.
+HEURISTIC_TOLERANCE = 0.03
+
+
+# -- derived numbers -------------------------------------------------------------------------
+def us(rec: dict, impl: str) -> float | None:
+    r = rec.get("results", {}).get(impl) or {}
+    v = r.get("us")
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def pct_of_floor(rec: dict, impl: str) -> float | None:
+    """Floor time over measured time, in percent: 100% means the call ran at the HBM roofline."""
+    t, floor = us(rec, impl), rec.get("floor_us")
+    return None if t is None or not floor else 100.0 * floor / t
+
+
+def speedup_vs_2d(rec: dict, impl: str) -> float | None:
+    t, t2 = us(rec, impl), us(rec, "2d")
+    return None if t is None or t2 is None else t2 / t
+
+
+def tflops(rec: dict, impl: str) -> float | None:
+    t = us(rec, impl)
+    return None if t is None or not rec.get("flops") else rec["flops"] / (t * 1e-6) / 1e12
+
+
+def target_status(rec: dict) -> tuple[str, bool | None]:
+    tgt = rec.get("target")
+    if not tgt:
+        return "", None
+    impl = tgt.get("impl", "heuristic")
+    measured = us(rec, impl) if tgt["metric"] == "us" else tflops(rec, impl)
+    if measured is None:
+        return f"{_target_text(tgt)}: not measured", None
+    met = measured <= tgt["value"] if tgt["metric"] == "us" else measured >= tgt["value"]
+    unit = "us" if tgt["metric"] == "us" else "TFLOP/s"
+    if met:
+        return f"{_target_text(tgt)}: met ({measured:.1f} {unit})", True
+    gap = measured / tgt["value"] if tgt["metric"] == "us" else tgt["value"] / measured
+    return f"{_target_text(tgt)}: MISSED ({measured:.1f} {unit}, {gap:.2f}x off)", False
+
+
+def _target_text(tgt: dict) -> str:
+    return f"<= {tgt['value']:g} us" if tgt["metric"] == "us" else f">= {tgt['value']:g} TFLOP/s"
+
+
+def heuristic_vs_forced(rec: dict) -> tuple[float | None, bool | None]:
+    """Heuristic time over the better forced path's (<= 1 + tolerance passes)."""
+    h = us(rec, "heuristic")
+    forced = [t for t in (us(rec, "2d"), us(rec, "3d")) if t is not None]
+    if h is None or not forced:
+        return None, None
+    ratio = h / min(forced)
+    return ratio, ratio <= 1.0 + HEURISTIC_TOLERANCE
+
+
+# -- text ------------------------------------------------------------------------------------
+def _f(v, fmt="{:.1f}", missing="n/a") -> str:
+    return missing if v is None else fmt.format(v)
+
+
+def _plan_text(rec: dict) -> str:
+    path, segs = rec.get("heuristic_path"), rec.get("heuristic_segments")
+    if path is None:
+        return "?"
+    return f"3D/{segs}" if path == "3d" else "2D"
+
+
+def sweep_table(data: dict) -> str:
+    head = ("| point | heuristic plan | heuristic us | 2D us | 3D us (segs) | SDPA flash us | SDPA cuDNN us | "
+            "floor us | heuristic % of floor | heuristic vs 2D | 3D vs 2D | TFLOP/s (heuristic) | target |")
+    cols = head.count("|") - 1
+    lines = [head, "|" + "|".join(["---"] * cols) + "|"]
+    for rec in data.get("points", []):
+        if rec.get("error") and not rec.get("results"):
+            lines.append(f"| {rec['name']} | error: {rec['error'][:120]} |" + " |" * (cols - 2))
+            continue
+        seg3 = rec.get("forced3d_segments")
+        t3 = us(rec, "3d")
+        cell3 = "n/a" if t3 is None else f"{t3:.1f} ({seg3})"
+        tf = _f(tflops(rec, "heuristic")) if rec.get("kind") != "decode" else ""
+        tgt_text, _ = target_status(rec)
+        lines.append("| " + " | ".join([
+            rec["name"], _plan_text(rec), _f(us(rec, "heuristic")), _f(us(rec, "2d")), cell3,
+            _f(us(rec, "sdpa-flash")), _f(us(rec, "sdpa-cudnn")), _f(rec.get("floor_us")),
+            _f(pct_of_floor(rec, "heuristic"), "{:.0f}%"), _f(speedup_vs_2d(rec, "heuristic"), "{:.2f}x"),
+            _f(speedup_vs_2d(rec, "3d"), "{:.2f}x"), tf, tgt_text,
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def checks_text(data: dict) -> str:
+    out = ["Targets:"]
+    any_target = False
+    for rec in data.get("points", []):
+        text, _ = target_status(rec)
+        if text:
+            any_target = True
+            out.append(f"- {rec['name']}: heuristic {text}")
+    if not any_target:
+        out.append("- (no target point in this run)")
+    bs1 = [r for r in data.get("points", []) if r.get("series") == "bs1"]
+    if bs1:
+        out.append(f"Heuristic vs the better forced path on the batch-1 sweep (passes at <= {1 + HEURISTIC_TOLERANCE:.2f}x):")
+        for rec in bs1:
+            ratio, ok = heuristic_vs_forced(rec)
+            if ratio is None:
+                out.append(f"- {rec['name']}: not measured")
+            else:
+                best = "2D" if (us(rec, "2d") or math.inf) <= (us(rec, "3d") or math.inf) else "3D"
+                out.append(f"- {rec['name']}: {ratio:.3f}x the better forced path ({best}) -> {'ok' if ok else 'SLOWER'}")
+    problems = []
+    for rec in data.get("points", []):
+        for impl, r in (rec.get("results") or {}).items():
+            if r.get("us") is None and r.get("error"):
+                problems.append(f"- {rec['name']} / {impl}: n/a: {r['error'][:300]}")
+            elif r.get("note"):
+                problems.append(f"- {rec['name']} / {impl}: {r['note'][:300]}")
+        chk = rec.get("check") or {}
+        for impl, d in (chk.get("max_abs_diff") or {}).items():
+            if d is not None and d > chk.get("tolerance", 0.05):
+                problems.append(f"- {rec['name']} / {impl}: output differs from {chk.get('reference')} by {d:.3g} (tolerance {chk.get('tolerance')})")
+        if rec.get("error"):
+            problems.append(f"- {rec['name']}: {rec['error'][:300]}")
+    if problems:
+        out.append("Notes (unavailable implementations, fallbacks, failed checks):")
+        out.extend(problems)
+    return "\n".join(out)
+
+
+def tune_table(data: dict) -> str:
+    rows = data.get("tune") or []
+    if not rows:
+        return ""
+    segs = sorted({int(s) for r in rows for s in (r.get("3d") or {})})
+    head = "| point | heuristic plan | heuristic us | 2D us | " + " | ".join(f"S={s}" for s in segs) + " | best | heuristic / best |"
+    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    for r in rows:
+        if r.get("error") and not r.get("2d"):
+            lines.append(f"| {r['name']} | error: {r['error'][:120]} |" + " |" * (head.count("|") - 3))
+            continue
+        threed = r.get("3d") or {}
+        cells = [_f(threed.get(str(s), {}).get("us")) if isinstance(threed.get(str(s)), dict) else "-" for s in segs]
+        best = r.get("best") or {}
+        h = (r.get("heuristic") or {}).get("us")
+        ratio = None if h is None or not best.get("us") else h / best["us"]
+        plan = r.get("heuristic_plan") or {}
+        plan_txt = "2D" if plan.get("path") == "2d" else f"3D/{plan.get('num_segments')}"
+        lines.append("| " + " | ".join([
+            r["name"], plan_txt, _f(h), _f((r.get("2d") or {}).get("us")), *cells,
+            f"{best.get('config', '?')} ({_f(best.get('us'))})", _f(ratio, "{:.2f}x"),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def header_text(data: dict) -> str:
+    env = data.get("env", {})
+    bw = data.get("copy_bandwidth") or {}
+    lines = [
+        f"Device: {env.get('device_name')} ({env.get('num_sms')} SMs, L2 {_mib(env.get('l2_bytes'))}); "
+        f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda_runtime')}, cuDNN {env.get('cudnn')}",
+        f"Date (UTC): {env.get('date_utc')}; command: `{env.get('command')}`; seed {data.get('seed')}; "
+        f"commit {env.get('git_commit') or 'n/a'}",
+    ]
+    if bw:
+        lines.append(f"Copy bandwidth (read+write, median): {bw.get('gbps', 0):.0f} GB/s; floors use "
+                     f"{data.get('floor_gbps', 0):.0f} GB/s")
+    if data.get("elapsed_s") is not None:
+        lines.append(f"Sweep wall time: {data['elapsed_s']:.0f} s")
+    return "\n".join(lines)
+
+
+def _mib(b) -> str:
+    return "?" if not b else f"{b / 2**20:.0f} MiB"
+
+
+def render_markdown(data: dict) -> str:
+    parts = [f"# Paged-attention benchmark ({data.get('mode', 'sweep')})", "", header_text(data), ""]
+    if data.get("points"):
+        parts += [sweep_table(data), "", checks_text(data), ""]
+    if data.get("tune"):
+        parts += ["## Segment-count tuning (median us per call)", "", tune_table(data), ""]
+    parts += [LEGEND]
+    return "\n".join(parts)
+
+
+LEGEND = """Columns: times are medians per call in microseconds, CUDA-graph replay, inputs rotated over
+several times the L2. "heuristic" is unified_attention with the planner's choice (plan column:
+2D, or 3D/number of KV segments); "2D"/"3D" force the path (3D with the planner's segment count
+for a forced split). SDPA columns run torch scaled_dot_product_attention on contiguous (not paged)
+KV: an upper-bound reference. "floor" is the HBM floor: bytes that must move (K and V once, q and
+out once) over the device-to-device copy bandwidth measured in the same run. "% of floor" is
+floor / time (100% = at the roofline). "vs 2D" is forced-2D time / time (above 1x = faster than
+2D). TFLOP/s counts the causal mask's visible (query, key) pairs exactly: 4 x head_size x
+query heads per pair."""
+
+
+# -- plot ------------------------------------------------------------------------------------
+def render_png(data: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    recs = data.get("points") or []
+    panels = [("bs1", "batch 1, Llama-3.1-8B heads (32/8x128)", "KV length (keys)"),
+              ("bs@4k", "KV length 4,096, Llama-3.1-8B heads", "batch size (sequences)")]
+    panels = [p for p in panels if any(r.get("series") == p[0] for r in recs)]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5.5), squeeze=False)
+    styles = {"heuristic": ("C0", "o", "-"), "2d": ("C1", "s", "--"), "3d": ("C2", "^", "--"),
+              "sdpa-flash": ("C3", "v", ":"), "sdpa-cudnn": ("C4", "D", ":")}
+    for ax, (series, title, xlabel) in zip(axes[0], panels):
+        rs = sorted((r for r in recs if r.get("series") == series), key=lambda r: r["x"])
+        for impl in IMPLS:
+            pts = [(r["x"], us(r, impl)) for r in rs if us(r, impl) is not None]
+            if pts:
+                color, marker, ls = styles[impl]
+                ax.plot(*zip(*pts), color=color, marker=marker, linestyle=ls, label=LABELS[impl], markersize=4)
+        floor = [(r["x"], r["floor_us"]) for r in rs if r.get("floor_us")]
+        if floor:
+            ax.plot(*zip(*floor), color="black", linewidth=2, label="HBM floor (copy bandwidth)")
+        tg = [(r["x"], r["target"]["value"]) for r in rs if r.get("target") and r["target"]["metric"] == "us"]
+        if tg:
+            ax.scatter(*zip(*tg), color="red", marker="x", s=60, zorder=5, label="target")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("latency per call (us)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    env = data.get("env", {})
+    fig.suptitle(f"Paged-attention decode, bf16, block 16 - {env.get('device_name')}, torch {env.get('torch')}, "
+                 f"triton {env.get('triton')}, {str(env.get('date_utc', ''))[:10]}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_all(json_path: Path, png: bool = True) -> dict:
+    """Re-render the markdown table (and PNG) next to ``json_path``; returns what was written."""
+    json_path = Path(json_path)
+    data = json.loads(json_path.read_text())
+    md = json_path.with_suffix(".md")
+    md.write_text(render_markdown(data) + "\n")
+    written = {"markdown": str(md)}
+    if png and data.get("points"):
+        out = render_png(data, json_path.with_suffix(".png"))
+        written["png"] = str(out) if out else "skipped: matplotlib not importable (re-render with python -m benchmarks.report)"
+    return written
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Re-render a benchmark results JSON as a table and a PNG plot.")
+    ap.add_argument("json", nargs="+", type=Path)
+    ap.add_argument("--no-png", action="store_true")
+    args = ap.parse_args(argv)
+    for path in args.json:
+        written = write_all(path, png=not args.no_png)
+        data = json.loads(path.read_text())
+        print(render_markdown(data))
+        print(f"\nwrote {', '.join(f'{k}: {v}' for k, v in written.items())}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
