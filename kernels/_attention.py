@@ -280,13 +280,15 @@ def _reduce_segments_kernel(
     sinks_ptr, output_scale_ptr,
     stride_o_tok, stride_o_head, stride_o_dim,
     stride_part_tok, stride_part_head,
-    num_seqs, window_left, num_segments,
+    num_seqs, num_q_heads, window_left, num_segments,
     TILE: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr,
-    USE_SINKS: tl.constexpr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr,
+    HEADS: tl.constexpr, USE_SINKS: tl.constexpr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr,
 ):
-    """Merge one (token, head)'s segments with log-sum-exp rescaling; reads active segments only."""
+    """Merge the segments of one token's ``HEADS`` query heads with log-sum-exp rescaling.
+
+    Reads only the segments ``_segment_layout`` calls active; the others were never written.
+    """
     token = tl.program_id(0)
-    head = tl.program_id(1)
     seq = _sequence_of(cu_seqlens_q_ptr, token, num_seqs, 1, False)
     q_start = tl.load(cu_seqlens_q_ptr + seq)
     q_end = tl.load(cu_seqlens_q_ptr + seq + 1)
@@ -295,29 +297,31 @@ def _reduce_segments_kernel(
     seq_len = tl.load(seqused_k_ptr + seq)
     first_tile, tiles_per_segment, active = _segment_layout(seq_len, q_end - q_start, window_left, num_segments, TILE)
 
+    heads = tl.program_id(1) * HEADS + tl.arange(0, HEADS)
+    head_valid = heads < num_q_heads
     segs = tl.arange(0, SEGMENTS_PAD)
-    seg_valid = segs < active
-    part = token.to(tl.int64) * stride_part_tok + head * stride_part_head + segs
-    seg_max = tl.load(part_max_ptr + part, mask=seg_valid, other=float("-inf"))
-    seg_sum = tl.load(part_sum_ptr + part, mask=seg_valid, other=0.0)
-    top = tl.max(seg_max, 0)
+    valid = head_valid[:, None] & (segs < active)[None, :]
+    part = token.to(tl.int64) * stride_part_tok + heads[:, None] * stride_part_head + segs[None, :]
+    seg_max = tl.load(part_max_ptr + part, mask=valid, other=float("-inf"))
+    seg_sum = tl.load(part_sum_ptr + part, mask=valid, other=0.0)
+    top = tl.max(seg_max, 1)
     if USE_SINKS:
-        sink = tl.load(sinks_ptr + head).to(tl.float32) * 1.4426950408889634
+        sink = tl.load(sinks_ptr + heads, mask=head_valid, other=float("-inf")).to(tl.float32) * 1.4426950408889634
         top = tl.maximum(top, sink)
     # All segments empty and no sink: shift by 0 so every weight is exp2(-inf) = 0, not NaN.
     top = tl.where(top == float("-inf"), 0.0, top)
-    weight = tl.exp2(seg_max - top)
-    denom = tl.sum(seg_sum * weight, 0)
+    weight = tl.exp2(seg_max - top[:, None])
+    denom = tl.sum(seg_sum * weight, 1)
     if USE_SINKS:
         denom += tl.exp2(sink - top)
 
     dims = tl.arange(0, HEAD_PAD)
     dim_valid = dims < HEAD_SIZE
-    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_PAD + dims[None, :],
-                  mask=seg_valid[:, None] & dim_valid[None, :], other=0.0)
-    result = tl.sum(acc * weight[:, None], 0) / tl.where(denom == 0.0, 1.0, denom)
+    acc = tl.load(part_acc_ptr + part[:, :, None] * HEAD_PAD + dims[None, None, :],
+                  mask=valid[:, :, None] & dim_valid[None, None, :], other=0.0)
+    result = tl.sum(acc * weight[:, :, None], 1) / tl.where(denom == 0.0, 1.0, denom)[:, None]
     if OUT_FP8:
         result = result / tl.load(output_scale_ptr)
         result = tl.minimum(tl.maximum(result, -OUT_FP8_MAX), OUT_FP8_MAX)
-    o_ptrs = out_ptr + token.to(tl.int64) * stride_o_tok + head * stride_o_head + dims * stride_o_dim
-    tl.store(o_ptrs, result.to(out_ptr.dtype.element_ty), mask=dim_valid)
+    o_ptrs = out_ptr + token.to(tl.int64) * stride_o_tok + heads[:, None] * stride_o_head + dims[None, :] * stride_o_dim
+    tl.store(o_ptrs, result.to(out_ptr.dtype.element_ty), mask=head_valid[:, None] & dim_valid[None, :])

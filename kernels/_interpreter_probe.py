@@ -1,8 +1,11 @@
-"""Detects the Triton interpreter's bf16 ``tl.dot`` bug (triton issue #11584) before it can lie.
+"""Detects Triton interpreter bugs that would make kernel results silently wrong on CPU.
 
-The interpreter stores bf16 tensors as uint16 and, in the affected versions, multiplies the bit
-patterns. The probe runs a tiny bf16 dot and compares with torch; the kernels refuse bf16 under
-the interpreter while it fails, instead of returning silently wrong results.
+- bf16 ``tl.dot`` (triton issue #11584): bf16 tensors are stored as uint16 and the affected
+  versions multiply the bit patterns.
+- float32 -> fp8 e4m3 casts: the affected versions drop the rounding carry into the exponent
+  (31.99 becomes 16, not 32) and round ties away from even.
+Each probe runs a tiny kernel and compares with torch; the kernels refuse the affected dtype
+under the interpreter while its probe fails, instead of returning wrong results.
 """
 
 import functools
@@ -35,5 +38,31 @@ def bf16_dot_is_exact() -> bool:
     return bf16_dot_error() < 1e-3
 
 
+
+
+@triton.jit
+def _fp8_cast_probe_kernel(x_ptr, y_ptr, N: tl.constexpr):
+    idx = tl.arange(0, N)
+    tl.store(y_ptr + idx, tl.load(x_ptr + idx).to(y_ptr.dtype.element_ty))
+
+
+# Values whose rounding carries into the exponent (31.99 -> 32) or ties to even (100 -> 96).
+_FP8_PROBE_VALUES = (31.99, -31.99, 1.99, 7.9, 100.0, -100.0, 0.3, 239.0, 0.1, 15.99, 3.99, 448.0, 0.0, -0.5, 55.0, 9.0)
+
+
+def fp8_cast_mismatches() -> int:
+    """How many probe values the interpreter's float32 -> fp8 e4m3 cast gets wrong (0 when right)."""
+    x = torch.tensor(_FP8_PROBE_VALUES, dtype=torch.float32)
+    y = torch.empty(len(_FP8_PROBE_VALUES), dtype=torch.float8_e4m3fn)
+    _fp8_cast_probe_kernel[(1,)](x, y, N=len(_FP8_PROBE_VALUES))
+    return int((y.float() != x.to(torch.float8_e4m3fn).float()).sum())
+
+
+@functools.lru_cache(maxsize=None)
+def fp8_cast_is_exact() -> bool:
+    return fp8_cast_mismatches() == 0
+
+
 def reset() -> None:
     bf16_dot_is_exact.cache_clear()
+    fp8_cast_is_exact.cache_clear()

@@ -26,16 +26,21 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _check_backend(q: torch.Tensor) -> None:
+def _check_backend(q: torch.Tensor, out: torch.Tensor) -> None:
     if q.device.type == "cpu" and not interpreting():
         raise ValueError("q: CPU tensors need the Triton interpreter; set TRITON_INTERPRET=1 before importing triton")
-    if interpreting() and q.dtype == torch.bfloat16:
-        from ._interpreter_probe import bf16_dot_is_exact
+    if not interpreting():
+        return
+    from . import _interpreter_probe as probe
 
-        if not bf16_dot_is_exact():
-            raise NotImplementedError(
-                "q: bfloat16 tl.dot is wrong under this Triton interpreter (triton issue #11584); "
-                "run on a GPU, or install the test harness's interpreter fix first")
+    if q.dtype == torch.bfloat16 and not probe.bf16_dot_is_exact():
+        raise NotImplementedError(
+            "q: bfloat16 tl.dot is wrong under this Triton interpreter (triton issue #11584); "
+            "run on a GPU, or install the test harness's interpreter fix first")
+    if out.dtype in FP8_CACHE_DTYPES and not probe.fp8_cast_is_exact():
+        raise NotImplementedError(
+            "out: float32 -> fp8 casts round wrongly under this Triton interpreter; "
+            "run on a GPU, or install the test harness's interpreter fix first")
 
 
 def make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, *, split_kv=None, num_segments=None,
@@ -70,7 +75,7 @@ def unified_attention(
         window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
         output_scale, num_segments, workspace,
     )
-    _check_backend(q)
+    _check_backend(q, out)
     plan = make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, split_kv=split_kv,
                      num_segments=num_segments, workspace=workspace, batch_invariant=batch_invariant)
     if q.shape[0] == 0:
@@ -104,8 +109,8 @@ def unified_attention(
     if split:
         _attention._reduce_segments_kernel[plan.reduce_grid](
             out, part_acc, part_max, part_sum, cu_seqlens_q, seqused_k, _or(sinks, q), _or(output_scale, q),
-            *out.stride(), *part_strides, cu_seqlens_q.shape[0] - 1, window_left, plan.num_segments,
-            SEGMENTS_PAD=plan.segments_pad, num_warps=4 if not interpreting() else 1, **common,
+            *out.stride(), *part_strides, cu_seqlens_q.shape[0] - 1, num_q_heads, window_left, plan.num_segments,
+            SEGMENTS_PAD=plan.segments_pad, HEADS=plan.reduce_heads, num_warps=1 if interpreting() else 4, **common,
         )
     return out
 

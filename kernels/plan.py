@@ -48,6 +48,7 @@ class LaunchPlan:
     num_stages: int
     grid: tuple[int, int, int]
     reduce_grid: tuple[int, int] | None
+    reduce_heads: int  # query heads merged per reduction program
     reason: str
 
     @property
@@ -71,9 +72,10 @@ def _tile_size(head_pad: int, interpreter: bool) -> int:
 
 def _block_m(num_queries_per_kv: int, max_seqlen_q: int, head_pad: int, prefill_sized: bool, interpreter: bool) -> int:
     group = next_power_of_2(num_queries_per_kv)
-    if interpreter or not prefill_sized:
+    if not prefill_sized:
         return max(16, group)
-    cap = 128 if head_pad <= 128 else 64
+    # The interpreter pays per program and per op, not per element: fewer, larger blocks.
+    cap = 64 if interpreter or head_pad > 128 else 128
     return max(group, min(cap, max(16, next_power_of_2(max_seqlen_q * num_queries_per_kv))))
 
 
@@ -132,6 +134,9 @@ def plan_launch(
     block_q = block_m // num_queries_per_kv
     num_q_blocks = num_tokens // block_q + num_seqs
     big = block_m * head_pad >= 128 * 128
+    # One head per reduction program keeps GPU registers small; the interpreter, which pays
+    # per program, merges every head of a token at once.
+    reduce_heads = next_power_of_2(num_q_heads) if interpreter else 1
     return LaunchPlan(
         path=path,
         block_m=block_m,
@@ -141,6 +146,7 @@ def plan_launch(
         num_warps=1 if interpreter else (8 if big else 4),
         num_stages=1 if interpreter else (2 if head_pad > 128 else 3),
         grid=(num_q_blocks, num_kv_heads, segments),
-        reduce_grid=(num_tokens, num_q_heads) if path == "3d" else None,
+        reduce_grid=(num_tokens, math.ceil(num_q_heads / reduce_heads)) if path == "3d" else None,
+        reduce_heads=reduce_heads,
         reason=reason,
     )

@@ -1,0 +1,170 @@
+"""Test harness: device selection, tiers, seeds, GPU pinning, the implementation under test.
+
+Device: ``ATTN_TEST_DEVICE=cpu|gpu|auto`` (default auto: GPU when CUDA is available). On CPU the
+kernels run through the Triton interpreter, which Triton decides on when a kernel is
+decorated, so ``TRITON_INTERPRET=1`` is set here, before anything imports triton.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+
+_requested = os.environ.get("ATTN_TEST_DEVICE", "auto").lower()
+if _requested not in ("cpu", "gpu", "auto"):
+    raise ValueError(f"ATTN_TEST_DEVICE must be cpu, gpu or auto, got {_requested!r}")
+
+import torch  # noqa: E402  (torch does not import triton)
+
+if _requested == "gpu" and not torch.cuda.is_available():
+    raise RuntimeError("ATTN_TEST_DEVICE=gpu but no CUDA device is available")
+DEVICE = "cuda" if (_requested == "gpu" or (_requested == "auto" and torch.cuda.is_available())) else "cpu"
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Fuzz budgets: derandomized and fixed in CI; --hypothesis-profile=nightly for the big run.
+settings.register_profile("cpu", max_examples=10, derandomize=True, database=None, deadline=None)
+settings.register_profile("gpu", max_examples=60, derandomize=True, database=None, deadline=None)
+settings.register_profile("nightly", max_examples=1000, deadline=None)
+settings.load_profile("cpu" if DEVICE == "cpu" else "gpu")
+
+from tests.harness import gpus  # noqa: E402
+from tests.harness.check import Context  # noqa: E402
+from tests.harness.impl import DEFAULT_SPEC, Implementation  # noqa: E402
+
+TIERS = {
+    "quick": "a one-minute smoke subset of every tier (CPU CI runs it first)",
+    "reference": "self-tests of the pure-PyTorch reference",
+    "numerics": "dtype x head size x GQA x block size x batch composition, every path",
+    "edge": "segment boundaries, empty segments, fully masked rows, q_len 0, extreme logits, dominant sinks",
+    "poison": "NaN/Inf in every byte the result must not depend on; result must be bit-identical",
+    "layout": "non-contiguous q/out, combined and head-major caches, strided block tables, >2^31-element caches",
+    "dispatch": "the planner's documented choices; forced paths agree",
+    "determinism": "bit-identical repeats; batch-invariant mode",
+    "graph": "3D path with a preallocated workspace captured in a CUDA graph and replayed (GPU)",
+    "bad_input": "every invalid argument raises the documented error naming it, out untouched",
+    "fuzz": "property-based random batches (hypothesis), shrunk to a minimal failing case",
+    "stress": "large caches and long sequences (GPU)",
+    "accuracy": "gsm8k parity job through lm-eval (slow)",
+    "harness": "self-tests of the suite's own machinery (pinning, interpreter fix, tolerance rule)",
+    "mutation": "nightly: seeded kernel bugs must each be caught by the quick tiers",
+}
+GPU_ONLY_TIERS = ("graph", "stress")
+_interp_status = "not interpreting"
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("attention suite")
+    group.addoption("--attn-impl", default=DEFAULT_SPEC,
+                    help="implementation under test, MODULE:FUNC or path/to/file.py:FUNC (default %(default)s)")
+    group.addoption("--repro-dir", default=None, help="write a reproducer file for every failing numerics case here")
+    group.addoption("--error-report", default=None, help="write every case's error ratio (error / allowed) as JSON")
+
+
+def pytest_configure(config):
+    global _interp_status
+    for name, text in TIERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    if DEVICE == "cpu":
+        from tests.harness import interpreter_fix
+
+        _interp_status = interpreter_fix.install()
+    else:
+        config._attn_gpu = gpus.pin_current_worker()
+
+
+def pytest_report_header(config):
+    lines = [f"attention suite: device={DEVICE}, impl={config.getoption('--attn-impl')}", f"interpreter: {_interp_status}"]
+    if DEVICE == "cuda":
+        count = torch.cuda.device_count()
+        lines.append(f"GPU pinning: xdist workers round-robin over {count} GPU(s); controller on GPU "
+                     f"{torch.cuda.current_device()} ({torch.cuda.get_device_name()})")
+    return lines
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if DEVICE == "cpu":
+            for tier in GPU_ONLY_TIERS:
+                if tier in item.keywords:
+                    item.add_marker(pytest.mark.skip(reason=f"'{tier}' tier needs a CUDA GPU"))
+        case = getattr(getattr(item, "callspec", None), "params", {}).get("case")
+        if case is None:
+            continue
+        for mark in case.marks:
+            item.add_marker(getattr(pytest.mark, mark))
+        if DEVICE == "cpu" and case.gpu_only:
+            item.add_marker(pytest.mark.skip(reason="case sized for a GPU (too slow for the interpreter)"))
+        if DEVICE == "cpu":
+            from tests.harness.interpreter_fix import dtype_usable
+
+            for dtype in (case.dtype, case.out_dtype):
+                if dtype and not dtype_usable(dtype, _interp_status):
+                    item.add_marker(pytest.mark.skip(reason=f"{dtype} on the interpreter: {_interp_status}"))
+
+
+def pytest_runtest_setup(item):
+    gpu = getattr(item.config, "_attn_gpu", None)
+    if gpu is not None:
+        item.user_properties.append(("gpu", gpu))
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    return DEVICE
+
+
+@pytest.fixture(scope="session")
+def impl(request) -> Implementation:
+    return Implementation.load(request.config.getoption("--attn-impl"))
+
+
+@pytest.fixture
+def seed(request) -> int:
+    """Derived from the test id: the same for a test whatever the order, worker or selection."""
+    value = zlib.crc32(request.node.nodeid.encode()) & 0x7FFFFFFF
+    torch.manual_seed(value)
+    return value
+
+
+_records: list = []
+
+
+@pytest.fixture
+def ctx(request, device, seed, impl) -> Context:
+    context = Context(request.node.nodeid, device, seed, impl, request.config.getoption("--repro-dir"))
+    yield context
+    for name, path, ratio in context.records:
+        _records.append({"nodeid": request.node.nodeid, "case": name, "path": path, "ratio": ratio})
+
+
+def pytest_sessionfinish(session, exitstatus):
+    target = session.config.getoption("--error-report")
+    if not target:
+        return
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    path = f"{target}.{worker}" if worker else target
+    with open(path, "w") as fh:
+        json.dump({"impl": session.config.getoption("--attn-impl"), "device": DEVICE, "cases": _records}, fh, indent=1)
+    if worker is None:
+        _merge_worker_reports(target)
+
+
+def _merge_worker_reports(target: str) -> None:
+    import glob
+
+    parts = sorted(glob.glob(f"{target}.gw*"))
+    if not parts:
+        return
+    with open(target) as fh:
+        merged = json.load(fh)
+    for part in parts:
+        with open(part) as fh:
+            merged["cases"].extend(json.load(fh)["cases"])
+        os.remove(part)
+    with open(target, "w") as fh:
+        json.dump(merged, fh, indent=1)

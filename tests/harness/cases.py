@@ -1,0 +1,282 @@
+"""Cases as data, and the builder that turns a case into concrete paged-attention inputs.
+
+A ``Case`` is one call: batch composition, shapes, features and memory layout. ``build`` makes
+the tensors: a paged cache with spare blocks and a shuffled block table (so paging is real),
+block-table columns past each sequence's last block pointing at a spare block, and optional
+poison (NaN/Inf) in every cache slot and buffer the result must not depend on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from reference import visibility
+
+DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float8_e4m3fn": getattr(torch, "float8_e4m3fn", None),
+}
+LAYOUTS = (
+    "contiguous",      # every tensor dense
+    "fused_qkv",       # q is a slice of a fused [tokens, q_heads + 2 kv_heads, dim] projection
+    "out_strided",     # out is every other head of a wider buffer
+    "kv_combined",     # k, v = kv[:, 0], kv[:, 1] of one [blocks, 2, block, heads, dim] tensor
+    "kv_outer",        # k, v = kv[0], kv[1] of one [2, blocks, block, heads, dim] tensor
+    "head_major",      # cache stored [blocks, heads, block, dim], viewed [blocks, block, heads, dim]
+    "bt_strided",      # block table rows longer than their used width
+    "head_padded",     # q/k/v/out rows padded past head_size (padding poisoned in poison runs)
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One paged-attention call, declared as data. ``name`` is the pytest id."""
+
+    name: str
+    seq_lens: tuple[int, ...]  # keys per sequence (seqused_k)
+    query_lens: tuple[int, ...]  # query tokens per sequence (its last positions)
+    num_q_heads: int = 4
+    num_kv_heads: int = 2
+    head_size: int = 32
+    block_size: int = 16
+    dtype: str = "float16"
+    kv_dtype: str | None = None  # None: same as dtype; "float8_e4m3fn" for fp8 caches
+    out_dtype: str | None = None  # None: same as dtype; "float8_e4m3fn" for fp8 output
+    causal: bool = True
+    window: tuple[int, int] = (-1, -1)
+    softcap: float = 0.0
+    alibi: bool = False
+    alibi_scale: float = 1.0
+    sinks: bool = False
+    sink_scale: float = 1.0
+    logit_scale: float = 1.0  # multiplies q: large values give extreme logits
+    layout: str = "contiguous"
+    pad_tokens: int = 0  # q/out rows past the last sequence (padded CUDA-graph batches)
+    num_segments: int | None = None  # force a segment count on the 3D path
+    gpu_only: bool = False
+    marks: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        assert len(self.seq_lens) == len(self.query_lens), self.name
+        assert all(0 <= q <= k for q, k in zip(self.query_lens, self.seq_lens)), self.name
+        assert self.layout in LAYOUTS, self.layout
+
+    @property
+    def is_decode(self) -> bool:
+        return max(self.query_lens) <= 1
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+    def with_(self, **changes) -> "Case":
+        return replace(self, **changes)
+
+
+@dataclass
+class Inputs:
+    """Concrete tensors for a case. ``out`` is the initial output buffer (NaN-filled)."""
+
+    case: Case
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    out: torch.Tensor
+    cu_seqlens_q: torch.Tensor
+    seqused_k: torch.Tensor
+    block_table: torch.Tensor
+    softmax_scale: float
+    k_descale: torch.Tensor | None = None
+    v_descale: torch.Tensor | None = None
+    alibi_slopes: torch.Tensor | None = None
+    sinks: torch.Tensor | None = None
+    output_scale: torch.Tensor | None = None
+    seed: int = 0
+
+    @property
+    def max_seqlen_q(self) -> int:
+        return max(self.case.query_lens)
+
+    @property
+    def max_seqlen_k(self) -> int:
+        return max(self.case.seq_lens)
+
+    @property
+    def num_tokens_used(self) -> int:
+        return sum(self.case.query_lens)
+
+    def fresh_out(self) -> torch.Tensor:
+        """A copy of the initial output buffer with the same strides."""
+        buf = torch.empty_strided(self.out.size(), self.out.stride(), dtype=self.out.dtype, device=self.out.device)
+        buf.copy_(self.out)
+        return buf
+
+    def call_args(self, out: torch.Tensor) -> tuple:
+        """Positional arguments in the shared calling convention."""
+        c = self.case
+        return (self.q, self.k, self.v, out, self.cu_seqlens_q, self.max_seqlen_q, self.seqused_k,
+                self.max_seqlen_k, self.softmax_scale, c.causal, c.window, self.block_table, c.softcap,
+                None, self.k_descale, self.v_descale)
+
+    def call_kwargs(self) -> dict:
+        return {"alibi_slopes": self.alibi_slopes, "sinks": self.sinks, "output_scale": self.output_scale}
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _randn(shape, gen, dtype=torch.float32):
+    return torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
+
+
+def _cache_pair(case: Case, num_blocks: int, dtype, device):
+    shape = (num_blocks, case.block_size, case.num_kv_heads, case.head_size)
+    if case.layout == "kv_combined":
+        kv = torch.empty(num_blocks, 2, *shape[1:], dtype=dtype, device=device)
+        return kv[:, 0], kv[:, 1]
+    if case.layout == "kv_outer":
+        kv = torch.empty(2, *shape, dtype=dtype, device=device)
+        return kv[0], kv[1]
+    if case.layout == "head_major":
+        store = (num_blocks, case.num_kv_heads, case.block_size, case.head_size)
+        return (torch.empty(store, dtype=dtype, device=device).permute(0, 2, 1, 3),
+                torch.empty(store, dtype=dtype, device=device).permute(0, 2, 1, 3))
+    if case.layout == "head_padded":
+        padded = (*shape[:-1], case.head_size + 8)
+        return (torch.empty(padded, dtype=dtype, device=device)[..., : case.head_size],
+                torch.empty(padded, dtype=dtype, device=device)[..., : case.head_size])
+    return torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device)
+
+
+def _fill_padding(t: torch.Tensor, value: float) -> None:
+    """Fill the hidden last-dim padding of a head_padded view."""
+    base = t.as_strided((*t.shape[:-1], t.stride(-2)), (*t.stride()[:-1], 1))
+    base[..., t.shape[-1]:] = value
+
+
+def _query_buffers(case: Case, num_tokens: int, dtype, out_dtype, device):
+    hq, hkv, d = case.num_q_heads, case.num_kv_heads, case.head_size
+    if case.layout == "fused_qkv":
+        q = torch.empty(num_tokens, hq + 2 * hkv, d, dtype=dtype, device=device)[:, :hq]
+    elif case.layout == "head_padded":
+        q = torch.empty(num_tokens, hq, d + 8, dtype=dtype, device=device)[..., :d]
+    else:
+        q = torch.empty(num_tokens, hq, d, dtype=dtype, device=device)
+    if case.layout == "out_strided":
+        out = torch.empty(num_tokens, 2 * hq, d, dtype=out_dtype, device=device)[:, ::2]
+    elif case.layout == "head_padded":
+        out = torch.empty(num_tokens, hq, d + 8, dtype=out_dtype, device=device)[..., :d]
+    else:
+        out = torch.empty(num_tokens, hq, d, dtype=out_dtype, device=device)
+    return q, out
+
+
+def visible_slots(case: Case, block_table: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    """Bool ``[num_blocks, block_size]``: cache slots some query of some sequence can see."""
+    seen = torch.zeros(num_blocks, case.block_size, dtype=torch.bool)
+    for seq, (seq_len, q_len) in enumerate(zip(case.seq_lens, case.query_lens)):
+        if q_len == 0 or seq_len == 0:
+            continue
+        keys = visibility(seq_len, q_len, case.causal, case.window, "cpu").any(dim=0).nonzero().flatten()
+        seen[block_table[seq, keys // case.block_size].long(), keys % case.block_size] = True
+    return seen
+
+
+def build(case: Case, device, seed: int, poison: bool = False) -> Inputs:
+    """Concrete inputs for ``case``. Identical ``seed`` gives identical visible data whatever ``poison``.
+
+    With ``poison`` every byte the result must not depend on is NaN/Inf: cache slots no query
+    sees (unreferenced blocks, block tails past seqused_k, slots outside the window), the
+    spare block that unused block-table columns point at, head-dim padding, and the output
+    buffer. Without it those bytes hold ordinary random values.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    dtype = DTYPES[case.dtype]
+    kv_dtype = DTYPES[case.kv_dtype or case.dtype]
+    out_dtype = DTYPES[case.out_dtype or case.dtype]
+    num_seqs = len(case.seq_lens)
+    blocks_needed = [_cdiv(n, case.block_size) for n in case.seq_lens]
+    width = max(max(blocks_needed), 1) + 1  # one column past the longest sequence
+    num_blocks = sum(blocks_needed) + 3  # spare blocks, one of them the target of unused columns
+    order = torch.randperm(num_blocks, generator=gen)
+    spare_block = int(order[-1])
+    table_cols = width + 5 if case.layout == "bt_strided" else width
+    table = torch.full((num_seqs, table_cols), spare_block, dtype=torch.int32)
+    start = 0
+    for seq, n in enumerate(blocks_needed):
+        table[seq, :n] = order[start:start + n].to(torch.int32)
+        start += n
+    block_table = table[:, :width] if case.layout == "bt_strided" else table
+
+    # Values are drawn in float32 on the CPU so every device sees the same numbers.
+    shape = (num_blocks, case.block_size, case.num_kv_heads, case.head_size)
+    k_vals, v_vals = _randn(shape, gen), _randn(shape, gen)
+    num_tokens = sum(case.query_lens) + case.pad_tokens
+    q_vals = _randn((num_tokens, case.num_q_heads, case.head_size), gen) * case.logit_scale
+    k_descale = v_descale = None
+    if kv_dtype is not dtype:  # fp8 cache: quantize with a per-tensor scale
+        k_descale = (k_vals.abs().amax() / 240.0).reshape(1)
+        v_descale = (v_vals.abs().amax() / 240.0).reshape(1)
+        k_vals, v_vals = k_vals / k_descale, v_vals / v_descale
+
+    if poison:
+        hidden = ~visible_slots(case, block_table, num_blocks)
+        hidden[spare_block] = True
+        # A separate generator keeps every later draw identical between clean and poisoned runs.
+        coin = torch.rand(hidden.shape, generator=torch.Generator().manual_seed(seed + 1))
+        poison_values = torch.where(coin < 0.5, float("nan"), float("inf"))
+        fill = poison_values[..., None, None].expand(shape)
+        mask = hidden[..., None, None].expand(shape)
+        k_vals = torch.where(mask, fill, k_vals)
+        v_vals = torch.where(mask, -fill, v_vals)
+
+    k, v = _cache_pair(case, num_blocks, kv_dtype, device)
+    k.copy_(k_vals.to(kv_dtype))
+    v.copy_(v_vals.to(kv_dtype))
+    q, out = _query_buffers(case, num_tokens, dtype, out_dtype, device)
+    q.copy_(q_vals.to(dtype))
+    out.fill_(float("nan") if out_dtype.is_floating_point else 0)
+    if case.layout == "head_padded":
+        pad_value = float("nan") if poison else 0.0
+        for t in (q, k, v):
+            _fill_padding(t, pad_value)
+
+    cu = torch.tensor([0] + [sum(case.query_lens[: i + 1]) for i in range(num_seqs)], dtype=torch.int32)
+    slopes = None
+    if case.alibi:
+        slopes = (torch.rand(case.num_q_heads, generator=gen) * case.alibi_scale).to(device)
+    sinks = None
+    if case.sinks:
+        sinks = (_randn((case.num_q_heads,), gen) * case.sink_scale).to(device)
+    output_scale = None
+    if out_dtype in (DTYPES["float8_e4m3fn"],):
+        output_scale = torch.tensor([0.05], dtype=torch.float32, device=device)
+    to_dev = (lambda t: None if t is None else t.to(device))
+    return Inputs(
+        case=case, q=q, k=k, v=v, out=out, cu_seqlens_q=cu.to(device),
+        seqused_k=torch.tensor(case.seq_lens, dtype=torch.int32, device=device),
+        block_table=block_table.to(device) if case.layout != "bt_strided" else table.to(device)[:, :width],
+        softmax_scale=1.0 / math.sqrt(case.head_size), k_descale=to_dev(k_descale), v_descale=to_dev(v_descale),
+        alibi_slopes=slopes, sinks=sinks, output_scale=output_scale, seed=seed,
+    )
+
+
+def slice_sequence(inputs: Inputs, seq: int) -> tuple[Inputs, slice]:
+    """The same data as a batch holding only sequence ``seq`` (shares the cache); returns its rows too."""
+    c = inputs.case
+    start = sum(c.query_lens[:seq])
+    rows = slice(start, start + c.query_lens[seq])
+    case = c.with_(name=f"{c.name}-seq{seq}", seq_lens=(c.seq_lens[seq],), query_lens=(c.query_lens[seq],),
+                   pad_tokens=0)
+    dev = inputs.q.device
+    alone = replace(
+        inputs, case=case, q=inputs.q[rows], out=inputs.out[rows],
+        cu_seqlens_q=torch.tensor([0, c.query_lens[seq]], dtype=torch.int32, device=dev),
+        seqused_k=inputs.seqused_k[seq:seq + 1], block_table=inputs.block_table[seq:seq + 1],
+    )
+    return alone, rows

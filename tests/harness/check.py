@@ -1,0 +1,87 @@
+"""Build a case, run the implementation, compare: the three lines every test body needs.
+
+Failures carry everything needed to act on them: the case, the path, the seed, the errors and
+allowances, how to rerun exactly that test, and (with ``--repro-dir``) a reproducer file that
+``python -m triage replay FILE`` replays on any device.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+
+import reference
+
+from . import repro
+from .cases import Case, Inputs, build
+from .tolerance import Verdict, as_values, judge
+
+
+@dataclass
+class Context:
+    """Per-test context given by the ``ctx`` fixture."""
+
+    nodeid: str
+    device: str
+    seed: int
+    impl: object
+    repro_dir: str | None = None
+    records: list = field(default_factory=list)  # (case name, path, ratio) for the error report
+
+    def rerun_hint(self) -> str:
+        return f"rerun: pytest '{self.nodeid}' (seed {self.seed}, device {self.device}, impl {self.impl.spec})"
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality (NaN payloads included), whatever the strides."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+@functools.lru_cache(maxsize=64)
+def _reference_pair(case: Case, device: str, seed: int):
+    """(golden, baseline) for a case, float64 values of the written rows; shared by all paths."""
+    inputs = build(case, device, seed)
+    rows = inputs.num_tokens_used
+    results = []
+    for precision in ("float64", "native"):
+        out = torch.zeros(inputs.q.shape, dtype=torch.float64 if precision == "float64" else inputs.out.dtype,
+                          device=device)
+        reference.unified_attention(*inputs.call_args(out), **inputs.call_kwargs(), precision=precision)
+        results.append(as_values(out[:rows], inputs.output_scale if precision == "native" else None))
+    return tuple(results)
+
+
+def compare(inputs: Inputs, out: torch.Tensor) -> Verdict:
+    golden, baseline = _reference_pair(inputs.case, str(inputs.q.device), inputs.seed)
+    rows = inputs.num_tokens_used
+    return judge(as_values(out[:rows], inputs.output_scale), golden, baseline, out.dtype)
+
+
+def run_case(ctx: Context, case: Case, path: str = "auto", *, poison: bool = False, **run_kwargs):
+    """Build and run; returns (inputs, out)."""
+    inputs = build(case, ctx.device, ctx.seed, poison=poison)
+    out = ctx.impl.run(inputs, path, **run_kwargs)
+    return inputs, out
+
+
+def assert_untouched_padding(inputs: Inputs, out: torch.Tensor) -> None:
+    rows = inputs.num_tokens_used
+    assert same_bits(out[rows:], inputs.out[rows:]), (
+        f"rows past the last sequence ({rows}..{out.shape[0]}) were written; they must stay untouched")
+
+
+def check_against_reference(ctx: Context, case: Case, path: str = "auto", *, poison: bool = False, **run_kwargs):
+    """The numerics check: run ``case`` through ``path`` and apply the tolerance rule."""
+    inputs, out = run_case(ctx, case, path, poison=poison, **run_kwargs)
+    verdict = compare(inputs, out)
+    ctx.records.append((case.name, path, verdict.ratio))
+    if not verdict.passed:
+        saved = repro.save(ctx, inputs, path, verdict, run_kwargs) if ctx.repro_dir else None
+        where = f"\nreproducer: {saved} (replay: python -m triage replay {saved})" if saved else ""
+        raise AssertionError(f"{case.name} via {path}: {verdict.message()}\n{ctx.rerun_hint()}{where}")
+    assert_untouched_padding(inputs, out)
+    return inputs, out

@@ -1,0 +1,115 @@
+"""The implementation under test is pluggable: ``--attn-impl=MODULE:FUNC`` or ``path/to/file.py:FUNC``.
+
+It must take the shared argument names. How its 2D/3D paths are forced depends on what its
+signature offers:
+- ``split_kv`` (ours): split_kv=False/True, ``num_segments``, ``workspace``;
+- vLLM's 3D arguments (``seq_threshold_3D``, ``num_par_softmax_segments``,
+  ``softmax_segm_output/max/expsum``): threshold 0 forces 2D, a threshold at the batch size
+  forces 3D with suite-allocated, NaN-poisoned segment buffers;
+- neither: only the implementation's own choice ("auto") runs; forced paths skip with a reason.
+Features missing from the signature (sinks, alibi_slopes, output_scale, batch_invariant) make
+the cases that need them skip with a reason instead of failing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_SPEC = "kernels:unified_attention"
+VLLM_3D_ARGS = ("seq_threshold_3D", "num_par_softmax_segments", "softmax_segm_output",
+                "softmax_segm_max", "softmax_segm_expsum")
+VLLM_DEFAULT_SEGMENTS = 16
+
+
+def load_function(spec: str):
+    target, _, name = spec.rpartition(":")
+    if not target or not name:
+        raise ValueError(f"--attn-impl: expected MODULE:FUNC or path/to/file.py:FUNC, got {spec!r}")
+    if target.endswith(".py"):
+        path = Path(target).resolve()
+        module_spec = importlib.util.spec_from_file_location(f"attn_impl_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    return getattr(module, name)
+
+
+@dataclass
+class Implementation:
+    spec: str
+    func: object
+    params: frozenset
+
+    @classmethod
+    def load(cls, spec: str = DEFAULT_SPEC) -> "Implementation":
+        func = load_function(spec)
+        return cls(spec, func, frozenset(inspect.signature(func).parameters))
+
+    @property
+    def style(self) -> str:
+        if "split_kv" in self.params:
+            return "split_kv"
+        if all(a in self.params for a in VLLM_3D_ARGS):
+            return "vllm"
+        return "plain"
+
+    @property
+    def is_ours(self) -> bool:
+        return self.spec == DEFAULT_SPEC
+
+    def missing_feature(self, case) -> str | None:
+        """Why this implementation cannot run ``case`` (None when it can)."""
+        needs = {"sinks": case.sinks, "alibi_slopes": case.alibi, "output_scale": case.out_dtype is not None}
+        for param, needed in needs.items():
+            if needed and param not in self.params:
+                return f"{self.spec} has no '{param}' argument"
+        return None
+
+    def path_unsupported(self, path: str, case=None) -> str | None:
+        if path == "auto":
+            return None
+        if self.style == "plain":
+            return f"{self.spec} offers no way to force the {path} path (no split_kv or vLLM 3D arguments)"
+        if self.style == "vllm" and path == "3d" and case is not None and not case.is_decode:
+            return "vLLM's 3D path serves decode-only batches"
+        return None
+
+    def run(self, inputs, path: str = "auto", *, out=None, num_segments=None, workspace=None,
+            batch_invariant: bool = False, poison_workspace: bool = True):
+        """Call the implementation on ``inputs`` through ``path`` ("2d", "3d" or "auto")."""
+        out = inputs.fresh_out() if out is None else out
+        kwargs = {k: v for k, v in inputs.call_kwargs().items() if v is not None or k in self.params}
+        kwargs = {k: v for k, v in kwargs.items() if k in self.params}
+        num_segments = num_segments if num_segments is not None else inputs.case.num_segments
+        if self.style == "split_kv":
+            kwargs["split_kv"] = {"2d": False, "3d": True, "auto": None}[path]
+            if path != "2d" and num_segments is not None:
+                kwargs["num_segments"] = num_segments
+            if workspace is not None:
+                kwargs["workspace"] = workspace
+            if batch_invariant:
+                kwargs["batch_invariant"] = True
+        elif self.style == "vllm" and path != "auto":
+            kwargs.update(self._vllm_3d_args(inputs, path, num_segments or VLLM_DEFAULT_SEGMENTS, poison_workspace))
+        self.func(*inputs.call_args(out), **kwargs)
+        return out
+
+    def _vllm_3d_args(self, inputs, path, segments, poison):
+        num_tokens, num_heads, head_size = inputs.q.shape
+        head_pad = 1 << (head_size - 1).bit_length()
+        fill = float("nan") if poison else 0.0
+        dev = inputs.q.device
+        return {
+            "seq_threshold_3D": 0 if path == "2d" else len(inputs.case.seq_lens),
+            "num_par_softmax_segments": segments,
+            "softmax_segm_output": torch.full((num_tokens, num_heads, segments, head_pad), fill, device=dev),
+            "softmax_segm_max": torch.full((num_tokens, num_heads, segments), fill, device=dev),
+            "softmax_segm_expsum": torch.full((num_tokens, num_heads, segments), fill, device=dev),
+        }

@@ -1,0 +1,166 @@
+"""The case tables of every tier, declared as data.
+
+Sizes follow the device: on CPU the interpreter walks 16-key tiles at a few ms each, so
+lengths stay in the tens to low hundreds (still several tiles, several segments, partial
+tiles, GQA packing); on a GPU the same compositions are scaled up past the 64-key tiles and
+into many segments, and GPU-only cases add large head sizes and long contexts.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .cases import Case
+
+ON_GPU = os.environ.get("TRITON_INTERPRET", "0") != "1"
+TILE_HINT = 64 if ON_GPU else 16  # the kernels' KV tile on this device (for boundary lengths)
+SCALE = 6 if ON_GPU else 1
+
+PATHS = ("2d", "3d", "auto")
+
+
+def _scaled(lengths):
+    return tuple(max(1, n * SCALE) if n > 1 else n for n in lengths)
+
+
+# Batch compositions: (seq_lens, query_lens) before scaling.
+COMPOSITIONS = {
+    "decode": ((17, 45, 80, 33), (1, 1, 1, 1)),
+    "prefill": ((24, 37), (24, 37)),
+    "chunked": ((60, 41), (12, 9)),
+    "mixed": ((50, 23, 70, 9), (1, 23, 10, 1)),
+    "varlen": ((3, 150, 1, 64), (1, 40, 1, 7)),
+}
+
+
+def composition(name: str) -> dict:
+    seq_lens, query_lens = COMPOSITIONS[name]
+    seq_lens = _scaled(seq_lens)
+    query_lens = tuple(min(k, _scaled((q,))[0]) if q > 1 else q for q, k in zip(query_lens, seq_lens))
+    return {"seq_lens": seq_lens, "query_lens": query_lens}
+
+
+def _gqa(ratio: int) -> dict:
+    kv_heads = 2 if ratio <= 8 else 1
+    return {"num_q_heads": ratio * kv_heads, "num_kv_heads": kv_heads}
+
+
+BASE = dict(dtype="float16", head_size=64, block_size=16, **_gqa(4))
+
+
+def _case(name: str, comp: str = "mixed", **fields) -> Case:
+    params = {**BASE, **composition(comp), **fields}
+    return Case(name=name, **params)
+
+
+def composition_case(comp: str, **fields) -> Case:
+    return _case(f"{comp}-{BASE['dtype']}-d{BASE['head_size']}", comp, **fields)
+
+
+def numerics_cases() -> list[Case]:
+    """One factor at a time around BASE, then every composition x dtype."""
+    cases = []
+    for dtype in ("float16", "bfloat16", "float32"):
+        for comp in COMPOSITIONS:
+            cases.append(_case(f"{dtype}-d64-g4-b16-{comp}", comp, dtype=dtype))
+    head_sizes = (32, 72, 80, 128) + ((96, 112, 192, 256, 512) if ON_GPU else ())
+    for head in head_sizes:
+        cases.append(_case(f"float16-d{head}-g4-b16-mixed", head_size=head, gpu_only=head > 256))
+    for ratio in (1, 2, 5, 6, 8, 16, 32, 64):
+        cases.append(_case(f"float16-d64-g{ratio}-b16-mixed", head_size=32 if not ON_GPU else 64, **_gqa(ratio)))
+    for block in (32, 48, 64, 128, 528):
+        cases.append(_case(f"float16-d64-g4-b{block}-mixed", block_size=block))
+    if ON_GPU:
+        cases.append(_case("bfloat16-d128-g8-b16-decode-long", "decode", dtype="bfloat16", head_size=128,
+                           seq_lens=(4100, 9000, 513, 1), query_lens=(1, 1, 1, 1), **_gqa(4)))
+        cases.append(_case("bfloat16-d256-g2-b32-prefill", "prefill", dtype="bfloat16", head_size=256,
+                           block_size=32, **_gqa(2)))
+    return cases
+
+
+def feature_cases() -> list[Case]:
+    """Every semantic feature on mixed and decode batches."""
+    features = {
+        "window": dict(window=(19, -1)),
+        "window-noncausal": dict(causal=False, window=(13, 5)),
+        "noncausal": dict(causal=False),
+        "softcap": dict(softcap=3.0, logit_scale=4.0),
+        "alibi": dict(alibi=True),
+        "sinks": dict(sinks=True),
+        "fp8kv": dict(kv_dtype="float8_e4m3fn"),
+        "fp8kv-fp32q": dict(kv_dtype="float8_e4m3fn", dtype="float32"),
+        "fp8kv-bf16q": dict(kv_dtype="float8_e4m3fn", dtype="bfloat16"),
+        "fp8out": dict(out_dtype="float8_e4m3fn"),
+        "all": dict(window=(25, -1), softcap=5.0, alibi=True, sinks=True),
+    }
+    return [_case(f"{name}-{comp}", comp, **fields) for name, fields in features.items() for comp in ("mixed", "decode")]
+
+
+def edge_cases() -> list[Case]:
+    """Segment boundaries, zero exp-sums, padding, extreme values."""
+    t = TILE_HINT
+    span = 2 * t  # with num_segments=4 and 8 tiles: each segment holds exactly 2 tiles
+    dec = dict(query_lens=(1,))
+    cases = [
+        _case(f"seg-exact-{4 * span}", seq_lens=(4 * span,), num_segments=4, **dec),
+        _case(f"seg-minus1-{4 * span - 1}", seq_lens=(4 * span - 1,), num_segments=4, **dec),
+        _case(f"seg-plus1-{4 * span + 1}", seq_lens=(4 * span + 1,), num_segments=4, **dec),
+        _case("seg-boundaries-batch", seq_lens=(span, span + 1, span - 1, 3 * span), query_lens=(1, 1, 1, 1),
+              num_segments=3),
+        _case("fewer-keys-than-segments", seq_lens=(3, 1, 5), query_lens=(1, 1, 1), num_segments=8),
+        _case("kv-len-1", seq_lens=(1, 1), query_lens=(1, 1)),
+        _case("kv-len-1-prefill", seq_lens=(1, 2), query_lens=(1, 2)),
+        _case("window-outside-segments-decode", seq_lens=(10 * t, 7 * t + 3), query_lens=(1, 1),
+              window=(t // 2, -1), num_segments=8),
+        _case("window-outside-segments-chunked", seq_lens=(10 * t,), query_lens=(t + 5,), window=(t // 2, -1),
+              num_segments=6),
+        _case("window-0", seq_lens=(3 * t, 40), query_lens=(1, 7), window=(0, -1)),
+        _case("masked-rows-in-segments", seq_lens=(6 * t,), query_lens=(3 * t,), num_segments=5),
+        _case("qlen0-in-batch", seq_lens=(30, 40, 17, 52), query_lens=(0, 5, 0, 1), pad_tokens=3),
+        _case("qlen0-decode-padded", seq_lens=(30, 40, 17), query_lens=(1, 0, 1), pad_tokens=2),
+        _case("extreme-logits-fp32", dtype="float32", logit_scale=40.0),
+        _case("extreme-logits-fp16", logit_scale=12.0),
+        _case("tiny-softcap", softcap=0.02, logit_scale=8.0),
+        _case("huge-softcap", softcap=5000.0, logit_scale=8.0),
+        _case("large-alibi", alibi=True, alibi_scale=60.0),
+        _case("dominant-sinks", sinks=True, sink_scale=60.0),
+        _case("dominant-sinks-decode", "decode", sinks=True, sink_scale=60.0),
+    ]
+    return cases
+
+
+def poison_cases() -> list[Case]:
+    return [
+        _case("poison-mixed", window=(-1, -1)),
+        _case("poison-decode", "decode"),
+        _case("poison-window", window=(11, -1)),
+        _case("poison-window-decode", "decode", window=(9, -1), num_segments=4),
+        _case("poison-varlen-b48", "varlen", block_size=48),
+        _case("poison-head-padded", layout="head_padded", head_size=40),
+        _case("poison-fp8", kv_dtype="float8_e4m3fn"),
+        _case("poison-qlen0", seq_lens=(30, 40, 17), query_lens=(0, 5, 1), pad_tokens=2),
+    ]
+
+
+def layout_cases() -> list[Case]:
+    from .cases import LAYOUTS
+
+    cases = [_case(f"layout-{layout}", layout=layout) for layout in LAYOUTS if layout != "contiguous"]
+    cases += [_case(f"layout-{layout}-decode", "decode", layout=layout) for layout in ("kv_combined", "head_major")]
+    return cases
+
+
+def quick_cases() -> list[Case]:
+    """A one-minute cross-section for the quick tier."""
+    return [
+        _case("quick-mixed"),
+        _case("quick-decode-window-sinks", "decode", window=(20, -1), sinks=True, num_segments=3),
+        _case("quick-chunked-softcap-alibi", "chunked", softcap=4.0, alibi=True),
+        _case("quick-varlen-g5-b48", "varlen", block_size=48, **_gqa(5)),
+        _case("quick-fp8kv-fp32", kv_dtype="float8_e4m3fn", dtype="float32"),
+        _case("quick-qlen0-padded", seq_lens=(30, 40, 17), query_lens=(0, 5, 1), pad_tokens=2),
+    ]
+
+
+def ids(cases) -> list[str]:
+    return [c.name for c in cases]

@@ -1,0 +1,110 @@
+"""dispatch tier: the planner's documented choices, and forced paths agreeing with each other."""
+
+import pytest
+
+from tests.harness import tables
+from tests.harness.check import run_case
+from tests.harness.check import compare as judge_against_reference
+
+H100_SMS = 132
+LLAMA = dict(num_q_heads=32, num_kv_heads=8, head_size=128, num_sms=H100_SMS)
+
+
+@pytest.fixture
+def planner(impl):
+    if not impl.is_ours:
+        pytest.skip("planner tests apply to kernels.unified_attention only")
+    from kernels import plan
+
+    return plan
+
+
+def _decode(planner, num_seqs, seq_len, **overrides):
+    args = dict(LLAMA, num_tokens=num_seqs, num_seqs=num_seqs, max_seqlen_q=1, max_seqlen_k=seq_len)
+    return planner.plan_launch(**{**args, **overrides})
+
+
+@pytest.mark.dispatch
+@pytest.mark.quick
+def test_small_batch_long_decode_splits_kv(planner):
+    plan = _decode(planner, 1, 13_300)
+    assert plan.path == "3d"
+    programs = plan.grid[0] * plan.grid[1] * plan.grid[2]
+    assert programs >= planner.PROGRAMS_PER_SM * H100_SMS * 0.5, plan
+
+
+@pytest.mark.dispatch
+def test_decode_grid_that_fills_the_device_stays_2d(planner):
+    num_seqs = planner.PROGRAMS_PER_SM * H100_SMS // LLAMA["num_kv_heads"] + 1
+    assert _decode(planner, num_seqs, 4096).path == "2d"
+
+
+@pytest.mark.dispatch
+def test_short_decode_stays_2d(planner):
+    """Sequences shorter than two segments' worth of tiles gain nothing from splitting."""
+    plan = _decode(planner, 1, (2 * planner.MIN_TILES_PER_SEGMENT - 1) * 64)
+    assert plan.path == "2d", plan
+
+
+@pytest.mark.dispatch
+def test_prefill_is_2d_with_large_query_blocks(planner):
+    plan = planner.plan_launch(**LLAMA, num_tokens=8192, num_seqs=4, max_seqlen_q=2048, max_seqlen_k=2048)
+    assert plan.path == "2d" and plan.block_m >= 64, plan
+
+
+@pytest.mark.dispatch
+def test_segments_never_exceed_the_cap_or_the_tiles(planner):
+    for seq_len in (300, 5_000, 131_072):
+        plan = _decode(planner, 1, seq_len)
+        tiles = -(-seq_len // plan.tile_size)
+        assert plan.num_segments <= planner.MAX_SEGMENTS
+        assert plan.path == "2d" or plan.num_segments <= max(2, tiles // planner.MIN_TILES_PER_SEGMENT)
+
+
+@pytest.mark.dispatch
+@pytest.mark.parametrize("split_kv, path", [(True, "3d"), (False, "2d")])
+def test_forcing_wins_over_heuristic(planner, split_kv, path):
+    assert _decode(planner, 1, 13_300, split_kv=split_kv).path == path
+    assert _decode(planner, 512, 100, split_kv=split_kv).path == path
+
+
+@pytest.mark.dispatch
+def test_workspace_caps_segments(planner):
+    assert _decode(planner, 1, 100_000, max_segments=8).num_segments == 8
+    with pytest.raises(ValueError, match="num_segments"):
+        _decode(planner, 1, 100_000, num_segments=16, max_segments=8)
+
+
+@pytest.mark.dispatch
+def test_batch_invariant_plan_ignores_the_batch(planner):
+    plans = {(_decode(planner, n, L, batch_invariant=True).path, _decode(planner, n, L, batch_invariant=True).tile_size,
+              _decode(planner, n, L, batch_invariant=True).block_m) for n in (1, 7, 300) for L in (10, 5000)}
+    assert len(plans) == 1, plans
+
+
+@pytest.mark.dispatch
+def test_plan_ignores_device_values():
+    """Planning reads shapes and host ints only; a plan is a frozen, hashable value."""
+    from kernels import plan_launch
+
+    a = plan_launch(**LLAMA, num_tokens=1, num_seqs=1, max_seqlen_q=1, max_seqlen_k=9000)
+    b = plan_launch(**LLAMA, num_tokens=1, num_seqs=1, max_seqlen_q=1, max_seqlen_k=9000)
+    assert a == b and hash(a) == hash(b)
+
+
+AGREE_CASES = [c for c in tables.numerics_cases() if c.name.endswith("-decode")] + tables.edge_cases()[:5]
+
+
+@pytest.mark.dispatch
+@pytest.mark.parametrize("case", AGREE_CASES, ids=tables.ids(AGREE_CASES))
+def test_forced_paths_agree(ctx, case):
+    for path in ("2d", "3d"):
+        if ctx.impl.path_unsupported(path, case):
+            pytest.skip(ctx.impl.path_unsupported(path, case))
+    inputs, out_2d = run_case(ctx, case, "2d")
+    _, out_3d = run_case(ctx, case, "3d")
+    v2, v3 = judge_against_reference(inputs, out_2d), judge_against_reference(inputs, out_3d)
+    rows = inputs.num_tokens_used
+    gap = (out_2d[:rows].double() - out_3d[:rows].double()).abs().max().item()
+    assert v2.passed and v3.passed, f"2d: {v2.message()}; 3d: {v3.message()}"
+    assert gap <= v2.allowed_max + v3.allowed_max, f"2D and 3D differ by {gap:.3e}"

@@ -1,0 +1,49 @@
+"""fuzz tier: random valid batches from hypothesis; a failure shrinks to a minimal case.
+
+CI runs a fixed, derandomized budget (profile ``cpu``: 10 examples, ``gpu``: 60);
+nightly runs ``--hypothesis-profile=nightly`` (1000 examples, randomized).
+"""
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.harness import tables
+from tests.harness.cases import Case
+from tests.harness.check import check_against_reference
+
+MAX_LEN = 400 if tables.ON_GPU else 90
+
+
+@st.composite
+def cases(draw):
+    num_seqs = draw(st.integers(1, 4))
+    seq_lens = draw(st.lists(st.integers(1, MAX_LEN), min_size=num_seqs, max_size=num_seqs))
+    decode = draw(st.booleans())
+    query_lens = [1 if decode else draw(st.integers(0, n)) for n in seq_lens]
+    if sum(query_lens) == 0:
+        query_lens[0] = 1
+    ratio = draw(st.sampled_from([1, 2, 3, 4, 8]))
+    kv_heads = draw(st.integers(1, 2))
+    left = draw(st.sampled_from([-1, -1, 0, 7, 30]))
+    return Case(
+        name="fuzz", seq_lens=tuple(seq_lens), query_lens=tuple(query_lens),
+        num_q_heads=ratio * kv_heads, num_kv_heads=kv_heads,
+        head_size=draw(st.sampled_from([16, 32, 40, 64] + ([128, 256] if tables.ON_GPU else []))),
+        block_size=draw(st.sampled_from([1, 8, 16, 48])),
+        dtype=draw(st.sampled_from(["float16", "float32", "bfloat16"])),
+        window=(left, -1), softcap=draw(st.sampled_from([0.0, 0.0, 2.5])),
+        alibi=draw(st.booleans()), sinks=draw(st.booleans()),
+        num_segments=draw(st.sampled_from([None, 1, 3, 16])), pad_tokens=draw(st.integers(0, 2)),
+    )
+
+
+@pytest.mark.fuzz
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], deadline=None)
+@given(case=cases(), path=st.sampled_from(tables.PATHS), seed=st.integers(0, 2**31 - 1))
+def test_fuzz_matches_reference(ctx, case, path, seed):
+    if ctx.impl.missing_feature(case) or ctx.impl.path_unsupported(path, case):
+        return
+    check_against_reference(replace(ctx, seed=seed), case, path)

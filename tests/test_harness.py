@@ -1,0 +1,89 @@
+"""harness tier: the suite's own machinery (GPU pinning, interpreter fix, tolerance rule, case builder)."""
+
+import collections
+
+import pytest
+import torch
+
+from tests.harness import gpus, tables
+from tests.harness.cases import build, visible_slots
+from tests.harness.tolerance import judge
+
+
+@pytest.mark.harness
+@pytest.mark.quick
+@pytest.mark.parametrize("num_gpus", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("num_workers", [1, 2, 4, 8, 16])
+def test_round_robin_pinning_balances(num_workers, num_gpus):
+    table = gpus.assignment_table(num_workers, num_gpus)
+    load = collections.Counter(table.values())
+    assert set(table.values()) <= set(range(num_gpus))
+    if num_workers <= num_gpus:
+        assert len(load) == num_workers, f"two workers share a GPU while another sits idle: {table}"
+    else:
+        assert max(load.values()) - min(load.values()) <= 1, table
+
+
+@pytest.mark.harness
+def test_pinning_edge_cases():
+    assert gpus.assign_gpu(None, 4) == 0  # the controller / a plain run
+    assert gpus.assign_gpu("gw5", 0) is None  # no GPU
+    assert gpus.worker_index("master") is None
+
+
+@pytest.mark.harness
+def test_this_worker_is_on_its_gpu(request):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    import os
+
+    expected = gpus.assign_gpu(os.environ.get("PYTEST_XDIST_WORKER"), torch.cuda.device_count())
+    assert torch.cuda.current_device() == expected
+
+
+@pytest.mark.harness
+@pytest.mark.quick
+@pytest.mark.parametrize("fix_index", [0, 1], ids=["bf16-dot", "fp8-cast"])
+def test_interpreter_fix(device, fix_index):
+    """Each installed fix is needed (its probe fails without it) and sufficient (passes with it)."""
+    if device != "cpu":
+        pytest.skip("interpreter only")
+    from tests.harness import interpreter_fix
+
+    fix = interpreter_fix.FIXES[fix_index]
+    if not interpreter_fix.installed(fix.name):
+        pytest.skip(f"{fix.name}: not installed on this Triton (exact already, or unknown: dtype refused)")
+    assert interpreter_fix._probe(fix)
+    interpreter_fix.uninstall(fix.name)
+    try:
+        assert not interpreter_fix._probe(fix), "bug gone: the fix can be retired"
+    finally:
+        interpreter_fix.install()
+    assert interpreter_fix._probe(fix)
+
+
+@pytest.mark.harness
+@pytest.mark.quick
+def test_tolerance_rule_accepts_baseline_and_rejects_bugs():
+    gen = torch.Generator().manual_seed(0)
+    golden = torch.randn(64, 8, 32, generator=gen, dtype=torch.float64)
+    baseline = golden.half().double()
+    assert judge(baseline, golden, baseline, torch.float16).passed
+    assert judge(golden.clone(), golden, baseline, torch.float16).passed
+    off = baseline.clone()
+    off[3, 2, 1] += 0.05  # one element off by ~50 fp16 ulps
+    assert not judge(off, golden, baseline, torch.float16).passed
+    drift = baseline * 1.01  # small systematic error everywhere
+    assert not judge(drift, golden, baseline, torch.float16).passed
+    nan = baseline.clone()
+    nan[0, 0, 0] = float("nan")
+    assert not judge(nan, golden, baseline, torch.float16).passed
+
+
+@pytest.mark.harness
+def test_poisoned_build_only_changes_hidden_slots():
+    case = tables.poison_cases()[2]
+    clean, poisoned = build(case, "cpu", 7), build(case, "cpu", 7, poison=True)
+    seen = visible_slots(case, clean.block_table.cpu(), clean.k.shape[0])
+    assert torch.equal(clean.k[seen], poisoned.k[seen]) and torch.equal(clean.q, poisoned.q)
+    assert not torch.isfinite(poisoned.k[~seen].float()).any()

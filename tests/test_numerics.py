@@ -1,0 +1,31 @@
+"""numerics tier: every case of the table through forced 2D, forced 3D and the implementation's choice."""
+
+import pytest
+
+from tests.harness import tables
+from tests.harness.check import check_against_reference
+
+CASES = tables.numerics_cases() + tables.feature_cases()
+
+
+def _skip_unsupported(impl, case, path):
+    reason = impl.missing_feature(case) or impl.path_unsupported(path, case)
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("path", tables.PATHS)
+@pytest.mark.parametrize("case", CASES, ids=tables.ids(CASES))
+def test_matches_reference(ctx, case, path):
+    _skip_unsupported(ctx.impl, case, path)
+    check_against_reference(ctx, case, path)
+
+
+@pytest.mark.quick
+@pytest.mark.numerics
+@pytest.mark.parametrize("path", tables.PATHS)
+@pytest.mark.parametrize("case", tables.quick_cases(), ids=tables.ids(tables.quick_cases()))
+def test_quick_matches_reference(ctx, case, path):
+    _skip_unsupported(ctx.impl, case, path)
+    check_against_reference(ctx, case, path)
