@@ -381,6 +381,9 @@ def parse_args(argv=None):
     ap.add_argument("--target-s", type=float, default=None, help="device seconds per measurement (default 0.2, quick 0.1)")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="skip remaining points after this many seconds (default 540, quick 110)")
+    ap.add_argument("--floor-bandwidth", choices=("max", "copy", "read"), default="max",
+                    help="bandwidth for the HBM floor: D2D copy (read+write counted), read-only stream, "
+                         "or the higher of the two (default)")
     ap.add_argument("--no-baselines", action="store_true", help="skip the SDPA baselines")
     ap.add_argument("--tag", default=None, help="file-name suffix (default: quick/tune/points)")
     ap.add_argument("--list", action="store_true", help="list the points and exit")
@@ -403,7 +406,7 @@ def main(argv=None) -> int:
             os.environ["TRITON_INTERPRET"] = "1"
         return dry_run(args)
 
-    from .timing import card_slug, copy_bandwidth, environment, l2_bytes, require_cuda, time_calls
+    from .timing import card_slug, copy_bandwidth, environment, l2_bytes, read_bandwidth, require_cuda, time_calls
 
     device = require_cuda()
     env = environment(device)
@@ -412,8 +415,11 @@ def main(argv=None) -> int:
     t0 = time.time()
     print(f"{env['device_name']}: torch {env['torch']}, triton {env['triton']}, {env['date_utc']}", flush=True)
     bw = copy_bandwidth(device)
-    print(f"copy bandwidth (read+write): {bw['gbps']:.0f} GB/s median, {bw['best_gbps']:.0f} best", flush=True)
-    ctx = Context(device=device, dtype=torch.bfloat16, seed=args.seed, timer=time_calls, floor_gbps=bw["gbps"],
+    rbw = read_bandwidth(device)
+    floor_gbps = {"copy": bw["gbps"], "read": rbw["gbps"], "max": max(bw["gbps"], rbw["gbps"])}[args.floor_bandwidth]
+    print(f"copy bandwidth (read+write): {bw['gbps']:.0f} GB/s median; read-only: {rbw['gbps']:.0f} GB/s; "
+          f"floor uses {floor_gbps:.0f} GB/s ({args.floor_bandwidth})", flush=True)
+    ctx = Context(device=device, dtype=torch.bfloat16, seed=args.seed, timer=time_calls, floor_gbps=floor_gbps,
                   l2_bytes=l2_bytes(device), target_s=target_s,
                   baselines=() if args.no_baselines else ("sdpa-flash", "sdpa-cudnn"))
     tag = args.tag or "-".join(t for t in ("quick" if args.quick else "", "tune" if args.tune_segments else "",
@@ -422,7 +428,8 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / (card_slug(env["device_name"]) + (f"-{tag}" if tag else "") + ".json")
     data = {"mode": "tune-segments" if args.tune_segments else ("quick" if args.quick else "sweep"),
-            "seed": args.seed, "env": env, "copy_bandwidth": bw, "floor_gbps": bw["gbps"],
+            "seed": args.seed, "env": env, "copy_bandwidth": bw, "read_bandwidth": rbw,
+            "floor_gbps": floor_gbps, "floor_bandwidth": args.floor_bandwidth,
             "target_s": target_s, "points": [], "tune": [], "skipped": []}
 
     def save():
@@ -449,13 +456,15 @@ def main(argv=None) -> int:
             save()
     bw_end = copy_bandwidth(device)
     data["copy_bandwidth_end"] = bw_end
+    data["read_bandwidth_end"] = rbw_end = read_bandwidth(device)
     save()
     written = report.write_all(path)
     print()
     print(report.render_markdown(data))
     if data["skipped"]:
         print(f"\nSKIPPED (time budget {budget:.0f}s): {', '.join(data['skipped'])}")
-    print(f"\ncopy bandwidth at the end: {bw_end['gbps']:.0f} GB/s (start {bw['gbps']:.0f})")
+    print(f"\nbandwidth at the end: copy {bw_end['gbps']:.0f} GB/s (start {bw['gbps']:.0f}), "
+          f"read {rbw_end['gbps']:.0f} GB/s (start {rbw['gbps']:.0f})")
     print(f"wrote {path}; {written}; total {time.time() - t0:.0f} s")
     return 0
 
