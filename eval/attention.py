@@ -121,7 +121,8 @@ def _broken_call(fn: Callable, mode: str) -> Callable:
         elif mode == "drop-last-block":
             # Forgetting the final partial block of every sequence: the newest keys (often the
             # query token's own) vanish. A sequence never drops below its own query count, so
-            # no query row is left with nothing to attend to.
+            # no query row is left with nothing to attend to; in a prefill step every key is a
+            # query's, so only decode steps (the split-KV path) are hit.
             block = k.shape[1]
             q_lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
             shortened = seqused_k - ((seqused_k - 1) % block + 1)

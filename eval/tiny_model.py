@@ -32,7 +32,7 @@ PAD = "<|pad|>"
 class TinySpec:
     """Everything that determines the tiny model's files; hashed into the cache folder name."""
 
-    vocab_size: int = 2048
+    vocab_size: int = 4096
     hidden_size: int = 64
     intermediate_size: int = 128
     num_layers: int = 2
