@@ -91,6 +91,10 @@ class PagedAttentionLM(LM):
         if backend not in attention.BACKENDS:
             raise ValueError(f"backend must be one of {attention.BACKENDS}, got {backend!r}")
         device = str(device or default_device())
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's CLI passes device=cuda unless told otherwise.
+            log.warning("paged-attention: no CUDA device, running on cpu")
+            device = "cpu"
         if isinstance(pretrained, str):
             model, tokenizer, self.model_path = load_model_and_tokenizer(
                 pretrained, resolve_dtype(dtype, device), device, data_dir, trust_remote_code=_truthy(trust_remote_code)
