@@ -167,7 +167,8 @@ def tune_table(data: dict) -> str:
             lines.append(f"| {r['name']} | error: {r['error'][:120]} |" + " |" * (head.count("|") - 3))
             continue
         threed = r.get("3d") or {}
-        cells = [_f(threed.get(str(s), {}).get("us")) if isinstance(threed.get(str(s)), dict) else "-" for s in segs]
+        cells = [("skip" if (threed.get(str(s)) or {}).get("skipped") else _f((threed.get(str(s)) or {}).get("us")))
+                 for s in segs]
         best = r.get("best") or {}
         h = (r.get("heuristic") or {}).get("us")
         ratio = None if h is None or not best.get("us") else h / best["us"]
@@ -208,7 +209,9 @@ def render_markdown(data: dict) -> str:
     if data.get("points"):
         parts += [sweep_table(data), "", checks_text(data), ""]
     if data.get("tune"):
-        parts += ["## Segment-count tuning (median us per call)", "", tune_table(data), ""]
+        parts += ["## Segment-count tuning (median us per call)", "", tune_table(data), "",
+                  "S=N: forced 3D with N KV segments per sequence; skip: more segments than KV tiles. "
+                  "best: the fastest of 2D and every S.", ""]
     parts += [LEGEND]
     return "\n".join(parts)
 

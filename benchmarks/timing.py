@@ -181,17 +181,20 @@ def read_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: float 
 
 
 def _git_commit() -> str | None:
+    """HEAD (with '+dirty-kernels' if kernels/ has local edits), or $BENCH_GIT_COMMIT where git is absent."""
+    import os
+
     try:
         root = Path(__file__).resolve().parent.parent
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         sha = out.stdout.strip()
         if out.returncode != 0 or len(sha) != 40:
-            return None
+            return os.environ.get("BENCH_GIT_COMMIT") or None
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "kernels"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return sha + ("+dirty-kernels" if dirty else "")
     except Exception:
-        return None
+        return os.environ.get("BENCH_GIT_COMMIT") or None
 
 
 def kernels_digest() -> str | None:
