@@ -52,8 +52,9 @@ TIERS = {
     "accuracy": "gsm8k parity job through lm-eval (slow)",
     "harness": "self-tests of the suite's own machinery (pinning, interpreter fix, tolerance rule)",
     "mutation": "nightly: seeded kernel bugs must each be caught by the quick tiers",
+    "memsafety": "(GPU) compute-sanitizer memcheck/initcheck over every kernel path, exactly-sized tensors",
 }
-GPU_ONLY_TIERS = ("graph", "stress")
+GPU_ONLY_TIERS = ("graph", "stress", "memsafety")
 _interp_status = "not interpreting"
 
 

@@ -187,13 +187,17 @@ def visible_slots(case: Case, block_table: torch.Tensor, num_blocks: int) -> tor
     return seen
 
 
-def build(case: Case, device, seed: int, poison: bool = False) -> Inputs:
+def build(case: Case, device, seed: int, poison: bool = False, exact: bool = False) -> Inputs:
     """Concrete inputs for ``case``. Identical ``seed`` gives identical visible data whatever ``poison``.
 
     With ``poison`` every byte the result must not depend on is NaN/Inf: cache slots no query
     sees (unreferenced blocks, block tails past seqused_k, slots outside the window), the
     spare block that unused block-table columns point at, head-dim padding, and the output
     buffer. Without it those bytes hold ordinary random values.
+
+    With ``exact`` nothing has slack (for the sanitizer tier): the block table is exactly as
+    wide as the longest sequence needs and the cache holds exactly the referenced blocks, so
+    any read past what the call needs leaves its allocation.
     """
     gen = torch.Generator().manual_seed(seed)
     dtype = DTYPES[case.dtype]
@@ -201,11 +205,11 @@ def build(case: Case, device, seed: int, poison: bool = False) -> Inputs:
     out_dtype = DTYPES[case.out_dtype or case.dtype]
     num_seqs = len(case.seq_lens)
     blocks_needed = [_cdiv(n, case.block_size) for n in case.seq_lens]
-    width = max(max(blocks_needed), 1) + 1  # one column past the longest sequence
-    num_blocks = sum(blocks_needed) + 3  # spare blocks, one of them the target of unused columns
+    width = max(max(blocks_needed), 1) + (0 if exact else 1)  # one column past the longest sequence
+    num_blocks = max(sum(blocks_needed), 1) + (0 if exact else 3)  # spares; one is what unused columns hit
     order = torch.randperm(num_blocks, generator=gen)
-    spare_block = int(order[-1])
-    table_cols = width + 5 if case.layout == "bt_strided" else width
+    spare_block = 0 if exact else int(order[-1])
+    table_cols = width + 5 if case.layout == "bt_strided" and not exact else width
     table = torch.full((num_seqs, table_cols), spare_block, dtype=torch.int32)
     start = 0
     for seq, n in enumerate(blocks_needed):
@@ -226,7 +230,8 @@ def build(case: Case, device, seed: int, poison: bool = False) -> Inputs:
 
     if poison:
         hidden = ~visible_slots(case, block_table, num_blocks)
-        hidden[spare_block] = True
+        if not exact:
+            hidden[spare_block] = True
         # A separate generator keeps every later draw identical between clean and poisoned runs.
         coin = torch.rand(hidden.shape, generator=torch.Generator().manual_seed(seed + 1))
         poison_values = torch.where(coin < 0.5, float("nan"), float("inf"))
