@@ -6,6 +6,15 @@ environment already says otherwise: the flag only takes effect if it is set befo
 imported, and transformers and lm-eval import triton as a side effect.
 """
 
+import importlib.util
+import os
+import sys
+
 from .device import ensure_triton_mode
 
 ensure_triton_mode()
+
+# lm-eval imports Hugging Face `datasets` unconditionally; where it is not installed (a machine
+# provisioned from carried wheels), an import-time stand-in lets the offline task run.
+if importlib.util.find_spec("datasets") is None:
+    sys.path.append(os.path.join(os.path.dirname(__file__), "_compat"))
