@@ -40,7 +40,8 @@ class Context:
     device: torch.device
     dtype: torch.dtype
     seed: int
-    timer: Callable  # time_calls or a stand-in for dry runs
+    replayer: Callable  # timing.Replayer (warm up + capture) or a stand-in for dry runs
+    measure: Callable  # timing.time_interleaved or a stand-in for dry runs
     floor_gbps: float
     l2_bytes: int
     target_s: float
@@ -81,14 +82,34 @@ def _plan_dict(plan) -> dict:
     return d
 
 
-def _measure(ctx: Context, calls) -> dict:
+def _prepare(ctx: Context, runners: dict, results: dict, name: str, calls) -> bool:
+    """Warm up and capture ``calls`` as ``runners[name]``; on failure record the reason instead."""
     try:
-        t = ctx.timer(calls, target_s=ctx.target_s)
-        return {"us": t.median_us, "timing": t.to_dict(), **({"note": t.note} if t.note else {})}
+        runners[name] = ctx.replayer(calls)
+        return True
     except Exception as exc:  # noqa: BLE001 - one implementation failing must not stop the point
         if ctx.device.type == "cuda":
             torch.cuda.synchronize()
-        return {"us": None, "error": _reason(exc)}
+        results[name] = {"us": None, "error": _reason(exc)}
+        return False
+
+
+def _measure_all(ctx: Context, runners: dict, results: dict) -> None:
+    """Interleaved timing of every captured runner; results[name] gets us, timing and any note."""
+    try:
+        timings = ctx.measure(runners, target_s=ctx.target_s)
+        for name, t in timings.items():
+            r = results.setdefault(name, {})
+            r.update({"us": t.median_us, "timing": t.to_dict()})
+            if t.note:
+                r["note"] = (r["note"] + "; " if r.get("note") else "") + t.note
+    except Exception as exc:  # noqa: BLE001
+        for name in runners:
+            results.setdefault(name, {}).update({"us": None, "error": f"interleaved timing failed: {_reason(exc)}"})
+    finally:
+        for r in runners.values():
+            r.close()
+        runners.clear()
 
 
 def _point_header(point: Point, ctx: Context, copies: int) -> dict:
@@ -162,41 +183,38 @@ def run_point(point: Point, ctx: Context, log=print) -> dict:
         if plans["3d"].num_segments < forced3.num_segments:
             rec["forced3d_note"] = (f"planner wants {forced3.num_segments} segments for a forced split; capped at "
                                     f"{plans['3d'].num_segments} by the {WORKSPACE_BUDGET_BYTES >> 30} GiB workspace budget")
+        results: dict[str, dict] = {}
+        runners: dict = {}
+        bases = []
         for impl, kw in (("heuristic", {}), ("2d", {"split_kv": False}), ("3d", {"split_kv": True})):
             if not ctx.run_ours:
-                rec["results"][impl] = {"us": None, "error": "not run (no GPU and no interpreter)"}
+                results[impl] = {"us": None, "error": "not run (no GPU and no interpreter)"}
                 continue
-            calls = _ours(inputs, ws, **kw)
-            rec["results"][impl] = r = _measure(ctx, calls)
-            if impl == "3d" and rec.get("forced3d_note"):
-                r["note"] = rec["forced3d_note"]
-            if r["us"] is not None:
-                try:
-                    calls[0]()
-                    outputs[impl] = inputs.out[0].float().clone()
-                except Exception as exc:  # noqa: BLE001
-                    r["check_error"] = _reason(exc)
-            log(f"  {point.name:28s} {impl:11s} {_fmt(r)}")
-
+            if _prepare(ctx, runners, results, impl, _ours(inputs, ws, **kw)):
+                outputs[impl] = inputs.out[0].float().clone()  # the warm-up computed copy 0
+        if rec.get("forced3d_note"):
+            results.setdefault("3d", {})["note"] = rec["forced3d_note"]
         for name in ctx.baselines:
-            base = None
             try:
                 base = build_sdpa(name, inputs)
-                rec["results"][name] = r = _measure(ctx, base.calls())
-                r["config"] = base.note
-                if base.expanded:
-                    r["note"] = (r.get("note", "") + "; " if r.get("note") else "") + base.note
-                if r["us"] is not None and "reference" not in outputs:
-                    outputs["reference"] = base.output(0).float()
-                    rec.setdefault("check", {})["reference"] = name
             except BaselineUnavailable as exc:
-                rec["results"][name] = {"us": None, "error": str(exc)}
+                results[name] = {"us": None, "error": str(exc)}
+                continue
             except Exception as exc:  # noqa: BLE001
-                rec["results"][name] = {"us": None, "error": _reason(exc)}
-            finally:
-                del base
+                results[name] = {"us": None, "error": _reason(exc)}
                 _cleanup(ctx)
-            log(f"  {point.name:28s} {name:11s} {_fmt(rec['results'][name])}")
+                continue
+            bases.append(base)
+            results[name] = {"config": base.note, **({"note": base.note} if base.expanded else {})}
+            if _prepare(ctx, runners, results, name, base.calls()) and "reference" not in outputs:
+                outputs["reference"] = base.output(0).float()
+                rec.setdefault("check", {})["reference"] = name
+        _measure_all(ctx, runners, results)
+        del bases
+        order = ("heuristic", "2d", "3d", *ctx.baselines)
+        rec["results"] = {k: results[k] for k in order if k in results}
+        for name, r in rec["results"].items():
+            log(f"  {point.name:28s} {name:11s} {_fmt(r)}")
 
         ref_name = "reference" if "reference" in outputs else ("2d" if "2d" in outputs else None)
         if ref_name:
@@ -234,19 +252,23 @@ def run_tune(point: Point, ctx: Context, log=print) -> dict:
         heur = kernels.make_plan(q0, k0, cu, inputs.max_seqlen_q, inputs.max_seqlen_k, workspace=ws)
         rec["heuristic_plan"] = _plan_dict(heur)
         tiles = math.ceil(point.max_seqlen_k / heur.tile_size)
-        candidates: dict[str, dict] = {}
+        runners: dict = {}
+        results: dict[str, dict] = {}
         if ctx.run_ours:
-            rec["heuristic"] = _measure(ctx, _ours(inputs, ws))
-            rec["2d"] = _measure(ctx, _ours(inputs, ws, split_kv=False))
-            candidates["2d"] = rec["2d"]
+            _prepare(ctx, runners, results, "heuristic", _ours(inputs, ws))
+            _prepare(ctx, runners, results, "2d", _ours(inputs, ws, split_kv=False))
+            for s in TUNE_SEGMENTS:
+                if s <= tiles:
+                    _prepare(ctx, runners, results, f"3d/{s}", _ours(inputs, ws, split_kv=True, num_segments=s))
+            _measure_all(ctx, runners, results)
+        rec["heuristic"] = results.get("heuristic")
+        rec["2d"] = results.get("2d")
         for s in TUNE_SEGMENTS:
             if s > tiles:
                 rec["3d"][str(s)] = {"us": None, "skipped": f"{s} segments > {tiles} KV tiles"}
-                continue
-            if not ctx.run_ours:
-                continue
-            rec["3d"][str(s)] = r = _measure(ctx, _ours(inputs, ws, split_kv=True, num_segments=s))
-            candidates[f"3d/{s}"] = r
+            elif f"3d/{s}" in results:
+                rec["3d"][str(s)] = results[f"3d/{s}"]
+        candidates = {k: v for k, v in results.items() if k != "heuristic"}
         timed = {k: v["us"] for k, v in candidates.items() if v.get("us") is not None}
         if timed:
             best = min(timed, key=timed.get)
@@ -273,17 +295,26 @@ def _fmt(r: dict) -> str:
 
 
 # -- dry run ---------------------------------------------------------------------------------
-def _fake_timer_factory(execute: bool, floor_gbps: float):
-    from .timing import summarize
+class _FakeReplayer:
+    """Dry-run stand-in for timing.Replayer: runs each call once when the kernels can run."""
 
-    def fake(calls, target_s=0.0, **_):
+    mode, note = "fake", ""
+
+    def __init__(self, calls, execute: bool):
         if execute:
             for fn in calls:
                 fn()
-        base = 1.0 + 1e-3 * len(calls)
-        return summarize([base, base * 1.01, base * 0.99], calls_per_replay=len(calls), copies=len(calls),
-                         mode="fake", note="")
-    return fake
+        self.copies = self.calls_per_replay = len(calls)
+
+    def close(self) -> None:
+        pass
+
+
+def _fake_measure(runners: dict, target_s: float = 0.0) -> dict:
+    from .timing import summarize
+
+    return {n: summarize([1.0, 1.01, 0.99], calls_per_replay=r.calls_per_replay, copies=r.copies, mode="fake")
+            for n, r in runners.items()}
 
 
 def _fake_results(data: dict) -> dict:
@@ -313,7 +344,7 @@ def dry_run(args) -> int:
 
     interpret = args.interpret
     ctx = Context(device=torch.device("cpu"), dtype=torch.float32, seed=args.seed,
-                  timer=_fake_timer_factory(interpret, 3000.0), floor_gbps=3000.0, l2_bytes=256 << 10,
+                  replayer=lambda calls: _FakeReplayer(calls, interpret), measure=_fake_measure, floor_gbps=3000.0, l2_bytes=256 << 10,
                   target_s=0.0, baselines=() if args.no_baselines else ("sdpa-flash",),
                   run_ours=interpret, max_copies=2)
     points = shapes.select(args.points, args.quick)
@@ -406,7 +437,8 @@ def main(argv=None) -> int:
             os.environ["TRITON_INTERPRET"] = "1"
         return dry_run(args)
 
-    from .timing import card_slug, copy_bandwidth, environment, l2_bytes, read_bandwidth, require_cuda, time_calls
+    from .timing import card_slug, copy_bandwidth, environment, l2_bytes, read_bandwidth, require_cuda, Replayer, \
+        time_interleaved
 
     device = require_cuda()
     env = environment(device)
@@ -419,7 +451,8 @@ def main(argv=None) -> int:
     floor_gbps = {"copy": bw["gbps"], "read": rbw["gbps"], "max": max(bw["gbps"], rbw["gbps"])}[args.floor_bandwidth]
     print(f"copy bandwidth (read+write): {bw['gbps']:.0f} GB/s median; read-only: {rbw['gbps']:.0f} GB/s; "
           f"floor uses {floor_gbps:.0f} GB/s ({args.floor_bandwidth})", flush=True)
-    ctx = Context(device=device, dtype=torch.bfloat16, seed=args.seed, timer=time_calls, floor_gbps=floor_gbps,
+    ctx = Context(device=device, dtype=torch.bfloat16, seed=args.seed, replayer=Replayer, measure=time_interleaved,
+                  floor_gbps=floor_gbps,
                   l2_bytes=l2_bytes(device), target_s=target_s,
                   baselines=() if args.no_baselines else ("sdpa-flash", "sdpa-cudnn"))
     tag = args.tag or "-".join(t for t in ("quick" if args.quick else "", "tune" if args.tune_segments else "",

@@ -76,74 +76,109 @@ def summarize(per_call_us: Sequence[float], **meta) -> Timing:
                   min_us=vals[0], replays=len(vals), **meta)
 
 
-def time_calls(calls: Sequence[Callable[[], object]], *, min_calls: int = 8, target_s: float = 0.2,
-               min_replays: int = 10, max_replays: int = 300, warmup_replays: int = 3,
-               use_graph: bool = True) -> Timing:
-    """Median microseconds per call of ``calls`` (each one call on its own rotated inputs).
+class Replayer:
+    """Calls warmed up and captured into one CUDA graph (or, if capture fails, replayed eagerly).
 
-    Every callable is run once eagerly first (Triton compiles, cuDNN plans, errors surface
-    here, outside capture), then the cycled sequence is captured and replayed.
+    Every callable runs once eagerly first (Triton compiles, cuDNN plans, errors surface here,
+    outside capture); then the sequence, cycled to at least ``min_calls`` calls, is captured.
     """
-    if not calls:
-        raise ValueError("time_calls: nothing to time")
-    n_copies = len(calls)
-    sequence = [calls[i % n_copies] for i in range(max(n_copies, min_calls))]
-    for fn in calls:
-        fn()
-    torch.cuda.synchronize()
 
-    note = ""
-    replay: Callable[[], None]
-    graph = None
-    if use_graph:
-        try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for fn in calls:
-                    fn()
-            torch.cuda.current_stream().wait_stream(side)
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for fn in sequence:
-                    fn()
-            torch.cuda.synchronize()
-        except Exception as exc:  # capture unsupported for this call: time eagerly, say so
-            graph = None
-            note = f"graph capture failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); eager timing"
-            torch.cuda.synchronize()
-    if graph is not None:
-        replay = graph.replay
-    else:
-        def replay() -> None:
-            for fn in sequence:
+    def __init__(self, calls: Sequence[Callable[[], object]], *, min_calls: int = 8, use_graph: bool = True):
+        if not calls:
+            raise ValueError("Replayer: nothing to time")
+        self.copies = len(calls)
+        self.sequence = [calls[i % self.copies] for i in range(max(self.copies, min_calls))]
+        self.note = ""
+        self.graph = None
+        for fn in calls:
+            fn()
+        torch.cuda.synchronize()
+        if use_graph:
+            try:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for fn in calls:
+                        fn()
+                torch.cuda.current_stream().wait_stream(side)
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    for fn in self.sequence:
+                        fn()
+                torch.cuda.synchronize()
+                self.graph = graph
+            except Exception as exc:  # capture unsupported for this call: time eagerly, say so
+                self.note = (f"graph capture failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                             "eager timing")
+                torch.cuda.synchronize()
+        self.mode = "graph" if self.graph is not None else "eager"
+
+    @property
+    def calls_per_replay(self) -> int:
+        return len(self.sequence)
+
+    def replay(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            for fn in self.sequence:
                 fn()
 
-    for _ in range(warmup_replays):
-        replay()
+    def close(self) -> None:
+        self.graph = None
+        self.sequence = []
+
+
+def time_interleaved(replayers: dict[str, Replayer], *, target_s: float = 0.2, min_rounds: int = 10,
+                     max_rounds: int = 300, warmup_rounds: int = 3) -> dict[str, Timing]:
+    """Median microseconds per call of each replayer, measured in interleaved rounds.
+
+    Each round replays every replayer once, alternating the order between rounds, so clock
+    ramps, thermal drift and what the previous kernel left in L2 fall on all of them alike.
+    ``target_s`` is device time per replayer.
+    """
+    if not replayers:
+        return {}
+    names = list(replayers)
+    for _ in range(warmup_rounds):
+        for n in names:
+            replayers[n].replay()
     torch.cuda.synchronize()
-    # Pilot: size the measurement to about target_s of device time.
     t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     t0.record()
-    for _ in range(3):
-        replay()
+    for n in names:  # pilot round, sizes the measurement
+        replayers[n].replay()
     t1.record()
     torch.cuda.synchronize()
-    per_replay_s = max(t0.elapsed_time(t1) / 3e3, 1e-7)
-    replays = int(min(max_replays, max(min_replays, target_s / per_replay_s)))
-
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
-    for s, e in zip(starts, ends):
-        s.record()
-        replay()
-        e.record()
+    per_round_s = max(t0.elapsed_time(t1) / 1e3, 1e-7)
+    rounds = int(min(max_rounds, max(min_rounds, target_s * len(names) / per_round_s)))
+    events = {n: [] for n in names}
+    for r in range(rounds):
+        for n in (names if r % 2 == 0 else reversed(names)):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            replayers[n].replay()
+            e.record()
+            events[n].append((s, e))
     torch.cuda.synchronize()
-    per_call = [s.elapsed_time(e) * 1e3 / len(sequence) for s, e in zip(starts, ends)]
-    del graph
-    return summarize(per_call, calls_per_replay=len(sequence), copies=n_copies,
-                     mode="graph" if use_graph and not note else "eager", note=note)
+    out = {}
+    for n in names:
+        rep = replayers[n]
+        per_call = [s.elapsed_time(e) * 1e3 / rep.calls_per_replay for s, e in events[n]]
+        out[n] = summarize(per_call, calls_per_replay=rep.calls_per_replay, copies=rep.copies, mode=rep.mode,
+                           note=rep.note)
+    return out
+
+
+def time_calls(calls: Sequence[Callable[[], object]], *, min_calls: int = 8, target_s: float = 0.2,
+               use_graph: bool = True) -> Timing:
+    """Median microseconds per call of ``calls`` (each one call on its own rotated inputs)."""
+    rep = Replayer(calls, min_calls=min_calls, use_graph=use_graph)
+    try:
+        return time_interleaved({"x": rep}, target_s=target_s)["x"]
+    finally:
+        rep.close()
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: float = 0.2) -> dict:
