@@ -46,12 +46,22 @@ def save(ctx, inputs, path: str, verdict, run_kwargs: dict) -> str:
                   "allowed_mean": verdict.allowed_mean, "nonfinite": verdict.nonfinite},
         "tensors": {name: _cpu(getattr(inputs, name)) for name in TENSOR_FIELDS},
         "softmax_scale": inputs.softmax_scale,
+        # Set by `python -m triage mutants` in the copy it runs; replay re-applies that mutant.
+        "mutant": os.environ.get("ATTN_TRIAGE_MUTANT"),
+        # A workspace object is not storable; replay gives the 3D path a NaN-filled one of this size.
+        "workspace": _workspace_shape(run_kwargs.get("workspace")),
     }
     digest = hashlib.sha1(f"{ctx.nodeid}|{path}".encode()).hexdigest()[:10]
     Path(ctx.repro_dir).mkdir(parents=True, exist_ok=True)
     target = os.path.join(ctx.repro_dir, f"{case.name[:60]}-{path}-{digest}.pt")
     torch.save(payload, target)
     return target
+
+
+def _workspace_shape(workspace):
+    if workspace is None:
+        return None
+    return {"max_num_tokens": int(workspace.max_num_tokens), "num_segments": int(workspace.num_segments)}
 
 
 def load(file: str) -> dict:

@@ -1,0 +1,227 @@
+"""The mutation catalog: realistic kernel bugs, declared as data, applied to a *copy* of ``kernels/``.
+
+Each mutant is one bug made of one or more exact textual edits. An edit's target must occur
+exactly once in its file, so a kernel change that moves or rewrites the code fails the
+catalog loudly (``check_catalog``) instead of silently producing an unmutated "mutant".
+Nothing here touches the shipped kernels: ``materialize`` copies the package first.
+
+Mutants left out on purpose, because they are *equivalent* in this kernel (no input can tell
+them apart from the shipped code, so no test could kill them):
+
+- the literal "divide by the exp-sum without the zero guard" (``acc / l_i`` in the 2D epilogue,
+  ``/ denom`` in the reduction): every valid query row sees at least its own key, so its
+  exp-sum is >= 1; rows with a zero exp-sum are padding rows that the store masks out. The
+  zero exp-sums that do occur are per *segment* (a prefill row whose keys all lie in other
+  segments), so the catalog's ``expsum-normalized-partials`` divides there.
+- the block-table read alone without its mask: the K/V gathers stay masked, so the garbage
+  entry is never dereferenced (value-equivalent; only an out-of-bounds *read* of the table,
+  which compute-sanitizer would report on a GPU). ``bt-unmasked`` also trusts the entry.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+KERNELS_DIR = REPO_ROOT / "kernels"
+
+
+@dataclass(frozen=True)
+class Edit:
+    file: str  # relative to kernels/
+    target: str  # exact text, must occur exactly once in the file
+    replacement: str
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    description: str
+    edits: tuple[Edit, ...]
+    gpu_only: bool = False  # cannot be caught on CPU; the note says where it is caught
+    note: str = ""
+
+    def sources(self, kernels_dir: Path = KERNELS_DIR) -> dict[str, str]:
+        """{file: mutated text} for every file this mutant edits (raises CatalogError on drift)."""
+        texts: dict[str, str] = {}
+        for edit in self.edits:
+            text = texts.get(edit.file)
+            if text is None:
+                text = (kernels_dir / edit.file).read_text()
+            count = text.count(edit.target)
+            if count != 1:
+                raise CatalogError(f"mutant {self.name!r}: target occurs {count} times in kernels/{edit.file} "
+                                   f"(expected exactly 1; the kernel changed, update the catalog):\n{edit.target}")
+            texts[edit.file] = text.replace(edit.target, edit.replacement)
+        return texts
+
+
+class CatalogError(RuntimeError):
+    pass
+
+
+def _m(name, description, *edits, file="_attention.py", **kw) -> Mutant:
+    return Mutant(name, description, tuple(Edit(file, t, r) for t, r in edits), **kw)
+
+
+CATALOG: tuple[Mutant, ...] = (
+    _m("no-rescale",
+       "online softmax: the accumulator is not rescaled by exp2(m_old - m_new) when the running max grows",
+       ("acc = acc * alpha[:, None] + tl.dot(", "acc = acc + tl.dot(")),
+    _m("merge-no-max-correction",
+       "segment merge adds partial outputs and exp-sums as if every segment had the same max",
+       ("weight = tl.exp2(seg_max - top[:, None])", "weight = tl.where(valid, 1.0, 0.0)")),
+    _m("merge-max-shift-dropped",
+       "segment merge weights by exp2(m_s) instead of exp2(m_s - m): overflows, and disagrees with the sink term",
+       ("weight = tl.exp2(seg_max - top[:, None])", "weight = tl.exp2(seg_max)")),
+    _m("merge-natural-exp",
+       "segment merge uses exp() on log2-unit maxima (units mix-up)",
+       ("weight = tl.exp2(seg_max - top[:, None])", "weight = tl.exp(seg_max - top[:, None])")),
+    _m("expsum-normalized-partials",
+       "3D kernel stores acc / l per segment with no zero guard (and the merge re-weights by l): "
+       "a row that sees no key in a segment divides by a zero exp-sum",
+       ("tl.store(acc_ptrs, acc, mask=row_valid[:, None])",
+        "tl.store(acc_ptrs, acc / l_i[:, None], mask=row_valid[:, None])"),
+       ("result = tl.sum(acc * weight[:, :, None], 1)", "result = tl.sum(acc * (seg_sum * weight)[:, :, None], 1)")),
+    _m("bt-unmasked",
+       "masked phase reads block-table entries without the key mask and gathers V from whatever block "
+       "they name (keys past the sequence end / outside the window)",
+       ("phys_block = tl.load(block_table_row + (key // BLOCK_SIZE) * stride_bt_blk, mask=key_valid, other=0)",
+        "phys_block = tl.load(block_table_row + (key // BLOCK_SIZE) * stride_bt_blk)"),
+       ("mask = key_valid[:, None] & dim_valid[None, :]", "mask = dim_valid[None, :]")),
+    _m("tile-vs-block",
+       "key index of a KV tile computed with the cache block size where the tile size belongs",
+       ("key = tile * TILE + offs", "key = tile * BLOCK_SIZE + offs")),
+    _m("window-off-by-one",
+       "sliding-window test drops the key exactly window_left positions back",
+       ("(distance <= window_left)", "(distance < window_left)")),
+    _m("causal-off-by-one",
+       "causal/right-window test lets a query see one future key",
+       ("(-distance <= window_right)", "(-distance <= window_right + 1)")),
+    _m("softcap-naive-tanh",
+       "softcap through (exp(x) - exp(-x)) / (exp(x) + exp(-x)): inf / inf = NaN once |score / softcap| > 88",
+       ("return 1.0 - 2.0 / (tl.exp2(x * (2.0 * 1.4426950408889634)) + 1.0)",
+        "return (tl.exp(x) - tl.exp(-x)) / (tl.exp(x) + tl.exp(-x))")),
+    _m("int32-offsets",
+       "cache offsets computed in int32: block * stride wraps past 2^31 elements",
+       ("phys_block = phys_block.to(tl.int64)", "phys_block = phys_block"),
+       gpu_only=True,
+       note="only a cache past 2^31 elements (~8 GB) shows it: killed by the GPU 'stress' tier "
+            "(tests/test_layout.py::test_cache_past_2_31_elements); no CPU tier can allocate it"),
+    _m("v-stride",
+       "V tiles gathered with K's block/slot/dim strides",
+       ("v_tile = _load_kv_tile(v_base, phys_block, slot, stride_v_blk, stride_v_slot, stride_v_dim, dims,",
+        "v_tile = _load_kv_tile(v_base, phys_block, slot, stride_k_blk, stride_k_slot, stride_k_dim, dims,")),
+    _m("reduce-all-segments",
+       "reduction reads every segment slot, including segments past `active` that were never written",
+       ("valid = head_valid[:, None] & (segs < active)[None, :]",
+        "valid = head_valid[:, None] & (segs < num_segments)[None, :]")),
+    _m("gqa-interleaved",
+       "GQA head mapping interleaved (query head h uses KV head h % num_kv_heads, not h // group)",
+       ("row_head = kv_head * NUM_QUERIES_PER_KV + rows % NUM_QUERIES_PER_KV",
+        "row_head = kv_head + (rows % NUM_QUERIES_PER_KV) * tl.num_programs(1)")),
+    _m("alibi-sign",
+       "ALiBi bias with the wrong sign (rewards distant keys)",
+       ("(key[None, :] - row_pos[:, None]).to(tl.float32)", "(row_pos[:, None] - key[None, :]).to(tl.float32)")),
+    _m("no-v-descale",
+       "fp8 KV cache: the V descale is never applied to the accumulator",
+       ("acc = acc * tl.load(v_descale_ptr)", "acc = acc")),
+    _m("sink-missing-in-merge",
+       "3D path: the reduction leaves the sink out of the denominator",
+       ("denom += tl.exp2(sink - top)", "denom += 0.0")),
+    _m("sink-in-every-segment",
+       "3D path: every segment starts its softmax from the sink, and the reduction adds it again",
+       ("if USE_SINKS and not SPLIT_KV:", "if USE_SINKS:")),
+    _m("masked-row-nan",
+       "no guard for rows that have seen no visible key yet: exp2(-inf - -inf) = NaN",
+       ('m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)', "m_shift = m_new")),
+    _m("unmasked-tile-floor",
+       "first fully visible tile rounded down: a partly visible tile skips masking",
+       ("tile_b = tl.minimum(tl.maximum(tl.cdiv(all_lo, TILE), tile_a), tile_d)",
+        "tile_b = tl.minimum(tl.maximum(all_lo // TILE, tile_a), tile_d)")),
+    _m("segment-tiles-floor",
+       "tiles per segment rounded down: the last tiles of a sequence belong to no launched segment",
+       ("tiles_per_segment = tl.cdiv(num_tiles, num_segments)", "tiles_per_segment = num_tiles // num_segments")),
+    _m("segment-layout-decode-only",
+       "segment layout starts the window at the last query (decode assumption): chunked prefill with a "
+       "window on the 3D path loses keys of its earlier queries",
+       ("first_key = tl.maximum(seq_len - q_len - window_left, 0)",
+        "first_key = tl.maximum(seq_len - 1 - window_left, 0)")),
+    _m("qblock-no-seq-padding",
+       "query-block -> sequence search forgets the one-block-per-sequence padding of the grid",
+       ("start += mid", "start += 0")),
+    _m("store-without-row-mask",
+       "2D epilogue stores every row of the block, past the sequence's last query",
+       ("mask=row_valid[:, None] & dim_valid[None, :])", "mask=dim_valid[None, :])")),
+    _m("scale-not-log2",
+       "softmax scale passed in natural-log units to an exp2 softmax",
+       ("softmax_scale * _attention.LOG2E", "softmax_scale"), file="api.py"),
+)
+
+BY_NAME = {m.name: m for m in CATALOG}
+
+
+def get(names) -> list[Mutant]:
+    """Mutants by name (``names`` a comma-separated string or an iterable); all when empty."""
+    if not names:
+        return list(CATALOG)
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n.strip()]
+    unknown = [n for n in names if n.strip() not in BY_NAME]
+    if unknown:
+        raise KeyError(f"unknown mutant(s) {unknown}; known: {', '.join(BY_NAME)}")
+    return [BY_NAME[n.strip()] for n in names]
+
+
+def check_catalog(kernels_dir: Path = KERNELS_DIR) -> list[str]:
+    """Problems with the catalog against the current source (empty when every mutant applies)."""
+    problems = []
+    for mutant in CATALOG:
+        try:
+            texts = mutant.sources(kernels_dir)
+        except CatalogError as exc:
+            problems.append(str(exc))
+            continue
+        for file, text in texts.items():
+            if text == (kernels_dir / file).read_text():
+                problems.append(f"mutant {mutant.name!r}: changes nothing in kernels/{file}")
+            try:
+                ast.parse(text)
+            except SyntaxError as exc:
+                problems.append(f"mutant {mutant.name!r}: kernels/{file} no longer parses: {exc}")
+    return problems
+
+
+def _ignore(directory, names):
+    return [n for n in names if n == "__pycache__" or n.endswith(".pyc")]
+
+
+def materialize(mutant: Mutant | None, root: Path | None = None, kernels_dir: Path = KERNELS_DIR) -> Path:
+    """Copy ``kernels/`` to ``root/kernels`` (a fresh temp dir by default) and apply ``mutant``.
+
+    Returns ``root``: put it first on ``sys.path`` / ``PYTHONPATH`` so ``import kernels``
+    resolves to the copy. ``mutant=None`` makes the unmutated control copy.
+    """
+    root = Path(tempfile.mkdtemp(prefix=f"mutant-{mutant.name if mutant else 'control'}-")) if root is None else root
+    target = root / "kernels"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(kernels_dir, target, ignore=_ignore)
+    if mutant is not None:
+        for file, text in mutant.sources(kernels_dir).items():
+            (target / file).write_text(text)
+    return root
+
+
+def fingerprint(kernels_dir: Path) -> str:
+    """Digest of a kernels package's sources (to prove which copy a run imported)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(kernels_dir).glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
