@@ -28,7 +28,7 @@ from hypothesis import settings  # noqa: E402
 
 # Fuzz budgets: derandomized and fixed in CI; --hypothesis-profile=nightly for the big run.
 settings.register_profile("cpu", max_examples=10, derandomize=True, database=None, deadline=None)
-settings.register_profile("gpu", max_examples=60, derandomize=True, database=None, deadline=None)
+settings.register_profile("gpu", max_examples=20, derandomize=True, database=None, deadline=None)
 settings.register_profile("nightly", max_examples=1000, deadline=None)
 settings.load_profile("cpu" if DEVICE == "cpu" else "gpu")
 

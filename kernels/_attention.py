@@ -282,9 +282,10 @@ def _reduce_segments_kernel(
     stride_part_tok, stride_part_head,
     num_seqs, num_q_heads, window_left, num_segments,
     TILE: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr,
-    HEADS: tl.constexpr, USE_SINKS: tl.constexpr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr,
+    HEADS: tl.constexpr, DIMS: tl.constexpr, USE_SINKS: tl.constexpr, OUT_FP8: tl.constexpr,
+    OUT_FP8_MAX: tl.constexpr,
 ):
-    """Merge the segments of one token's ``HEADS`` query heads with log-sum-exp rescaling.
+    """Merge the segments of ``HEADS`` query heads x ``DIMS`` head-dim lanes of one token.
 
     Reads only the segments ``_segment_layout`` calls active; the others were never written.
     """
@@ -315,7 +316,7 @@ def _reduce_segments_kernel(
     if USE_SINKS:
         denom += tl.exp2(sink - top)
 
-    dims = tl.arange(0, HEAD_PAD)
+    dims = tl.program_id(2) * DIMS + tl.arange(0, DIMS)
     dim_valid = dims < HEAD_SIZE
     acc = tl.load(part_acc_ptr + part[:, :, None] * HEAD_PAD + dims[None, None, :],
                   mask=valid[:, :, None] & dim_valid[None, None, :], other=0.0)

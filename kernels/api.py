@@ -51,6 +51,7 @@ def make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, *, split_kv=None, 
         max_seqlen_k=max_seqlen_k, num_q_heads=q.shape[1], num_kv_heads=k.shape[2], head_size=q.shape[2],
         num_sms=_num_sms(q.device), interpreter=interpreting(), split_kv=split_kv, num_segments=num_segments,
         batch_invariant=batch_invariant, max_segments=None if workspace is None else workspace.num_segments,
+        fp32=q.dtype == torch.float32,
     )
 
 
@@ -110,7 +111,8 @@ def unified_attention(
         _attention._reduce_segments_kernel[plan.reduce_grid](
             out, part_acc, part_max, part_sum, cu_seqlens_q, seqused_k, _or(sinks, q), _or(output_scale, q),
             *out.stride(), *part_strides, cu_seqlens_q.shape[0] - 1, num_q_heads, window_left, plan.num_segments,
-            SEGMENTS_PAD=plan.segments_pad, HEADS=plan.reduce_heads, num_warps=1 if interpreting() else 4, **common,
+            SEGMENTS_PAD=plan.segments_pad, HEADS=plan.reduce_heads, DIMS=plan.reduce_dims,
+            num_warps=1 if interpreting() else 4, **common,
         )
     return out
 

@@ -27,6 +27,8 @@ MIN_TILES_PER_SEGMENT = 2
 MAX_SEGMENTS = 128
 # The interpreter has no multiprocessors; this nominal count makes small CPU batches split too.
 INTERPRETER_NUM_SMS = 8
+# Head-dim lanes per reduction program on GPUs.
+REDUCE_DIM_BLOCK = 32
 # Window bound standing for "unlimited": larger than any sequence the kernels accept.
 UNLIMITED = 1 << 30
 
@@ -47,8 +49,9 @@ class LaunchPlan:
     num_warps: int
     num_stages: int
     grid: tuple[int, int, int]
-    reduce_grid: tuple[int, int] | None
+    reduce_grid: tuple[int, int, int] | None
     reduce_heads: int  # query heads merged per reduction program
+    reduce_dims: int  # head-dim lanes per reduction program
     reason: str
 
     @property
@@ -64,18 +67,21 @@ def effective_window(window_size, causal: bool) -> tuple[int, int]:
     return left, right
 
 
-def _tile_size(head_pad: int, interpreter: bool) -> int:
+def _tile_size(head_pad: int, interpreter: bool, fp32: bool) -> int:
     if interpreter:
         return 16  # interpreter cost is per tile: small tiles let short CPU cases cross many
+    if fp32:
+        return 32  # fp32 dots run on FMA units: big tiles only bloat code and compile time
     return 64 if head_pad <= 128 else 32
 
 
-def _block_m(num_queries_per_kv: int, max_seqlen_q: int, head_pad: int, prefill_sized: bool, interpreter: bool) -> int:
+def _block_m(num_queries_per_kv: int, max_seqlen_q: int, head_pad: int, prefill_sized: bool, interpreter: bool,
+             fp32: bool) -> int:
     group = next_power_of_2(num_queries_per_kv)
     if not prefill_sized:
         return max(16, group)
     # The interpreter pays per program and per op, not per element: fewer, larger blocks.
-    cap = 64 if interpreter or head_pad > 128 else 128
+    cap = 64 if interpreter or head_pad > 128 else (32 if fp32 else 128)
     return max(group, min(cap, max(16, next_power_of_2(max_seqlen_q * num_queries_per_kv))))
 
 
@@ -90,14 +96,14 @@ def choose_num_segments(num_seqs: int, num_kv_heads: int, max_seqlen_k: int, til
 
 def plan_launch(
     *, num_tokens: int, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int, num_q_heads: int,
-    num_kv_heads: int, head_size: int, num_sms: int, interpreter: bool = False,
+    num_kv_heads: int, head_size: int, num_sms: int, interpreter: bool = False, fp32: bool = False,
     split_kv: bool | None = None, num_segments: int | None = None, batch_invariant: bool = False,
     max_segments: int | None = None,
 ) -> LaunchPlan:
     """Plan a launch from shapes and host integers only (no device reads)."""
     num_queries_per_kv = num_q_heads // num_kv_heads
     head_pad = next_power_of_2(head_size)
-    tile = _tile_size(head_pad, interpreter)
+    tile = _tile_size(head_pad, interpreter, fp32)
     decode = max_seqlen_q <= 1
     heuristic_segments = choose_num_segments(num_seqs, num_kv_heads, max_seqlen_k, tile, num_sms)
 
@@ -128,7 +134,7 @@ def plan_launch(
         if segments < 1:
             raise ValueError(f"num_segments must be >= 1, got {segments}")
 
-    block_m = _block_m(num_queries_per_kv, max_seqlen_q, head_pad, not (decode or batch_invariant), interpreter)
+    block_m = _block_m(num_queries_per_kv, max_seqlen_q, head_pad, not (decode or batch_invariant), interpreter, fp32)
     if batch_invariant and not interpreter:
         block_m = max(64, next_power_of_2(num_queries_per_kv))
     block_q = block_m // num_queries_per_kv
@@ -137,6 +143,8 @@ def plan_launch(
     # One head per reduction program keeps GPU registers small; the interpreter, which pays
     # per program, merges every head of a token at once.
     reduce_heads = next_power_of_2(num_q_heads) if interpreter else 1
+    # On GPUs split the head dim too, so a single-token batch still spreads over many programs.
+    reduce_dims = head_pad if interpreter else min(head_pad, REDUCE_DIM_BLOCK)
     return LaunchPlan(
         path=path,
         block_m=block_m,
@@ -146,7 +154,9 @@ def plan_launch(
         num_warps=1 if interpreter else (8 if big else 4),
         num_stages=1 if interpreter else (2 if head_pad > 128 else 3),
         grid=(num_q_blocks, num_kv_heads, segments),
-        reduce_grid=(num_tokens, math.ceil(num_q_heads / reduce_heads)) if path == "3d" else None,
+        reduce_grid=(num_tokens, math.ceil(num_q_heads / reduce_heads), head_pad // reduce_dims)
+        if path == "3d" else None,
         reduce_heads=reduce_heads,
+        reduce_dims=reduce_dims,
         reason=reason,
     )

@@ -19,8 +19,9 @@ SCALE = 6 if ON_GPU else 1
 PATHS = ("2d", "3d", "auto")
 
 
-def _scaled(lengths):
-    return tuple(max(1, n * SCALE) if n > 1 else n for n in lengths)
+def _scaled(lengths, scale=None):
+    scale = SCALE if scale is None else scale
+    return tuple(max(1, n * scale) if n > 1 else n for n in lengths)
 
 
 # Batch compositions: (seq_lens, query_lens) before scaling.
@@ -33,10 +34,11 @@ COMPOSITIONS = {
 }
 
 
-def composition(name: str) -> dict:
+def composition(name: str, scale: int | None = None) -> dict:
+    """A batch composition, scaled to the device (or by ``scale``)."""
     seq_lens, query_lens = COMPOSITIONS[name]
-    seq_lens = _scaled(seq_lens)
-    query_lens = tuple(min(k, _scaled((q,))[0]) if q > 1 else q for q, k in zip(query_lens, seq_lens))
+    seq_lens = _scaled(seq_lens, scale)
+    query_lens = tuple(min(k, _scaled((q,), scale)[0]) if q > 1 else q for q, k in zip(query_lens, seq_lens))
     return {"seq_lens": seq_lens, "query_lens": query_lens}
 
 
@@ -53,8 +55,8 @@ def _case(name: str, comp: str = "mixed", **fields) -> Case:
     return Case(name=name, **params)
 
 
-def composition_case(comp: str, **fields) -> Case:
-    return _case(f"{comp}-{BASE['dtype']}-d{BASE['head_size']}", comp, **fields)
+def composition_case(comp: str, scale: int | None = None, **fields) -> Case:
+    return Case(name=f"{comp}-{BASE['dtype']}-d{BASE['head_size']}", **{**BASE, **composition(comp, scale), **fields})
 
 
 def numerics_cases() -> list[Case]:
