@@ -185,6 +185,18 @@ def padding_mask_passthrough(batch_size, *args, attention_mask=None, **kwargs):
     return attention_mask
 
 
+def set_backend(model, backend: str) -> None:
+    """Point every attention layer of ``model`` at ``backend`` (shared weights, no reload)."""
+    register()
+    name = IMPLEMENTATION_NAMES[backend]
+    if getattr(model.config, "_attn_implementation", None) == name:
+        return
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(name)
+    else:  # pragma: no cover - older transformers
+        model.config._attn_implementation = name
+
+
 _REGISTERED = False
 
 

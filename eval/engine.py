@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -91,6 +91,8 @@ class Engine:
 
     @torch.inference_mode()
     def _forward(self, state, batch: Batch, seq_ids, is_decode: bool) -> torch.Tensor:
+        # Engines of different backends may share one model (loaded once): claim it each step.
+        attention.set_backend(self.model, self.backend)
         real = batch.mask[:, -batch.input_ids.shape[1]:].bool()
         if not self.paged:
             out = self.model(
@@ -134,26 +136,46 @@ class Engine:
         return result
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                 is_finished: Callable[[int, list[int]], bool]) -> list[list[int]]:
-        """Greedy continuation of each prompt; ``is_finished(i, generated)`` stops row ``i``."""
+                 is_finished: Callable[[int, list[int]], bool] | None = None,
+                 forced: Sequence[Sequence[int]] | None = None) -> list["Generation"]:
+        """Greedy continuation of each prompt, one prefill step then one decode step per token.
+
+        ``is_finished(i, generated)`` stops row ``i`` early. With ``forced``, row ``i`` is fed
+        ``forced[i]`` instead of its own choices (teacher forcing through the decode path) and
+        runs for exactly ``len(forced[i])`` steps; what the model would have chosen, and how
+        sure it was, is still recorded.
+        """
         n = len(prompts)
-        generated: list[list[int]] = [[] for _ in range(n)]
-        if max_new_tokens <= 0:
-            return generated
-        ids, mask = pad_batch(prompts, self.pad_id, left=True, device=self.device)
-        state = self._new_state([len(p) + max_new_tokens for p in prompts])
-        seq_ids = [state.cache.new_sequence() for _ in prompts] if self.paged else None
-        live = list(range(n))  # batch row -> prompt index
+        out = [Generation() for _ in range(n)]
+        budget = [len(forced[i]) if forced is not None else max_new_tokens for i in range(n)]
+        live = [i for i in range(n) if budget[i] > 0]  # batch row -> prompt index
+        if not live:
+            return out
+        ids, mask = pad_batch([prompts[i] for i in live], self.pad_id, left=True, device=self.device)
+        state = self._new_state([len(prompts[i]) + budget[i] for i in live])
+        seq_ids = [state.cache.new_sequence() for _ in live] if self.paged else None
         batch = Batch(ids, mask, _positions(mask, ids.shape[1]))
         is_decode = False
         while True:
             logits = self._forward(state, batch, seq_ids, is_decode)
-            next_tokens = logits[:, -1].float().argmax(dim=-1).tolist()
+            logprobs = torch.log_softmax(logits[:, -1].float(), dim=-1)
+            top = logprobs.topk(2, dim=-1)
+            if forced is not None:
+                chosen = torch.tensor([forced[i][len(out[i].tokens)] for i in live], device=self.device)
+            else:
+                chosen = top.indices[:, 0]
+            chosen_lp = logprobs.gather(-1, chosen[:, None])[:, 0].tolist()
+            margins = (top.values[:, 0] - top.values[:, 1]).tolist()
+            argmax = top.indices[:, 0].tolist()
+            next_tokens = chosen.tolist()
             keep = []
             for row, token in enumerate(next_tokens):
                 idx = live[row]
-                generated[idx].append(token)
-                if not (len(generated[idx]) >= max_new_tokens or is_finished(idx, generated[idx])):
+                out[idx].add(token, chosen_lp[row], argmax[row], margins[row])
+                done = len(out[idx].tokens) >= budget[idx]
+                if not done and forced is None and is_finished is not None:
+                    done = is_finished(idx, out[idx].tokens)
+                if not done:
                     keep.append(row)
             if not keep:
                 break
@@ -173,4 +195,20 @@ class Engine:
             step_ids = torch.tensor(next_tokens, dtype=torch.long, device=self.device)[:, None]
             batch = Batch(step_ids, mask, _positions(mask, 1))
             is_decode = True
-        return generated
+        return out
+
+
+@dataclass
+class Generation:
+    """One row's steps: the token fed back, its log-prob, the greedy choice and its margin."""
+
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    argmax: list[int] = field(default_factory=list)
+    margins: list[float] = field(default_factory=list)  # top-1 minus top-2 log-prob
+
+    def add(self, token: int, logprob: float, argmax: int, margin: float) -> None:
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        self.argmax.append(argmax)
+        self.margins.append(margin)

@@ -125,7 +125,7 @@ def run_self_check(choice: task.TaskChoice, args) -> dict:
     return {"metrics": {f: em[f][0] for f in task.FILTERS}, "passed": all(em[f][0] == 1.0 for f in task.FILTERS)}
 
 
-def run_backend(model, tokenizer, backend: str, choice: task.TaskChoice, args) -> tuple[parity.BackendResult, dict]:
+def run_backend(model, tokenizer, backend: str, choice: task.TaskChoice, args):
     from .lm import PagedAttentionLM
 
     lm = PagedAttentionLM(
@@ -150,9 +150,26 @@ def run_backend(model, tokenizer, backend: str, choice: task.TaskChoice, args) -
         token_logprobs={d: lp.tolist() for d, (lp, _) in zip(docs, scored)}, runtime_s=time.time() - start,
         attention_calls=lm.attention_calls(),
     )
+    own = {d: lm.generations.get(prompts[d][0]) for d in docs}
     samples_out = [{"doc_id": d, "generation": generations[d], **{f: answers[f].get(d) for f in task.FILTERS},
                     "gold_loglik": float(sum(result.token_logprobs[d]))} for d in docs]
-    return result, {"config": res.get("config", {}), "samples": samples_out}
+    return result, {"samples": samples_out, "lm": lm, "prompts": prompts, "own": own}
+
+
+def replay_anchor(results: dict, extra: dict, anchor: str) -> None:
+    """Feed the anchor backend's generations through every other backend's decode path."""
+    prompts = extra[anchor]["prompts"]
+    docs = [d for d in sorted(prompts) if extra[anchor]["own"].get(d) is not None]
+    tokens = [extra[anchor]["own"][d].tokens for d in docs]
+    results[anchor].forced = {d: extra[anchor]["own"][d] for d in docs}
+    for name, result in results.items():
+        if name == anchor:
+            continue
+        start = time.time()
+        gens = extra[name]["lm"].force([prompts[d][0] for d in docs], tokens, desc=f"replay {anchor}")
+        result.forced = dict(zip(docs, gens))
+        result.runtime_s += time.time() - start
+        result.attention_calls = extra[name]["lm"].attention_calls()
 
 
 def _fmt(x: float, spec: str = ".4f") -> str:
@@ -185,7 +202,9 @@ def render(report: dict) -> str:
         lines.append(f"  identical answers strict/flex   {_fmt(p['identical_answers']['strict-match'], '.3f')} / "
                      f"{_fmt(p['identical_answers']['flexible-extract'], '.3f')}")
         lines.append(f"  max |d loglik| per problem      {_fmt(p['max_seq_loglik_diff'], '.3g')}  (teacher-forced gold)")
-        lines.append(f"  max |d logp| per token          {_fmt(p['max_token_logprob_diff'], '.3g')}")
+        lines.append(f"  max |d logp| per token          {_fmt(p['max_token_logprob_diff'], '.3g')}  (prefill)")
+        lines.append(f"  max |d logp| per token          {_fmt(p['decode_max_logprob_diff'], '.3g')}  "
+                     f"(decode, {p['decode_tokens']} replayed steps)")
         for c in p["checks"]:
             op = ">=" if c["name"].startswith("identical") else "<="
             verdict = "ok" if c["passed"] else "FAIL"
@@ -243,8 +262,12 @@ def main(argv=None) -> int:
         backend_results[backend], backend_extra[backend] = result, extra
 
     trusted = [t.strip() for t in args.trusted.split(",")] if args.trusted else None
+    pairs = _pairs(args.backends, trusted)
+    anchor = pairs[0][1] if pairs else args.backends[0]
+    print(f"== replaying {anchor}'s generations through the other backends", flush=True)
+    replay_anchor(backend_results, backend_extra, anchor)
     pair_results = [parity.compare(backend_results[a], backend_results[b], dtype)
-                    for a, b in _pairs(args.backends, trusted)]
+                    for a, b in pairs]
     gate_ok = all(p.passed for p in pair_results)
     self_ok = self_check is None or self_check["passed"]
     verdict = "PASS" if gate_ok and self_ok else ("FAIL (self-check)" if not self_ok else "FAIL")
@@ -253,7 +276,8 @@ def main(argv=None) -> int:
                 "max_gen_toks": args.max_gen_toks, "model": args.pretrained, "model_path": model_path,
                 "dtype": str(dtype).removeprefix("torch."), "device": _device_name(args.device),
                 "batch_size": args.batch_size, "block_size": args.block_size, "seed": args.seed,
-                "reference_precision": args.reference_precision, "break_kernel": args.break_kernel},
+                "reference_precision": args.reference_precision, "break_kernel": args.break_kernel,
+                "replay_anchor": anchor},
         "self_check": self_check,
         "backends": {
             name: {"metrics": r.metrics, "runtime_s": r.runtime_s, "attention_calls": r.attention_calls,

@@ -58,14 +58,7 @@ def load_model_and_tokenizer(pretrained: str, dtype: torch.dtype, device: str, d
     return model, tokenizer, path
 
 
-def set_backend(model, backend: str) -> None:
-    """Point every attention layer of ``model`` at ``backend`` (shared weights, no reload)."""
-    attention.register()
-    name = attention.IMPLEMENTATION_NAMES[backend]
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation(name)
-    else:  # pragma: no cover - older transformers
-        model.config._attn_implementation = name
+set_backend = attention.set_backend
 
 
 @register_model("paged-attention")
@@ -116,6 +109,8 @@ class PagedAttentionLM(LM):
             pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
         self.engine = Engine(model, backend, block_size=int(block_size), seed=int(seed), pad_id=pad_id)
         self.stats: Counter = Counter()
+        # context text -> its greedy Generation (tokens, log-probs, choices, margins)
+        self.generations: dict = {}
 
     # -- tokenization (mirrors lm-eval's HFLM so prompts tokenize the way lm-eval users expect)
 
@@ -240,17 +235,37 @@ class PagedAttentionLM(LM):
                 tail = self.tok_decode(generated[-32:])
                 return any(stop in tail for stop in until)
 
-            tokens = self.engine.generate([prompts[i] for i in chunk], max_gen, finished)
-            for i, toks in zip(chunk, tokens):
-                text = self.tok_decode(toks)
+            gens = self.engine.generate([prompts[i] for i in chunk], max_gen, finished)
+            for i, gen in zip(chunk, gens):
+                text = self.tok_decode(gen.tokens)
                 for stop in until:
                     text = text.split(stop)[0]
                 results[i] = text
+                self.generations[requests[i].args[0]] = gen
                 self.cache_hook.add_partial("generate_until", requests[i].args, text)
-                self.stats["generated_tokens"] += len(toks)
-            self.stats["prefill_steps"] += 1
-            self.stats["decode_steps"] += max(len(t) for t in tokens) - 1
+                self.stats["generated_tokens"] += len(gen.tokens)
             bar.update(len(chunk))
+
+    def force(self, contexts: list[str], token_lists: list[list[int]], desc: str = "forced decode"):
+        """Feed each context's given tokens through prefill + decode steps; ``Generation`` per row.
+
+        This is how another backend's generation is replayed through this one: the same
+        serving path (split-KV decode), but every step's input is fixed, so the two backends'
+        log-probs and greedy choices can be compared token by token even where a near-tie made
+        their free generations part ways.
+        """
+        prompts = [self.tok_encode(c) for c in contexts]
+        prompts = [p[-max(1, self.max_length - len(t)):] for p, t in zip(prompts, token_lists)]
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        results: list = [None] * len(prompts)
+        with tqdm(total=len(order), desc=f"{desc} [{self.backend}]", disable=not order) as bar:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                gens = self.engine.generate([prompts[i] for i in chunk], 0, forced=[token_lists[i] for i in chunk])
+                for i, gen in zip(chunk, gens):
+                    results[i] = gen
+                bar.update(len(chunk))
+        return results
 
     def attention_calls(self) -> dict[str, int]:
         """How often the paged backend ran each kernel path (empty for sdpa)."""
