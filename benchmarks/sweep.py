@@ -48,7 +48,6 @@ class Context:
     baselines: tuple[str, ...]
     run_ours: bool = True  # False on CPU without the interpreter: kernels cannot launch there
     max_copies: int = 128
-    scale: int = 1  # dry runs divide every length by this
 
 
 def _reason(exc: BaseException) -> str:
