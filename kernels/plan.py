@@ -4,14 +4,16 @@
 count, so it never syncs the device, gives the same answer on every replay of a captured CUDA
 graph, and can be unit-tested without a GPU.
 
-Heuristic (measured on an H100, see benchmarks/results/):
+Heuristic (fitted to a segment-count sweep on an H100, benchmarks/results/*-tune.md):
 - Prefill or mixed batches take the 2D path: a query block already gives every program a
   tensor-core sized tile of work.
-- Decode-only batches (max_seqlen_q == 1) have one query block per (sequence, KV head). When
-  that grid cannot keep the memory system busy (fewer than ``PROGRAMS_PER_SM`` programs per
-  multiprocessor), the split-KV path divides each sequence's KV into segments so that the
-  grid holds about ``PROGRAMS_PER_SM`` x num_sms programs, without making a segment shorter
-  than ``MIN_TILES_PER_SEGMENT`` tiles (below that the reduction costs more than it saves).
+- Decode-only batches (max_seqlen_q == 1) have one query block per (sequence, KV head); a
+  program walks its whole sequence, one dependent KV tile after another. While that grid
+  holds fewer than ``SPLIT_BELOW_PROGRAMS_PER_SM`` programs per multiprocessor, the split-KV
+  path wins: it splits each sequence into the power of two of segments that brings the grid
+  closest to ``PROGRAMS_PER_SM`` x num_sms programs (at least 2, at most one per KV tile and
+  ``MAX_SEGMENTS``). Measured: the best count kept ~2 programs per SM from 500 to 131k keys
+  and from 1 to 64 sequences; 1 tile per segment beat 2 on short sequences.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# Programs per multiprocessor the decode grid should reach to saturate HBM.
-PROGRAMS_PER_SM = 4
-# A segment must hold at least this many KV tiles to pay for its share of the reduction.
-MIN_TILES_PER_SEGMENT = 2
+# Programs per multiprocessor the split decode grid aims at.
+PROGRAMS_PER_SM = 2
+# Decode grids with fewer 2D programs per multiprocessor than this take the split-KV path.
+SPLIT_BELOW_PROGRAMS_PER_SM = 8
+# A segment holds at least this many KV tiles.
+MIN_TILES_PER_SEGMENT = 1
 # Upper bound on segments per sequence (the reduction loads all of them at once).
 MAX_SEGMENTS = 128
 # The interpreter has no multiprocessors; this nominal count makes small CPU batches split too.
@@ -85,13 +89,25 @@ def _block_m(num_queries_per_kv: int, max_seqlen_q: int, head_pad: int, prefill_
     return max(group, min(cap, max(16, next_power_of_2(max_seqlen_q * num_queries_per_kv))))
 
 
-def choose_num_segments(num_seqs: int, num_kv_heads: int, max_seqlen_k: int, tile_size: int, num_sms: int) -> int:
-    """Segments that fill about PROGRAMS_PER_SM x num_sms programs; 1 means "stay 2D"."""
-    programs_2d = max(num_seqs * num_kv_heads, 1)
-    wanted = next_power_of_2(math.ceil(PROGRAMS_PER_SM * num_sms / programs_2d))
-    longest = math.ceil(max_seqlen_k / tile_size) // MIN_TILES_PER_SEGMENT
-    segments = min(wanted, longest, MAX_SEGMENTS)
-    return segments if segments >= 2 else 1
+def _round_power_of_2(x: float) -> int:
+    """The power of two nearest to x on a log scale (x > 0)."""
+    return 1 << max(round(math.log2(x)), 0)
+
+
+def _floor_power_of_2(n: int) -> int:
+    return 1 << (max(n, 1).bit_length() - 1)
+
+
+def choose_num_segments(programs_2d: int, max_seqlen_k: int, tile_size: int, num_sms: int) -> int:
+    """Segments per sequence for a decode grid of ``programs_2d`` programs; 1 means "stay 2D"."""
+    programs_2d = max(programs_2d, 1)
+    if programs_2d >= SPLIT_BELOW_PROGRAMS_PER_SM * num_sms:
+        return 1
+    tiles = math.ceil(max_seqlen_k / tile_size) // MIN_TILES_PER_SEGMENT
+    cap = _floor_power_of_2(min(tiles, MAX_SEGMENTS))
+    if cap < 2:
+        return 1
+    return min(max(_round_power_of_2(PROGRAMS_PER_SM * num_sms / programs_2d), 2), cap)
 
 
 def plan_launch(
@@ -105,7 +121,14 @@ def plan_launch(
     head_pad = next_power_of_2(head_size)
     tile = _tile_size(head_pad, interpreter, fp32)
     decode = max_seqlen_q <= 1
-    heuristic_segments = choose_num_segments(num_seqs, num_kv_heads, max_seqlen_k, tile, num_sms)
+    block_m = _block_m(num_queries_per_kv, max_seqlen_q, head_pad, not (decode or batch_invariant), interpreter, fp32)
+    if batch_invariant and not interpreter:
+        block_m = max(64, next_power_of_2(num_queries_per_kv))
+    block_q = block_m // num_queries_per_kv
+    num_q_blocks = num_tokens // block_q + num_seqs
+    # For decode the 2D grid is one program per (sequence, KV head); prefill counts its query blocks.
+    programs_2d = (num_seqs if decode else num_q_blocks) * num_kv_heads
+    heuristic_segments = choose_num_segments(programs_2d, max_seqlen_k, tile, num_sms)
 
     if batch_invariant:
         # Nothing may depend on the rest of the batch: fixed tiles, fixed path.
@@ -119,7 +142,7 @@ def plan_launch(
     elif decode and heuristic_segments > 1:
         path = "3d"
         reason = (f"decode batch: {num_seqs} seqs x {num_kv_heads} KV heads is under "
-                  f"{PROGRAMS_PER_SM} programs per SM on {num_sms} SMs")
+                  f"{SPLIT_BELOW_PROGRAMS_PER_SM} programs per SM on {num_sms} SMs")
     else:
         path = "2d"
         reason = "prefill/mixed batch" if not decode else "decode grid already fills the device"
@@ -134,11 +157,6 @@ def plan_launch(
         if segments < 1:
             raise ValueError(f"num_segments must be >= 1, got {segments}")
 
-    block_m = _block_m(num_queries_per_kv, max_seqlen_q, head_pad, not (decode or batch_invariant), interpreter, fp32)
-    if batch_invariant and not interpreter:
-        block_m = max(64, next_power_of_2(num_queries_per_kv))
-    block_q = block_m // num_queries_per_kv
-    num_q_blocks = num_tokens // block_q + num_seqs
     big = block_m * head_pad >= 128 * 128
     # One head per reduction program keeps GPU registers small; the interpreter, which pays
     # per program, merges every head of a token at once.

@@ -35,13 +35,14 @@ def test_small_batch_long_decode_splits_kv(planner):
 
 @pytest.mark.dispatch
 def test_decode_grid_that_fills_the_device_stays_2d(planner):
-    num_seqs = planner.PROGRAMS_PER_SM * H100_SMS // LLAMA["num_kv_heads"] + 1
+    num_seqs = planner.SPLIT_BELOW_PROGRAMS_PER_SM * H100_SMS // LLAMA["num_kv_heads"]
     assert _decode(planner, num_seqs, 4096).path == "2d"
+    assert _decode(planner, num_seqs - 1, 4096).path == "3d"
 
 
 @pytest.mark.dispatch
 def test_short_decode_stays_2d(planner):
-    """Sequences shorter than two segments' worth of tiles gain nothing from splitting."""
+    """A sequence that fits in fewer than two segments' worth of tiles has nothing to split."""
     plan = _decode(planner, 1, (2 * planner.MIN_TILES_PER_SEGMENT - 1) * 64)
     assert plan.path == "2d", plan
 
@@ -50,6 +51,15 @@ def test_short_decode_stays_2d(planner):
 def test_prefill_is_2d_with_large_query_blocks(planner):
     plan = planner.plan_launch(**LLAMA, num_tokens=8192, num_seqs=4, max_seqlen_q=2048, max_seqlen_k=2048)
     assert plan.path == "2d" and plan.block_m >= 64, plan
+
+
+@pytest.mark.dispatch
+@pytest.mark.parametrize("num_seqs, seq_len, segments", [(1, 13_300, 32), (1, 131_072, 32), (4, 4096, 8),
+                                                         (16, 4096, 2), (64, 4096, 2), (1, 510, 8)])
+def test_documented_segment_counts(planner, num_seqs, seq_len, segments):
+    """The counts the H100 sweep found fastest (benchmarks/results/*-tune.md)."""
+    plan = _decode(planner, num_seqs, seq_len)
+    assert (plan.path, plan.num_segments) == ("3d", segments), plan
 
 
 @pytest.mark.dispatch
