@@ -114,6 +114,22 @@ def write_output(out: torch.Tensor, rows: slice, result: torch.Tensor, output_sc
     out[rows] = result.to(out.dtype)
 
 
+def iter_sequences(
+    q, k, v, cu_seqlens_q, seqused_k, softmax_scale, causal, window_size, block_table,
+    softcap, k_descale, v_descale, alibi_slopes, sinks, dtype,
+):
+    """Yield ``(output rows, SequenceScores, seq_len)`` for every sequence with query tokens."""
+    window_size = (-1, -1) if window_size is None else tuple(window_size)
+    softcap = 0.0 if softcap is None else float(softcap)
+    for seq in range(cu_seqlens_q.numel() - 1):
+        parts = sequence_scores(
+            seq, q, k, v, cu_seqlens_q, seqused_k, softmax_scale, causal, window_size, block_table,
+            softcap, k_descale, v_descale, alibi_slopes, sinks, dtype,
+        )
+        if parts is not None:
+            yield slice(int(cu_seqlens_q[seq]), int(cu_seqlens_q[seq + 1])), parts, int(seqused_k[seq])
+
+
 def unified_attention(
     q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
     window_size, block_table, softcap, q_descale, k_descale, v_descale,
@@ -130,16 +146,8 @@ def unified_attention(
     if q_descale is not None:
         raise ValueError("q_descale: fp8 queries are not supported; pass None")
     dtype = compute_dtype_for(q.dtype, precision)
-    window_size = (-1, -1) if window_size is None else tuple(window_size)
-    softcap = 0.0 if softcap is None else float(softcap)
-    for seq in range(cu_seqlens_q.numel() - 1):
-        parts = sequence_scores(
-            seq, q, k, v, cu_seqlens_q, seqused_k, softmax_scale, causal, window_size, block_table,
-            softcap, k_descale, v_descale, alibi_slopes, sinks, dtype,
-        )
-        if parts is None:
-            continue
+    for rows, parts, _ in iter_sequences(q, k, v, cu_seqlens_q, seqused_k, softmax_scale, causal, window_size,
+                                         block_table, softcap, k_descale, v_descale, alibi_slopes, sinks, dtype):
         result = softmax_with_sinks(parts.scores, parts.values, parts.sinks)  # [heads, q_len, dim]
-        rows = slice(int(cu_seqlens_q[seq]), int(cu_seqlens_q[seq + 1]))
         write_output(out, rows, result.transpose(0, 1), output_scale)
     return out

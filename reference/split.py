@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .paged import compute_dtype_for, sequence_scores, write_output
+from .paged import compute_dtype_for, iter_sequences, write_output
 
 
 @dataclass(frozen=True)
@@ -75,17 +75,9 @@ def split_kv_attention(
 ):
     """Paged attention computed segment by segment and merged; must equal the single pass."""
     dtype = compute_dtype_for(q.dtype, precision)
-    window_size = (-1, -1) if window_size is None else tuple(window_size)
-    softcap = 0.0 if softcap is None else float(softcap)
-    for seq in range(cu_seqlens_q.numel() - 1):
-        parts = sequence_scores(
-            seq, q, k, v, cu_seqlens_q, seqused_k, softmax_scale, causal, window_size, block_table,
-            softcap, k_descale, v_descale, alibi_slopes, sinks, dtype,
-        )
-        if parts is None:
-            continue
-        bounds = segment_bounds(int(seqused_k[seq]), num_segments)
+    for rows, parts, seq_len in iter_sequences(q, k, v, cu_seqlens_q, seqused_k, softmax_scale, causal, window_size,
+                                               block_table, softcap, k_descale, v_descale, alibi_slopes, sinks, dtype):
+        bounds = segment_bounds(seq_len, num_segments)
         result = merge_partials(segment_partials(parts.scores, parts.values, bounds), parts.sinks)
-        rows = slice(int(cu_seqlens_q[seq]), int(cu_seqlens_q[seq + 1]))
         write_output(out, rows, result.transpose(0, 1), output_scale)
     return out

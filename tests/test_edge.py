@@ -3,7 +3,7 @@
 import pytest
 
 from tests.harness import tables
-from tests.harness.check import check_against_reference
+from tests.harness.check import check_against_reference, skip_if_unsupported
 
 CASES = tables.edge_cases()
 
@@ -12,7 +12,5 @@ CASES = tables.edge_cases()
 @pytest.mark.parametrize("path", tables.PATHS)
 @pytest.mark.parametrize("case", CASES, ids=tables.ids(CASES))
 def test_edge_matches_reference(ctx, case, path):
-    reason = ctx.impl.missing_feature(case) or ctx.impl.path_unsupported(path, case)
-    if reason:
-        pytest.skip(reason)
+    skip_if_unsupported(ctx.impl, case, path)
     check_against_reference(ctx, case, path)

@@ -2,7 +2,7 @@
 
 import pytest
 from tests.harness import tables
-from tests.harness.check import check_against_reference
+from tests.harness.check import check_against_reference, skip_if_unsupported
 
 CASES = tables.layout_cases()
 
@@ -11,9 +11,7 @@ CASES = tables.layout_cases()
 @pytest.mark.parametrize("path", tables.PATHS)
 @pytest.mark.parametrize("case", CASES, ids=tables.ids(CASES))
 def test_layout_matches_reference(ctx, case, path):
-    reason = ctx.impl.missing_feature(case) or ctx.impl.path_unsupported(path, case)
-    if reason:
-        pytest.skip(reason)
+    skip_if_unsupported(ctx.impl, case, path)
     check_against_reference(ctx, case, path)
 
 

@@ -3,22 +3,16 @@
 import pytest
 
 from tests.harness import tables
-from tests.harness.check import check_against_reference
+from tests.harness.check import check_against_reference, skip_if_unsupported
 
 CASES = tables.numerics_cases() + tables.feature_cases()
-
-
-def _skip_unsupported(impl, case, path):
-    reason = impl.missing_feature(case) or impl.path_unsupported(path, case)
-    if reason:
-        pytest.skip(reason)
 
 
 @pytest.mark.numerics
 @pytest.mark.parametrize("path", tables.PATHS)
 @pytest.mark.parametrize("case", CASES, ids=tables.ids(CASES))
 def test_matches_reference(ctx, case, path):
-    _skip_unsupported(ctx.impl, case, path)
+    skip_if_unsupported(ctx.impl, case, path)
     check_against_reference(ctx, case, path)
 
 
@@ -27,5 +21,5 @@ def test_matches_reference(ctx, case, path):
 @pytest.mark.parametrize("path", tables.PATHS)
 @pytest.mark.parametrize("case", tables.quick_cases(), ids=tables.ids(tables.quick_cases()))
 def test_quick_matches_reference(ctx, case, path):
-    _skip_unsupported(ctx.impl, case, path)
+    skip_if_unsupported(ctx.impl, case, path)
     check_against_reference(ctx, case, path)

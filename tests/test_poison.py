@@ -8,7 +8,7 @@ the output buffer, and (3D) the whole workspace before the call.
 import pytest
 
 from tests.harness import tables
-from tests.harness.check import check_against_reference, run_case, same_bits
+from tests.harness.check import check_against_reference, run_case, same_bits, skip_if_unsupported
 
 CASES = tables.poison_cases()
 
@@ -29,9 +29,7 @@ def _workspace(ctx, case, path):
 @pytest.mark.parametrize("path", tables.PATHS)
 @pytest.mark.parametrize("case", CASES, ids=tables.ids(CASES))
 def test_poison_changes_nothing(ctx, case, path):
-    reason = ctx.impl.missing_feature(case) or ctx.impl.path_unsupported(path, case)
-    if reason:
-        pytest.skip(reason)
+    skip_if_unsupported(ctx.impl, case, path)
     extra = _workspace(ctx, case, path)
     _, poisoned = check_against_reference(ctx, case, path, poison=True, **extra)
     clean_inputs, clean = run_case(ctx, case, path, poison=False, **({"num_segments": extra["num_segments"]}

@@ -61,6 +61,15 @@ def compare(inputs: Inputs, out: torch.Tensor) -> Verdict:
     return judge(as_values(out[:rows], inputs.output_scale), golden, baseline, out.dtype)
 
 
+def skip_if_unsupported(impl, case: Case, path: str) -> None:
+    """Skip (with the reason) what the implementation's signature cannot express."""
+    import pytest
+
+    reason = impl.missing_feature(case) or impl.path_unsupported(path, case)
+    if reason:
+        pytest.skip(reason)
+
+
 def run_case(ctx: Context, case: Case, path: str = "auto", *, poison: bool = False, **run_kwargs):
     """Build and run; returns (inputs, out)."""
     inputs = build(case, ctx.device, ctx.seed, poison=poison)
