@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import torch
 from lm_eval.api.model import LM
@@ -108,7 +108,6 @@ class PagedAttentionLM(LM):
         if pad_id is None:
             pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
         self.engine = Engine(model, backend, block_size=int(block_size), seed=int(seed), pad_id=pad_id)
-        self.stats: Counter = Counter()
         # context text -> its greedy Generation (tokens, log-probs, choices, margins)
         self.generations: dict = {}
 
@@ -169,7 +168,6 @@ class PagedAttentionLM(LM):
                 scored = self.engine.score([encoded[i] for i in chunk])
                 for i, res in zip(chunk, scored):
                     results[i] = res
-                self.stats["prefill_steps"] += 1
                 bar.update(len(chunk))
         return results
 
@@ -243,7 +241,6 @@ class PagedAttentionLM(LM):
                 results[i] = text
                 self.generations[requests[i].args[0]] = gen
                 self.cache_hook.add_partial("generate_until", requests[i].args, text)
-                self.stats["generated_tokens"] += len(gen.tokens)
             bar.update(len(chunk))
 
     def force(self, contexts: list[str], token_lists: list[list[int]], desc: str = "forced decode"):
