@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                        help="cpu runs the kernels in the Triton interpreter (default: cuda when available)")
 
+    def workspace_arg(p):
+        p.add_argument("--no-poison-workspace", dest="poison_workspace", action="store_false",
+                       help="let the implementation allocate the 3D workspace (default: a NaN-filled one, so a "
+                            "read of an unwritten segment fails every time instead of at random)")
+
     def mutant_arg(p):
         p.add_argument("--mutant", default=None, metavar="NAME",
                        help="run against this catalog mutant (default: the one recorded in the file, if any; "
@@ -51,8 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--path", choices=("2d", "3d", "auto"), default=None, help="override the recorded path")
     p.add_argument("--all-paths", action="store_true", help="also run the other paths")
     p.add_argument("--top", type=int, default=20, help="rows of the error table (default 20)")
-    p.add_argument("--poison-workspace", action="store_true",
-                   help="give the 3D path a NaN-filled workspace even if the test did not")
+    workspace_arg(p)
 
     p = sub.add_parser("minimize", help="shrink a failing case while it still fails",
                        description="Greedily drop sequences, shorten lengths, reduce heads and head size, reset "
@@ -68,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     mutant_arg(p)
     p.add_argument("--max-trials", type=int, default=200, help="budget of candidate runs (default 200)")
     p.add_argument("--out-dir", default=None, help="where the minimized reproducer goes (default: beside FILE)")
-    p.add_argument("--poison-workspace", action="store_true")
+    workspace_arg(p)
 
     p = sub.add_parser("compare", help="regressions between two error reports (exit 1 on any)",
                        description="List cases that newly fail or whose ratio (error / allowed) grew by more than "
@@ -126,7 +130,11 @@ def _setup(args, file: str | None) -> tuple[str, str | None]:
         name = None
     root = None
     if name:
+        import atexit
+        import shutil
+
         root = mutants.materialize(mutants.get(name)[0])
+        atexit.register(shutil.rmtree, root, True)
         os.environ["ATTN_TRIAGE_MUTANT"] = name  # minimized reproducers record it too
     return env.setup(args.device, root), name
 

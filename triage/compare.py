@@ -22,11 +22,17 @@ def load(path: str) -> dict:
     return data
 
 
+def _key(rec: dict) -> str:
+    """The nodeid, plus case and path when the nodeid does not already say them (fuzz, poison)."""
+    nodeid, case, path = rec["nodeid"], rec["case"], rec["path"]
+    return nodeid if f"[{case}-{path}]" in nodeid else f"{nodeid} ({case} via {path})"
+
+
 def ratios(report: dict) -> dict[str, float]:
-    """{key: worst ratio}, key = nodeid | case | path."""
+    """{key: worst ratio}; key = the nodeid (with case and path where the nodeid lacks them)."""
     result: dict[str, float] = {}
     for rec in report["cases"]:
-        key = f"{rec['nodeid']} | {rec['case']} | {rec['path']}"
+        key = _key(rec)
         ratio = float(rec["ratio"]) if rec["ratio"] is not None else math.inf
         if math.isnan(ratio):
             ratio = math.inf
@@ -87,11 +93,10 @@ def format_findings(findings: list[Finding], limit: int | None = None) -> str:
     if not findings:
         return "no regressions"
     rows = findings if limit is None else findings[:limit]
-    width = max(len(f.key) for f in rows)
     lines = [f"{'kind':<12} {'baseline':>9} {'candidate':>9} {'growth':>8}  case", ]
     for f in rows:
         growth = "-" if f.kind == "missing" else ("inf" if math.isinf(f.growth) else f"x{f.growth:.3g}")
-        lines.append(f"{f.kind:<12} {_fmt(f.baseline):>9} {_fmt(f.candidate):>9} {growth:>8}  {f.key:<{width}}")
+        lines.append(f"{f.kind:<12} {_fmt(f.baseline):>9} {_fmt(f.candidate):>9} {growth:>8}  {f.key}")
     if limit is not None and len(findings) > limit:
         lines.append(f"... {len(findings) - limit} more")
     return "\n".join(lines)

@@ -60,7 +60,7 @@ def candidates(trial: Trial) -> Iterator[tuple[str, Trial]]:
     # Fewer sequences.
     for i in range(n):
         if n > 1:
-            out.append(with_case(f"drop sequence {i}", seq_lens=c.seq_lens[:i] + c.seq_lens[i + 1:],
+            out.append(with_case(f"drop sequence {i} (seq_len {c.seq_lens[i]}, q_len {c.query_lens[i]})", seq_lens=c.seq_lens[:i] + c.seq_lens[i + 1:],
                                  query_lens=c.query_lens[:i] + c.query_lens[i + 1:]))
     # The simpler path.
     if path == "auto":

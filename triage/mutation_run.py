@@ -26,7 +26,8 @@ from pathlib import Path
 from . import mutants as catalog
 
 REPO_ROOT = catalog.REPO_ROOT
-SUITE_ITEMS = ("conftest.py", "pyproject.toml", "tests", "reference", "eval", "benchmarks")
+# triage too: tests/test_mutation.py imports it at collection.
+SUITE_ITEMS = ("conftest.py", "pyproject.toml", "tests", "reference", "eval", "benchmarks", "triage")
 CONTROL = "control"
 
 _GUARD = '''"""Written by triage.mutation_run: records which kernels package this pytest run imported."""
@@ -145,6 +146,15 @@ def parse_junit(path: Path) -> list:
     return outcomes
 
 
+def _pytest(cmd, cwd, env, timeout):
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        return proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout or ""
+        return None, out.decode(errors="replace") if isinstance(out, bytes) else out
+
+
 def run_one(mutant: catalog.Mutant | None, *, tiers: str, device: str, timeout: float, extra_args: list,
             repro_dir: str | None, report_dir: str | None, keep: bool, threads: int) -> MutantResult:
     name = mutant.name if mutant else CONTROL
@@ -172,22 +182,31 @@ def run_one(mutant: catalog.Mutant | None, *, tiers: str, device: str, timeout: 
             Path(report_dir).mkdir(parents=True, exist_ok=True)
             cmd.append(f"--error-report={Path(report_dir).resolve() / (name + '.json')}")
         cmd += list(extra_args)
-        try:
-            proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
-            returncode, log = proc.returncode, proc.stdout + proc.stderr
-        except subprocess.TimeoutExpired as exc:
-            returncode = None
-            log = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        returncode, log = _pytest(cmd, root, env, timeout)
+        crashed = returncode is not None and returncode < 0
+        if crashed:
+            # The process died (the interpreter wrote out of bounds, say): rerun under one xdist worker,
+            # which reports the test that crashed its worker as failed and goes on with a fresh one.
+            (root / "junit.xml").unlink(missing_ok=True)
+            code, log2 = _pytest(cmd + ["-n", "1", "--max-worker-restart=1000"], root, env, timeout)
+            log = log + "\n--- rerun under one xdist worker to attribute the crash ---\n" + log2
+            if code is None:
+                returncode = None
         imported_file = root / "imported.json"
         imported = json.loads(imported_file.read_text()) if imported_file.exists() else None
         if imported is not None:
             imported["inside_copy"] = Path(imported["kernels"]).resolve() == (root / "kernels").resolve()
             if not imported["inside_copy"]:
                 imported["fingerprint"] = "imported-from-elsewhere"
+        tests = parse_junit(root / "junit.xml")
+        if crashed:
+            for t in tests:
+                if "crashed" in t.message:
+                    t.outcome, t.message = "failed", "crashed: " + t.message
         return MutantResult(
             name=name, description=mutant.description if mutant else "unmutated copy of kernels/",
             gpu_only=bool(mutant and mutant.gpu_only), note=mutant.note if mutant else "",
-            returncode=returncode, seconds=time.monotonic() - start, tests=parse_junit(root / "junit.xml"),
+            returncode=returncode, seconds=time.monotonic() - start, tests=tests,
             imported=imported, expected_fingerprint=expected, log_tail=log[-3000:],
         )
     finally:
@@ -230,7 +249,7 @@ def verdict(result: MutantResult, device: str) -> str:
         how = "by assertion" if any(t.by_assertion for t in result.failures) else "by exception only: check the mutant"
         return f"KILLED {how}"
     if status in ("crashed", "timeout"):
-        return f"KILLED ({status}, rc {result.returncode})"
+        return f"KILLED by {'crash' if status == 'crashed' else 'timeout'} (rc {result.returncode})"
     if status == "survived" and result.gpu_only and device == "cpu":
         return "SURVIVED: gpu-only, expected on CPU"
     return status.upper()

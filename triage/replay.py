@@ -128,16 +128,21 @@ class Outcome:
 
 def run_kwargs_for(impl, inputs: Inputs, path: str, run_kwargs: dict, workspace: dict | None,
                    poison_workspace: bool) -> dict:
+    """Keyword arguments for ``impl.run``. With ``poison_workspace`` (the default of replay and minimize)
+    the 3D path gets a NaN-filled workspace: a correct kernel never reads an entry it did not write,
+    and NaN makes a bug that does fail every time, where uninitialized memory fails at random."""
     kwargs = {k: v for k, v in (run_kwargs or {}).items() if v is not None}
     if path == "3d" and (workspace or poison_workspace) and impl.style == "split_kv" and "workspace" in impl.params:
         import kernels
 
         case = inputs.case
-        segments = kwargs.get("num_segments") or (workspace or {}).get("num_segments") or case.num_segments or 4
+        segments = kwargs.get("num_segments") or (workspace or {}).get("num_segments") or case.num_segments
+        if segments is None:  # what the planner would pick for this call
+            segments = kernels.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q,
+                                         inputs.max_seqlen_k, split_kv=True).num_segments
         tokens = max((workspace or {}).get("max_num_tokens", 0), inputs.q.shape[0])
         kwargs["workspace"] = kernels.Workspace(tokens, case.num_q_heads, case.head_size, segments,
                                                 inputs.q.device).fill_(float("nan"))
-        kwargs["num_segments"] = segments
     return kwargs
 
 
@@ -170,7 +175,7 @@ def _seq_of_token(case: Case):
 def error_table(inputs: Inputs, outcome: Outcome, top: int = 20) -> str:
     """Per-(token, head) max abs error, worst first, plus per-sequence and per-head summaries."""
     case = inputs.case
-    err = (outcome.out - outcome.golden).abs().nan_to_num(nan=math.inf)  # [rows, heads, dim]
+    err = (outcome.out - outcome.golden).abs().nan_to_num(nan=math.inf, posinf=math.inf)  # [rows, heads, dim]
     nonfinite = (~torch.isfinite(outcome.out) & torch.isfinite(outcome.golden)).sum(-1)
     base = (outcome.baseline - outcome.golden).abs().amax(-1)
     per = err.amax(-1).cpu()
@@ -180,7 +185,7 @@ def error_table(inputs: Inputs, outcome: Outcome, top: int = 20) -> str:
     lines = []
     if per.numel() == 0:
         return "no rows to compare (the call writes nothing)"
-    order = torch.argsort(per.flatten(), descending=True)
+    order = torch.argsort(per.flatten(), descending=True, stable=True)
     over = int((per > allowed).sum())
     lines.append(f"{over} of {per.numel()} (token, head) rows exceed the allowed max error {allowed:.3e}; "
                  f"worst {min(top, per.numel())}:")
@@ -262,7 +267,8 @@ def replay(file: str, *, device: str, impl_spec: str | None = None, path: str | 
             f"non-finite {recorded.get('nonfinite')}")
     printer(f"  replaying: impl {impl.spec} (kernels from {env.kernels_file()}), mutant {mutant}, device {device}"
             + (f" [{env.interpreter_status()}]" if device == "cpu" else ""))
-    printer(f"  inputs:    {rebuilt.how}")
+    printer(f"  inputs:    {rebuilt.how}; 3D workspace: "
+            + ("NaN-filled" if poison_workspace or payload.get("workspace") else "allocated by the implementation"))
     golden_pair = reference_outputs(inputs, rebuilt.poison)
     paths = [path or payload["path"]]
     if all_paths:
@@ -278,7 +284,7 @@ def replay(file: str, *, device: str, impl_spec: str | None = None, path: str | 
         printer(f"\npath {p}: {'FAIL' if outcome.failed else 'pass'}: {outcome.summary()}")
         if outcome.error is not None:
             printer(outcome.error.rstrip())
-        elif index == 0 or outcome.failed:
+        elif index == 0:
             printer(error_table(inputs, outcome, top))
         if index == 0:
             printer(f"diagnosis: {diagnosis(outcome)}")

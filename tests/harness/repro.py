@@ -23,7 +23,8 @@ def versions() -> dict:
     import triton
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or 'unknown'})"
-    return {"torch": torch.__version__, "triton": triton.__version__, "device": device,
+    # str(): torch.__version__ is a TorchVersion, which weights_only=True loading refuses.
+    return {"torch": str(torch.__version__), "triton": str(triton.__version__), "device": device,
             "python": platform.python_version()}
 
 
