@@ -245,7 +245,8 @@ def _versions_line(payload: dict) -> str:
 def replay(file: str, *, device: str, impl_spec: str | None = None, path: str | None = None, top: int = 20,
            all_paths: bool = False, poison_workspace: bool = False, mutant: str | None = None,
            printer=print) -> int:
-    """Replay ``file``; prints the report and returns 1 when the failure reproduces, else 0."""
+    """Replay ``file``; prints the report and returns 1 when the failure reproduces, 0 when it passes,
+    2 when the recorded path cannot run with this implementation."""
     from tests.harness.impl import Implementation
 
     from . import env
@@ -278,6 +279,8 @@ def replay(file: str, *, device: str, impl_spec: str | None = None, path: str | 
         reason = impl.missing_feature(case) or impl.path_unsupported(p, case)
         if reason:
             printer(f"\npath {p}: skipped ({reason})")
+            if index == 0:
+                status = 2
             continue
         kwargs = run_kwargs_for(impl, inputs, p, payload.get("run_kwargs"), payload.get("workspace"), poison_workspace)
         outcome = run_once(impl, inputs, p, kwargs, golden_pair)
