@@ -157,19 +157,30 @@ def run_backend(model, tokenizer, backend: str, choice: task.TaskChoice, args):
 
 
 def replay_anchor(results: dict, extra: dict, anchor: str) -> None:
-    """Feed the anchor backend's generations through every other backend's decode path."""
+    """Feed the anchor backend's generations through every other backend's decode path.
+
+    Where a backend's own greedy generation already equals the anchor's, its own generation
+    was exactly that replay (same prompt, same tokens fed back step by step), so it is reused;
+    only the problems where the generations parted ways are run again.
+    """
     prompts = extra[anchor]["prompts"]
     docs = [d for d in sorted(prompts) if extra[anchor]["own"].get(d) is not None]
-    tokens = [extra[anchor]["own"][d].tokens for d in docs]
-    results[anchor].forced = {d: extra[anchor]["own"][d] for d in docs}
+    anchor_gen = {d: extra[anchor]["own"][d] for d in docs}
+    results[anchor].forced = dict(anchor_gen)
     for name, result in results.items():
         if name == anchor:
             continue
-        start = time.time()
-        gens = extra[name]["lm"].force([prompts[d][0] for d in docs], tokens, desc=f"replay {anchor}")
-        result.forced = dict(zip(docs, gens))
-        result.runtime_s += time.time() - start
-        result.attention_calls = extra[name]["lm"].attention_calls()
+        own = extra[name]["own"]
+        forced = {d: own[d] for d in docs if own.get(d) is not None and own[d].tokens == anchor_gen[d].tokens}
+        todo = [d for d in docs if d not in forced]
+        if todo:
+            start = time.time()
+            gens = extra[name]["lm"].force([prompts[d][0] for d in todo], [anchor_gen[d].tokens for d in todo],
+                                           desc=f"replay {anchor}")
+            forced.update(zip(todo, gens))
+            result.runtime_s += time.time() - start
+            result.attention_calls = extra[name]["lm"].attention_calls()
+        result.forced = forced
 
 
 def _fmt(x: float, spec: str = ".4f") -> str:
