@@ -169,7 +169,9 @@ def _paged_attention_kernel(
     KV_FP8: tl.constexpr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr,
     SPLIT_KV: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    q_block = tl.program_id(0)
+    # Highest query blocks first: under causal masking they walk the most KV tiles, and
+    # starting them early keeps the last wave of a prefill grid short.
+    q_block = tl.num_programs(0) - 1 - tl.program_id(0)
     kv_head = tl.program_id(1)
     segment = tl.program_id(2)
 

@@ -13,7 +13,8 @@ Heuristic (fitted to a segment-count sweep on an H100, benchmarks/results/*-tune
   path wins: it splits each sequence into the power of two of segments that brings the grid
   closest to ``PROGRAMS_PER_SM`` x num_sms programs (at least 2, at most one per KV tile and
   ``MAX_SEGMENTS``). Measured: the best count kept ~2 programs per SM from 500 to 131k keys
-  and from 1 to 64 sequences; 1 tile per segment beat 2 on short sequences.
+  and from 1 to 16 sequences; 1 tile per segment beat 2 on short sequences; at 64 sequences
+  (512 programs) the 2D path with 128-key tiles beat every split.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 # Programs per multiprocessor the split decode grid aims at.
 PROGRAMS_PER_SM = 2
 # Decode grids with fewer 2D programs per multiprocessor than this take the split-KV path.
-SPLIT_BELOW_PROGRAMS_PER_SM = 8
+SPLIT_BELOW_PROGRAMS_PER_SM = 2
 # A segment holds at least this many KV tiles.
 MIN_TILES_PER_SEGMENT = 1
 # Upper bound on segments per sequence (the reduction loads all of them at once).
@@ -71,12 +72,16 @@ def effective_window(window_size, causal: bool) -> tuple[int, int]:
     return left, right
 
 
-def _tile_size(head_pad: int, interpreter: bool, fp32: bool) -> int:
+def _tile_size(head_pad: int, interpreter: bool, fp32: bool, decode_sized: bool) -> int:
     if interpreter:
         return 16  # interpreter cost is per tile: small tiles let short CPU cases cross many
     if fp32:
         return 32  # fp32 dots run on FMA units: big tiles only bloat code and compile time
-    return 64 if head_pad <= 128 else 32
+    if head_pad > 128:
+        return 32  # K and V tiles of 256-wide heads fill shared memory fast
+    # Decode is a chain of dependent tile loads per program: fewer, larger tiles shorten it
+    # (H100: 128-key tiles beat 64 by 7-25% on decode; prefill prefers 64 with 8 warps).
+    return 128 if decode_sized else 64
 
 
 def _block_m(num_queries_per_kv: int, max_seqlen_q: int, head_pad: int, prefill_sized: bool, interpreter: bool,
@@ -119,8 +124,8 @@ def plan_launch(
     """Plan a launch from shapes and host integers only (no device reads)."""
     num_queries_per_kv = num_q_heads // num_kv_heads
     head_pad = next_power_of_2(head_size)
-    tile = _tile_size(head_pad, interpreter, fp32)
     decode = max_seqlen_q <= 1
+    tile = _tile_size(head_pad, interpreter, fp32, decode and not batch_invariant)
     block_m = _block_m(num_queries_per_kv, max_seqlen_q, head_pad, not (decode or batch_invariant), interpreter, fp32)
     if batch_invariant and not interpreter:
         block_m = max(64, next_power_of_2(num_queries_per_kv))
@@ -170,7 +175,8 @@ def plan_launch(
         tile_size=tile,
         num_segments=segments,
         num_warps=1 if interpreter else (8 if big else 4),
-        num_stages=1 if interpreter else (2 if head_pad > 128 else 3),
+        # Two stages measured best for decode (more stages cost shared memory, hence occupancy).
+        num_stages=1 if interpreter else (2 if head_pad > 128 or (decode and not batch_invariant) else 3),
         grid=(num_q_blocks, num_kv_heads, segments),
         reduce_grid=(num_tokens, math.ceil(num_q_heads / reduce_heads), head_pad // reduce_dims)
         if path == "3d" else None,

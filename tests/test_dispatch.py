@@ -38,12 +38,14 @@ def test_decode_grid_that_fills_the_device_stays_2d(planner):
     num_seqs = planner.SPLIT_BELOW_PROGRAMS_PER_SM * H100_SMS // LLAMA["num_kv_heads"]
     assert _decode(planner, num_seqs, 4096).path == "2d"
     assert _decode(planner, num_seqs - 1, 4096).path == "3d"
+    assert _decode(planner, 64, 4096).path == "2d"  # 512 programs: 2D measured fastest on the H100
 
 
 @pytest.mark.dispatch
 def test_short_decode_stays_2d(planner):
     """A sequence that fits in fewer than two segments' worth of tiles has nothing to split."""
-    plan = _decode(planner, 1, (2 * planner.MIN_TILES_PER_SEGMENT - 1) * 64)
+    tile = _decode(planner, 1, 100).tile_size
+    plan = _decode(planner, 1, (2 * planner.MIN_TILES_PER_SEGMENT - 1) * tile)
     assert plan.path == "2d", plan
 
 
@@ -55,7 +57,7 @@ def test_prefill_is_2d_with_large_query_blocks(planner):
 
 @pytest.mark.dispatch
 @pytest.mark.parametrize("num_seqs, seq_len, segments", [(1, 13_300, 32), (1, 131_072, 32), (4, 4096, 8),
-                                                         (16, 4096, 2), (64, 4096, 2), (1, 510, 8)])
+                                                         (16, 4096, 2), (1, 510, 4)])
 def test_documented_segment_counts(planner, num_seqs, seq_len, segments):
     """The counts the H100 sweep found fastest (benchmarks/results/*-tune.md)."""
     plan = _decode(planner, num_seqs, seq_len)

@@ -13,7 +13,7 @@ import os
 from .cases import Case
 
 ON_GPU = os.environ.get("TRITON_INTERPRET", "0") != "1"
-TILE_HINT = 64 if ON_GPU else 16  # the kernels' KV tile on this device (for boundary lengths)
+TILE_HINT = 128 if ON_GPU else 16  # the kernels' decode KV tile on this device (for boundary lengths)
 SCALE = 6 if ON_GPU else 1
 
 PATHS = ("2d", "3d", "auto")
