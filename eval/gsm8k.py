@@ -5,7 +5,7 @@ backend on the same problems and prompts, teacher-forces the gold solutions thro
 backend, prints one table per backend and a parity section per (kernel, trusted backend)
 pair, writes a JSON report, and exits non-zero when the self-check or the gate fails.
 
-Exit status: 0 gate passed, 1 gate failed, 2 self-check failed (or bad usage).
+Exit status: 0 gate passed, 1 gate failed, 2 self-check failed (or bad usage), 3 crashed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from . import parity, task
 from .attention import BACKENDS, BREAK_MODES
 from .device import default_device, has_cuda, resolve_dtype
 
-EXIT_PASS, EXIT_GATE_FAILED, EXIT_SELF_CHECK_FAILED = 0, 1, 2
+EXIT_PASS, EXIT_GATE_FAILED, EXIT_SELF_CHECK_FAILED, EXIT_CRASHED = 0, 1, 2, 3
 BREAK_ENV = "PAV_BREAK_KERNEL"
 
 # CPU runs go through the Triton interpreter (~10 ms per KV tile per program): the CPU defaults
@@ -313,5 +313,19 @@ def main(argv=None) -> int:
     return EXIT_PASS if gate_ok else EXIT_GATE_FAILED
 
 
+def cli() -> None:
+    # A crash must not read as "gate failed" (Python's own exit status for an exception is 1).
+    try:
+        code = main()
+    except SystemExit:
+        raise
+    except BaseException:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+        code = EXIT_CRASHED
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()
