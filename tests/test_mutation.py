@@ -98,10 +98,10 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="py
 </testsuite></testsuites>"""
 
 
-def _result(name, tests, returncode=1, gpu_only=False, fingerprint="abc"):
+def _result(name, tests, returncode=1, gpu_only=False, fingerprint="abc", died=False):
     return mutation_run.MutantResult(name=name, description="", gpu_only=gpu_only, note="gpu note",
                                      returncode=returncode, seconds=1.0, tests=tests,
-                                     imported={"fingerprint": fingerprint}, expected_fingerprint="abc")
+                                     imported={"fingerprint": fingerprint}, expected_fingerprint="abc", died=died)
 
 
 @pytest.mark.harness
@@ -114,7 +114,7 @@ def test_junit_parsing_and_statuses(tmp_path):
     assert _result("m", tests).status == "killed"
     assert _result("m", tests[:1], returncode=0).status == "survived"
     assert _result("m", tests, fingerprint="other").status == "invalid"  # ran some other kernels
-    assert _result("m", [], returncode=-11).status == "crashed"
+    assert _result("m", tests, returncode=-11, died=True).status == "crashed"
     assert _result("m", [], returncode=4).status == "invalid"  # usage error is no kill
     assert _result("m", [], returncode=None).status == "timeout"
 

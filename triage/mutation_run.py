@@ -30,11 +30,30 @@ REPO_ROOT = catalog.REPO_ROOT
 SUITE_ITEMS = ("conftest.py", "pyproject.toml", "tests", "reference", "eval", "benchmarks", "triage")
 CONTROL = "control"
 
-_GUARD = '''"""Written by triage.mutation_run: records which kernels package this pytest run imported."""
+_GUARD = '''"""Written by triage.mutation_run: records which kernels package this pytest run imported, and
+ends the process when one test hangs (a mutant that corrupts memory can deadlock malloc)."""
+import faulthandler
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
+
+import pytest
+
+_LIMIT = float(os.environ.get("ATTN_TRIAGE_TEST_TIMEOUT") or 0)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    # faulthandler's watchdog is a C thread: it fires even when a deadlocked thread holds the GIL.
+    if _LIMIT > 0:
+        faulthandler.dump_traceback_later(_LIMIT, exit=True, file=sys.stderr)
+    try:
+        yield
+    finally:
+        if _LIMIT > 0:
+            faulthandler.cancel_dump_traceback_later()
 
 
 def pytest_sessionstart(session):
@@ -102,6 +121,7 @@ class MutantResult:
     imported: dict | None = None
     expected_fingerprint: str = ""
     log_tail: str = ""
+    died: bool = False  # the first run died (signal, or the hang watchdog): rerun under xdist to attribute
 
     @property
     def failures(self) -> list:
@@ -113,12 +133,12 @@ class MutantResult:
             return "invalid"  # the run did not import this mutant (or never started)
         if self.returncode is None:
             return "timeout"
+        if self.died:
+            return "crashed"  # the suite goes red; the tests that took the process down are listed
         if self.returncode in (0, 1):
             if self.failures:
                 return "killed"
             return "survived" if self.returncode == 0 else "invalid"
-        if self.returncode < 0:
-            return "crashed"  # killed by a signal (segfault, ...): the suite goes red
         return "invalid"  # pytest usage/internal/collection error or no tests: not a kill
 
     @property
@@ -156,8 +176,12 @@ def _pytest(cmd, cwd, env, timeout):
 
 
 def run_one(mutant: catalog.Mutant | None, *, tiers: str, device: str, timeout: float, extra_args: list,
-            repro_dir: str | None, report_dir: str | None, keep: bool, threads: int) -> MutantResult:
+            repro_dir: str | None, report_dir: str | None, keep: bool, threads: int,
+            test_timeout: float | None = None) -> MutantResult:
+    """One pytest run of the suite against ``mutant`` (None: the control) in a fresh copy."""
     name = mutant.name if mutant else CONTROL
+    if test_timeout is None:  # a quick test takes seconds; on a GPU the first call also compiles
+        test_timeout = 180 if device == "cpu" else 600
     root = Path(tempfile.mkdtemp(prefix=f"attn-mutant-{name}-"))
     start = time.monotonic()
     try:
@@ -171,6 +195,7 @@ def run_one(mutant: catalog.Mutant | None, *, tiers: str, device: str, timeout: 
             ATTN_TRIAGE_MUTANT="" if mutant is None else mutant.name,
             ATTN_TRIAGE_IMPORTED=str(root / "imported.json"),
             PYTHONDONTWRITEBYTECODE="1",
+            ATTN_TRIAGE_TEST_TIMEOUT=str(test_timeout),
         )
         if threads:
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -183,7 +208,8 @@ def run_one(mutant: catalog.Mutant | None, *, tiers: str, device: str, timeout: 
             cmd.append(f"--error-report={Path(report_dir).resolve() / (name + '.json')}")
         cmd += list(extra_args)
         returncode, log = _pytest(cmd, root, env, timeout)
-        crashed = returncode is not None and returncode < 0
+        # Died: killed by a signal, or ended without writing its report (the hang watchdog exits early).
+        crashed = returncode is not None and (returncode < 0 or not (root / "junit.xml").exists())
         if crashed:
             # The process died (the interpreter wrote out of bounds, say): rerun under one xdist worker,
             # which reports the test that crashed its worker as failed and goes on with a fresh one.
@@ -201,13 +227,13 @@ def run_one(mutant: catalog.Mutant | None, *, tiers: str, device: str, timeout: 
         tests = parse_junit(root / "junit.xml")
         if crashed:
             for t in tests:
-                if "crashed" in t.message:
+                if "crashed" in t.message or "Timeout" in t.message:
                     t.outcome, t.message = "failed", "crashed: " + t.message
         return MutantResult(
             name=name, description=mutant.description if mutant else "unmutated copy of kernels/",
             gpu_only=bool(mutant and mutant.gpu_only), note=mutant.note if mutant else "",
             returncode=returncode, seconds=time.monotonic() - start, tests=tests,
-            imported=imported, expected_fingerprint=expected, log_tail=log[-3000:],
+            imported=imported, expected_fingerprint=expected, log_tail=log[-3000:], died=crashed,
         )
     finally:
         if not keep:
