@@ -69,8 +69,11 @@ def run_cases(selected: list[str] | None = None) -> None:
 def sanitize(tool: str, kernels_dir: str | None = None, selected: list[str] | None = None, timeout: int = 540):
     """Run the driver under ``compute-sanitizer --tool TOOL``; returns (ok, first report, log)."""
     env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")
-    paths = [kernels_dir] if kernels_dir else []
-    env["PYTHONPATH"] = os.pathsep.join(paths + [str(ROOT)] + env.get("PYTHONPATH", "").split(os.pathsep))
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + env.get("PYTHONPATH", "").split(os.pathsep))
+    if kernels_dir:
+        # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH, so the
+        # driver inserts the override itself before anything imports kernels.
+        env["MEMSAFETY_KERNELS_DIR"] = str(kernels_dir)
     cmd = ["compute-sanitizer", f"--tool={tool}", "--print-limit=20", "--error-exitcode=86"]
     if tool == "memcheck":
         cmd.append("--leak-check=no")
@@ -87,7 +90,7 @@ def first_report(log: str) -> str:
     case = "before any case"
     lines = log.splitlines()
     for i, line in enumerate(lines):
-        if line.startswith(MARKER):
+        if line.startswith(MARKER) and " kernels from " not in line:
             case = line[len(MARKER):].strip()
         elif re.match(r"=+ (Invalid|Uninitialized|Program hit|Error|.*error)", line):
             return f"case: {case}\n" + "\n".join(lines[i:i + 12])
@@ -108,6 +111,12 @@ def main(argv=None) -> int:
         print("\n".join(c.name for c in curated_cases()))
         return 0
     if args.driver:
+        override = os.environ.get("MEMSAFETY_KERNELS_DIR")
+        if override:
+            sys.path.insert(0, override)
+        import kernels
+
+        print(f"{MARKER} kernels from {kernels.__file__}", flush=True)
         run_cases(selected)
         return 0
     failed = 0
