@@ -151,9 +151,12 @@ def parse_junit(path: Path) -> list:
         return []
     outcomes = []
     for case in ET.parse(path).getroot().iter("testcase"):
-        module = case.get("classname", "")
-        file = module.replace(".", "/") + ".py"
-        nodeid = f"{file}::{case.get('name')}"
+        module = case.get("classname") or ""
+        if module:
+            nodeid = f"{module.replace('.', '/')}.py::{case.get('name')}"
+        else:  # a module-level skip or collection error: the name is the module
+            module = case.get("name", "")
+            nodeid = module.replace(".", "/") + ".py"
         tier = module.rsplit(".", 1)[-1].removeprefix("test_")
         outcome, message = "passed", ""
         for child in case:
@@ -181,7 +184,7 @@ def run_one(mutant: catalog.Mutant | None, *, tiers: str, device: str, timeout: 
     """One pytest run of the suite against ``mutant`` (None: the control) in a fresh copy."""
     name = mutant.name if mutant else CONTROL
     if test_timeout is None:  # a quick test takes seconds; on a GPU the first call also compiles
-        test_timeout = 180 if device == "cpu" else 600
+        test_timeout = 60 if device == "cpu" else 600
     root = Path(tempfile.mkdtemp(prefix=f"attn-mutant-{name}-"))
     start = time.monotonic()
     try:
@@ -272,8 +275,12 @@ def verdict(result: MutantResult, device: str) -> str:
     if result.name == CONTROL:
         return "PASS (control)" if status == "survived" else f"CONTROL {status.upper()}: harness broken, kills invalid"
     if status == "killed":
-        how = "by assertion" if any(t.by_assertion for t in result.failures) else "by exception only: check the mutant"
-        return f"KILLED {how}"
+        if any(t.by_assertion for t in result.failures):
+            return "KILLED by assertion"
+        # No check failed, something raised: fine for a GPU fault, suspicious for a NameError (broken mutant).
+        kinds = sorted({t.message.split(":")[0].replace("failed on setup with ", "").strip('"')
+                        for t in result.failures})
+        return f"KILLED by exception ({', '.join(kinds)[:60]})"
     if status in ("crashed", "timeout"):
         return f"KILLED by {'crash' if status == 'crashed' else 'timeout'} (rc {result.returncode})"
     if status == "survived" and result.gpu_only and device == "cpu":
