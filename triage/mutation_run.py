@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -122,6 +123,7 @@ class MutantResult:
     expected_fingerprint: str = ""
     log_tail: str = ""
     died: bool = False  # the first run died (signal, or the hang watchdog): rerun under xdist to attribute
+    tree: str = ""  # the temp copy (kept with --keep)
 
     @property
     def failures(self) -> list:
@@ -170,12 +172,17 @@ def parse_junit(path: Path) -> list:
 
 
 def _pytest(cmd, cwd, env, timeout):
+    """(returncode or None on timeout, output). Runs in its own process group, so a timeout also
+    ends the xdist workers it started."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-        return proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout or ""
-        return None, out.decode(errors="replace") if isinstance(out, bytes) else out
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return None, out + f"\n[triage: killed after {timeout:.0f}s]"
 
 
 def run_one(mutant: catalog.Mutant | None, *, tiers: str, device: str, timeout: float, extra_args: list,
@@ -237,6 +244,7 @@ def run_one(mutant: catalog.Mutant | None, *, tiers: str, device: str, timeout: 
             gpu_only=bool(mutant and mutant.gpu_only), note=mutant.note if mutant else "",
             returncode=returncode, seconds=time.monotonic() - start, tests=tests,
             imported=imported, expected_fingerprint=expected, log_tail=log[-3000:], died=crashed,
+            tree=str(root) if keep else "",
         )
     finally:
         if not keep:
@@ -256,8 +264,10 @@ def run_catalog(mutant_list, *, tiers: str = "quick", device: str = "cpu", worke
         for done, future in enumerate(as_completed(futures), 1):
             result = future.result()
             results[result.name] = result
-            progress(f"[{done:>2}/{len(jobs)}] {result.name}: {result.status.upper()} "
-                     f"({len(result.failures)} failing of {len(result.tests)} tests, {result.seconds:.0f}s)")
+            state = result.status.upper() if result.name != CONTROL or result.status != "survived" else "PASS"
+            progress(f"[{done:>2}/{len(jobs)}] {result.name}: {state} "
+                     f"({len(result.failures)} failing of {len(result.tests)} tests, {result.seconds:.0f}s)"
+                     + (f", kept in {result.tree}" if result.tree else ""))
     return results[CONTROL], [results[m.name] for m in mutant_list]
 
 
