@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default="", help="comma-separated mutant names (default: all)")
     p.add_argument("--tiers", default="quick", help="pytest -m expression (default 'quick')")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="default cpu")
-    p.add_argument("--workers", type=int, default=None, help="mutants run at once (default: CPU count on cpu, 1 on cuda)")
+    p.add_argument("--workers", type=int, default=None, help="mutants run at once (default: the CPU count on cpu, up to 4 on cuda)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per mutant run (default 900)")
     p.add_argument("--repro-dir", default=None, help="reproducers of each run go to DIR/<mutant>/")
     p.add_argument("--error-reports", default=None, help="error report of each run goes to DIR/<mutant>.json")
@@ -167,7 +167,8 @@ def main(argv=None) -> int:
 
             import os
 
-            workers = args.workers or (1 if args.device == "cuda" else (os.cpu_count() or 1))
+            cores = os.cpu_count() or 1
+            workers = args.workers or (min(4, cores) if args.device == "cuda" else cores)
             return main_mutants(names=args.only, tiers=args.tiers, device=args.device, workers=workers,
                                 timeout=args.timeout, extra_args=shlex.split(args.pytest_args),
                                 repro_dir=args.repro_dir, report_dir=args.error_reports, keep=args.keep,
