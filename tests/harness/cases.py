@@ -28,6 +28,7 @@ LAYOUTS = (
     "kv_combined",     # k, v = kv[:, 0], kv[:, 1] of one [blocks, 2, block, heads, dim] tensor
     "kv_outer",        # k, v = kv[0], kv[1] of one [2, blocks, block, heads, dim] tensor
     "head_major",      # cache stored [blocks, heads, block, dim], viewed [blocks, block, heads, dim]
+    "kv_unlike",       # k dense, v head-major with padded blocks: k and v strides all differ
     "bt_strided",      # block table rows longer than their used width
     "head_padded",     # q/k/v/out rows padded past head_size (padding poisoned in poison runs)
 )
@@ -146,6 +147,10 @@ def _cache_pair(case: Case, num_blocks: int, dtype, device):
         store = (num_blocks, case.num_kv_heads, case.block_size, case.head_size)
         return (torch.empty(store, dtype=dtype, device=device).permute(0, 2, 1, 3),
                 torch.empty(store, dtype=dtype, device=device).permute(0, 2, 1, 3))
+    if case.layout == "kv_unlike":
+        store = (num_blocks + 1, case.num_kv_heads, case.block_size + 3, case.head_size)
+        v = torch.empty(store, dtype=dtype, device=device)[1:, :, 2:2 + case.block_size].permute(0, 2, 1, 3)
+        return torch.empty(shape, dtype=dtype, device=device), v
     if case.layout == "head_padded":
         padded = (*shape[:-1], case.head_size + 8)
         return (torch.empty(padded, dtype=dtype, device=device)[..., : case.head_size],

@@ -161,6 +161,7 @@ def quick_cases() -> list[Case]:
         _case("quick-varlen-g5-b48", "varlen", block_size=48, **_gqa(5)),
         _case("quick-fp8kv-fp32", kv_dtype="float8_e4m3fn", dtype="float32"),
         _case("quick-qlen0-padded", seq_lens=(30, 40, 17), query_lens=(0, 5, 1), pad_tokens=2),
+        _case("quick-kv-unlike-strides", "decode", layout="kv_unlike"),
     ]
 
 
