@@ -34,6 +34,7 @@ def test_small_batch_long_decode_splits_kv(planner):
 
 
 @pytest.mark.dispatch
+@pytest.mark.quick
 def test_decode_grid_that_fills_the_device_stays_2d(planner):
     num_seqs = planner.SPLIT_BELOW_PROGRAMS_PER_SM * H100_SMS // LLAMA["num_kv_heads"]
     assert _decode(planner, num_seqs, 4096).path == "2d"
@@ -42,6 +43,7 @@ def test_decode_grid_that_fills_the_device_stays_2d(planner):
 
 
 @pytest.mark.dispatch
+@pytest.mark.quick
 def test_short_decode_stays_2d(planner):
     """A sequence that fits in fewer than two segments' worth of tiles has nothing to split."""
     tile = _decode(planner, 1, 100).tile_size
@@ -50,12 +52,14 @@ def test_short_decode_stays_2d(planner):
 
 
 @pytest.mark.dispatch
+@pytest.mark.quick
 def test_prefill_is_2d_with_large_query_blocks(planner):
     plan = planner.plan_launch(**LLAMA, num_tokens=8192, num_seqs=4, max_seqlen_q=2048, max_seqlen_k=2048)
     assert plan.path == "2d" and plan.block_m >= 64, plan
 
 
 @pytest.mark.dispatch
+@pytest.mark.quick
 @pytest.mark.parametrize("num_seqs, seq_len, segments", [(1, 13_300, 32), (1, 131_072, 32), (4, 4096, 8),
                                                          (16, 4096, 2), (1, 510, 4)])
 def test_documented_segment_counts(planner, num_seqs, seq_len, segments):
@@ -65,6 +69,7 @@ def test_documented_segment_counts(planner, num_seqs, seq_len, segments):
 
 
 @pytest.mark.dispatch
+@pytest.mark.quick
 def test_segments_never_exceed_the_cap_or_the_tiles(planner):
     for seq_len in (300, 5_000, 131_072):
         plan = _decode(planner, 1, seq_len)
@@ -74,6 +79,7 @@ def test_segments_never_exceed_the_cap_or_the_tiles(planner):
 
 
 @pytest.mark.dispatch
+@pytest.mark.quick
 @pytest.mark.parametrize("split_kv, path", [(True, "3d"), (False, "2d")])
 def test_forcing_wins_over_heuristic(planner, split_kv, path):
     assert _decode(planner, 1, 13_300, split_kv=split_kv).path == path
@@ -81,6 +87,7 @@ def test_forcing_wins_over_heuristic(planner, split_kv, path):
 
 
 @pytest.mark.dispatch
+@pytest.mark.quick
 def test_workspace_caps_segments(planner):
     assert _decode(planner, 1, 100_000, max_segments=8).num_segments == 8
     with pytest.raises(ValueError, match="num_segments"):
@@ -88,6 +95,7 @@ def test_workspace_caps_segments(planner):
 
 
 @pytest.mark.dispatch
+@pytest.mark.quick
 def test_batch_invariant_plan_ignores_the_batch(planner):
     plans = {(_decode(planner, n, L, batch_invariant=True).path, _decode(planner, n, L, batch_invariant=True).tile_size,
               _decode(planner, n, L, batch_invariant=True).block_m) for n in (1, 7, 300) for L in (10, 5000)}
@@ -95,6 +103,7 @@ def test_batch_invariant_plan_ignores_the_batch(planner):
 
 
 @pytest.mark.dispatch
+@pytest.mark.quick
 def test_plan_ignores_device_values():
     """Planning reads shapes and host ints only; a plan is a frozen, hashable value."""
     from kernels import plan_launch

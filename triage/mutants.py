@@ -161,6 +161,17 @@ CATALOG: tuple[Mutant, ...] = (
     _m("scale-not-log2",
        "softmax scale passed in natural-log units to an exp2 softmax",
        ("softmax_scale * _attention.LOG2E", "softmax_scale"), file="api.py"),
+    # Beyond the kernels: the planner and the argument checks are shipped code too.
+    _m("planner-mistuned",
+       "split-KV planner aims at 8 programs per SM instead of the measured 2 (over-splits decode)",
+       ("\nPROGRAMS_PER_SM = 2\n", "\nPROGRAMS_PER_SM = 8\n"), file="plan.py"),
+    _m("batch-invariant-unpinned",
+       "batch-invariant mode pins the path only when split_kv is given: the heuristic's batch-dependent "
+       "segment count leaks into a sequence's result",
+       ("    if batch_invariant:\n", "    if batch_invariant and split_kv is not None:\n"), file="plan.py"),
+    _m("no-head-ratio-check",
+       "argument checks accept a query-head count that is not a multiple of the KV-head count",
+       ("    if num_kv_heads == 0 or num_q_heads % num_kv_heads:", "    if num_kv_heads == 0:"), file="validate.py"),
 )
 
 BY_NAME = {m.name: m for m in CATALOG}

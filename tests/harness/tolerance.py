@@ -83,7 +83,7 @@ def judge(actual: torch.Tensor, golden: torch.Tensor, baseline: torch.Tensor, ou
     nonfinite = int((~torch.isfinite(actual) & golden_finite).sum())
     if actual.numel() == 0:
         return Verdict(True, 0.0, 0.0, 0.0, 0.0, 0)
-    err = (actual - golden).abs().nan_to_num(nan=float("inf"))
+    err = (actual - golden).abs().nan_to_num(nan=float("inf"), posinf=float("inf"))
     base_err = (baseline - golden).abs()
     half_ulp = 0.5 * _ulp(out_dtype) + KERNEL_FP32_ULPS * _ulp(torch.float32)
     magnitude = golden.abs()
