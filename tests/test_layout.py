@@ -17,6 +17,7 @@ def test_layout_matches_reference(ctx, case, path):
 
 @pytest.mark.layout
 @pytest.mark.stress
+@pytest.mark.quick  # a second on a GPU, and the only check that sees int32 offset arithmetic
 @pytest.mark.parametrize("path", ("2d", "3d"))
 def test_cache_past_2_31_elements(ctx, path):
     """Blocks whose element offset exceeds 2^31 must be addressed in int64."""
