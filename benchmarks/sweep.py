@@ -468,24 +468,16 @@ def main(argv=None) -> int:
         data["elapsed_s"] = time.time() - t0
         path.write_text(json.dumps(data, indent=1, default=str))
 
-    if args.tune_segments:
-        points = shapes.select(args.points, args.quick, kinds=("decode",))
-        for point in points:
-            if time.time() - t0 > budget:
-                data["skipped"].append(point.name)
-                continue
-            print(f"[{time.time() - t0:6.1f}s] tune {point.name}: {point.describe()}", flush=True)
-            data["tune"].append(run_tune(point, ctx, log=lambda s: print(s, flush=True)))
-            save()
-    else:
-        points = shapes.select(args.points, args.quick)
-        for point in points:
-            if time.time() - t0 > budget:
-                data["skipped"].append(point.name)
-                continue
-            print(f"[{time.time() - t0:6.1f}s] {point.name}: {point.describe()}", flush=True)
-            data["points"].append(run_point(point, ctx, log=lambda s: print(s, flush=True)))
-            save()
+    kinds, key, runner, label = (("decode",), "tune", run_tune, "tune ") if args.tune_segments \
+        else (None, "points", run_point, "")
+    points = shapes.select(args.points, args.quick, kinds=kinds) if kinds else shapes.select(args.points, args.quick)
+    for point in points:
+        if time.time() - t0 > budget:
+            data["skipped"].append(point.name)
+            continue
+        print(f"[{time.time() - t0:6.1f}s] {label}{point.name}: {point.describe()}", flush=True)
+        data[key].append(runner(point, ctx, log=lambda s: print(s, flush=True)))
+        save()
     bw_end = copy_bandwidth(device)
     data["copy_bandwidth_end"] = bw_end
     data["read_bandwidth_end"] = rbw_end = read_bandwidth(device)
