@@ -24,12 +24,15 @@ if DEVICE == "cpu":
     os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
-from hypothesis import settings  # noqa: E402
+from hypothesis import Phase, settings  # noqa: E402
 
 # Fuzz budgets: derandomized and fixed in CI; --hypothesis-profile=nightly for the big run.
 settings.register_profile("cpu", max_examples=10, derandomize=True, database=None, deadline=None)
 settings.register_profile("gpu", max_examples=20, derandomize=True, database=None, deadline=None)
 settings.register_profile("nightly", max_examples=1000, deadline=None)
+# For mutation runs: a failure is enough, shrinking it under the interpreter is not needed.
+settings.register_profile("noshrink", max_examples=10, derandomize=True, database=None, deadline=None,
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate])
 settings.load_profile("cpu" if DEVICE == "cpu" else "gpu")
 
 from tests.harness import gpus  # noqa: E402

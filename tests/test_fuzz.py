@@ -1,7 +1,8 @@
 """fuzz tier: random valid batches from hypothesis; a failure shrinks to a minimal case.
 
 CI runs a fixed, derandomized budget per path (profile ``cpu``: 10 examples, ``gpu``: 20);
-nightly runs ``--hypothesis-profile=nightly`` (1000 examples, randomized).
+nightly runs ``--hypothesis-profile=nightly`` (1000 examples, randomized); mutation runs may
+pass ``--hypothesis-profile=noshrink`` (a failure is enough, no shrinking).
 """
 
 from dataclasses import replace
