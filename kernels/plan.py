@@ -84,10 +84,13 @@ def _tile_size(head_pad: int, interpreter: bool, fp32: bool, decode_sized: bool)
     return 128 if decode_sized else 64
 
 
-def _block_m(num_queries_per_kv: int, max_seqlen_q: int, head_pad: int, prefill_sized: bool, interpreter: bool,
-             fp32: bool) -> int:
+def _block_m(num_queries_per_kv: int, max_seqlen_q: int, head_pad: int, decode: bool, batch_invariant: bool,
+             interpreter: bool, fp32: bool) -> int:
     group = next_power_of_2(num_queries_per_kv)
-    if not prefill_sized:
+    if batch_invariant:
+        # Fixed whatever the batch holds; on GPUs large enough to serve prefill reasonably.
+        return max(16 if interpreter else 64, group)
+    if decode:
         return max(16, group)
     # The interpreter pays per program and per op, not per element: fewer, larger blocks.
     cap = 64 if interpreter or head_pad > 128 else (32 if fp32 else 128)
@@ -126,9 +129,7 @@ def plan_launch(
     head_pad = next_power_of_2(head_size)
     decode = max_seqlen_q <= 1
     tile = _tile_size(head_pad, interpreter, fp32, decode and not batch_invariant)
-    block_m = _block_m(num_queries_per_kv, max_seqlen_q, head_pad, not (decode or batch_invariant), interpreter, fp32)
-    if batch_invariant and not interpreter:
-        block_m = max(64, next_power_of_2(num_queries_per_kv))
+    block_m = _block_m(num_queries_per_kv, max_seqlen_q, head_pad, decode, batch_invariant, interpreter, fp32)
     block_q = block_m // num_queries_per_kv
     num_q_blocks = num_tokens // block_q + num_seqs
     # For decode the 2D grid is one program per (sequence, KV head); prefill counts its query blocks.

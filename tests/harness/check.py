@@ -94,3 +94,25 @@ def check_against_reference(ctx: Context, case: Case, path: str = "auto", *, poi
         raise AssertionError(f"{case.name} via {path}: {verdict.message()}\n{ctx.rerun_hint()}{where}")
     assert_untouched_padding(inputs, out)
     return inputs, out
+
+
+def _poisoned_workspace(ctx: Context, case: Case, path: str) -> dict:
+    """A NaN-filled workspace for a split_kv-style 3D call (vLLM-style buffers are poisoned by the adapter)."""
+    if path != "3d" or ctx.impl.style != "split_kv" or "workspace" not in ctx.impl.params:
+        return {}
+    import kernels
+
+    segments = case.num_segments or 4
+    tokens = sum(case.query_lens) + case.pad_tokens
+    ws = kernels.Workspace(tokens, case.num_q_heads, case.head_size, segments, ctx.device).fill_(float("nan"))
+    return {"workspace": ws, "num_segments": segments}
+
+
+def check_poison_free(ctx: Context, case: Case, path: str = "auto") -> None:
+    """The poison check: the poisoned run passes the numerics rule and equals the clean run bit for bit."""
+    extra = _poisoned_workspace(ctx, case, path)
+    _, poisoned = check_against_reference(ctx, case, path, poison=True, **extra)
+    clean_kwargs = {"num_segments": extra["num_segments"]} if extra else {}
+    clean_inputs, clean = run_case(ctx, case, path, **clean_kwargs)
+    rows = clean_inputs.num_tokens_used
+    assert same_bits(poisoned[:rows], clean[:rows]), f"{case.name} via {path}: output depends on poisoned memory"
