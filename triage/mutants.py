@@ -168,7 +168,8 @@ CATALOG: tuple[Mutant, ...] = (
     _m("batch-invariant-unpinned",
        "batch-invariant mode pins the path only when split_kv is given: the heuristic's batch-dependent "
        "segment count leaks into a sequence's result",
-       ("    if batch_invariant:\n", "    if batch_invariant and split_kv is not None:\n"), file="plan.py"),
+       ("    if batch_invariant:\n        # Nothing may depend",
+        "    if batch_invariant and split_kv is not None:\n        # Nothing may depend"), file="plan.py"),
     _m("no-head-ratio-check",
        "argument checks accept a query-head count that is not a multiple of the KV-head count",
        ("    if num_kv_heads == 0 or num_q_heads % num_kv_heads:", "    if num_kv_heads == 0:"), file="validate.py"),
