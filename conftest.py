@@ -1,8 +1,9 @@
-"""Test harness: device selection, tiers, seeds, GPU pinning, the implementation under test.
+"""Pytest glue for the suite: device selection, tiers, seeds, GPU pinning, the implementation under test.
 
 Device: ``ATTN_TEST_DEVICE=cpu|gpu|auto`` (default auto: GPU when CUDA is available). On CPU the
 kernels run through the Triton interpreter, which Triton decides on when a kernel is
-decorated, so ``TRITON_INTERPRET=1`` is set here, before anything imports triton.
+decorated, so the device is set up here, before anything imports triton. The machinery
+itself lives in the ``attention_suite`` package.
 """
 
 from __future__ import annotations
@@ -11,19 +12,12 @@ import json
 import os
 import zlib
 
-_requested = os.environ.get("ATTN_TEST_DEVICE", "auto").lower()
-if _requested not in ("cpu", "gpu", "auto"):
-    raise ValueError(f"ATTN_TEST_DEVICE must be cpu, gpu or auto, got {_requested!r}")
+from attention_suite import device as suite_device
 
-import torch  # noqa: E402  (torch does not import triton)
-
-if _requested == "gpu" and not torch.cuda.is_available():
-    raise RuntimeError("ATTN_TEST_DEVICE=gpu but no CUDA device is available")
-DEVICE = "cuda" if (_requested == "gpu" or (_requested == "auto" and torch.cuda.is_available())) else "cpu"
-if DEVICE == "cpu":
-    os.environ["TRITON_INTERPRET"] = "1"
+DEVICE = suite_device.setup(os.environ.get("ATTN_TEST_DEVICE", "auto"))
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from hypothesis import Phase, settings  # noqa: E402
 
 # Fuzz budgets: derandomized and fixed in CI; --hypothesis-profile=nightly for the big run.
@@ -35,9 +29,8 @@ settings.register_profile("noshrink", max_examples=10, derandomize=True, databas
                           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 settings.load_profile("cpu" if DEVICE == "cpu" else "gpu")
 
-from tests.harness import gpus  # noqa: E402
-from tests.harness.check import Context  # noqa: E402
-from tests.harness.impl import DEFAULT_SPEC, Implementation  # noqa: E402
+from attention_suite import Context, DEFAULT_SPEC, Implementation  # noqa: E402
+from attention_suite import gpus  # noqa: E402
 
 TIERS = {
     "quick": "a one-minute smoke subset of every tier (CPU CI runs it first)",
@@ -58,7 +51,6 @@ TIERS = {
     "memsafety": "(GPU) compute-sanitizer memcheck/initcheck over every kernel path, exactly-sized tensors",
 }
 GPU_ONLY_TIERS = ("graph", "stress", "memsafety")
-_interp_status = "not interpreting"
 
 
 def pytest_addoption(parser):
@@ -70,19 +62,14 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    global _interp_status
     for name, text in TIERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
-    if DEVICE == "cpu":
-        from tests.harness import interpreter_fix
-
-        _interp_status = interpreter_fix.install()
-    else:
+    if DEVICE == "cuda":
         config._attn_gpu = gpus.pin_current_worker()
 
 
 def pytest_report_header(config):
-    lines = [f"attention suite: device={DEVICE}, impl={config.getoption('--attn-impl')}", f"interpreter: {_interp_status}"]
+    lines = [f"attention suite: device={DEVICE}, impl={config.getoption('--attn-impl')}", f"interpreter: {suite_device.interpreter_status()}"]
     if DEVICE == "cuda":
         count = torch.cuda.device_count()
         lines.append(f"GPU pinning: xdist workers round-robin over {count} GPU(s); controller on GPU "
@@ -97,18 +84,12 @@ def pytest_collection_modifyitems(config, items):
                 if tier in item.keywords:
                     item.add_marker(pytest.mark.skip(reason=f"'{tier}' tier needs a CUDA GPU"))
         case = getattr(getattr(item, "callspec", None), "params", {}).get("case")
-        if case is None:
+        if case is None or DEVICE != "cpu":
             continue
-        for mark in case.marks:
-            item.add_marker(getattr(pytest.mark, mark))
-        if DEVICE == "cpu" and case.gpu_only:
-            item.add_marker(pytest.mark.skip(reason="case sized for a GPU (too slow for the interpreter)"))
-        if DEVICE == "cpu":
-            from tests.harness.interpreter_fix import dtype_usable
-
-            for dtype in (case.dtype, case.out_dtype):
-                if dtype and not dtype_usable(dtype, _interp_status):
-                    item.add_marker(pytest.mark.skip(reason=f"{dtype} on the interpreter: {_interp_status}"))
+        for dtype in (case.dtype, case.out_dtype):
+            if not suite_device.dtype_usable(dtype):
+                item.add_marker(pytest.mark.skip(reason=f"{dtype} on the interpreter: "
+                                                        f"{suite_device.interpreter_status()}"))
 
 
 def pytest_runtest_setup(item):

@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -431,9 +430,9 @@ def main(argv=None) -> int:
         raise SystemExit("--interpret only makes sense with --dry-run")
     if args.dry_run:
         if args.interpret:
-            if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-                raise SystemExit("set TRITON_INTERPRET=1 in the environment for --interpret")
-            os.environ["TRITON_INTERPRET"] = "1"
+            from attention_suite import device as suite_device
+
+            suite_device.setup("cpu")
         return dry_run(args)
 
     from .timing import card_slug, copy_bandwidth, environment, l2_bytes, read_bandwidth, require_cuda, Replayer, \

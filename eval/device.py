@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
 
 
@@ -14,12 +11,9 @@ def has_cuda() -> bool:
 
 def ensure_triton_mode() -> None:
     """Without a GPU, kernels can only run in Triton's interpreter, which must be chosen early."""
-    if has_cuda() or "TRITON_INTERPRET" in os.environ:
-        return
-    os.environ["TRITON_INTERPRET"] = "1"
-    if "triton" in sys.modules:
-        # Too late for modules that already read the flag; the kernel backend checks again.
-        print("warning: triton was imported before eval; set TRITON_INTERPRET=1 yourself", file=sys.stderr)
+    from attention_suite import device as suite_device
+
+    suite_device.ensure()
 
 
 def default_device() -> str:

@@ -6,9 +6,7 @@ from typing import Callable
 import pytest
 import torch
 
-from tests.harness import tables
-from tests.harness.cases import build
-from tests.harness.check import same_bits
+from attention_suite import build, same_bits, tables
 
 FP8 = getattr(torch, "float8_e4m3fn")
 

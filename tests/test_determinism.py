@@ -2,9 +2,7 @@
 
 import pytest
 
-from tests.harness import tables
-from tests.harness.cases import slice_sequence
-from tests.harness.check import run_case, same_bits
+from attention_suite import run_case, same_bits, slice_sequence, tables
 
 CASES = [tables.composition_case(c) for c in ("mixed", "decode", "varlen")]
 

@@ -2,8 +2,7 @@
 
 import pytest
 
-from tests.harness import tables
-from tests.harness.check import check_against_reference, skip_if_unsupported
+from attention_suite import check_against_reference, skip_if_unsupported, tables
 
 CASES = tables.edge_cases()
 

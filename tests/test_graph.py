@@ -3,9 +3,7 @@
 import pytest
 import torch
 
-from tests.harness import tables
-from tests.harness.cases import build
-from tests.harness.check import compare
+from attention_suite import build, compare, tables
 
 CAPACITY_LEN = 1200 if tables.ON_GPU else 64
 
@@ -18,7 +16,7 @@ def test_split_kv_graph_replay(ctx, num_seqs):
     import kernels
 
     case = tables.composition_case("decode").with_(
-        name=f"graph-{num_seqs}", seq_lens=(CAPACITY_LEN,) * num_seqs, query_lens=(1,) * num_seqs, num_segments=8)
+        label=f"graph-{num_seqs}seqs", seq_lens=(CAPACITY_LEN,) * num_seqs, query_lens=(1,) * num_seqs, num_segments=8)
     static = build(case, ctx.device, ctx.seed)
     workspace = kernels.Workspace(num_seqs, case.num_q_heads, case.head_size, 8, ctx.device).fill_(float("nan"))
     out = static.fresh_out()
@@ -35,7 +33,7 @@ def test_split_kv_graph_replay(ctx, num_seqs):
     generator = torch.Generator().manual_seed(ctx.seed)
     for replay in range(3):
         lens = tuple(int(x) for x in torch.randint(1, CAPACITY_LEN + 1, (num_seqs,), generator=generator))
-        fresh = build(case.with_(name=f"{case.name}-replay{replay}", seq_lens=lens), ctx.device, ctx.seed + replay)
+        fresh = build(case.with_(label=f"{case.label}-replay{replay}", seq_lens=lens), ctx.device, ctx.seed + replay)
         # New lengths and block tables go into the captured tensors; the cache is the captured one too.
         static.q.copy_(fresh.q)
         static.seqused_k.copy_(fresh.seqused_k)

@@ -5,9 +5,7 @@ import collections
 import pytest
 import torch
 
-from tests.harness import gpus, tables
-from tests.harness.cases import build, visible_slots
-from tests.harness.tolerance import judge
+from attention_suite import build, gpus, judge, tables, visible_slots
 
 
 @pytest.mark.harness
@@ -48,7 +46,7 @@ def test_interpreter_fix(device, fix_index):
     """Each installed fix is needed (its probe fails without it) and sufficient (passes with it)."""
     if device != "cpu":
         pytest.skip("interpreter only")
-    from tests.harness import interpreter_fix
+    from attention_suite import interpreter_fix
 
     fix = interpreter_fix.FIXES[fix_index]
     if not interpreter_fix.installed(fix.name):
@@ -82,7 +80,7 @@ def test_tolerance_rule_accepts_baseline_and_rejects_bugs():
 
 @pytest.mark.harness
 def test_poisoned_build_only_changes_hidden_slots():
-    case = tables.poison_cases()[2]
+    case = tables.find("poison-window")
     clean, poisoned = build(case, "cpu", 7), build(case, "cpu", 7, poison=True)
     seen = visible_slots(case, clean.block_table.cpu(), clean.k.shape[0])
     assert torch.equal(clean.k[seen], poisoned.k[seen]) and torch.equal(clean.q, poisoned.q)

@@ -1,8 +1,7 @@
 """layout tier: strided q/out, combined and head-major caches, strided block tables, >2^31-element caches."""
 
 import pytest
-from tests.harness import tables
-from tests.harness.check import check_against_reference, skip_if_unsupported
+from attention_suite import check_against_reference, skip_if_unsupported, tables
 
 CASES = tables.layout_cases()
 
@@ -21,7 +20,7 @@ def test_layout_matches_reference(ctx, case, path):
 @pytest.mark.parametrize("path", ("2d", "3d"))
 def test_cache_past_2_31_elements(ctx, path):
     """Blocks whose element offset exceeds 2^31 must be addressed in int64."""
-    from tests.harness.large_cache import judge_large, large_cache_inputs
+    from attention_suite.large_cache import judge_large, large_cache_inputs
 
     if ctx.impl.path_unsupported(path):
         pytest.skip(ctx.impl.path_unsupported(path))

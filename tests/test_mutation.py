@@ -18,9 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.harness import repro
-from tests.harness.cases import Case, build
-from tests.harness.tolerance import Verdict
+from attention_suite import Case, Verdict, build, repro
 from triage import compare, minimize, mutants, mutation_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +176,7 @@ def test_compare_keeps_the_worst_of_repeated_records_and_sets_exit_status(tmp_pa
 @pytest.mark.harness
 def test_shrink_finds_the_smallest_failing_case():
     """A synthetic bug: any sequence of >= 37 keys with ALiBi fails, on either path."""
-    start = minimize.Trial(Case(name="big", seq_lens=(50, 23, 70, 9), query_lens=(1, 23, 10, 1), num_q_heads=8,
+    start = minimize.Trial(Case(label="big", seq_lens=(50, 23, 70, 9), query_lens=(1, 23, 10, 1), num_q_heads=8,
                                 num_kv_heads=2, head_size=64, alibi=True, sinks=True, window=(30, -1)), "auto")
 
     def fails(trial):
@@ -206,7 +204,7 @@ def unified_attention(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_s
 
 
 def _reproducer(tmp_path, device, impl):
-    case = Case(name="triage-selftest", seq_lens=(20, 9, 33), query_lens=(5, 1, 1), num_q_heads=4,
+    case = Case(label="triage-selftest", seq_lens=(20, 9, 33), query_lens=(5, 1, 1), num_q_heads=4,
                 num_kv_heads=2, head_size=32)
     inputs = build(case, device, seed=11)
     verdict = Verdict(False, 1.0, 0.5, 0.01, 0.001, 0)
@@ -216,7 +214,7 @@ def _reproducer(tmp_path, device, impl):
 
 @pytest.mark.harness
 def test_reproducer_replays_and_minimizes(tmp_path, device):
-    from tests.harness.impl import Implementation
+    from attention_suite import Implementation
     from triage import replay
 
     (tmp_path / "wrong.py").write_text(WRONG_IMPL)

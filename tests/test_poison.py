@@ -7,8 +7,7 @@ the output buffer, and (3D) the whole workspace before the call.
 
 import pytest
 
-from tests.harness import tables
-from tests.harness.check import check_poison_free, skip_if_unsupported
+from attention_suite import check_poison_free, skip_if_unsupported, tables
 
 CASES = tables.poison_cases()
 
@@ -25,6 +24,6 @@ def test_poison_changes_nothing(ctx, case, path):
 @pytest.mark.poison
 @pytest.mark.parametrize("path", ("2d", "3d"))
 def test_quick_poison(ctx, path):
-    case = tables.poison_cases()[3]  # windowed decode with segments: the densest poison case
+    case = tables.find("poison-window-decode")  # windowed decode with segments: the densest poison case
     skip_if_unsupported(ctx.impl, case, path)
     check_poison_free(ctx, case, path)

@@ -6,14 +6,13 @@ import torch.nn.functional as F
 
 import reference
 from reference import Partials, merge_partials, segment_bounds, segment_partials
-from tests.harness import tables
-from tests.harness.cases import build
+from attention_suite import build, tables
 
 # The reference runs on the CPU at one size everywhere: it checks semantics, not the device.
 SELF_CASES = [tables.composition_case(c, scale=1, dtype="float32") for c in tables.COMPOSITIONS] + [
-    tables.composition_case("mixed", scale=1, dtype="float32", window=(9, -1)).with_(name="mixed-window"),
-    tables.composition_case("chunked", scale=1, dtype="float32", causal=False).with_(name="chunked-noncausal"),
-    tables.composition_case("decode", scale=1, dtype="float32", **tables._gqa(5)).with_(name="decode-g5"),
+    tables.composition_case("mixed", scale=1, dtype="float32", window=(9, -1)).with_(label="mixed-window"),
+    tables.composition_case("chunked", scale=1, dtype="float32", causal=False).with_(label="chunked-noncausal"),
+    tables.composition_case("decode", scale=1, dtype="float32", **tables._gqa(5)).with_(label="decode-g5"),
 ]
 
 

@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "features, reduce segments and prefer 2D while the case still fails; prints the "
                                    "smallest case and saves it as a new reproducer.")
     p.add_argument("file", nargs="?", help="reproducer file (or use --case)")
-    p.add_argument("--case", dest="case_name", default=None, help="start from a named case of tests/harness/tables.py")
+    p.add_argument("--case", dest="case_name", default=None, help="start from a case of attention_suite.tables, by name or label")
     p.add_argument("--path", choices=("2d", "3d", "auto"), default="auto", help="path for --case (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed for --case (default 0)")
     p.add_argument("--poison", action="store_true", help="build --case with poison")
@@ -123,7 +123,9 @@ def _setup(args, file: str | None) -> tuple[str, str | None]:
     """Apply the mutant (if any) and choose the device; must run before kernels are imported."""
     import os
 
-    from . import env, mutants
+    from attention_suite import device as suite_device
+
+    from . import mutants
 
     name = args.mutant if args.mutant is not None else (_recorded_mutant(file) if file else None)
     if name == "none":
@@ -136,7 +138,7 @@ def _setup(args, file: str | None) -> tuple[str, str | None]:
         root = mutants.materialize(mutants.get(name)[0])
         atexit.register(shutil.rmtree, root, True)
         os.environ["ATTN_TRIAGE_MUTANT"] = name  # minimized reproducers record it too
-    return env.setup(args.device, root), name
+    return suite_device.setup(args.device, root), name
 
 
 def main(argv=None) -> int:

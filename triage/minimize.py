@@ -23,7 +23,7 @@ FEATURE_DEFAULTS = (  # field, simpler value
 
 @dataclass(frozen=True)
 class Trial:
-    case: object  # tests.harness.cases.Case
+    case: object  # attention_suite.Case
     path: str  # "2d", "3d" or "auto"
 
     def describe(self) -> str:
@@ -140,13 +140,11 @@ def shrink(start: Trial, still_fails: Callable[[Trial], bool], max_trials: int =
 
 
 # ---------------------------------------------------------------------------------------------
-# Wiring to the real implementation (needs triage.env.setup first).
+# Wiring to the real implementation (needs attention_suite.device.setup first).
 
 
 def start_from_file(file: str):
-    from tests.harness import repro
-
-    from .replay import case_from_dict
+    from attention_suite import case_from_dict, repro
 
     payload = repro.load(file)
     case = case_from_dict(payload["case"])
@@ -156,34 +154,22 @@ def start_from_file(file: str):
     return payload, Trial(case, payload["path"])
 
 
-def find_case(name: str):
-    from tests.harness import tables
-
-    for producer in (tables.quick_cases, tables.numerics_cases, tables.feature_cases, tables.edge_cases,
-                     tables.poison_cases, tables.layout_cases):
-        for case in producer():
-            if case.name == name:
-                return case
-    raise KeyError(f"no case named {name!r} in tests/harness/tables.py")
-
-
 def make_predicate(impl, device: str, seed: int, poison: bool, workspace: dict | None, poison_workspace: bool,
                    batch_invariant: bool, expect_error: str | None):
     """``Trial -> still fails``; the trial's outcome is kept in ``predicate.last``."""
-    from tests.harness.cases import build
-    from tests.harness.check import _reference_pair
+    from attention_suite import build, reference_pair
+    from attention_suite import device as suite_device
 
-    from . import env
     from .replay import run_kwargs_for, run_once
 
     def predicate(trial: Trial) -> bool:
         case = trial.case
         if impl.missing_feature(case) or impl.path_unsupported(trial.path, case):
             return False
-        if not (env.dtype_usable(case.dtype) and env.dtype_usable(case.kv_dtype) and env.dtype_usable(case.out_dtype)):
+        if not all(suite_device.dtype_usable(d) for d in (case.dtype, case.kv_dtype, case.out_dtype)):
             return False
         inputs = build(case, device, seed, poison=poison)
-        golden = _reference_pair(case, device, seed)
+        golden = reference_pair(case, device, seed)
         kwargs = run_kwargs_for(impl, inputs, trial.path, {"batch_invariant": batch_invariant or None},
                                 workspace, poison_workspace)
         outcome = run_once(impl, inputs, trial.path, kwargs, golden)
@@ -203,8 +189,7 @@ def minimize(*, device: str, impl_spec: str | None, file: str | None = None, cas
     """Minimize a reproducer file (or a named table case); returns 0 when a failing minimum was found."""
     from types import SimpleNamespace
 
-    from tests.harness import repro
-    from tests.harness.impl import Implementation
+    from attention_suite import Implementation, repro, tables
 
     from .replay import case_literal, error_table, rebuild
 
@@ -220,7 +205,7 @@ def minimize(*, device: str, impl_spec: str | None, file: str | None = None, cas
         impl = Implementation.load(impl_spec or payload["impl"])
         nodeid = payload.get("nodeid") or file
     else:
-        start = Trial(find_case(case_name), path)
+        start = Trial(tables.find(case_name), path)
         impl = Implementation.load(impl_spec or "kernels:unified_attention")
         nodeid = f"table case {case_name}"
     probe = make_predicate(impl, device, seed, poison, workspace, poison_workspace, batch_invariant, None)
@@ -242,7 +227,7 @@ def minimize(*, device: str, impl_spec: str | None, file: str | None = None, cas
     printer(f"\nsmallest failing case after {result.trials} trials ({len(result.steps)} simplifications"
             + (", budget exhausted" if result.exhausted else ", no single simplification still fails") + "):")
     printer(f"  {final.describe()}")
-    named = final.case.with_(name=f"{start.case.name}-min")
+    named = final.case.with_(label=f"{start.case.label}-min")
     printer(f"  {case_literal(named)}")
     printer(f"  {outcome.summary()}")
     others = []

@@ -209,8 +209,10 @@ def check_catalog(kernels_dir: Path = KERNELS_DIR) -> list[str]:
     return problems
 
 
-def _ignore(directory, names):
-    return [n for n in names if n == "__pycache__" or n.endswith(".pyc")]
+def ignore_copies(directory, names):
+    """``shutil.copytree`` filter for copies of the suite: no caches, results or tensors."""
+    skip = {"__pycache__", ".pytest_cache", ".hypothesis", "results", "artifacts"}
+    return [n for n in names if n in skip or n.endswith((".pyc", ".pt"))]
 
 
 def materialize(mutant: Mutant | None, root: Path | None = None, kernels_dir: Path = KERNELS_DIR) -> Path:
@@ -223,7 +225,7 @@ def materialize(mutant: Mutant | None, root: Path | None = None, kernels_dir: Pa
     target = root / "kernels"
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(kernels_dir, target, ignore=_ignore)
+    shutil.copytree(kernels_dir, target, ignore=ignore_copies)
     if mutant is not None:
         for file, text in mutant.sources(kernels_dir).items():
             (target / file).write_text(text)

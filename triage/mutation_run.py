@@ -28,19 +28,20 @@ from . import mutants as catalog
 
 REPO_ROOT = catalog.REPO_ROOT
 # triage too: tests/test_mutation.py imports it at collection.
-SUITE_ITEMS = ("conftest.py", "pyproject.toml", "tests", "reference", "eval", "benchmarks", "triage")
+SUITE_ITEMS = ("conftest.py", "pyproject.toml", "attention_suite", "tests", "reference", "eval", "benchmarks", "triage")
 CONTROL = "control"
 
 _GUARD = '''"""Written by triage.mutation_run: records which kernels package this pytest run imported, and
 ends the process when one test hangs (a mutant that corrupts memory can deadlock malloc)."""
 import faulthandler
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 
 import pytest
+
+from triage.mutants import fingerprint
 
 _LIMIT = float(os.environ.get("ATTN_TRIAGE_TEST_TIMEOUT") or 0)
 
@@ -58,17 +59,13 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 def pytest_sessionstart(session):
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if hasattr(session.config, "workerinput"):  # an xdist worker of this run: the controller records
         return
     import kernels
 
     where = Path(kernels.__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(where.glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
     Path(os.environ["ATTN_TRIAGE_IMPORTED"]).write_text(
-        json.dumps({"kernels": str(where), "fingerprint": digest.hexdigest()[:16]}))
+        json.dumps({"kernels": str(where), "fingerprint": fingerprint(where)}))
 
 
 def pytest_report_header(config):
@@ -76,17 +73,12 @@ def pytest_report_header(config):
 '''
 
 
-def _ignore(directory, names):
-    skip = {"__pycache__", ".pytest_cache", ".hypothesis", "results", "artifacts"}
-    return [n for n in names if n in skip or n.endswith((".pyc", ".pt"))]
-
-
 def prepare_tree(mutant: catalog.Mutant | None, root: Path) -> Path:
     """The suite plus a (mutated) kernels copy under ``root``; returns ``root``."""
     for item in SUITE_ITEMS:
         src = REPO_ROOT / item
         if src.is_dir():
-            shutil.copytree(src, root / item, ignore=_ignore)
+            shutil.copytree(src, root / item, ignore=catalog.ignore_copies)
         elif src.exists():
             shutil.copy2(src, root / item)
     catalog.materialize(mutant, root)
@@ -185,6 +177,15 @@ def _pytest(cmd, cwd, env, timeout):
         return None, out + f"\n[triage: killed after {timeout:.0f}s]"
 
 
+def child_environment(parent) -> dict:
+    """The parent's environment without what would make the child pytest run misread itself: when
+    the kill matrix runs inside an xdist worker (the nightly test under ``-n``), the worker's
+    PYTEST_XDIST_* variables would make the child's plugins think they are workers too; the
+    conftest sets TRITON_INTERPRET from the device."""
+    inherited = ("PYTEST_XDIST_", "PYTEST_CURRENT_TEST", "TRITON_INTERPRET")
+    return {k: v for k, v in parent.items() if not k.startswith(inherited)}
+
+
 def run_one(mutant: catalog.Mutant | None, *, tiers: str, device: str, timeout: float, extra_args: list,
             repro_dir: str | None, report_dir: str | None, keep: bool, threads: int,
             test_timeout: float | None = None) -> MutantResult:
@@ -197,8 +198,7 @@ def run_one(mutant: catalog.Mutant | None, *, tiers: str, device: str, timeout: 
     try:
         prepare_tree(mutant, root)
         expected = catalog.fingerprint(root / "kernels")
-        env = dict(os.environ)
-        env.pop("TRITON_INTERPRET", None)  # conftest sets it from the device
+        env = child_environment(os.environ)
         env.update(
             PYTHONPATH=os.pathsep.join([str(root)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]),
             ATTN_TEST_DEVICE={"cuda": "gpu"}.get(device, device),

@@ -3,7 +3,7 @@
 The inputs are rebuilt from the stored case + seed (so the memory layout is the original's)
 and checked bit for bit against the tensors stored in the file; when neither the clean nor
 the poisoned rebuild matches (the case builder changed since the file was written), the
-stored tensors are used as they are. Call ``triage.env.setup`` before anything here runs.
+stored tensors are used as they are. Call ``attention_suite.device.setup`` before anything here runs.
 """
 
 from __future__ import annotations
@@ -14,26 +14,18 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from tests.harness import repro
-from tests.harness.cases import DTYPES, Case, Inputs, build
-from tests.harness.check import _reference_pair, same_bits
-from tests.harness.tolerance import Verdict, as_values, judge
-
-_TUPLE_FIELDS = {f.name for f in fields(Case) if "tuple" in str(f.type)}
-
-
-def case_from_dict(data: dict) -> Case:
-    known = {f.name for f in fields(Case)}
-    values = {k: (tuple(v) if k in _TUPLE_FIELDS and v is not None else v) for k, v in data.items() if k in known}
-    return Case(**values)
+from attention_suite import (DTYPES, Case, Inputs, Verdict, as_values, build, case_from_dict, judge,
+                             reference_outputs, reference_pair, same_bits, split_workspace)
+from attention_suite import device as suite_device
+from attention_suite import repro
 
 
 def case_literal(case: Case) -> str:
     """``Case(...)`` source with only the fields that differ from the defaults."""
     defaults = {f.name: f.default for f in fields(Case) if f.default is not f.default_factory}
-    parts = [f"name={case.name!r}", f"seq_lens={case.seq_lens!r}", f"query_lens={case.query_lens!r}"]
+    parts = [f"label={case.label!r}", f"seq_lens={case.seq_lens!r}", f"query_lens={case.query_lens!r}"]
     for f in fields(Case):
-        if f.name in ("name", "seq_lens", "query_lens", "marks"):
+        if f.name in ("label", "seq_lens", "query_lens"):
             continue
         value = getattr(case, f.name)
         if f.name in defaults and value == defaults[f.name]:
@@ -88,20 +80,11 @@ def rebuild(payload: dict, device: str) -> Rebuilt:
                    "stored tensors (rebuilding from case + seed gave different tensors: the builder changed)")
 
 
-def reference_outputs(inputs: Inputs, rebuilt_poison: bool | None):
+def golden_pair(inputs: Inputs, rebuilt_poison: bool | None):
     """(golden float64, baseline native) of the rows the call writes."""
     if rebuilt_poison is not None:  # the clean twin of these inputs is buildable: reuse the suite's cache
-        return _reference_pair(inputs.case, str(inputs.q.device), inputs.seed)
-    import reference
-
-    rows = inputs.num_tokens_used
-    result = []
-    for precision in ("float64", "native"):
-        out = torch.zeros(inputs.q.shape, dtype=torch.float64 if precision == "float64" else inputs.out.dtype,
-                          device=inputs.q.device)
-        reference.unified_attention(*inputs.call_args(out), **inputs.call_kwargs(), precision=precision)
-        result.append(as_values(out[:rows], inputs.output_scale if precision == "native" else None))
-    return tuple(result)
+        return reference_pair(inputs.case, str(inputs.q.device), inputs.seed)
+    return reference_outputs(inputs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,16 +116,8 @@ def run_kwargs_for(impl, inputs: Inputs, path: str, run_kwargs: dict, workspace:
     and NaN makes a bug that does fail every time, where uninitialized memory fails at random."""
     kwargs = {k: v for k, v in (run_kwargs or {}).items() if v is not None}
     if path == "3d" and (workspace or poison_workspace) and impl.style == "split_kv" and "workspace" in impl.params:
-        import kernels
-
-        case = inputs.case
-        segments = kwargs.get("num_segments") or (workspace or {}).get("num_segments") or case.num_segments
-        if segments is None:  # what the planner would pick for this call
-            segments = kernels.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q,
-                                         inputs.max_seqlen_k, split_kv=True).num_segments
-        tokens = max((workspace or {}).get("max_num_tokens", 0), inputs.q.shape[0])
-        kwargs["workspace"] = kernels.Workspace(tokens, case.num_q_heads, case.head_size, segments,
-                                                inputs.q.device).fill_(float("nan"))
+        segments = kwargs.get("num_segments") or (workspace or {}).get("num_segments") or inputs.case.num_segments
+        kwargs["workspace"] = split_workspace(inputs, segments, max_num_tokens=(workspace or {}).get("max_num_tokens"))
     return kwargs
 
 
@@ -247,9 +222,7 @@ def replay(file: str, *, device: str, impl_spec: str | None = None, path: str | 
            printer=print) -> int:
     """Replay ``file``; prints the report and returns 1 when the failure reproduces, 0 when it passes,
     2 when the recorded path cannot run with this implementation."""
-    from tests.harness.impl import Implementation
-
-    from . import env
+    from attention_suite import Implementation
 
     payload = repro.load(file)
     impl = Implementation.load(impl_spec or payload["impl"])
@@ -266,11 +239,11 @@ def replay(file: str, *, device: str, impl_spec: str | None = None, path: str | 
     printer(f"  recorded error: max {recorded.get('max', float('nan')):.3e} (allowed {recorded.get('allowed_max', 0):.3e}), "
             f"mean {recorded.get('mean', float('nan')):.3e} (allowed {recorded.get('allowed_mean', 0):.3e}), "
             f"non-finite {recorded.get('nonfinite')}")
-    printer(f"  replaying: impl {impl.spec} (kernels from {env.kernels_file()}), mutant {mutant}, device {device}"
-            + (f" [{env.interpreter_status()}]" if device == "cpu" else ""))
+    printer(f"  replaying: impl {impl.spec} (kernels from {suite_device.kernels_file()}), mutant {mutant}, device {device}"
+            + (f" [{suite_device.interpreter_status()}]" if device == "cpu" else ""))
     printer(f"  inputs:    {rebuilt.how}; 3D workspace: "
             + ("NaN-filled" if poison_workspace or payload.get("workspace") else "allocated by the implementation"))
-    golden_pair = reference_outputs(inputs, rebuilt.poison)
+    pair = golden_pair(inputs, rebuilt.poison)
     paths = [path or payload["path"]]
     if all_paths:
         paths += [p for p in ("2d", "3d", "auto") if p not in paths]
@@ -283,7 +256,7 @@ def replay(file: str, *, device: str, impl_spec: str | None = None, path: str | 
                 status = 2
             continue
         kwargs = run_kwargs_for(impl, inputs, p, payload.get("run_kwargs"), payload.get("workspace"), poison_workspace)
-        outcome = run_once(impl, inputs, p, kwargs, golden_pair)
+        outcome = run_once(impl, inputs, p, kwargs, pair)
         printer(f"\npath {p}: {'FAIL' if outcome.failed else 'pass'}: {outcome.summary()}")
         if outcome.error is not None:
             printer(outcome.error.rstrip())

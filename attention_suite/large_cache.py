@@ -6,10 +6,9 @@ import math
 
 import torch
 
-import reference
-
-from .cases import Case, Inputs
-from .tolerance import judge
+from .cases import Case, Inputs, scatter_block_table
+from .check import reference_outputs
+from .tolerance import as_values, judge
 
 BLOCK_SIZE, KV_HEADS, HEAD = 16, 1, 128
 ELEMENTS_PER_BLOCK = BLOCK_SIZE * KV_HEADS * HEAD
@@ -17,7 +16,7 @@ FIRST_HIGH_BLOCK = (1 << 31) // ELEMENTS_PER_BLOCK + 1  # every used block start
 
 
 def large_cache_inputs(device: str, seed: int) -> Inputs:
-    case = Case(name="cache-past-2^31", seq_lens=(300, 700), query_lens=(1, 5), num_q_heads=4,
+    case = Case(label="cache-past-2^31", seq_lens=(300, 700), query_lens=(1, 5), num_q_heads=4,
                 num_kv_heads=KV_HEADS, head_size=HEAD, block_size=BLOCK_SIZE)
     gen = torch.Generator().manual_seed(seed)
     blocks_needed = [math.ceil(n / BLOCK_SIZE) for n in case.seq_lens]
@@ -25,11 +24,7 @@ def large_cache_inputs(device: str, seed: int) -> Inputs:
     k = torch.empty(num_blocks, BLOCK_SIZE, KV_HEADS, HEAD, dtype=torch.float16, device=device)
     v = torch.empty_like(k)
     used = FIRST_HIGH_BLOCK + torch.randperm(sum(blocks_needed), generator=gen)
-    table = torch.zeros(len(blocks_needed), max(blocks_needed), dtype=torch.int32)
-    start = 0
-    for seq, n in enumerate(blocks_needed):
-        table[seq, :n] = used[start:start + n].to(torch.int32)
-        start += n
+    table = scatter_block_table(blocks_needed, used, max(blocks_needed), 0)
     k[used.to(device)] = torch.randn(len(used), BLOCK_SIZE, KV_HEADS, HEAD, generator=gen).to(device, torch.float16)
     v[used.to(device)] = torch.randn(len(used), BLOCK_SIZE, KV_HEADS, HEAD, generator=gen).to(device, torch.float16)
     tokens = sum(case.query_lens)
@@ -41,10 +36,5 @@ def large_cache_inputs(device: str, seed: int) -> Inputs:
 
 
 def judge_large(inputs: Inputs, out: torch.Tensor):
-    outputs = []
-    for precision in ("float64", "native"):
-        buf = torch.zeros(inputs.q.shape, dtype=torch.float64 if precision == "float64" else inputs.q.dtype,
-                          device=inputs.q.device)
-        reference.unified_attention(*inputs.call_args(buf), **inputs.call_kwargs(), precision=precision)
-        outputs.append(buf.double())
-    return judge(out.double(), outputs[0], outputs[1], out.dtype)
+    golden, baseline = reference_outputs(inputs)
+    return judge(as_values(out[:inputs.num_tokens_used], None), golden, baseline, out.dtype)

@@ -41,22 +41,28 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
 
 
-@functools.lru_cache(maxsize=64)
-def _reference_pair(case: Case, device: str, seed: int):
-    """(golden, baseline) for a case, float64 values of the written rows; shared by all paths."""
-    inputs = build(case, device, seed)
+def reference_outputs(inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(golden, baseline): the reference in float64 and in the inputs' own dtype, as float64
+    values of the rows the call writes (fp8 output dequantized)."""
     rows = inputs.num_tokens_used
     results = []
     for precision in ("float64", "native"):
-        out = torch.zeros(inputs.q.shape, dtype=torch.float64 if precision == "float64" else inputs.out.dtype,
-                          device=device)
+        dtype = torch.float64 if precision == "float64" else inputs.out.dtype
+        out = torch.zeros(inputs.q.shape, dtype=dtype, device=inputs.q.device)
         reference.unified_attention(*inputs.call_args(out), **inputs.call_kwargs(), precision=precision)
         results.append(as_values(out[:rows], inputs.output_scale if precision == "native" else None))
-    return tuple(results)
+    return results[0], results[1]
+
+
+@functools.lru_cache(maxsize=64)
+def reference_pair(case: Case, device: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reference_outputs`` of the clean build of a case; cached, since every path shares it
+    (poisoned builds have the same visible data, so the same pair)."""
+    return reference_outputs(build(case, device, seed))
 
 
 def compare(inputs: Inputs, out: torch.Tensor) -> Verdict:
-    golden, baseline = _reference_pair(inputs.case, str(inputs.q.device), inputs.seed)
+    golden, baseline = reference_pair(inputs.case, str(inputs.q.device), inputs.seed)
     rows = inputs.num_tokens_used
     return judge(as_values(out[:rows], inputs.output_scale), golden, baseline, out.dtype)
 
@@ -96,21 +102,31 @@ def check_against_reference(ctx: Context, case: Case, path: str = "auto", *, poi
     return inputs, out
 
 
-def _poisoned_workspace(ctx: Context, case: Case, path: str) -> dict:
-    """A NaN-filled workspace for a split_kv-style 3D call (vLLM-style buffers are poisoned by the adapter)."""
-    if path != "3d" or ctx.impl.style != "split_kv" or "workspace" not in ctx.impl.params:
-        return {}
+def split_workspace(inputs: Inputs, num_segments: int | None = None, fill: float | None = float("nan"),
+                    max_num_tokens: int | None = None):
+    """A ``kernels.Workspace`` for the 3D path of ``inputs``: ``num_segments`` (default: the planner's
+    choice for this call), at least ``max_num_tokens`` rows, filled with ``fill`` (NaN by default,
+    so a read of a segment nobody wrote fails every time; None leaves it uninitialized, for the
+    sanitizer's initcheck)."""
     import kernels
 
-    segments = case.num_segments or 4
-    tokens = sum(case.query_lens) + case.pad_tokens
-    ws = kernels.Workspace(tokens, case.num_q_heads, case.head_size, segments, ctx.device).fill_(float("nan"))
-    return {"workspace": ws, "num_segments": segments}
+    if num_segments is None:
+        num_segments = kernels.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q,
+                                         inputs.max_seqlen_k, split_kv=True).num_segments
+    case = inputs.case
+    tokens = max(max_num_tokens or 0, inputs.q.shape[0])
+    workspace = kernels.Workspace(tokens, case.num_q_heads, case.head_size, num_segments, inputs.q.device)
+    return workspace if fill is None else workspace.fill_(fill)
 
 
 def check_poison_free(ctx: Context, case: Case, path: str = "auto") -> None:
-    """The poison check: the poisoned run passes the numerics rule and equals the clean run bit for bit."""
-    extra = _poisoned_workspace(ctx, case, path)
+    """The poison check: the poisoned run passes the numerics rule and equals the clean run bit for bit.
+
+    On our 3D path the workspace is NaN-filled too (vLLM-style buffers are poisoned by the adapter)."""
+    extra = {}
+    if path == "3d" and ctx.impl.style == "split_kv" and "workspace" in ctx.impl.params:
+        segments = case.num_segments or 4
+        extra = {"workspace": split_workspace(build(case, ctx.device, ctx.seed), segments), "num_segments": segments}
     _, poisoned = check_against_reference(ctx, case, path, poison=True, **extra)
     clean_kwargs = {"num_segments": extra["num_segments"]} if extra else {}
     clean_inputs, clean = run_case(ctx, case, path, **clean_kwargs)

@@ -9,7 +9,7 @@ poison (NaN/Inf) in every cache slot and buffer the result must not depend on.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
@@ -34,11 +34,19 @@ LAYOUTS = (
 )
 
 
+_DTYPE_TAGS = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float8_e4m3fn": "fp8"}
+
+
 @dataclass(frozen=True)
 class Case:
-    """One paged-attention call, declared as data. ``name`` is the pytest id."""
+    """One paged-attention call, declared as data.
 
-    name: str
+    ``label`` says what the case is for (a batch composition, or the boundary it probes);
+    ``name``, the pytest id, is the label followed by the fields that shape the call, so an id
+    never disagrees with the case it names.
+    """
+
+    label: str
     seq_lens: tuple[int, ...]  # keys per sequence (seqused_k)
     query_lens: tuple[int, ...]  # query tokens per sequence (its last positions)
     num_q_heads: int = 4
@@ -48,6 +56,7 @@ class Case:
     dtype: str = "float16"
     kv_dtype: str | None = None  # None: same as dtype; "float8_e4m3fn" for fp8 caches
     out_dtype: str | None = None  # None: same as dtype; "float8_e4m3fn" for fp8 output
+    output_scale: float = 0.05  # fp8 output only: out = attention / output_scale, saturating at 448
     causal: bool = True
     window: tuple[int, int] = (-1, -1)
     softcap: float = 0.0
@@ -59,23 +68,70 @@ class Case:
     layout: str = "contiguous"
     pad_tokens: int = 0  # q/out rows past the last sequence (padded CUDA-graph batches)
     num_segments: int | None = None  # force a segment count on the 3D path
-    gpu_only: bool = False
-    marks: tuple[str, ...] = field(default=())
+    table_slack: int = 1  # block-table columns past the longest sequence's last block (0: exact fit)
 
     def __post_init__(self):
-        assert len(self.seq_lens) == len(self.query_lens), self.name
-        assert all(0 <= q <= k for q, k in zip(self.query_lens, self.seq_lens)), self.name
+        assert len(self.seq_lens) == len(self.query_lens), self.label
+        assert all(0 <= q <= k for q, k in zip(self.query_lens, self.seq_lens)), self.label
         assert self.layout in LAYOUTS, self.layout
+        assert self.table_slack >= 0, self.label
+
+    @property
+    def name(self) -> str:
+        """The label, then every field that differs from the defaults that matter for an id."""
+        parts = [self.label] if self.label else []
+        parts.append(_DTYPE_TAGS[self.dtype])
+        if self.kv_dtype:
+            parts.append(f"kv{_DTYPE_TAGS[self.kv_dtype]}")
+        if self.out_dtype:
+            parts.append(f"out{_DTYPE_TAGS[self.out_dtype]}" + (f"x{self.output_scale:g}" if self.output_scale != 0.05 else ""))
+        parts += [f"d{self.head_size}", f"g{self.num_q_heads // self.num_kv_heads}", f"b{self.block_size}"]
+        if not self.causal:
+            parts.append("noncausal")
+        if self.window != (-1, -1):
+            left, right = self.window
+            parts.append(f"w{left}" if right == -1 else f"w{left}.{right}")
+        if self.softcap:
+            parts.append(f"softcap{self.softcap:g}")
+        if self.alibi:
+            parts.append("alibi" + (f"x{self.alibi_scale:g}" if self.alibi_scale != 1.0 else ""))
+        if self.sinks:
+            parts.append("sinks" + (f"x{self.sink_scale:g}" if self.sink_scale != 1.0 else ""))
+        if self.logit_scale != 1.0:
+            parts.append(f"logits{self.logit_scale:g}")
+        if self.layout != "contiguous":
+            parts.append(self.layout.replace("_", "-"))
+        if self.pad_tokens:
+            parts.append(f"pad{self.pad_tokens}")
+        if self.num_segments is not None:
+            parts.append(f"seg{self.num_segments}")
+        if self.table_slack != 1:
+            parts.append(f"slack{self.table_slack}")
+        return "-".join(parts)
 
     @property
     def is_decode(self) -> bool:
         return max(self.query_lens) <= 1
 
     def describe(self) -> dict:
+        """The fields as plain data (what reproducer files store)."""
         return asdict(self)
 
     def with_(self, **changes) -> "Case":
         return replace(self, **changes)
+
+
+_TUPLE_FIELDS = {f.name for f in fields(Case) if "tuple" in str(f.type)}
+
+
+def case_from_dict(data: dict) -> Case:
+    """A case from ``Case.describe()`` output (older files said ``name`` for the label)."""
+    data = dict(data)
+    if "label" not in data and "name" in data:
+        data["label"] = data.pop("name")
+    known = {f.name for f in fields(Case)}
+    values = {k: (tuple(v) if k in _TUPLE_FIELDS and v is not None else v) for k, v in data.items() if k in known}
+    return Case(**values)
 
 
 @dataclass
@@ -192,6 +248,17 @@ def visible_slots(case: Case, block_table: torch.Tensor, num_blocks: int) -> tor
     return seen
 
 
+def scatter_block_table(blocks_needed, block_ids: torch.Tensor, width: int, fill: int) -> torch.Tensor:
+    """int32 ``[num_seqs, width]``: sequence i takes the next ``blocks_needed[i]`` ids of ``block_ids``
+    in order; every column past a sequence's last block holds ``fill``."""
+    table = torch.full((len(blocks_needed), width), fill, dtype=torch.int32)
+    start = 0
+    for seq, n in enumerate(blocks_needed):
+        table[seq, :n] = block_ids[start:start + n].to(torch.int32)
+        start += n
+    return table
+
+
 def build(case: Case, device, seed: int, poison: bool = False, exact: bool = False) -> Inputs:
     """Concrete inputs for ``case``. Identical ``seed`` gives identical visible data whatever ``poison``.
 
@@ -210,16 +277,12 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
     out_dtype = DTYPES[case.out_dtype or case.dtype]
     num_seqs = len(case.seq_lens)
     blocks_needed = [_cdiv(n, case.block_size) for n in case.seq_lens]
-    width = max(max(blocks_needed), 1) + (0 if exact else 1)  # one column past the longest sequence
+    width = max(max(blocks_needed, default=0), 1) + (0 if exact else case.table_slack)
     num_blocks = max(sum(blocks_needed), 1) + (0 if exact else 3)  # spares; one is what unused columns hit
     order = torch.randperm(num_blocks, generator=gen)
     spare_block = 0 if exact else int(order[-1])
     table_cols = width + 5 if case.layout == "bt_strided" and not exact else width
-    table = torch.full((num_seqs, table_cols), spare_block, dtype=torch.int32)
-    start = 0
-    for seq, n in enumerate(blocks_needed):
-        table[seq, :n] = order[start:start + n].to(torch.int32)
-        start += n
+    table = scatter_block_table(blocks_needed, order, table_cols, spare_block)
     block_table = table[:, :width] if case.layout == "bt_strided" else table
 
     # Values are drawn in float32 on the CPU so every device sees the same numbers.
@@ -265,7 +328,7 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
         sinks = (_randn((case.num_q_heads,), gen) * case.sink_scale).to(device)
     output_scale = None
     if out_dtype in (DTYPES["float8_e4m3fn"],):
-        output_scale = torch.tensor([0.05], dtype=torch.float32, device=device)
+        output_scale = torch.tensor([case.output_scale], dtype=torch.float32, device=device)
     to_dev = (lambda t: None if t is None else t.to(device))
     return Inputs(
         case=case, q=q, k=k, v=v, out=out, cu_seqlens_q=cu.to(device),
@@ -281,7 +344,7 @@ def slice_sequence(inputs: Inputs, seq: int) -> tuple[Inputs, slice]:
     c = inputs.case
     start = sum(c.query_lens[:seq])
     rows = slice(start, start + c.query_lens[seq])
-    case = c.with_(name=f"{c.name}-seq{seq}", seq_lens=(c.seq_lens[seq],), query_lens=(c.query_lens[seq],),
+    case = c.with_(label=f"{c.label}-seq{seq}", seq_lens=(c.seq_lens[seq],), query_lens=(c.query_lens[seq],),
                    pad_tokens=0)
     dev = inputs.q.device
     alone = replace(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from .cases import Case
+from .cases import LAYOUTS, Case
 
 ON_GPU = os.environ.get("TRITON_INTERPRET", "0") != "1"
 TILE_HINT = 128 if ON_GPU else 16  # the kernels' decode KV tile on this device (for boundary lengths)
@@ -50,13 +50,13 @@ def _gqa(ratio: int) -> dict:
 BASE = dict(dtype="float16", head_size=64, block_size=16, **_gqa(4))
 
 
-def _case(name: str, comp: str = "mixed", **fields) -> Case:
-    params = {**BASE, **composition(comp), **fields}
-    return Case(name=name, **params)
+def _case(label: str, comp: str = "mixed", **fields) -> Case:
+    """A case around BASE on composition ``comp``; its id is ``label`` plus the fields (``Case.name``)."""
+    return Case(label=label, **{**BASE, **composition(comp), **fields})
 
 
 def composition_case(comp: str, scale: int | None = None, **fields) -> Case:
-    return Case(name=f"{comp}-{BASE['dtype']}-d{BASE['head_size']}", **{**BASE, **composition(comp, scale), **fields})
+    return Case(label=comp, **{**BASE, **composition(comp, scale), **fields})
 
 
 def numerics_cases() -> list[Case]:
@@ -64,19 +64,18 @@ def numerics_cases() -> list[Case]:
     cases = []
     for dtype in ("float16", "bfloat16", "float32"):
         for comp in COMPOSITIONS:
-            cases.append(_case(f"{dtype}-d64-g4-b16-{comp}", comp, dtype=dtype))
+            cases.append(_case(comp, comp, dtype=dtype))
     head_sizes = (32, 72, 80, 128) + ((96, 112, 192, 256, 512) if ON_GPU else ())
     for head in head_sizes:
-        cases.append(_case(f"float16-d{head}-g4-b16-mixed", head_size=head, gpu_only=head > 256))
+        cases.append(_case("mixed", head_size=head))
     for ratio in (1, 2, 5, 6, 8, 16, 32, 64):
-        cases.append(_case(f"float16-d64-g{ratio}-b16-mixed", head_size=32 if not ON_GPU else 64, **_gqa(ratio)))
+        cases.append(_case("mixed", head_size=32 if not ON_GPU else 64, **_gqa(ratio)))
     for block in (32, 48, 64, 128, 528):
-        cases.append(_case(f"float16-d64-g4-b{block}-mixed", block_size=block))
+        cases.append(_case("mixed", block_size=block))
     if ON_GPU:
-        cases.append(_case("bfloat16-d128-g8-b16-decode-long", "decode", dtype="bfloat16", head_size=128,
+        cases.append(_case("decode-long", "decode", dtype="bfloat16", head_size=128,
                            seq_lens=(4100, 9000, 513, 1), query_lens=(1, 1, 1, 1), **_gqa(4)))
-        cases.append(_case("bfloat16-d256-g2-b32-prefill", "prefill", dtype="bfloat16", head_size=256,
-                           block_size=32, **_gqa(2)))
+        cases.append(_case("prefill", "prefill", dtype="bfloat16", head_size=256, block_size=32, **_gqa(2)))
     return cases
 
 
@@ -95,7 +94,8 @@ def feature_cases() -> list[Case]:
         "fp8out": dict(out_dtype="float8_e4m3fn"),
         "all": dict(window=(25, -1), softcap=5.0, alibi=True, sinks=True),
     }
-    return [_case(f"{name}-{comp}", comp, **fields) for name, fields in features.items() for comp in ("mixed", "decode")]
+    # The fields name the feature (Case.name), so the composition is the whole label.
+    return [_case(comp, comp, **fields) for fields in features.values() for comp in ("mixed", "decode")]
 
 
 def edge_cases() -> list[Case]:
@@ -137,7 +137,7 @@ def poison_cases() -> list[Case]:
         _case("poison-decode", "decode"),
         _case("poison-window", window=(11, -1)),
         _case("poison-window-decode", "decode", window=(9, -1), num_segments=4),
-        _case("poison-varlen-b48", "varlen", block_size=48),
+        _case("poison-varlen", "varlen", block_size=48),
         _case("poison-head-padded", layout="head_padded", head_size=40),
         _case("poison-fp8", kv_dtype="float8_e4m3fn"),
         _case("poison-qlen0", seq_lens=(30, 40, 17), query_lens=(0, 5, 1), pad_tokens=2),
@@ -145,10 +145,8 @@ def poison_cases() -> list[Case]:
 
 
 def layout_cases() -> list[Case]:
-    from .cases import LAYOUTS
-
-    cases = [_case(f"layout-{layout}", layout=layout) for layout in LAYOUTS if layout != "contiguous"]
-    cases += [_case(f"layout-{layout}-decode", "decode", layout=layout) for layout in ("kv_combined", "head_major")]
+    cases = [_case("layout", layout=layout) for layout in LAYOUTS if layout != "contiguous"]
+    cases += [_case("layout-decode", "decode", layout=layout) for layout in ("kv_combined", "head_major")]
     return cases
 
 
@@ -161,12 +159,47 @@ def quick_cases() -> list[Case]:
         # visible key in the first tiles they meet (2D): both need the -inf guards.
         _case("quick-chunked-window-softcap-alibi", "chunked", window=(19, -1), softcap=4.0, alibi=True),
         _case("quick-tiny-softcap-decode", "decode", softcap=0.02, logit_scale=8.0),
-        _case("quick-varlen-g5-b48", "varlen", block_size=48, **_gqa(5)),
-        _case("quick-fp8kv-fp32", kv_dtype="float8_e4m3fn", dtype="float32"),
+        _case("quick-varlen", "varlen", block_size=48, **_gqa(5)),
+        _case("quick-fp8kv", kv_dtype="float8_e4m3fn", dtype="float32"),
         _case("quick-qlen0-padded", seq_lens=(30, 40, 17), query_lens=(0, 5, 1), pad_tokens=2),
-        _case("quick-kv-unlike-strides", "decode", layout="kv_unlike"),
+        _case("quick-unlike-strides", "decode", layout="kv_unlike"),
     ]
 
 
 def ids(cases) -> list[str]:
     return [c.name for c in cases]
+
+
+# Every table by the name the main job, the minimizer and the memsafety driver know it by.
+TABLES = {
+    "quick": quick_cases,
+    "numerics": numerics_cases,
+    "features": feature_cases,
+    "edge": edge_cases,
+    "poison": poison_cases,
+    "layout": layout_cases,
+}
+
+
+def all_cases(tables=tuple(TABLES)) -> list[Case]:
+    """The cases of ``tables``, each name once, in table order."""
+    seen, cases = set(), []
+    for table in tables:
+        for case in TABLES[table]():
+            if case.name not in seen:
+                seen.add(case.name)
+                cases.append(case)
+    return cases
+
+
+def find(name: str) -> Case:
+    """The case with this name, or the only case with this label."""
+    cases = all_cases()
+    for case in cases:
+        if case.name == name:
+            return case
+    labelled = [c for c in cases if c.label == name]
+    if len(labelled) == 1:
+        return labelled[0]
+    hint = f"; the label {name!r} names {len(labelled)} cases" if labelled else ""
+    raise KeyError(f"no case named {name!r} in attention_suite.tables{hint}")

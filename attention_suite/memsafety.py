@@ -6,7 +6,8 @@ its value is masked away later. Under the sanitizer, with PyTorch's caching allo
 workspaces exactly as large as the call needs and never initialized), such a read leaves its
 allocation or touches never-written bytes and is reported.
 
-    python -m tests.harness.memsafety [--tool memcheck|initcheck|all] [--kernels DIR] [--list]
+    python -m attention_suite.memsafety [--tool memcheck|initcheck|all] [--kernels DIR] [--list]
+    attn-memsafety ...               (the same, as an installed command)
 
 runs every case in one sanitizer process per tool and prints the first report with the case
 that triggered it. ``--kernels DIR`` puts DIR first on PYTHONPATH, so a deliberately broken copy
@@ -25,19 +26,15 @@ from pathlib import Path
 
 from . import tables
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 MARKER = "MEMSAFETY-CASE"
+# Tails, segments, windows, GQA, strides: every code path the edge, layout, quick and poison tables build.
+CURATED_TABLES = ("edge", "layout", "quick", "poison")
 
 
 def curated_cases():
-    """Every code path the edge and layout tiers build: tails, segments, windows, GQA, strides."""
-    picked = tables.edge_cases() + tables.layout_cases() + tables.quick_cases() + tables.poison_cases()
-    seen, cases = set(), []
-    for case in picked:
-        if case.name not in seen and case.layout != "head_padded":  # padding is slack by design
-            seen.add(case.name)
-            cases.append(case)
-    return cases
+    # head_padded views read inside their padding by design: that is slack, not an out-of-bounds read.
+    return [c for c in tables.all_cases(CURATED_TABLES) if c.layout != "head_padded"]
 
 
 def run_cases(selected: list[str] | None = None) -> None:
@@ -47,20 +44,19 @@ def run_cases(selected: list[str] | None = None) -> None:
     import kernels
 
     from .cases import build
+    from .check import split_workspace
 
     for case in curated_cases():
-        if selected and case.name not in selected:
+        if selected and case.name not in selected and case.label not in selected:
             continue
         for path in ("2d", "3d"):
             print(f"{MARKER} {case.name} {path}", flush=True)
             inputs = build(case, "cuda", 0, exact=True)
             kwargs = dict(inputs.call_kwargs())
             if path == "3d":
-                plan = kernels.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q,
-                                         inputs.max_seqlen_k, split_kv=True, num_segments=case.num_segments)
-                kwargs["workspace"] = kernels.Workspace(inputs.q.shape[0], case.num_q_heads, case.head_size,
-                                                        plan.num_segments, "cuda")
-                kwargs["num_segments"] = plan.num_segments
+                # Exactly sized and never initialized: initcheck reports a read of a segment nobody wrote.
+                workspace = split_workspace(inputs, case.num_segments, fill=None)
+                kwargs.update(workspace=workspace, num_segments=workspace.num_segments)
             kernels.unified_attention(*inputs.call_args(inputs.out), **kwargs, split_kv=path == "3d")
             torch.cuda.synchronize()
     print(f"{MARKER} done", flush=True)
@@ -77,7 +73,7 @@ def sanitize(tool: str, kernels_dir: str | None = None, selected: list[str] | No
     cmd = ["compute-sanitizer", f"--tool={tool}", "--print-limit=20", "--error-exitcode=86"]
     if tool == "memcheck":
         cmd.append("--leak-check=no")
-    cmd += [sys.executable, "-m", "tests.harness.memsafety", "--driver"]
+    cmd += [sys.executable, "-m", "attention_suite.memsafety", "--driver"]
     if selected:
         cmd += ["--cases", ",".join(selected)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -99,10 +95,10 @@ def first_report(log: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.harness.memsafety", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m attention_suite.memsafety", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tool", default="all", choices=("memcheck", "initcheck", "all"))
     parser.add_argument("--kernels", default=None, help="folder holding a 'kernels' package to check instead")
-    parser.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
+    parser.add_argument("--cases", default=None, help="comma-separated case names or labels (default: all)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--driver", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -111,9 +107,9 @@ def main(argv=None) -> int:
         print("\n".join(c.name for c in curated_cases()))
         return 0
     if args.driver:
-        override = os.environ.get("MEMSAFETY_KERNELS_DIR")
-        if override:
-            sys.path.insert(0, override)
+        from . import device
+
+        device.setup("cuda", os.environ.get("MEMSAFETY_KERNELS_DIR") or None)
         import kernels
 
         print(f"{MARKER} kernels from {kernels.__file__}", flush=True)
