@@ -43,6 +43,7 @@ TIERS = {
     "determinism": "bit-identical repeats; batch-invariant mode",
     "graph": "3D path with a preallocated workspace captured in a CUDA graph and replayed (GPU)",
     "bad_input": "every invalid argument raises the documented error naming it, out untouched",
+    "bad_metadata": "invalid metadata values: checked mode and reference raise naming the argument, unchecked survives",
     "fuzz": "property-based random batches (hypothesis), shrunk to a minimal failing case",
     "stress": "large caches and long sequences (GPU)",
     "accuracy": "gsm8k parity job through lm-eval (slow)",
@@ -57,8 +58,12 @@ def pytest_addoption(parser):
     group = parser.getgroup("attention suite")
     group.addoption("--attn-impl", default=DEFAULT_SPEC,
                     help="implementation under test, MODULE:FUNC or path/to/file.py:FUNC (default %(default)s)")
-    group.addoption("--repro-dir", default=None, help="write a reproducer file for every failing numerics case here")
-    group.addoption("--error-report", default=None, help="write every case's error ratio (error / allowed) as JSON")
+    group.addoption("--repro-dir", nargs="?", const="artifacts/repro", default=None,
+                    help="write a reproducer file for every failing numerics case here (alone: artifacts/repro, "
+                         "which git ignores)")
+    group.addoption("--error-report", nargs="?", const="artifacts/error_report.json", default=None,
+                    help="write every case's error ratio (error / allowed) as JSON (alone: "
+                         "artifacts/error_report.json, which git ignores)")
 
 
 def pytest_configure(config):
@@ -133,6 +138,7 @@ def pytest_sessionfinish(session, exitstatus):
         return
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     path = f"{target}.{worker}" if worker else target
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as fh:
         json.dump({"impl": session.config.getoption("--attn-impl"), "device": DEVICE, "cases": _records}, fh, indent=1)
     if worker is None:

@@ -37,7 +37,7 @@ def curated_cases():
     return [c for c in tables.all_cases(CURATED_TABLES) if c.layout != "head_padded"]
 
 
-def run_cases(selected: list[str] | None = None) -> None:
+def run_cases(selected: list[str] | None = None, with_faults: bool = False) -> None:
     """Driver, run inside the sanitizer: launches every case through both paths."""
     import torch
 
@@ -59,7 +59,35 @@ def run_cases(selected: list[str] | None = None) -> None:
                 kwargs.update(workspace=workspace, num_segments=workspace.num_segments)
             kernels.unified_attention(*inputs.call_args(inputs.out), **kwargs, split_kv=path == "3d")
             torch.cuda.synchronize()
+    if with_faults:
+        run_metadata_faults(selected)
     print(f"{MARKER} done", flush=True)
+
+
+def run_metadata_faults(selected: list[str] | None = None) -> None:
+    """Every invalid-metadata fault, unchecked, through both paths: the output is unspecified, but
+    no access may leave the (exactly sized) tensors. memcheck only: with invalid lengths the 3D
+    reduction may legitimately combine segments the kernel skipped, which initcheck would flag."""
+    import torch
+
+    import kernels
+
+    from .cases import build
+    from .check import split_workspace
+    from .metadata_faults import FAULT_CASE, FAULTS, break_metadata
+
+    for fault in FAULTS:
+        if selected and f"fault:{fault.name}" not in selected:
+            continue
+        for path in ("2d", "3d"):
+            print(f"{MARKER} fault:{fault.name} {path}", flush=True)
+            inputs = build(FAULT_CASE, "cuda", 0, exact=True)
+            args, kwargs = break_metadata(inputs, fault)
+            if path == "3d":
+                workspace = split_workspace(inputs, 4, fill=None)
+                kwargs.update(workspace=workspace, num_segments=4)
+            kernels.unified_attention(*args, **kwargs, split_kv=path == "3d")
+            torch.cuda.synchronize()
 
 
 def sanitize(tool: str, kernels_dir: str | None = None, selected: list[str] | None = None, timeout: int = 540):
@@ -73,7 +101,7 @@ def sanitize(tool: str, kernels_dir: str | None = None, selected: list[str] | No
     cmd = ["compute-sanitizer", f"--tool={tool}", "--print-limit=20", "--error-exitcode=86"]
     if tool == "memcheck":
         cmd.append("--leak-check=no")
-    cmd += [sys.executable, "-m", "attention_suite.memsafety", "--driver"]
+    cmd += [sys.executable, "-m", "attention_suite.memsafety", "--driver"] + (["--faults"] if tool == "memcheck" else [])
     if selected:
         cmd += ["--cases", ",".join(selected)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -101,6 +129,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", default=None, help="comma-separated case names or labels (default: all)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--driver", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--faults", action="store_true", help=argparse.SUPPRESS)  # driver: bad-metadata calls too
     args = parser.parse_args(argv)
     selected = args.cases.split(",") if args.cases else None
     if args.list:
@@ -113,7 +142,7 @@ def main(argv=None) -> int:
         import kernels
 
         print(f"{MARKER} kernels from {kernels.__file__}", flush=True)
-        run_cases(selected)
+        run_cases(selected, with_faults=args.faults)
         return 0
     failed = 0
     for tool in (("memcheck", "initcheck") if args.tool == "all" else (args.tool,)):

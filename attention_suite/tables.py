@@ -9,6 +9,7 @@ into many segments, and GPU-only cases add large head sizes and long contexts.
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 
 from .cases import LAYOUTS, Case
 
@@ -127,6 +128,11 @@ def edge_cases() -> list[Case]:
         _case("large-alibi", alibi=True, alibi_scale=60.0),
         _case("dominant-sinks", sinks=True, sink_scale=60.0),
         _case("dominant-sinks-decode", "decode", sinks=True, sink_scale=60.0),
+        # fp8 output: 2^-7 puts the largest outputs (~3.5) at ~450, the top of e4m3; 2^-10 saturates many.
+        _case("fp8out-top", out_dtype="float8_e4m3fn", output_scale=2.0 ** -7),
+        _case("fp8out-saturating", "decode", out_dtype="float8_e4m3fn", output_scale=2.0 ** -10),
+        _case("exact-fit-table", table_slack=0),
+        _case("exact-fit-table-decode", "decode", table_slack=0, num_segments=4),
     ]
     return cases
 
@@ -141,6 +147,12 @@ def poison_cases() -> list[Case]:
         _case("poison-head-padded", layout="head_padded", head_size=40),
         _case("poison-fp8", kv_dtype="float8_e4m3fn"),
         _case("poison-qlen0", seq_lens=(30, 40, 17), query_lens=(0, 5, 1), pad_tokens=2),
+        # Non-causal attention sees keys right of the diagonal: on lengths that end mid-block the
+        # tail slots past seq_len are the first thing an unbounded tile would read.
+        _case("poison-noncausal", causal=False),
+        _case("poison-noncausal-window", causal=False, window=(9, 4)),
+        _case("poison-noncausal-decode", "decode", causal=False, num_segments=3),
+        _case("poison-exact-fit", "varlen", table_slack=0),
     ]
 
 
@@ -151,23 +163,73 @@ def layout_cases() -> list[Case]:
 
 
 def quick_cases() -> list[Case]:
-    """A one-minute cross-section for the quick tier."""
+    """A one-minute cross-section: together these cover every class ``coverage`` finds in any table
+    (``tests/test_harness.py`` checks it), so each case carries several features and one layout."""
     return [
-        _case("quick-mixed"),
-        _case("quick-decode-window-sinks", "decode", window=(20, -1), sinks=True, num_segments=3),
+        _case("quick-decode-window-sinks", "decode", window=(20, -1), sinks=True, num_segments=3, layout="kv_combined"),
         # The window makes later segments empty for earlier queries (3D) and leaves rows with no
         # visible key in the first tiles they meet (2D): both need the -inf guards.
-        _case("quick-chunked-window-softcap-alibi", "chunked", window=(19, -1), softcap=4.0, alibi=True),
-        _case("quick-tiny-softcap-decode", "decode", softcap=0.02, logit_scale=8.0),
-        _case("quick-varlen", "varlen", block_size=48, **_gqa(5)),
-        _case("quick-fp8kv", kv_dtype="float8_e4m3fn", dtype="float32"),
-        _case("quick-qlen0-padded", seq_lens=(30, 40, 17), query_lens=(0, 5, 1), pad_tokens=2),
+        _case("quick-chunked-window-softcap-alibi", "chunked", window=(19, -1), softcap=4.0, alibi=True,
+              layout="head_major"),
+        _case("quick-tiny-softcap-decode", "decode", softcap=0.02, logit_scale=8.0, layout="fused_qkv"),
+        _case("quick-varlen", "varlen", dtype="bfloat16", block_size=48, layout="bt_strided", **_gqa(5)),
+        _case("quick-fp8kv", kv_dtype="float8_e4m3fn", dtype="float32", layout="kv_outer"),
+        _case("quick-fp8kv-bf16", "decode", kv_dtype="float8_e4m3fn", dtype="bfloat16", layout="out_strided"),
+        # fp8 output near the top of the e4m3 range (|out| / scale reaches ~450): saturation is on the table.
+        _case("quick-fp8kv-fp8out", "chunked", kv_dtype="float8_e4m3fn", out_dtype="float8_e4m3fn",
+              output_scale=2.0 ** -7, head_size=72),
+        _case("quick-qlen0-padded", seq_lens=(30, 40, 17), query_lens=(0, 5, 1), pad_tokens=2, layout="head_padded",
+              head_size=40, table_slack=0),
         _case("quick-unlike-strides", "decode", layout="kv_unlike"),
+        # Non-causal with a two-sided window on lengths that end mid-block: tiles past the diagonal
+        # must still stop at seq_len (the bug of vLLM PR #47305).
+        _case("quick-noncausal-window", causal=False, window=(13, 5), alibi=True, sinks=True),
     ]
 
 
 def ids(cases) -> list[str]:
     return [c.name for c in cases]
+
+
+# What a case covers, for the quick tier's cross-section check. Every field that is not a size is
+# a feature when it differs from its default (so a new Case field is covered automatically);
+# enumerations count each value; sizes count their classes. Magnitudes are the edge tier's job.
+_SIZE_FIELDS = {"label", "seq_lens", "query_lens", "num_q_heads", "num_kv_heads", "head_size", "block_size"}
+_VALUE_FIELDS = {"dtype", "kv_dtype", "out_dtype", "layout"}
+_MAGNITUDE_FIELDS = {"logit_scale", "alibi_scale", "sink_scale"}
+
+
+def _power_of_2(n: int) -> bool:
+    return n & (n - 1) == 0
+
+
+def coverage(case: Case) -> frozenset[str]:
+    """The feature, dtype, layout and size classes one case exercises."""
+    tags = set()
+    for f in fields(Case):
+        value = getattr(case, f.name)
+        if f.name in _VALUE_FIELDS:
+            tags.add(f"{f.name}={value}")
+        elif f.name not in _SIZE_FIELDS | _MAGNITUDE_FIELDS and value != f.default:
+            tags.add(f.name)
+    if case.window[0] >= 0:
+        tags.add("window-left")
+    if case.window[1] >= 0 and not case.causal:
+        tags.add("window-right")
+    if case.alibi and case.sinks:
+        tags.add("alibi+sinks")
+    if case.kv_dtype:
+        tags.add(f"kv_dtype={case.kv_dtype} with dtype={case.dtype}")
+    for q_len, seq_len in zip(case.query_lens, case.seq_lens):
+        tags.add("q_len=0" if q_len == 0 else "decode" if q_len == 1 else "prefill" if q_len == seq_len else "chunked")
+    ratio = case.num_q_heads // case.num_kv_heads
+    if not _power_of_2(case.head_size):
+        tags.add("head_size not a power of 2")
+    if not _power_of_2(ratio):
+        tags.add("queries per KV head not a power of 2")
+    if not _power_of_2(case.block_size):
+        tags.add("block_size not a power of 2")
+    return frozenset(tags)
 
 
 # Every table by the name the main job, the minimizer and the memsafety driver know it by.

@@ -190,7 +190,7 @@ def select(names: str | None = None, quick: bool = False, kinds: tuple[str, ...]
     for w in wanted:
         hits = [p for p in pts if (p.name.startswith(w[:-1]) if w.endswith("*") else p.name == w)]
         if not hits:
-            raise SystemExit(f"unknown point {w!r}; known: {', '.join(p.name for p in POINTS)}")
+            raise ValueError(f"unknown point {w!r}; known: {', '.join(p.name for p in POINTS)}")
         chosen.extend(h for h in hits if h not in chosen)
     return chosen
 

@@ -28,7 +28,9 @@ import torch
 from . import report, shapes
 from .shapes import TUNE_SEGMENTS, Point
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+# Runs land outside the committed benchmarks/results/ (copy a run there on purpose), so a GPU
+# run never overwrites the recorded results.
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "artifacts" / "benchmarks"
 WORKSPACE_BUDGET_BYTES = 4 << 30  # forced 3D on prefill would otherwise want tens of GB of partials
 CHECK_TOLERANCE = 0.05  # max |difference| between bf16 outputs of two correct implementations
 H100_SMS = 132
@@ -416,7 +418,13 @@ def parse_args(argv=None):
     ap.add_argument("--no-baselines", action="store_true", help="skip the SDPA baselines")
     ap.add_argument("--tag", default=None, help="file-name suffix (default: quick/tune/points)")
     ap.add_argument("--list", action="store_true", help="list the points and exit")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.points:
+        try:
+            shapes.select(args.points)
+        except ValueError as exc:
+            ap.error(f"--points: {exc}")  # exit 2, like every other bad argument
+    return args
 
 
 def main(argv=None) -> int:

@@ -102,7 +102,7 @@ def test_batch_invariant_plan_ignores_the_batch(planner):
 
 @pytest.mark.dispatch
 @pytest.mark.quick
-@pytest.mark.parametrize("label", ["quick-mixed", "quick-decode-window-sinks", "quick-fp8kv", "quick-qlen0-padded"])
+@pytest.mark.parametrize("label", ["quick-varlen", "quick-decode-window-sinks", "quick-fp8kv", "quick-qlen0-padded"])
 def test_argument_checks_and_planning_read_no_tensor_values(planner, label):
     """The per-call checks and the planner look at shapes, dtypes and host ints only: on tensors on
     the meta device, which hold no values, any read (``.item()``, ``.tolist()``, a comparison turned

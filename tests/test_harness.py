@@ -79,6 +79,30 @@ def test_tolerance_rule_accepts_baseline_and_rejects_bugs():
 
 
 @pytest.mark.harness
+@pytest.mark.quick
+def test_quick_tier_is_a_cross_section():
+    """Every feature, dtype, layout and size class any table exercises has a quick case."""
+    quick = set().union(*(tables.coverage(c) for c in tables.quick_cases()))
+    for case in tables.all_cases():
+        missing = tables.coverage(case) - quick
+        assert not missing, f"{case.name} exercises {sorted(missing)}, which no quick case does: add it to one"
+
+
+@pytest.mark.harness
+@pytest.mark.quick
+def test_case_names_are_unique_and_built_from_fields():
+    by_name = {}
+    for table in tables.TABLES.values():
+        for case in table():
+            by_name.setdefault(case.name, set()).add(case)
+    shared = {name: len(cases) for name, cases in by_name.items() if len(cases) > 1}
+    assert not shared, f"different cases share a name: {shared}"
+    for cases in by_name.values():
+        case = next(iter(cases))
+        assert f"-d{case.head_size}-g{case.num_q_heads // case.num_kv_heads}-b{case.block_size}" in case.name
+
+
+@pytest.mark.harness
 def test_poisoned_build_only_changes_hidden_slots():
     case = tables.find("poison-window")
     clean, poisoned = build(case, "cpu", 7), build(case, "cpu", 7, poison=True)

@@ -18,7 +18,7 @@ BREAKAGES = {
     # The reduction reading every segment, active or not: segments the 3D kernel never wrote.
     "reduce-all-segments": "initcheck",
 }
-PROBE_CASES = ["seg-boundaries-batch", "fewer-keys-than-segments", "quick-mixed", "kv-len-1-prefill"]
+PROBE_CASES = ["seg-boundaries-batch", "fewer-keys-than-segments", "quick-varlen", "kv-len-1-prefill"]
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,9 @@ def test_poison_changes_nothing(ctx, case, path):
 @pytest.mark.quick
 @pytest.mark.poison
 @pytest.mark.parametrize("path", ("2d", "3d"))
-def test_quick_poison(ctx, path):
-    case = tables.find("poison-window-decode")  # windowed decode with segments: the densest poison case
+# Windowed decode with segments (the densest poison), and non-causal tiles that must stop at seq_len.
+@pytest.mark.parametrize("label", ["poison-window-decode", "poison-noncausal-window"])
+def test_quick_poison(ctx, label, path):
+    case = tables.find(label)
     skip_if_unsupported(ctx.impl, case, path)
     check_poison_free(ctx, case, path)

@@ -18,8 +18,8 @@ import time
 
 EPILOG = """examples:
   pytest tests -m quick --repro-dir repro/ --error-report new.json
-  python -m triage replay repro/quick-mixed-2d-0123abcd.pt --device cpu
-  python -m triage minimize repro/quick-mixed-2d-0123abcd.pt
+  python -m triage replay artifacts/repro/quick-varlen-bf16-d64-g5-b48-bt-strided-2d-0123abcd.pt --device cpu
+  python -m triage minimize artifacts/repro/quick-varlen-bf16-d64-g5-b48-bt-strided-2d-0123abcd.pt
   python -m triage compare baseline.json new.json --factor 2
   python -m triage mutants --list
   python -m triage mutants --workers 2           # the kill matrix (nightly: pytest -m mutation)

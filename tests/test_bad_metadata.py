@@ -1,0 +1,117 @@
+"""bad_metadata tier: invalid metadata values never crash, and the checked mode and the reference refuse them.
+
+Each fault of ``attention_suite.metadata_faults`` breaks one rule of the metadata contract on a
+small mixed batch. Checked (``check_metadata=True``), and always in the reference: a ValueError
+naming the argument, ``out`` untouched. Unchecked: the call completes (no crash, no hang); on a
+GPU the memsafety tier runs the same faults under compute-sanitizer memcheck.
+"""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import reference
+from attention_suite import build, same_bits, tables
+from attention_suite.metadata_faults import BY_NAME, FAULT_CASE as BASE, FAULTS, break_metadata
+
+
+def _checked_kwargs(impl, path):
+    if "check_metadata" not in impl.params:
+        pytest.skip(f"{impl.spec} has no 'check_metadata' argument")
+    kwargs = {"check_metadata": True}
+    if "split_kv" in impl.params and path != "auto":
+        kwargs["split_kv"] = path == "3d"
+    return kwargs
+
+
+def _refused(call, args, kwargs, arg):
+    before = args[3].clone()
+    with pytest.raises(ValueError, match=f"^{arg}:"):
+        call(*args, **kwargs)
+    assert same_bits(args[3], before), "out was written before the error"
+
+
+@pytest.mark.bad_metadata
+@pytest.mark.parametrize("path", ("2d", "3d"))
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+def test_checked_mode_refuses(ctx, fault, path):
+    kwargs = _checked_kwargs(ctx.impl, path)
+    args, extra = break_metadata(build(BASE, ctx.device, ctx.seed), fault)
+    _refused(ctx.impl.func, args, {**extra, **kwargs}, fault.arg)
+
+
+@pytest.mark.bad_metadata
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+def test_reference_refuses(ctx, fault):
+    args, extra = break_metadata(build(BASE, ctx.device, ctx.seed), fault)
+    _refused(reference.unified_attention, args, extra, fault.arg)
+
+
+@pytest.mark.bad_metadata
+@pytest.mark.parametrize("path", ("2d", "3d"))
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+def test_unchecked_call_completes(ctx, fault, path):
+    """Unspecified output, but the process survives (a crash fails the xdist worker running it)."""
+    if ctx.impl.path_unsupported(path, BASE):
+        pytest.skip(ctx.impl.path_unsupported(path, BASE))
+    args, extra = break_metadata(build(BASE, ctx.device, ctx.seed), fault)
+    if "split_kv" in ctx.impl.params:
+        extra["split_kv"] = path == "3d"
+    ctx.impl.func(*args, **extra)
+    if ctx.device == "cuda":
+        torch.cuda.synchronize()  # an illegal address surfaces here
+
+
+@pytest.mark.bad_metadata
+@pytest.mark.quick
+def test_environment_switch_turns_the_checks_on(ctx, monkeypatch):
+    if "check_metadata" not in ctx.impl.params:
+        pytest.skip(f"{ctx.impl.spec} has no 'check_metadata' argument")
+    fault = BY_NAME["block-id-minus-1"]
+    args, extra = break_metadata(build(BASE, ctx.device, ctx.seed), fault)
+    monkeypatch.setenv("ATTN_CHECK_METADATA", "1")
+    _refused(ctx.impl.func, args, extra, fault.arg)
+
+
+@pytest.mark.bad_metadata
+@pytest.mark.quick
+@pytest.mark.parametrize("label", ["exact-fit-table", "exact-fit-table-decode", "quick-qlen0-padded"])
+def test_valid_boundary_metadata_is_accepted(ctx, label):
+    """A block table filled exactly, the last block id, q_len 0: valid, so nobody may refuse them."""
+    inputs = build(tables.find(label), ctx.device, ctx.seed)
+    inputs.block_table[0, 0] = inputs.k.shape[0] - 1  # the largest valid id (aliasing another slot is legal)
+    kwargs = dict(inputs.call_kwargs())
+    reference.unified_attention(*inputs.call_args(inputs.fresh_out()), **kwargs)
+    if "check_metadata" in ctx.impl.params:
+        ctx.impl.func(*inputs.call_args(inputs.fresh_out()), **kwargs, check_metadata=True)
+
+
+@pytest.mark.bad_metadata
+@pytest.mark.quick
+@pytest.mark.parametrize("label", ["block-id-num-blocks", "cu-past-tokens", "seqused-past-table"])
+def test_quick_bad_metadata(ctx, label):
+    """A cross-section for the quick tier: each refused when checked, survived when not."""
+    fault = BY_NAME[label]
+    inputs = build(BASE, ctx.device, ctx.seed)
+    args, extra = break_metadata(inputs, fault)
+    _refused(reference.unified_attention, args, extra, fault.arg)
+    if "check_metadata" in ctx.impl.params:
+        _refused(ctx.impl.func, args, {**extra, "check_metadata": True}, fault.arg)
+    ctx.impl.func(*args, **extra)
+
+
+@pytest.mark.bad_metadata
+@pytest.mark.fuzz
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], deadline=None)
+@given(fault=st.sampled_from(FAULTS), seq=st.integers(0, len(BASE.seq_lens) - 1), amount=st.integers(1, 5000),
+       split=st.booleans())
+def test_random_corruption(ctx, fault, seq, amount, split):
+    """Any single corruption: refused with the right name (reference and checked mode), survived unchecked."""
+    args, extra = break_metadata(build(BASE, ctx.device, ctx.seed), fault, seq, amount)
+    _refused(reference.unified_attention, args, extra, fault.arg)
+    if "split_kv" in ctx.impl.params:
+        extra["split_kv"] = split
+    if "check_metadata" in ctx.impl.params:
+        _refused(ctx.impl.func, args, {**extra, "check_metadata": True}, fault.arg)
+    ctx.impl.func(*args, **extra)
