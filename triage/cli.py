@@ -17,7 +17,7 @@ import sys
 import time
 
 EPILOG = """examples:
-  pytest tests -m quick --repro-dir repro/ --error-report new.json
+  pytest tests -m quick --repro-dir --error-report   # writes into artifacts/, which git ignores
   python -m triage replay artifacts/repro/quick-varlen-bf16-d64-g5-b48-bt-strided-2d-0123abcd.pt --device cpu
   python -m triage minimize artifacts/repro/quick-varlen-bf16-d64-g5-b48-bt-strided-2d-0123abcd.pt
   python -m triage compare baseline.json new.json --factor 2
