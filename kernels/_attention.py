@@ -24,7 +24,9 @@ Conventions shared by every kernel here:
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+# log2(e): scores, softcap, ALiBi slopes and sink logits are converted to log2 units with it.
+# A constexpr because @triton.jit code may only read constexpr globals; host code uses .value.
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -76,7 +78,7 @@ def _visible(row_pos, key, seq_len, window_left, window_right):
 def _stable_tanh(x):
     # 1 - 2 / (e^{2x} + 1): e^{2x} overflowing to inf gives exactly 1, underflowing to 0 gives -1,
     # so no magnitude of x produces NaN (unlike (e^x - e^-x) / (e^x + e^-x)).
-    return 1.0 - 2.0 / (tl.exp2(x * (2.0 * 1.4426950408889634)) + 1.0)
+    return 1.0 - 2.0 / (tl.exp2(x * (2.0 * LOG2E)) + 1.0)
 
 
 @triton.jit
@@ -152,6 +154,14 @@ def _attend_tiles(
 
 
 @triton.jit
+def _stage_tiles(STAGE: tl.constexpr, tile_a, tile_b, tile_c, tile_d):
+    """Tile range of phase STAGE: 0 -> [a, b) masked, 1 -> [b, c) unmasked, 2 -> [c, d) masked."""
+    tile_begin = tile_a if STAGE == 0 else (tile_b if STAGE == 1 else tile_c)
+    tile_end = tile_b if STAGE == 0 else (tile_c if STAGE == 1 else tile_d)
+    return tile_begin, tile_end
+
+
+@triton.jit
 def _paged_attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, block_table_ptr, cu_seqlens_q_ptr, seqused_k_ptr,
     alibi_ptr, sinks_ptr, k_descale_ptr, v_descale_ptr, output_scale_ptr,
@@ -223,14 +233,14 @@ def _paged_attention_kernel(
     if KV_FP8:
         scale = scale * tl.load(k_descale_ptr)
     if USE_ALIBI:
-        alibi_slope = tl.load(alibi_ptr + row_head, mask=row_valid, other=0.0).to(tl.float32) * 1.4426950408889634
+        alibi_slope = tl.load(alibi_ptr + row_head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
     else:
         alibi_slope = tl.zeros([BLOCK_M], dtype=tl.float32)
 
     acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
     if USE_SINKS and not SPLIT_KV:
         # The sink is one extra logit with no value: start the softmax from it.
-        m_i = tl.load(sinks_ptr + row_head, mask=row_valid, other=float("-inf")).to(tl.float32) * 1.4426950408889634
+        m_i = tl.load(sinks_ptr + row_head, mask=row_valid, other=float("-inf")).to(tl.float32) * LOG2E
         l_i = tl.where(m_i == float("-inf"), 0.0, 1.0)
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -241,21 +251,16 @@ def _paged_attention_kernel(
     block_table_row = block_table_ptr + seq.to(tl.int64) * stride_bt_seq
     HEAD_PADDED: tl.constexpr = HEAD_PAD != HEAD_SIZE
 
-    acc, m_i, l_i = _attend_tiles(
-        acc, m_i, l_i, q, tile_a, tile_b, k_base, v_base, block_table_row, stride_bt_blk,
-        stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
-        row_pos, key_lo, key_hi, seq_len, window_left, window_right, scale, softcap, alibi_slope, dims, dim_valid,
-        True, TILE, BLOCK_SIZE, HEAD_PADDED, USE_SOFTCAP, USE_ALIBI, DOT_PRECISION)
-    acc, m_i, l_i = _attend_tiles(
-        acc, m_i, l_i, q, tile_b, tile_c, k_base, v_base, block_table_row, stride_bt_blk,
-        stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
-        row_pos, key_lo, key_hi, seq_len, window_left, window_right, scale, softcap, alibi_slope, dims, dim_valid,
-        False, TILE, BLOCK_SIZE, HEAD_PADDED, USE_SOFTCAP, USE_ALIBI, DOT_PRECISION)
-    acc, m_i, l_i = _attend_tiles(
-        acc, m_i, l_i, q, tile_c, tile_d, k_base, v_base, block_table_row, stride_bt_blk,
-        stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
-        row_pos, key_lo, key_hi, seq_len, window_left, window_right, scale, softcap, alibi_slope, dims, dim_valid,
-        True, TILE, BLOCK_SIZE, HEAD_PADDED, USE_SOFTCAP, USE_ALIBI, DOT_PRECISION)
+    # Three phases over [tile_a, tile_d): the masked tiles at the window's/sequence's left edge,
+    # the tiles every row sees whole (no masking), the masked tiles at the right edge. Unrolled at
+    # compile time, so each phase is its own loop specialized on MASKED.
+    for stage in tl.static_range(3):
+        tile_begin, tile_end = _stage_tiles(stage, tile_a, tile_b, tile_c, tile_d)
+        acc, m_i, l_i = _attend_tiles(
+            acc, m_i, l_i, q, tile_begin, tile_end, k_base, v_base, block_table_row, stride_bt_blk,
+            stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
+            row_pos, key_lo, key_hi, seq_len, window_left, window_right, scale, softcap, alibi_slope, dims,
+            dim_valid, stage != 1, TILE, BLOCK_SIZE, HEAD_PADDED, USE_SOFTCAP, USE_ALIBI, DOT_PRECISION)
 
     if KV_FP8:
         acc = acc * tl.load(v_descale_ptr)
@@ -309,7 +314,7 @@ def _reduce_segments_kernel(
     seg_sum = tl.load(part_sum_ptr + part, mask=valid, other=0.0)
     top = tl.max(seg_max, 1)
     if USE_SINKS:
-        sink = tl.load(sinks_ptr + heads, mask=head_valid, other=float("-inf")).to(tl.float32) * 1.4426950408889634
+        sink = tl.load(sinks_ptr + heads, mask=head_valid, other=float("-inf")).to(tl.float32) * LOG2E
         top = tl.maximum(top, sink)
     # All segments empty and no sink: shift by 0 so every weight is exp2(-inf) = 0, not NaN.
     top = tl.where(top == float("-inf"), 0.0, top)

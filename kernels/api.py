@@ -100,7 +100,7 @@ def unified_attention(
         _or(alibi_slopes, q), _or(sinks, q), _or(k_descale, q), _or(v_descale, q), _or(output_scale, q),
         part_acc, part_max, part_sum,
         *q.stride(), *out.stride(), *k.stride(), *v.stride(), *block_table.stride(), *part_strides,
-        cu_seqlens_q.shape[0] - 1, softmax_scale * _attention.LOG2E, softcap * _attention.LOG2E,
+        cu_seqlens_q.shape[0] - 1, softmax_scale * _attention.LOG2E.value, softcap * _attention.LOG2E.value,
         window_left, window_right, plan.num_segments,
         NUM_QUERIES_PER_KV=num_q_heads // k.shape[2], BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q,
         BLOCK_SIZE=k.shape[1], USE_SOFTCAP=softcap > 0, USE_ALIBI=alibi_slopes is not None,
@@ -112,7 +112,7 @@ def unified_attention(
             out, part_acc, part_max, part_sum, cu_seqlens_q, seqused_k, _or(sinks, q), _or(output_scale, q),
             *out.stride(), *part_strides, cu_seqlens_q.shape[0] - 1, num_q_heads, window_left, plan.num_segments,
             SEGMENTS_PAD=plan.segments_pad, HEADS=plan.reduce_heads, DIMS=plan.reduce_dims,
-            num_warps=1 if interpreting() else 4, **common,
+            num_warps=plan.reduce_num_warps, **common,
         )
     return out
 

@@ -57,6 +57,7 @@ class LaunchPlan:
     reduce_grid: tuple[int, int, int] | None
     reduce_heads: int  # query heads merged per reduction program
     reduce_dims: int  # head-dim lanes per reduction program
+    reduce_num_warps: int  # warps per reduction program
     reason: str
 
     @property
@@ -183,5 +184,8 @@ def plan_launch(
         if path == "3d" else None,
         reduce_heads=reduce_heads,
         reduce_dims=reduce_dims,
+        # A reduction program holds at most HEADS x SEGMENTS x DIMS lanes; the interpreter runs
+        # one warp regardless, on GPUs 4 warps cover the 1 x 128 x 32 worst case.
+        reduce_num_warps=1 if interpreter else 4,
         reason=reason,
     )

@@ -105,7 +105,7 @@ CATALOG: tuple[Mutant, ...] = (
        ("(-distance <= window_right)", "(-distance <= window_right + 1)")),
     _m("softcap-naive-tanh",
        "softcap through (exp(x) - exp(-x)) / (exp(x) + exp(-x)): inf / inf = NaN once |score / softcap| > 88",
-       ("return 1.0 - 2.0 / (tl.exp2(x * (2.0 * 1.4426950408889634)) + 1.0)",
+       ("return 1.0 - 2.0 / (tl.exp2(x * (2.0 * LOG2E)) + 1.0)",
         "return (tl.exp(x) - tl.exp(-x)) / (tl.exp(x) + tl.exp(-x))")),
     _m("int32-offsets",
        "cache offsets computed in int32: block * stride wraps past 2^31 elements",
@@ -160,7 +160,7 @@ CATALOG: tuple[Mutant, ...] = (
        ("mask=row_valid[:, None] & dim_valid[None, :])", "mask=dim_valid[None, :])")),
     _m("scale-not-log2",
        "softmax scale passed in natural-log units to an exp2 softmax",
-       ("softmax_scale * _attention.LOG2E", "softmax_scale"), file="api.py"),
+       ("softmax_scale * _attention.LOG2E.value", "softmax_scale"), file="api.py"),
     # Beyond the kernels: the planner and the argument checks are shipped code too.
     _m("planner-mistuned",
        "split-KV planner aims at 8 programs per SM instead of the measured 2 (over-splits decode)",
