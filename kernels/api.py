@@ -13,6 +13,8 @@ from .validate import FP8_CACHE_DTYPES, check_arguments
 from .workspace import Workspace
 
 FP8_E4M3_MAX = 448.0
+# Kernel-side lengths are int32.
+KV_CAPACITY_LIMIT = 2**31 - 1
 
 
 def interpreting() -> bool:
@@ -70,6 +72,15 @@ def unified_attention(
     choose, True/False force the 3D/2D path; ``num_segments`` overrides the segment count;
     ``workspace`` (a ``Workspace``) makes the 3D path allocation-free; ``batch_invariant``
     makes a sequence's output independent of the rest of the batch.
+
+    Metadata values (cu_seqlens_q, seqused_k, block_table) are not read on the host, so a call
+    never syncs and can be captured in a CUDA graph. With invalid metadata the output is
+    unspecified but the call is memory-safe: the kernels read and write nothing outside the
+    tensors they are given. Tokens outside ``[0, num_tokens)`` are neither read nor written,
+    a decreasing cu_seqlens_q gives that sequence no tokens, block ids outside
+    ``[0, num_blocks)`` (-1 and num_blocks included) make their slots invisible, seqused_k is
+    bounded by the block table's capacity (``block_table.shape[1] * block_size``) and a negative
+    one behaves as 0. ``validate_metadata`` checks the values.
     """
     check_arguments(
         q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
@@ -82,6 +93,9 @@ def unified_attention(
     if q.shape[0] == 0:
         return out
     num_tokens, num_q_heads, head_size = q.shape
+    num_seqs = cu_seqlens_q.shape[0] - 1
+    # Keys a sequence can address through its block-table row; the kernels clamp seqused_k to it.
+    kv_capacity = min(block_table.shape[1] * k.shape[1], KV_CAPACITY_LIMIT)
     window_left, window_right = effective_window(window_size, causal)
     split = plan.path == "3d"
     if split and workspace is None:
@@ -100,7 +114,8 @@ def unified_attention(
         _or(alibi_slopes, q), _or(sinks, q), _or(k_descale, q), _or(v_descale, q), _or(output_scale, q),
         part_acc, part_max, part_sum,
         *q.stride(), *out.stride(), *k.stride(), *v.stride(), *block_table.stride(), *part_strides,
-        cu_seqlens_q.shape[0] - 1, softmax_scale * _attention.LOG2E.value, softcap * _attention.LOG2E.value,
+        num_seqs, num_tokens, k.shape[0], kv_capacity,
+        softmax_scale * _attention.LOG2E.value, softcap * _attention.LOG2E.value,
         window_left, window_right, plan.num_segments,
         NUM_QUERIES_PER_KV=num_q_heads // k.shape[2], BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q,
         BLOCK_SIZE=k.shape[1], USE_SOFTCAP=softcap > 0, USE_ALIBI=alibi_slopes is not None,
@@ -110,7 +125,8 @@ def unified_attention(
     if split:
         _attention._reduce_segments_kernel[plan.reduce_grid](
             out, part_acc, part_max, part_sum, cu_seqlens_q, seqused_k, _or(sinks, q), _or(output_scale, q),
-            *out.stride(), *part_strides, cu_seqlens_q.shape[0] - 1, num_q_heads, window_left, plan.num_segments,
+            *out.stride(), *part_strides, num_seqs, num_tokens, kv_capacity, num_q_heads, window_left,
+            plan.num_segments,
             SEGMENTS_PAD=plan.segments_pad, HEADS=plan.reduce_heads, DIMS=plan.reduce_dims,
             num_warps=plan.reduce_num_warps, **common,
         )
