@@ -105,7 +105,7 @@ CATALOG: tuple[Mutant, ...] = (
        ("(-distance <= window_right)", "(-distance <= window_right + 1)")),
     _m("softcap-naive-tanh",
        "softcap through (exp(x) - exp(-x)) / (exp(x) + exp(-x)): inf / inf = NaN once |score / softcap| > 88",
-       ("return 1.0 - 2.0 / (tl.exp2(x * (2.0 * LOG2E)) + 1.0)",
+       ("return tl.where(ax < TANH_POLY_BOUND, small, large)",
         "return (tl.exp(x) - tl.exp(-x)) / (tl.exp(x) + tl.exp(-x))")),
     _m("int32-offsets",
        "cache offsets computed in int32: block * stride wraps past 2^31 elements",
