@@ -19,12 +19,20 @@ Conventions shared by every kernel here:
   ``p - j <= window_left`` and ``j - p <= window_right`` and ``j < seq_len`` (causal is
   ``window_right = 0``; unlimited is a bound larger than any length).
 - All address arithmetic that can exceed 2^31 elements is done in int64.
+- Metadata is never trusted for addressing (no input may make a kernel touch memory outside its
+  tensors, and checking values on the host would need a sync): ``_sequence_extent`` clamps a
+  sequence's token range into ``[0, num_tokens)`` and its key count into ``[0, kv_capacity]``
+  (the block table row's ``max_blocks * BLOCK_SIZE`` slots) once per program, and block ids
+  outside ``[0, num_blocks)`` hide their slots. The bounds are tensor shapes passed as scalars.
+  For valid metadata every clamp is the identity; for invalid metadata the output is unspecified.
 """
 
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+# log2(e): scores, softcap, ALiBi slopes and sink logits are converted to log2 units with it.
+# A constexpr because @triton.jit code may only read constexpr globals; host code uses .value.
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -32,7 +40,9 @@ def _sequence_of(cu_seqlens_q_ptr, index, num_seqs, BLOCK_Q: tl.constexpr, PER_S
     """Largest s with start(s) <= index, where start(s) = cu[s] // BLOCK_Q (+ s with padding).
 
     Binary search over the cumulative query lengths: no host-side mapping, so the launch
-    needs no device-to-host copy of the metadata.
+    needs no device-to-host copy of the metadata. Returns 0 when no s qualifies (only if
+    cu[0] > 0, invalid): the callers' range checks then reject ``index``. Whatever ``cu``
+    holds, the search reads only ``cu[0:num_seqs]``.
     """
     lo = 0
     hi = num_seqs
@@ -45,7 +55,22 @@ def _sequence_of(cu_seqlens_q_ptr, index, num_seqs, BLOCK_Q: tl.constexpr, PER_S
             lo = mid + 1
         else:
             hi = mid
-    return lo - 1
+    return tl.maximum(lo - 1, 0)
+
+
+@triton.jit
+def _sequence_extent(cu_seqlens_q_ptr, seqused_k_ptr, seq, num_tokens, kv_capacity):
+    """(q_start, q_len, seq_len) of sequence ``seq``, clamped so that no metadata value can
+    address memory outside q/out/the workspace or past the block table's row.
+
+    Tokens ``[q_start, q_start + q_len)`` lie inside ``[0, num_tokens)`` (a decreasing or
+    out-of-range cu_seqlens_q gives q_len 0 or a shortened range); ``seq_len`` lies in
+    ``[0, kv_capacity]`` (negative seqused_k behaves as 0). Identity on valid metadata.
+    """
+    q_start = tl.minimum(tl.maximum(tl.load(cu_seqlens_q_ptr + seq), 0), num_tokens)
+    q_end = tl.minimum(tl.maximum(tl.load(cu_seqlens_q_ptr + seq + 1), q_start), num_tokens)
+    seq_len = tl.minimum(tl.maximum(tl.load(seqused_k_ptr + seq), 0), kv_capacity)
+    return q_start, q_end - q_start, seq_len
 
 
 @triton.jit
@@ -72,17 +97,43 @@ def _visible(row_pos, key, seq_len, window_left, window_right):
     return (key[None, :] < seq_len) & (distance <= window_left) & (-distance <= window_right)
 
 
+# Below this |x| tanh comes from a polynomial: there 1 - 2 / (e^{2|x|} + 1) cancels (the
+# subtraction loses log2(1 / tanh(x)) bits: 23 at x = 1e-7), above it the cancellation costs
+# under one bit (2 / (e^1.1 + 1) = 0.4995).
+TANH_POLY_BOUND = tl.constexpr(0.55)
+
+
 @triton.jit
 def _stable_tanh(x):
-    # 1 - 2 / (e^{2x} + 1): e^{2x} overflowing to inf gives exactly 1, underflowing to 0 gives -1,
-    # so no magnitude of x produces NaN (unlike (e^x - e^-x) / (e^x + e^-x)).
-    return 1.0 - 2.0 / (tl.exp2(x * (2.0 * 1.4426950408889634)) + 1.0)
+    """tanh(x) within a few float32 ulps relative at every magnitude, never NaN for finite x.
+
+    |x| < TANH_POLY_BOUND: x + x^3 * Q(x^2), Q a degree-4 polynomial fitted (weighted least
+    squares, minimax by Lawson reweighting) to (tanh(x) - x) / x^3 on [0, 0.55]; the fit's own
+    relative error is 1e-9. Larger |x|: 1 - 2 / (e^{2|x|} + 1) with tanh's sign put back:
+    e^{2|x|} overflowing to inf gives exactly 1 (unlike (e^x - e^-x) / (e^x + e^-x), no NaN).
+    Both are computed and one is selected per element.
+    """
+    ax = tl.abs(x)
+    large = 1.0 - 2.0 / (tl.exp2(ax * (2.0 * LOG2E)) + 1.0)
+    large = tl.where(x < 0, -large, large)
+    x2 = x * x
+    q = -0.00627420945
+    q = q * x2 + 0.0210716623
+    q = q * x2 - 0.0538523069
+    q = q * x2 + 0.133325861
+    q = q * x2 - 0.333333176
+    small = x + x * x2 * q
+    return tl.where(ax < TANH_POLY_BOUND, small, large)
 
 
 @triton.jit
 def _load_kv_tile(base_ptr, phys_block, slot, stride_blk, stride_slot, stride_dim, dims, key_valid, dim_valid,
-                  TRANSPOSED: tl.constexpr, MASKED: tl.constexpr, HEAD_PADDED: tl.constexpr):
-    """Gather a tile of cache rows: ``[HEAD_PAD, TILE]`` when TRANSPOSED (keys), else ``[TILE, HEAD_PAD]``."""
+                  TRANSPOSED: tl.constexpr):
+    """Gather a tile of cache rows: ``[HEAD_PAD, TILE]`` when TRANSPOSED (keys), else ``[TILE, HEAD_PAD]``.
+
+    Always masked: even in tiles every row sees, a key whose block id is out of range must not
+    be dereferenced. The mask is constant along the contiguous head dim, so loads stay vectorized.
+    """
     row_off = phys_block * stride_blk + slot.to(tl.int64) * stride_slot
     if TRANSPOSED:
         ptrs = base_ptr + row_off[None, :] + dims[:, None] * stride_dim
@@ -90,9 +141,7 @@ def _load_kv_tile(base_ptr, phys_block, slot, stride_blk, stride_slot, stride_di
     else:
         ptrs = base_ptr + row_off[:, None] + dims[None, :] * stride_dim
         mask = key_valid[:, None] & dim_valid[None, :]
-    if MASKED or HEAD_PADDED:
-        return tl.load(ptrs, mask=mask, other=0.0)
-    return tl.load(ptrs)
+    return tl.load(ptrs, mask=mask, other=0.0)
 
 
 @triton.jit
@@ -100,9 +149,9 @@ def _attend_tiles(
     acc, m_i, l_i, q, tile_begin, tile_end,
     k_base, v_base, block_table_row, stride_bt_blk,
     stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
-    row_pos, key_lo, key_hi, seq_len, window_left, window_right,
+    row_pos, key_lo, key_hi, seq_len, window_left, window_right, num_blocks,
     qk_scale, softcap, alibi_slope, dims, dim_valid,
-    MASKED: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_PADDED: tl.constexpr,
+    MASKED: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Online softmax over KV tiles ``[tile_begin, tile_end)``; returns the updated (acc, m_i, l_i).
@@ -111,6 +160,11 @@ def _attend_tiles(
     proves it), so loads and scores skip masking. With MASKED=True keys outside
     ``[key_lo, key_hi)`` are not loaded at all (not even their block-table entry) and values
     there are zero, so NaN garbage in slots no query sees cannot reach the output.
+    In both, a block id outside ``[0, num_blocks)`` (bad metadata) is not dereferenced and its
+    keys are invisible: one compare pair per key per tile; per score element nothing in the
+    masked phase (the id check folds into ``key_valid``) and one select in the unmasked phase
+    (sm_90 PTX: the -inf bias becomes a selp). The caller keeps every key below the block
+    table's capacity.
     """
     offs = tl.arange(0, TILE)
     for tile in range(tile_begin, tile_end):
@@ -119,14 +173,18 @@ def _attend_tiles(
             key_valid = (key >= key_lo) & (key < key_hi)
             phys_block = tl.load(block_table_row + (key // BLOCK_SIZE) * stride_bt_blk, mask=key_valid, other=0)
         else:
-            key_valid = key >= 0
             phys_block = tl.load(block_table_row + (key // BLOCK_SIZE) * stride_bt_blk)
+        block_valid = (phys_block >= 0) & (phys_block < num_blocks)
+        if MASKED:
+            key_valid = key_valid & block_valid
+        else:
+            key_valid = block_valid
         phys_block = phys_block.to(tl.int64)
         slot = key % BLOCK_SIZE
         k_tile = _load_kv_tile(k_base, phys_block, slot, stride_k_blk, stride_k_slot, stride_k_dim, dims,
-                               key_valid, dim_valid, True, MASKED, HEAD_PADDED)
+                               key_valid, dim_valid, True)
         v_tile = _load_kv_tile(v_base, phys_block, slot, stride_v_blk, stride_v_slot, stride_v_dim, dims,
-                               key_valid, dim_valid, False, MASKED, HEAD_PADDED)
+                               key_valid, dim_valid, False)
         k_tile = k_tile.to(q.dtype)
         v_tile = v_tile.to(q.dtype)
 
@@ -138,6 +196,9 @@ def _attend_tiles(
         if MASKED:
             visible = _visible(row_pos, key, seq_len, window_left, window_right) & key_valid[None, :]
             scores = tl.where(visible, scores, float("-inf"))
+        else:
+            # Added last, so softcap cannot turn the -inf of a bad block id into a finite score.
+            scores += tl.where(key_valid, 0.0, float("-inf"))[None, :]
 
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         # A row that has seen no visible key yet keeps m = -inf; shifting by 0 instead keeps
@@ -152,6 +213,14 @@ def _attend_tiles(
 
 
 @triton.jit
+def _stage_tiles(STAGE: tl.constexpr, tile_a, tile_b, tile_c, tile_d):
+    """Tile range of phase STAGE: 0 -> [a, b) masked, 1 -> [b, c) unmasked, 2 -> [c, d) masked."""
+    tile_begin = tile_a if STAGE == 0 else (tile_b if STAGE == 1 else tile_c)
+    tile_end = tile_b if STAGE == 0 else (tile_c if STAGE == 1 else tile_d)
+    return tile_begin, tile_end
+
+
+@triton.jit
 def _paged_attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, block_table_ptr, cu_seqlens_q_ptr, seqused_k_ptr,
     alibi_ptr, sinks_ptr, k_descale_ptr, v_descale_ptr, output_scale_ptr,
@@ -162,7 +231,7 @@ def _paged_attention_kernel(
     stride_v_blk, stride_v_slot, stride_v_head, stride_v_dim,
     stride_bt_seq, stride_bt_blk,
     stride_part_tok, stride_part_head,
-    num_seqs, qk_scale, softcap, window_left, window_right, num_segments,
+    num_seqs, num_tokens, num_blocks, kv_capacity, qk_scale, softcap, window_left, window_right, num_segments,
     NUM_QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
     TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr,
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, USE_SINKS: tl.constexpr,
@@ -176,12 +245,11 @@ def _paged_attention_kernel(
     segment = tl.program_id(2)
 
     seq = _sequence_of(cu_seqlens_q_ptr, q_block, num_seqs, BLOCK_Q, True)
-    q_start = tl.load(cu_seqlens_q_ptr + seq)
-    q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
+    q_start, q_len, seq_len = _sequence_extent(cu_seqlens_q_ptr, seqused_k_ptr, seq, num_tokens, kv_capacity)
     local_block = q_block - (q_start // BLOCK_Q + seq)
-    if local_block * BLOCK_Q >= q_len:
+    # local_block < 0 happens only with bad metadata (a clamped q_start); such blocks own no rows.
+    if (local_block < 0) | (local_block * BLOCK_Q >= q_len):
         return
-    seq_len = tl.load(seqused_k_ptr + seq)
     context_len = seq_len - q_len
 
     rows = tl.arange(0, BLOCK_M)
@@ -223,14 +291,14 @@ def _paged_attention_kernel(
     if KV_FP8:
         scale = scale * tl.load(k_descale_ptr)
     if USE_ALIBI:
-        alibi_slope = tl.load(alibi_ptr + row_head, mask=row_valid, other=0.0).to(tl.float32) * 1.4426950408889634
+        alibi_slope = tl.load(alibi_ptr + row_head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
     else:
         alibi_slope = tl.zeros([BLOCK_M], dtype=tl.float32)
 
     acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
     if USE_SINKS and not SPLIT_KV:
         # The sink is one extra logit with no value: start the softmax from it.
-        m_i = tl.load(sinks_ptr + row_head, mask=row_valid, other=float("-inf")).to(tl.float32) * 1.4426950408889634
+        m_i = tl.load(sinks_ptr + row_head, mask=row_valid, other=float("-inf")).to(tl.float32) * LOG2E
         l_i = tl.where(m_i == float("-inf"), 0.0, 1.0)
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -239,23 +307,17 @@ def _paged_attention_kernel(
     k_base = k_ptr + kv_head.to(tl.int64) * stride_k_head
     v_base = v_ptr + kv_head.to(tl.int64) * stride_v_head
     block_table_row = block_table_ptr + seq.to(tl.int64) * stride_bt_seq
-    HEAD_PADDED: tl.constexpr = HEAD_PAD != HEAD_SIZE
 
-    acc, m_i, l_i = _attend_tiles(
-        acc, m_i, l_i, q, tile_a, tile_b, k_base, v_base, block_table_row, stride_bt_blk,
-        stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
-        row_pos, key_lo, key_hi, seq_len, window_left, window_right, scale, softcap, alibi_slope, dims, dim_valid,
-        True, TILE, BLOCK_SIZE, HEAD_PADDED, USE_SOFTCAP, USE_ALIBI, DOT_PRECISION)
-    acc, m_i, l_i = _attend_tiles(
-        acc, m_i, l_i, q, tile_b, tile_c, k_base, v_base, block_table_row, stride_bt_blk,
-        stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
-        row_pos, key_lo, key_hi, seq_len, window_left, window_right, scale, softcap, alibi_slope, dims, dim_valid,
-        False, TILE, BLOCK_SIZE, HEAD_PADDED, USE_SOFTCAP, USE_ALIBI, DOT_PRECISION)
-    acc, m_i, l_i = _attend_tiles(
-        acc, m_i, l_i, q, tile_c, tile_d, k_base, v_base, block_table_row, stride_bt_blk,
-        stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
-        row_pos, key_lo, key_hi, seq_len, window_left, window_right, scale, softcap, alibi_slope, dims, dim_valid,
-        True, TILE, BLOCK_SIZE, HEAD_PADDED, USE_SOFTCAP, USE_ALIBI, DOT_PRECISION)
+    # Three phases over [tile_a, tile_d): the masked tiles at the window's/sequence's left edge,
+    # the tiles every row sees whole (no masking), the masked tiles at the right edge. Unrolled at
+    # compile time, so each phase is its own loop specialized on MASKED.
+    for stage in tl.static_range(3):
+        tile_begin, tile_end = _stage_tiles(stage, tile_a, tile_b, tile_c, tile_d)
+        acc, m_i, l_i = _attend_tiles(
+            acc, m_i, l_i, q, tile_begin, tile_end, k_base, v_base, block_table_row, stride_bt_blk,
+            stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
+            row_pos, key_lo, key_hi, seq_len, window_left, window_right, num_blocks, scale, softcap, alibi_slope,
+            dims, dim_valid, stage != 1, TILE, BLOCK_SIZE, USE_SOFTCAP, USE_ALIBI, DOT_PRECISION)
 
     if KV_FP8:
         acc = acc * tl.load(v_descale_ptr)
@@ -282,7 +344,7 @@ def _reduce_segments_kernel(
     sinks_ptr, output_scale_ptr,
     stride_o_tok, stride_o_head, stride_o_dim,
     stride_part_tok, stride_part_head,
-    num_seqs, num_q_heads, window_left, num_segments,
+    num_seqs, num_tokens, kv_capacity, num_q_heads, window_left, num_segments,
     TILE: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr,
     HEADS: tl.constexpr, DIMS: tl.constexpr, USE_SINKS: tl.constexpr, OUT_FP8: tl.constexpr,
     OUT_FP8_MAX: tl.constexpr,
@@ -293,12 +355,11 @@ def _reduce_segments_kernel(
     """
     token = tl.program_id(0)
     seq = _sequence_of(cu_seqlens_q_ptr, token, num_seqs, 1, False)
-    q_start = tl.load(cu_seqlens_q_ptr + seq)
-    q_end = tl.load(cu_seqlens_q_ptr + seq + 1)
-    if token >= q_end:
-        return  # padding rows past the last sequence are left untouched
-    seq_len = tl.load(seqused_k_ptr + seq)
-    first_tile, tiles_per_segment, active = _segment_layout(seq_len, q_end - q_start, window_left, num_segments, TILE)
+    # The same clamped extent as the 3D kernel's, so both agree on the segment layout.
+    q_start, q_len, seq_len = _sequence_extent(cu_seqlens_q_ptr, seqused_k_ptr, seq, num_tokens, kv_capacity)
+    if (token < q_start) | (token >= q_start + q_len):
+        return  # padding rows past the last sequence (or, with bad metadata, rows no sequence owns)
+    first_tile, tiles_per_segment, active = _segment_layout(seq_len, q_len, window_left, num_segments, TILE)
 
     heads = tl.program_id(1) * HEADS + tl.arange(0, HEADS)
     head_valid = heads < num_q_heads
@@ -309,7 +370,7 @@ def _reduce_segments_kernel(
     seg_sum = tl.load(part_sum_ptr + part, mask=valid, other=0.0)
     top = tl.max(seg_max, 1)
     if USE_SINKS:
-        sink = tl.load(sinks_ptr + heads, mask=head_valid, other=float("-inf")).to(tl.float32) * 1.4426950408889634
+        sink = tl.load(sinks_ptr + heads, mask=head_valid, other=float("-inf")).to(tl.float32) * LOG2E
         top = tl.maximum(top, sink)
     # All segments empty and no sink: shift by 0 so every weight is exp2(-inf) = 0, not NaN.
     top = tl.where(top == float("-inf"), 0.0, top)

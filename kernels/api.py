@@ -9,14 +9,27 @@ import torch
 
 from . import _attention
 from .plan import INTERPRETER_NUM_SMS, LaunchPlan, effective_window, next_power_of_2, plan_launch
-from .validate import FP8_CACHE_DTYPES, check_arguments
+from .validate import FP8_CACHE_DTYPES, check_arguments, validate_metadata
 from .workspace import Workspace
 
 FP8_E4M3_MAX = 448.0
+# Kernel-side lengths are int32.
+KV_CAPACITY_LIMIT = 2**31 - 1
 
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+CHECK_METADATA_ENV = "ATTN_CHECK_METADATA"
+
+
+def metadata_check_forced() -> bool:
+    """``ATTN_CHECK_METADATA=1`` turns checked mode on for every call (read per call)."""
+    value = os.environ.get(CHECK_METADATA_ENV, "0").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{CHECK_METADATA_ENV}: expected 0 or 1, got {value!r}")
+    return value == "1"
 
 
 @functools.lru_cache(maxsize=None)
@@ -59,7 +72,7 @@ def unified_attention(
     q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
     window_size, block_table, softcap, q_descale, k_descale, v_descale,
     alibi_slopes=None, sinks=None, output_scale=None, *,
-    split_kv=None, num_segments=None, workspace=None, batch_invariant=False,
+    split_kv=None, num_segments=None, workspace=None, batch_invariant=False, check_metadata=False,
 ):
     """Paged attention over a varlen batch; writes into ``out`` and returns it.
 
@@ -69,19 +82,39 @@ def unified_attention(
     ``[num_seqs]`` (keys per sequence, new tokens included). ``split_kv`` None lets the planner
     choose, True/False force the 3D/2D path; ``num_segments`` overrides the segment count;
     ``workspace`` (a ``Workspace``) makes the 3D path allocation-free; ``batch_invariant``
-    makes a sequence's output independent of the rest of the batch.
+    makes a sequence's output independent of the rest of the batch. ``num_segments`` above
+    ``plan.MAX_SEGMENTS`` (128) is an error (``num_segments: ...``), never a silent clamp.
+    An empty batch (cu_seqlens_q ``[0]``, no sequences) returns ``out`` untouched.
+
+    Metadata values (cu_seqlens_q, seqused_k, block_table) are not read on the host, so a call
+    never syncs and can be captured in a CUDA graph. With invalid metadata the output is
+    unspecified but the call is memory-safe: the kernels read and write nothing outside the
+    tensors they are given. Tokens outside ``[0, num_tokens)`` are neither read nor written,
+    a decreasing cu_seqlens_q gives that sequence no tokens, block ids outside
+    ``[0, num_blocks)`` (-1 and num_blocks included) make their slots invisible, seqused_k is
+    bounded by the block table's capacity (``block_table.shape[1] * block_size``) and a negative
+    one behaves as 0. Checked mode, ``check_metadata=True`` or ``ATTN_CHECK_METADATA=1`` in the
+    environment (read per call), runs ``validate_metadata`` first (a device sync; not for
+    graph capture) and raises its ValueError, naming the argument, before anything is
+    launched or written.
     """
     check_arguments(
         q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
         window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
         output_scale, num_segments, workspace,
+        split_kv=split_kv, batch_invariant=batch_invariant, check_metadata=check_metadata,
     )
+    if check_metadata or metadata_check_forced():
+        validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table)
     _check_backend(q, out)
     plan = make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, split_kv=split_kv,
                      num_segments=num_segments, workspace=workspace, batch_invariant=batch_invariant)
-    if q.shape[0] == 0:
-        return out
     num_tokens, num_q_heads, head_size = q.shape
+    num_seqs = cu_seqlens_q.shape[0] - 1
+    if num_tokens == 0 or num_seqs == 0:
+        return out  # nothing to attend: launch nothing, leave out as it is
+    # Keys a sequence can address through its block-table row; the kernels clamp seqused_k to it.
+    kv_capacity = min(block_table.shape[1] * k.shape[1], KV_CAPACITY_LIMIT)
     window_left, window_right = effective_window(window_size, causal)
     split = plan.path == "3d"
     if split and workspace is None:
@@ -100,7 +133,8 @@ def unified_attention(
         _or(alibi_slopes, q), _or(sinks, q), _or(k_descale, q), _or(v_descale, q), _or(output_scale, q),
         part_acc, part_max, part_sum,
         *q.stride(), *out.stride(), *k.stride(), *v.stride(), *block_table.stride(), *part_strides,
-        cu_seqlens_q.shape[0] - 1, softmax_scale * _attention.LOG2E, softcap * _attention.LOG2E,
+        num_seqs, num_tokens, k.shape[0], kv_capacity,
+        softmax_scale * _attention.LOG2E.value, softcap * _attention.LOG2E.value,
         window_left, window_right, plan.num_segments,
         NUM_QUERIES_PER_KV=num_q_heads // k.shape[2], BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q,
         BLOCK_SIZE=k.shape[1], USE_SOFTCAP=softcap > 0, USE_ALIBI=alibi_slopes is not None,
@@ -110,9 +144,10 @@ def unified_attention(
     if split:
         _attention._reduce_segments_kernel[plan.reduce_grid](
             out, part_acc, part_max, part_sum, cu_seqlens_q, seqused_k, _or(sinks, q), _or(output_scale, q),
-            *out.stride(), *part_strides, cu_seqlens_q.shape[0] - 1, num_q_heads, window_left, plan.num_segments,
+            *out.stride(), *part_strides, num_seqs, num_tokens, kv_capacity, num_q_heads, window_left,
+            plan.num_segments,
             SEGMENTS_PAD=plan.segments_pad, HEADS=plan.reduce_heads, DIMS=plan.reduce_dims,
-            num_warps=1 if interpreting() else 4, **common,
+            num_warps=plan.reduce_num_warps, **common,
         )
     return out
 

@@ -57,6 +57,7 @@ class LaunchPlan:
     reduce_grid: tuple[int, int, int] | None
     reduce_heads: int  # query heads merged per reduction program
     reduce_dims: int  # head-dim lanes per reduction program
+    reduce_num_warps: int  # warps per reduction program
     reason: str
 
     @property
@@ -67,8 +68,9 @@ class LaunchPlan:
 def effective_window(window_size, causal: bool) -> tuple[int, int]:
     """(left, right) as non-negative bounds; causal is right = 0, -1 becomes UNLIMITED."""
     left, right = (-1, -1) if window_size is None else (int(window_size[0]), int(window_size[1]))
-    left = UNLIMITED if left < 0 else left
-    right = 0 if causal else (UNLIMITED if right < 0 else right)
+    # Bounds past UNLIMITED mean the same and would make the kernels' window arithmetic int64.
+    left = UNLIMITED if left < 0 else min(left, UNLIMITED)
+    right = 0 if causal else (UNLIMITED if right < 0 else min(right, UNLIMITED))
     return left, right
 
 
@@ -156,9 +158,12 @@ def plan_launch(
     segments = 1
     if path == "3d":
         segments = num_segments if num_segments is not None else max(heuristic_segments, 2)
+        if segments > MAX_SEGMENTS:
+            # The reduction merges every segment of a row at once; the grid's z is capped too (65,535 on CUDA).
+            raise ValueError(f"num_segments: expected at most {MAX_SEGMENTS} (MAX_SEGMENTS), got {segments}")
         if max_segments is not None:
             if num_segments is not None and num_segments > max_segments:
-                raise ValueError(f"num_segments={num_segments} exceeds the workspace's {max_segments} segments")
+                raise ValueError(f"num_segments: {num_segments} exceeds the workspace's {max_segments} segments")
             segments = min(segments, max_segments)
         if segments < 1:
             raise ValueError(f"num_segments must be >= 1, got {segments}")
@@ -183,5 +188,8 @@ def plan_launch(
         if path == "3d" else None,
         reduce_heads=reduce_heads,
         reduce_dims=reduce_dims,
+        # A reduction program holds at most HEADS x SEGMENTS x DIMS lanes; the interpreter runs
+        # one warp regardless, on GPUs 4 warps cover the 1 x 128 x 32 worst case.
+        reduce_num_warps=1 if interpreter else 4,
         reason=reason,
     )

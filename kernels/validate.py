@@ -8,11 +8,20 @@ users who want to check a batch before launching it.
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from .plan import MAX_SEGMENTS
 
 QUERY_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8_CACHE_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn",) if hasattr(torch, n))
 MIN_HEAD_SIZE, MAX_HEAD_SIZE = 16, 512
+# The kernels take softmax_scale and softcap as float32, in log2 units (times log2(e)): values
+# outside this range would reach them as inf, or softcap as 0 (then 0 / 0 = NaN).
+LOG2E = 1.4426950408889634  # the value of _attention.LOG2E, without importing triton here
+FLOAT32_MAX = float(torch.finfo(torch.float32).max) / LOG2E
+FLOAT32_TINY = float(torch.finfo(torch.float32).tiny) / LOG2E
 
 
 def _fail(arg: str, message: str, exc=ValueError):
@@ -44,12 +53,45 @@ def _expect_scale(arg: str, value, device):
         _fail(arg, f"expected device {device}, got {value.device}")
 
 
+def _expect_bool(arg: str, value, allow_none: bool = False):
+    if (value is None and allow_none) or isinstance(value, bool):
+        return
+    _fail(arg, f"expected {'None or ' if allow_none else ''}a bool, got {value!r}", TypeError)
+
+
+def _expect_float(arg: str, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(arg, f"expected a finite float, got {value!r}", TypeError)
+
+
+def _check_counts(cu_seqlens_q, seqused_k, block_table) -> int:
+    """num_seqs, from three tensors that each imply it; the odd one out is the one blamed."""
+    from_cu, from_seqused, from_table = cu_seqlens_q.shape[0] - 1, seqused_k.shape[0], block_table.shape[0]
+    if from_cu < 0:
+        _fail("cu_seqlens_q", "expected at least 1 entry (num_seqs + 1; [0] is the empty batch)")
+    if from_cu == from_seqused == from_table:
+        return from_cu
+    if from_seqused == from_table:
+        _fail("cu_seqlens_q", f"{from_cu + 1} entries describe {from_cu} sequences, but seqused_k and "
+                              f"block_table describe {from_seqused}")
+    if from_cu == from_table:
+        _fail("seqused_k", f"expected {from_cu} entries (one per sequence), got {from_seqused}")
+    if from_cu == from_seqused:
+        _fail("block_table", f"expected {from_cu} rows (one per sequence), got {from_table}")
+    _fail("cu_seqlens_q", f"{from_cu + 1} entries ({from_cu} sequences) disagree with seqused_k's "
+                          f"{from_seqused} entries and block_table's {from_table} rows")
+
+
 def check_arguments(
     q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
     window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
-    output_scale, num_segments, workspace,
+    output_scale, num_segments, workspace, *, split_kv=None, batch_invariant=False, check_metadata=False,
 ) -> None:
-    """Cheap checks; raises ValueError/TypeError naming the argument before anything is written."""
+    """Cheap checks; raises ValueError/TypeError naming the argument before anything is written.
+
+    Shapes, dtypes, strides, devices and host scalars only: never a tensor's contents, so it
+    works on ``meta`` tensors and inside CUDA-graph capture.
+    """
     _expect_tensor("q", q, 3)
     _expect_tensor("k", k, 4)
     _expect_tensor("v", v, 4)
@@ -85,29 +127,42 @@ def check_arguments(
             _fail(name, f"last dimension must be contiguous (stride 1), got stride {t.stride(-1)}")
 
     _expect_int32_vector("cu_seqlens_q", cu_seqlens_q, None)
-    if cu_seqlens_q.shape[0] < 2:
-        _fail("cu_seqlens_q", "expected at least 2 entries (num_seqs + 1)")
-    num_seqs = cu_seqlens_q.shape[0] - 1
-    _expect_int32_vector("seqused_k", seqused_k, num_seqs)
+    _expect_int32_vector("seqused_k", seqused_k, None)
     _expect_tensor("block_table", block_table, 2)
     if block_table.dtype != torch.int32:
         _fail("block_table", f"expected dtype torch.int32, got {block_table.dtype}", TypeError)
-    if block_table.shape[0] != num_seqs:
-        _fail("block_table", f"expected {num_seqs} rows (one per sequence), got {block_table.shape[0]}")
+    _check_counts(cu_seqlens_q, seqused_k, block_table)
 
     for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             _fail(name, f"expected a non-negative int, got {value!r}", TypeError if not isinstance(value, int) else ValueError)
-    if not isinstance(softmax_scale, (int, float)) or isinstance(softmax_scale, bool) or not (softmax_scale == softmax_scale) \
-            or abs(softmax_scale) == float("inf"):
+    _expect_float("softmax_scale", softmax_scale)
+    if not math.isfinite(softmax_scale):
         _fail("softmax_scale", f"expected a finite float, got {softmax_scale!r}", TypeError)
-    if not isinstance(causal, bool):
-        _fail("causal", f"expected a bool, got {causal!r}", TypeError)
+    if abs(softmax_scale) > FLOAT32_MAX:
+        _fail("softmax_scale", f"{softmax_scale!r} overflows float32 in log2 units (|scale| <= {FLOAT32_MAX:.3g})")
+    _expect_bool("causal", causal)
     if window_size is not None:
-        if len(window_size) != 2 or any(isinstance(w, bool) or not isinstance(w, int) or w < -1 for w in window_size):
+        if not isinstance(window_size, (tuple, list)):
+            _fail("window_size", f"expected None or a (left, right) tuple/list of ints >= -1, got {window_size!r}",
+                  TypeError)
+        if len(window_size) != 2:
+            _fail("window_size", f"expected 2 entries (left, right), got {len(window_size)}: {window_size!r}")
+        if any(isinstance(w, bool) or not isinstance(w, int) for w in window_size):
+            _fail("window_size", f"expected ints (-1 means unlimited), got {window_size!r}", TypeError)
+        if any(w < -1 for w in window_size):
             _fail("window_size", f"expected (left, right) ints >= -1, got {window_size!r}")
-    if softcap is not None and (not isinstance(softcap, (int, float)) or softcap < 0 or softcap != softcap):
-        _fail("softcap", f"expected a float >= 0 (0 disables it), got {softcap!r}")
+    if softcap is not None:
+        if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+            _fail("softcap", f"expected a float >= 0 (0 disables it), got {softcap!r}", TypeError)
+        if not math.isfinite(softcap) or softcap < 0:
+            _fail("softcap", f"expected a finite float >= 0 (0 disables it), got {softcap!r}")
+        if softcap > 0 and not FLOAT32_TINY <= softcap <= FLOAT32_MAX:
+            _fail("softcap", f"{softcap!r} is outside the float32 range the kernels use "
+                             f"([{FLOAT32_TINY:.3g}, {FLOAT32_MAX:.3g}], or 0 to disable)")
+    _expect_bool("split_kv", split_kv, allow_none=True)
+    _expect_bool("batch_invariant", batch_invariant)
+    _expect_bool("check_metadata", check_metadata)
 
     device = q.device
     tensors = {"k": k, "v": v, "out": out, "cu_seqlens_q": cu_seqlens_q, "seqused_k": seqused_k, "block_table": block_table}
@@ -135,32 +190,53 @@ def check_arguments(
         _expect_scale("output_scale", output_scale, device)
     if num_segments is not None and (isinstance(num_segments, bool) or not isinstance(num_segments, int) or num_segments < 1):
         _fail("num_segments", f"expected a positive int, got {num_segments!r}")
+    if num_segments is not None and num_segments > MAX_SEGMENTS:
+        # An error, not a silent clamp: the reduction merges at most MAX_SEGMENTS per row.
+        _fail("num_segments", f"expected at most {MAX_SEGMENTS} (the planner's MAX_SEGMENTS), got {num_segments}")
     if workspace is not None:
         workspace.check_fits(num_tokens, num_q_heads, head_size, device)
 
 
 def validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table) -> None:
-    """Checks that need the metadata's values (syncs the device). Raises ValueError naming the argument."""
+    """Checks that need the metadata's values (syncs the device). Raises ValueError naming the argument.
+
+    Everything the kernels only survive (see ``unified_attention``) is an error here:
+    cu_seqlens_q not starting at 0, decreasing, or ending past q's tokens; max_seqlen_q below the
+    longest query; seqused_k negative, below its sequence's query length or past its block-table
+    row's capacity; max_seqlen_k below a sequence's keys; a block id a sequence uses outside
+    ``[0, num_blocks)``. Expects tensors that passed ``check_arguments``.
+    """
+    num_tokens, num_blocks, block_size = q.shape[0], k.shape[0], k.shape[1]
+    num_seqs = _check_counts(cu_seqlens_q, seqused_k, block_table)
     cu = cu_seqlens_q.tolist()
     lens_k = seqused_k.tolist()
-    num_tokens, num_blocks, block_size = q.shape[0], k.shape[0], k.shape[1]
     if cu[0] != 0:
         _fail("cu_seqlens_q", f"must start at 0, got {cu[0]}")
     q_lens = [b - a for a, b in zip(cu, cu[1:])]
-    if any(n < 0 for n in q_lens):
-        _fail("cu_seqlens_q", f"must be non-decreasing, got {cu}")
+    for seq, q_len in enumerate(q_lens):
+        if q_len < 0:
+            _fail("cu_seqlens_q", f"must be non-decreasing, but entry {seq + 1} ({cu[seq + 1]}) < entry {seq} ({cu[seq]})")
     if cu[-1] > num_tokens:
         _fail("cu_seqlens_q", f"last entry {cu[-1]} exceeds q's {num_tokens} tokens")
     if q_lens and max(q_lens) > max_seqlen_q:
         _fail("max_seqlen_q", f"{max_seqlen_q} is below the longest query length {max(q_lens)}")
     capacity = block_table.shape[1] * block_size
     for seq, (q_len, kv_len) in enumerate(zip(q_lens, lens_k)):
+        if kv_len < 0:
+            _fail("seqused_k", f"sequence {seq} has a negative key count {kv_len}")
         if kv_len < q_len:
             _fail("seqused_k", f"sequence {seq} has {q_len} query tokens but only {kv_len} keys")
         if kv_len > capacity:
             _fail("seqused_k", f"sequence {seq} has {kv_len} keys but its block table holds {capacity}")
         if kv_len > max_seqlen_k:
             _fail("max_seqlen_k", f"{max_seqlen_k} is below sequence {seq}'s {kv_len} keys")
-        used = block_table[seq, : -(-kv_len // block_size)]
-        if used.numel() and (int(used.min()) < 0 or int(used.max()) >= num_blocks):
-            _fail("block_table", f"sequence {seq} references a block outside [0, {num_blocks})")
+    if num_seqs == 0 or block_table.shape[1] == 0:
+        return
+    # One pass over the whole table (one sync): entry (s, c) is used iff c < ceil(seqused_k[s] / block_size).
+    used_blocks = (seqused_k.to(torch.int64) + block_size - 1) // block_size
+    columns = torch.arange(block_table.shape[1], device=block_table.device)
+    bad = (columns[None, :] < used_blocks[:, None]) & ((block_table < 0) | (block_table >= num_blocks))
+    if bool(bad.any()):
+        seq, col = (int(i) for i in bad.nonzero()[0])
+        _fail("block_table", f"sequence {seq} uses block id {int(block_table[seq, col])} (column {col}), "
+                             f"outside [0, {num_blocks})")

@@ -105,7 +105,7 @@ CATALOG: tuple[Mutant, ...] = (
        ("(-distance <= window_right)", "(-distance <= window_right + 1)")),
     _m("softcap-naive-tanh",
        "softcap through (exp(x) - exp(-x)) / (exp(x) + exp(-x)): inf / inf = NaN once |score / softcap| > 88",
-       ("return 1.0 - 2.0 / (tl.exp2(x * (2.0 * 1.4426950408889634)) + 1.0)",
+       ("return tl.where(ax < TANH_POLY_BOUND, small, large)",
         "return (tl.exp(x) - tl.exp(-x)) / (tl.exp(x) + tl.exp(-x))")),
     _m("int32-offsets",
        "cache offsets computed in int32: block * stride wraps past 2^31 elements",
@@ -160,7 +160,7 @@ CATALOG: tuple[Mutant, ...] = (
        ("mask=row_valid[:, None] & dim_valid[None, :])", "mask=dim_valid[None, :])")),
     _m("scale-not-log2",
        "softmax scale passed in natural-log units to an exp2 softmax",
-       ("softmax_scale * _attention.LOG2E", "softmax_scale"), file="api.py"),
+       ("softmax_scale * _attention.LOG2E.value", "softmax_scale"), file="api.py"),
     # Beyond the kernels: the planner and the argument checks are shipped code too.
     _m("planner-mistuned",
        "split-KV planner aims at 8 programs per SM instead of the measured 2 (over-splits decode)",
@@ -173,6 +173,61 @@ CATALOG: tuple[Mutant, ...] = (
     _m("no-head-ratio-check",
        "argument checks accept a query-head count that is not a multiple of the KV-head count",
        ("    if num_kv_heads == 0 or num_q_heads % num_kv_heads:", "    if num_kv_heads == 0:"), file="validate.py"),
+    # The safety mechanisms for bad metadata and the argument checks that came with them. The
+    # bad-metadata tier (unchecked calls with invalid metadata; guard rows around out, NaN canaries
+    # just outside the cache) and the GPU memcheck tier are the intended killers; valid-input tiers
+    # cannot see the first four, by design.
+    _m("block-id-unchecked",
+       "block ids from the table are trusted: an id of -1 or num_blocks gathers K/V outside the cache",
+       ("block_valid = (phys_block >= 0) & (phys_block < num_blocks)", "block_valid = key >= 0"),
+       note="bad-metadata tier: block id -1 / num_blocks must stay invisible (NaN canary blocks just outside "
+            "k/v reach the output); memcheck reports the out-of-cache gather on a GPU"),
+    _m("block-id-upper-bound-only",
+       "block-id check forgets the lower bound: the common -1 'unused' sentinel gathers the row before the cache",
+       ("block_valid = (phys_block >= 0) & (phys_block < num_blocks)", "block_valid = phys_block < num_blocks"),
+       note="bad-metadata tier: the block id -1 case (not num_blocks); memcheck on a GPU"),
+    _m("token-rows-unclamped",
+       "a sequence's token range is taken from cu_seqlens_q as is: cu_seqlens_q[-1] > num_tokens makes the "
+       "kernels read q and write out (and the workspace) past their last row",
+       ("q_end = tl.minimum(tl.maximum(tl.load(cu_seqlens_q_ptr + seq + 1), q_start), num_tokens)",
+        "q_end = tl.load(cu_seqlens_q_ptr + seq + 1)"),
+       note="bad-metadata tier: cu_seqlens_q[-1] past num_tokens must leave the guard rows after out untouched "
+            "(under the interpreter it may also crash the process); memcheck on a GPU"),
+    _m("negative-local-block",
+       "query blocks whose clamped start lies after them are not skipped: a negative cu_seqlens_q entry "
+       "makes the kernel write rows before out's first row",
+       ("if (local_block < 0) | (local_block * BLOCK_Q >= q_len):", "if local_block * BLOCK_Q >= q_len:"),
+       note="bad-metadata tier: a negative cu_seqlens_q entry after the first (e.g. [0, -40, -40, 8]) must "
+            "leave guard rows before out untouched (guards wider than two query blocks); memcheck on a GPU"),
+    _m("seqused-unclamped",
+       "seqused_k is not bounded by the block table's capacity: keys past the row read the next row's entries "
+       "(or past the table) and gather the blocks they name",
+       ("seq_len = tl.minimum(tl.maximum(tl.load(seqused_k_ptr + seq), 0), kv_capacity)",
+        "seq_len = tl.maximum(tl.load(seqused_k_ptr + seq), 0)"),
+       note="bad-metadata tier: seqused_k past block_table.shape[1] * block_size, with the columns just past "
+            "the row naming a NaN block; memcheck on a GPU (last row of an exactly-sized table)"),
+    _m("checked-mode-ignores-flag",
+       "check_metadata=True is accepted but only the ATTN_CHECK_METADATA environment variable turns the "
+       "metadata validation on",
+       ("if check_metadata or metadata_check_forced():", "if metadata_check_forced():"), file="api.py",
+       note="a checked-mode test: check_metadata=True with invalid metadata must raise the argument's "
+            "ValueError and leave out untouched (bad_input / bad-metadata tier)"),
+    _m("softcap-no-small-branch",
+       "softcap tanh always uses 1 - 2 / (e^2x + 1): relative precision collapses for small |s / softcap| "
+       "(softcap 1e5: 5e-3 relative error, 1e7: 0.5)",
+       ("return tl.where(ax < TANH_POLY_BOUND, small, large)", "return large"),
+       note="a numerics case with a large softcap (>= 1e4, where softcap * tanh(s / softcap) ~ s) against the "
+            "float64 reference, or a tanh ulp sweep; the quick tier's softcaps are small enough to miss it"),
+    _m("softcap-inf-accepted",
+       "argument checks let softcap=inf through (only NaN and negatives rejected): every output becomes NaN",
+       ("        if not math.isfinite(softcap) or softcap < 0:", "        if softcap != softcap or softcap < 0:"),
+       file="validate.py",
+       note="bad_input tier: softcap=inf must raise ValueError '^softcap: ' with out untouched"),
+    _m("window-size-unchecked-type",
+       "window_size is not type-checked before len(): window_size=8 raises \"object of type 'int' has no len()\", "
+       "naming nothing",
+       ("        if not isinstance(window_size, (tuple, list)):", "        if False:"), file="validate.py",
+       note="bad_input tier: window_size=8 must raise an error starting 'window_size: '"),
 )
 
 BY_NAME = {m.name: m for m in CATALOG}
