@@ -42,10 +42,12 @@ STOCK = "stock"
 # keep an end-to-end run of the tiny model within a few minutes; GPU defaults are the nightly's.
 CPU_DEFAULTS = {"limit": 3, "max_gen_toks": 16, "batch_size": 4, "num_fewshot": 5}
 GPU_DEFAULTS = {"limit": 500, "max_gen_toks": 256, "batch_size": 32, "num_fewshot": 5}
+# Per family on GPU: 2 batches of 32 sequences, 8-shot prompts (~1.2k tokens) so decode runs
+# 32 sequences at ~1.2k-1.5k tokens and every GPU window (128-512) bites.
 # Per family on CPU: 0-shot prompts (~40-70 tokens) so the 32-token windows bite and each
 # family's kernel run takes seconds, not minutes, in the interpreter.
 CPU_FAMILY_DEFAULTS = {"limit": 2, "max_gen_toks": 12, "batch_size": 2, "num_fewshot": 0}
-GPU_FAMILY_DEFAULTS = {"limit": 64, "max_gen_toks": 256, "batch_size": 32, "num_fewshot": 5}
+GPU_FAMILY_DEFAULTS = {"limit": 64, "max_gen_toks": 256, "batch_size": 32, "num_fewshot": 8}
 PARITY_NOT_ACCURACY = ("random weights score 0 on gsm8k: the gate judges parity (kernel vs reference vs "
                        "transformers' attention), not accuracy")
 
@@ -79,7 +81,7 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.gsm8k", description=__doc__.split("\n\n")[0],
                                 formatter_class=DefaultsHelpFormatter)
     p.add_argument("--pretrained", default="tiny",
@@ -122,6 +124,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="skip the gold-answer oracle run that proves the task and filters are wired right")
     p.add_argument("--output", default="artifacts/gsm8k_report.json", help="JSON report path")
     p.add_argument("--verbose", action="store_true", help="lm-eval's own logging")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in args.backends if b not in (*BACKENDS, STOCK)]
