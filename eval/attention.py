@@ -6,9 +6,13 @@ builds as ``attention_mask`` for it). The mask registration is not optional: for
 implementation name the mask interface does not know, transformers skips mask creation and
 passes ``None``, and a padded batch would then silently attend to its padding.
 
-Our mask function hands the 2D padding mask through untouched; the attention function uses its
-last ``q_len`` columns to tell real new tokens from padding, packs the real ones into the varlen
-layout, appends their K/V to the paged cache and calls ``unified_attention`` on the cache.
+Our mask function (``eval.mapping.mask_request``) keeps the 2D padding mask together with the
+pattern transformers asked for. The attention function maps the call's keywords to kernel
+arguments (``eval.mapping.map_arguments``: scale, window, softcap, sinks; anything else that
+would change the math is refused), checks the requested pattern against what the kernel will
+compute, uses the padding mask's last ``q_len`` columns to tell real new tokens from padding,
+packs the real ones into the varlen layout, appends their K/V to the paged cache and calls
+``unified_attention`` on the cache.
 
 The model is run without a transformers cache on these backends, so the ``key``/``value`` an
 attention layer receives are exactly this step's new tokens; history lives only in our paged
@@ -18,6 +22,7 @@ cache. Which cache and step plan apply is set by ``PagedSession.step`` around ea
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,14 +30,21 @@ from typing import Callable
 
 import torch
 
+from . import mapping
 from .paged_cache import PagedKVCache, StepPlan
 
-BACKENDS = ("kernel", "reference", "sdpa")
+# sdpa and eager are transformers' own attention (eager where a model's features, e.g. softcap
+# or sinks, are not available to sdpa).
+BACKENDS = ("kernel", "reference", "sdpa", "eager")
 PAGED_BACKENDS = ("kernel", "reference")
-IMPLEMENTATION_NAMES = {"kernel": "paged_kernel", "reference": "paged_reference", "sdpa": "sdpa"}
+STOCK_BACKENDS = ("sdpa", "eager")
+IMPLEMENTATION_NAMES = {"kernel": "paged_kernel", "reference": "paged_reference", "sdpa": "sdpa", "eager": "eager"}
 
 # Deliberate corruptions for demonstrating that the parity gate bites (``--break-kernel``).
 BREAK_MODES = ("none", "scale", "drop-last-block")
+# A mapping that loses one feature on its way to the kernel (``--break-mapping``). It is shared
+# by both paged backends, as the real mapping is: only transformers' attention can catch it.
+MAPPING_BREAKS = ("none", "sinks", "softcap", "window")
 
 
 @dataclass
@@ -86,22 +98,41 @@ class BackendConfig:
 
     reference_precision: str = "float64"
     break_mode: str = "none"
+    break_mapping: str = "none"
 
 
 CONFIG = BackendConfig()
 
 
-def configure(reference_precision: str | None = None, break_mode: str | None = None) -> None:
+def configure(reference_precision: str | None = None, break_mode: str | None = None,
+              break_mapping: str | None = None) -> None:
     if reference_precision is not None:
         CONFIG.reference_precision = reference_precision
     if break_mode is not None:
         if break_mode not in BREAK_MODES:
             raise ValueError(f"break mode must be one of {BREAK_MODES}, got {break_mode!r}")
         CONFIG.break_mode = break_mode
+    if break_mapping is not None:
+        if break_mapping not in MAPPING_BREAKS:
+            raise ValueError(f"mapping break must be one of {MAPPING_BREAKS}, got {break_mapping!r}")
+        CONFIG.break_mapping = break_mapping
+
+
+def _broken_mapping(args: mapping.KernelArgs, mode: str) -> mapping.KernelArgs:
+    """``args`` with one feature dropped, as a mapping bug (an unread keyword) would drop it."""
+    if mode == "sinks":
+        return dataclasses.replace(args, sinks=None)
+    if mode == "softcap":
+        return dataclasses.replace(args, softcap=0.0)
+    if mode == "window":
+        return dataclasses.replace(args, window_size=(-1, -1))
+    return args
 
 
 def new_token_mask(attention_mask, batch: int, q_len: int, device) -> torch.Tensor:
     """Bool ``[batch, q_len]``: which of this step's query positions hold real tokens."""
+    if isinstance(attention_mask, mapping.MaskRequest):
+        attention_mask = attention_mask.padding
     if attention_mask is None:
         return torch.ones(batch, q_len, dtype=torch.bool, device=device)
     if attention_mask.dim() != 2:
@@ -132,20 +163,25 @@ def _broken_call(fn: Callable, mode: str) -> Callable:
     return call
 
 
-def paged_attention_forward(backend: str, module, query, key, value, attention_mask, scaling=None,
-                            dropout: float = 0.0, softcap=None, sliding_window=None, **kwargs):
+def paged_attention_forward(backend: str, module, query, key, value, attention_mask, **kwargs):
     """The transformers attention function of a paged backend.
 
     ``query`` is ``[batch, q_heads, q_len, head_dim]``, ``key``/``value`` the same with kv heads,
     all for this step's positions only; returns ``([batch, q_len, q_heads, head_dim], None)``.
+    Every keyword goes through ``mapping.map_arguments``: carried to the kernel or refused.
     """
     session = _ACTIVE.session
     if session is None or session.plan is None:
         raise RuntimeError(f"{backend} attention called outside a PagedSession step")
     plan, cache = session.plan, session.cache
     batch, num_q_heads, q_len, head_dim = query.shape
-    if dropout:
-        raise ValueError("paged attention is inference-only (dropout must be 0)")
+    args = mapping.map_arguments(module, num_q_heads, head_dim, **kwargs)
+    if not isinstance(attention_mask, mapping.MaskRequest):
+        # Without the request we cannot tell which pattern the model wants (chunked? bidirectional?).
+        mapping.refuse(module, "attention_mask", f"expected the paged mask request, got "
+                       f"{type(attention_mask).__name__}: the mask was not built through the registered mask function")
+    attention_mask.check(module, args, plan.max_seqlen_k, query.device)
+    args = _broken_mapping(args, CONFIG.break_mapping)
     real = new_token_mask(attention_mask, batch, q_len, query.device)
     counts = real.sum(dim=1).tolist()
     if counts != plan.q_lens:
@@ -163,26 +199,18 @@ def paged_attention_forward(backend: str, module, query, key, value, attention_m
         fn = _broken_call(_kernel_fn(), CONFIG.break_mode)
     else:
         fn = _reference_fn(CONFIG.reference_precision)
-    scale = float(module.scaling if scaling is None else scaling)
-    window = (-1, -1)
-    if sliding_window is not None:
-        window = (int(sliding_window) - 1, 0)
     split_kv = plan.is_decode  # a serving engine: split-KV for decode, the 2D path for prefill
     out = torch.empty_like(q)
+    sinks = None if args.sinks is None else args.sinks.to(q.device)
     fn(
         q, cache.k[layer], cache.v[layer], out, plan.cu_seqlens_q, plan.max_seqlen_q, plan.seqused_k,
-        plan.max_seqlen_k, scale, True, window, plan.block_table, float(softcap or 0.0), None, None, None,
-        split_kv=split_kv,
+        plan.max_seqlen_k, args.softmax_scale, True, args.window_size, plan.block_table, args.softcap,
+        None, None, None, sinks=sinks, split_kv=split_kv,
     )
     session.calls["split-kv" if split_kv else "2d"] += 1
     result = query.new_zeros(batch, q_len, num_q_heads, head_dim)
     result[real] = out
     return result, None
-
-
-def padding_mask_passthrough(batch_size, *args, attention_mask=None, **kwargs):
-    """Mask function for the paged backends: the 2D padding mask as given (or None)."""
-    return attention_mask
 
 
 def set_backend(model, backend: str) -> None:
@@ -219,5 +247,5 @@ def register() -> None:
             return paged_attention_forward(_backend, *args, **kwargs)
 
         AttentionInterface.register(name, forward)
-        AttentionMaskInterface.register(name, padding_mask_passthrough)
+        AttentionMaskInterface.register(name, mapping.mask_request)
     _REGISTERED = True

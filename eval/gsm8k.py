@@ -5,6 +5,10 @@ backend on the same problems and prompts, teacher-forces the gold solutions thro
 backend, prints one table per backend and a parity section per (kernel, trusted backend)
 pair, writes a JSON report, and exits non-zero when the self-check or the gate fails.
 
+With ``--family NAME`` (or ``all``) the model is a random-weight checkpoint of each family in
+``eval/families.py`` (built on first use, then loaded through the same path as ``--pretrained``);
+one table row per family follows the per-family sections.
+
 Exit status: 0 gate passed, 1 gate failed, 2 self-check failed (or bad usage), 3 crashed.
 """
 
@@ -25,52 +29,119 @@ from pathlib import Path
 
 import torch
 
-from . import parity, task
-from .attention import BACKENDS, BREAK_MODES
+from . import families, parity, task
+from .attention import BACKENDS, BREAK_MODES, MAPPING_BREAKS
 from .device import default_device, has_cuda, resolve_dtype
 
 EXIT_PASS, EXIT_GATE_FAILED, EXIT_SELF_CHECK_FAILED, EXIT_CRASHED = 0, 1, 2, 3
 BREAK_ENV = "PAV_BREAK_KERNEL"
+# "stock" in --backends: transformers' own attention for the model (its family's sdpa or eager).
+STOCK = "stock"
 
 # CPU runs go through the Triton interpreter (~10 ms per KV tile per program): the CPU defaults
 # keep an end-to-end run of the tiny model within a few minutes; GPU defaults are the nightly's.
-CPU_DEFAULTS = {"limit": 3, "max_gen_toks": 16, "batch_size": 4}
-GPU_DEFAULTS = {"limit": 500, "max_gen_toks": 256, "batch_size": 32}
+CPU_DEFAULTS = {"limit": 3, "max_gen_toks": 16, "batch_size": 4, "num_fewshot": 5}
+GPU_DEFAULTS = {"limit": 500, "max_gen_toks": 256, "batch_size": 32, "num_fewshot": 5}
+# Per family on GPU: 2 batches of 32 sequences, 8-shot prompts (~1.2k tokens) so decode runs
+# 32 sequences at ~1.2k-1.5k tokens and every GPU window (128-512) bites.
+# Per family on CPU: 0-shot prompts (~40-70 tokens) so the 32-token windows bite and each
+# family's kernel run takes seconds, not minutes, in the interpreter.
+CPU_FAMILY_DEFAULTS = {"limit": 2, "max_gen_toks": 12, "batch_size": 2, "num_fewshot": 0}
+GPU_FAMILY_DEFAULTS = {"limit": 64, "max_gen_toks": 256, "batch_size": 32, "num_fewshot": 8}
+PARITY_NOT_ACCURACY = ("random weights score 0 on gsm8k: the gate judges parity (kernel vs reference vs "
+                       "transformers' attention), not accuracy")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where the help does not already say it and X is not None."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or "") or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.gsm8k", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--pretrained", default="tiny",
                    help="HF model name or folder; 'tiny' = the embedded seeded Llama (no network, no weights)")
-    p.add_argument("--backends", default="kernel,reference,sdpa", help=f"comma-separated subset of {BACKENDS}")
+    p.add_argument("--family", default=None, choices=(*families.FAMILIES, "all"), metavar="NAME",
+                   help="random-weight checkpoint of a model family instead of --pretrained: "
+                        f"{', '.join(families.FAMILIES)}, or all")
+    p.add_argument("--backends", default=f"kernel,reference,{STOCK}",
+                   help=f"comma-separated subset of {BACKENDS}; '{STOCK}' = transformers' own attention for the "
+                        "model (eager for families sdpa cannot run, else sdpa)")
     p.add_argument("--trusted", default=None,
                    help="backends the kernel is judged against (default: every non-kernel backend run)")
-    p.add_argument("--limit", type=int, default=None, help="problems (default: %s on CPU, %s on GPU)"
-                   % (CPU_DEFAULTS["limit"], GPU_DEFAULTS["limit"]))
-    p.add_argument("--num-fewshot", type=int, default=5)
-    p.add_argument("--max-gen-toks", type=int, default=None, help="generation budget per problem (default: %s on "
-                   "CPU, %s on GPU)" % (CPU_DEFAULTS["max_gen_toks"], GPU_DEFAULTS["max_gen_toks"]))
+    cpu, gpu, fcpu, fgpu = CPU_DEFAULTS, GPU_DEFAULTS, CPU_FAMILY_DEFAULTS, GPU_FAMILY_DEFAULTS
+
+    def per_device(key: str) -> str:
+        return (f"(default: {cpu[key]} on CPU, {gpu[key]} on GPU; with --family {fcpu[key]} on CPU, "
+                f"{fgpu[key]} on GPU)")
+
+    p.add_argument("--limit", type=positive_int, default=None, help=f"problems per model {per_device('limit')}")
+    p.add_argument("--num-fewshot", type=non_negative_int, default=None,
+                   help=f"solved examples in each prompt {per_device('num_fewshot')}")
+    p.add_argument("--max-gen-toks", type=positive_int, default=None,
+                   help=f"generation budget per problem {per_device('max_gen_toks')}")
     p.add_argument("--dtype", default="auto", help="auto = bfloat16 on GPU, float32 on CPU (interpreter)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--block-size", type=int, default=16, help="paged KV cache block size")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help=f"sequences per prefill / decode batch {per_device('batch_size')}")
+    p.add_argument("--block-size", type=positive_int, default=16, help="paged KV cache block size")
     p.add_argument("--data-dir", default=None,
                    help="folder with gsm8k test.jsonl/train.jsonl (or $GSM8K_DATA_DIR); default: the hub dataset")
     p.add_argument("--seed", type=int, default=0, help="block-table shuffle seed")
-    p.add_argument("--reference-precision", default="float64", choices=("float64", "native"))
+    p.add_argument("--reference-precision", default="float64", choices=("float64", "native"),
+                   help="precision of the reference backend: float64 golden, or the model dtype")
     p.add_argument("--break-kernel", default=os.environ.get(BREAK_ENV, "none"), choices=BREAK_MODES,
                    help=f"debug: corrupt the kernel backend to see the gate fail (or ${BREAK_ENV})")
-    p.add_argument("--no-self-check", dest="self_check", action="store_false")
+    p.add_argument("--break-mapping", default="none", choices=MAPPING_BREAKS,
+                   help="debug: drop one feature (sinks / softcap / window) between transformers' arguments and "
+                        "both paged backends, to see the gate fail for the families that use it")
+    p.add_argument("--no-self-check", dest="self_check", action="store_false",
+                   help="skip the gold-answer oracle run that proves the task and filters are wired right")
     p.add_argument("--output", default="artifacts/gsm8k_report.json", help="JSON report path")
     p.add_argument("--verbose", action="store_true", help="lm-eval's own logging")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = [b for b in args.backends if b not in BACKENDS]
+    unknown = [b for b in args.backends if b not in (*BACKENDS, STOCK)]
     if unknown or not args.backends:
-        p.error(f"unknown backends {unknown}; choose from {BACKENDS}")
+        p.error(f"unknown backends {unknown}; choose from {(*BACKENDS, STOCK)}")
+    if args.family and args.pretrained != "tiny":
+        p.error("--family and --pretrained name different models; give one")
     args.device = args.device or default_device()
-    defaults = GPU_DEFAULTS if str(args.device).startswith("cuda") else CPU_DEFAULTS
+    on_gpu = str(args.device).startswith("cuda")
+    if args.family:
+        defaults = GPU_FAMILY_DEFAULTS if on_gpu else CPU_FAMILY_DEFAULTS
+    else:
+        defaults = GPU_DEFAULTS if on_gpu else CPU_DEFAULTS
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -132,6 +203,7 @@ def run_backend(model, tokenizer, backend: str, choice: task.TaskChoice, args):
         pretrained=model, tokenizer=tokenizer, backend=backend, device=args.device, batch_size=args.batch_size,
         block_size=args.block_size, max_gen_toks=args.max_gen_toks, seed=args.seed,
         reference_precision=args.reference_precision, break_kernel=args.break_kernel,
+        break_mapping=args.break_mapping,
     )
     start = time.time()
     res = _evaluate(lm, choice, args)
@@ -187,13 +259,15 @@ def _fmt(x: float, spec: str = ".4f") -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def render(report: dict) -> str:
+def render(report: dict, gate_label: str = "GATE") -> str:
     lines = []
     meta = report["run"]
     lines.append(f"gsm8k ({meta['task']}, {meta['num_fewshot']}-shot, limit {meta['limit']}, "
                  f"max_gen_toks {meta['max_gen_toks']}) | model {meta['model']} | {meta['dtype']} on {meta['device']}")
     if meta["break_kernel"] != "none":
         lines.append(f"!! kernel backend deliberately broken: {meta['break_kernel']}")
+    if meta.get("break_mapping", "none") != "none":
+        lines.append(f"!! attention mapping deliberately broken: {meta['break_mapping']} dropped (both paged backends)")
     sc = report.get("self_check")
     if sc:
         lines.append(f"self-check (gold oracle): strict {_fmt(sc['metrics']['strict-match'])} "
@@ -223,7 +297,7 @@ def render(report: dict) -> str:
                          f"{verdict:<4} ({c['note']})")
         lines.append(f"  => {'PASS' if p['passed'] else 'FAIL'}")
     lines.append("")
-    lines.append(f"GATE: {report['verdict']}")
+    lines.append(f"{gate_label}: {report['verdict']}")
     return "\n".join(lines)
 
 
@@ -233,6 +307,88 @@ def _pairs(backends: list[str], trusted: list[str] | None) -> list[tuple[str, st
         return [("kernel", t) for t in judges]
     # No kernel run: still compare what was run (e.g. reference vs sdpa) so the job says something.
     return [(backends[i], backends[j]) for i in range(len(backends)) for j in range(i + 1, len(backends))]
+
+
+def evaluate_model(args, choice: task.TaskChoice, dtype: torch.dtype, pretrained: str, stock: str,
+                   label: str) -> dict:
+    """One model through every backend, the replay and the gate: a report (no self-check)."""
+    from .lm import load_model_and_tokenizer
+
+    backends = list(dict.fromkeys(stock if b == STOCK else b for b in args.backends))
+    print(f"== loading {label} ({dtype}, {args.device})", flush=True)
+    model, tokenizer, model_path = load_model_and_tokenizer(
+        pretrained, dtype, args.device, str(choice.data_dir) if choice.data_dir else None,
+        attn_implementation="sdpa" if stock == "sdpa" else "eager")
+
+    backend_results, backend_extra = {}, {}
+    for backend in backends:
+        print(f"== {label}: {backend}", flush=True)
+        result, extra = run_backend(model, tokenizer, backend, choice, args)
+        backend_results[backend], backend_extra[backend] = result, extra
+
+    trusted = [stock if t.strip() == STOCK else t.strip() for t in args.trusted.split(",")] if args.trusted else None
+    pairs = _pairs(backends, trusted)
+    anchor = pairs[0][1] if pairs else backends[0]
+    if pairs:
+        print(f"== replaying {anchor}'s generations through the other backends", flush=True)
+        replay_anchor(backend_results, backend_extra, anchor)
+    pair_results = [parity.compare(backend_results[a], backend_results[b], dtype) for a, b in pairs]
+    gate_ok = all(p.passed for p in pair_results)
+    del model
+    return {
+        "run": {"task": choice.name, "data": choice.source, "limit": args.limit, "num_fewshot": args.num_fewshot,
+                "max_gen_toks": args.max_gen_toks, "model": label, "model_path": model_path,
+                "dtype": str(dtype).removeprefix("torch."), "device": _device_name(args.device),
+                "batch_size": args.batch_size, "block_size": args.block_size, "seed": args.seed,
+                "reference_precision": args.reference_precision, "break_kernel": args.break_kernel,
+                "break_mapping": args.break_mapping, "replay_anchor": anchor, "stock_attention": stock},
+        "backends": {
+            name: {"metrics": r.metrics, "runtime_s": r.runtime_s, "attention_calls": r.attention_calls,
+                   "samples": backend_extra[name]["samples"]}
+            for name, r in backend_results.items()
+        },
+        "parity": [p.to_dict() for p in pair_results],
+        "gate_passed": gate_ok if pair_results else None,
+    }
+
+
+def _verdict(gate_ok: bool | None, self_ok: bool) -> str:
+    if not self_ok:
+        return "FAIL (self-check)"
+    if gate_ok is None:
+        return "N/A (one backend: nothing to compare)"
+    return "PASS" if gate_ok else "FAIL"
+
+
+def _family_names(args) -> list[str]:
+    return list(families.FAMILIES) if args.family == "all" else [args.family]
+
+
+def _skip_reason(family: families.Family, on_gpu: bool) -> str | None:
+    if family.pending:
+        return f"PENDING: {family.pending}"
+    if family.real_scale and not on_gpu:
+        return "SKIP: real scale (8B parameters) runs on a GPU only; the Triton interpreter would take days"
+    return None
+
+
+def render_family_table(rows: list[dict]) -> str:
+    """One row per family: geometry, the gate's numbers against each trusted backend, verdict."""
+    header = (f"{'family':<12} {'q/kv x head':<13} {'stock':<6} {'vs reference: pre/dec mean|dlogp|':>34} "
+              f"{'vs stock: pre/dec mean|dlogp|':>30} {'flips':>6} {'time':>7}  verdict")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        if "skip" in r:
+            lines.append(f"{r['family']:<12} {r['geometry']:<13} {'':<6} {r['skip']}")
+            continue
+        cells = {}
+        for p in r["parity"]:
+            key = "reference" if p["trusted"] == "reference" else "stock"
+            cells[key] = f"{_fmt(p['mean_token_logprob_diff'], '.2e')} / {_fmt(p['decode_mean_logprob_diff'], '.2e')}"
+        flips = sum(p["confident_flips"] for p in r["parity"])
+        lines.append(f"{r['family']:<12} {r['geometry']:<13} {r['stock']:<6} {cells.get('reference', '-'):>34} "
+                     f"{cells.get('stock', '-'):>30} {flips:>6} {r['time_s']:>6.0f}s  {r['verdict']}")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -253,8 +409,6 @@ def main(argv=None) -> int:
         print("warning: bf16 under the Triton interpreter is unreliable (triton #11584); use float32/float16 on CPU",
               file=sys.stderr)
 
-    from .lm import load_model_and_tokenizer
-
     report: dict = {"command": " ".join(shlex.quote(a) for a in [sys.executable, "-m", "eval.gsm8k", *sys.argv[1:]])
                     if argv is None else "python -m eval.gsm8k " + " ".join(shlex.quote(a) for a in argv),
                     "versions": _versions()}
@@ -262,55 +416,81 @@ def main(argv=None) -> int:
     if args.self_check:
         print("== self-check: gold-answer oracle through the same task and filters", flush=True)
         self_check = run_self_check(choice, args)
-    print(f"== loading {args.pretrained} ({dtype}, {args.device})", flush=True)
-    model, tokenizer, model_path = load_model_and_tokenizer(
-        args.pretrained, dtype, args.device, str(choice.data_dir) if choice.data_dir else None)
-
-    backend_results, backend_extra = {}, {}
-    for backend in args.backends:
-        print(f"== {backend}", flush=True)
-        result, extra = run_backend(model, tokenizer, backend, choice, args)
-        backend_results[backend], backend_extra[backend] = result, extra
-
-    trusted = [t.strip() for t in args.trusted.split(",")] if args.trusted else None
-    pairs = _pairs(args.backends, trusted)
-    anchor = pairs[0][1] if pairs else args.backends[0]
-    if pairs:
-        print(f"== replaying {anchor}'s generations through the other backends", flush=True)
-        replay_anchor(backend_results, backend_extra, anchor)
-    pair_results = [parity.compare(backend_results[a], backend_results[b], dtype)
-                    for a, b in pairs]
-    gate_ok = all(p.passed for p in pair_results)
     self_ok = self_check is None or self_check["passed"]
-    verdict = "PASS" if gate_ok and self_ok else ("FAIL (self-check)" if not self_ok else "FAIL")
-    if not pair_results and self_ok:
-        verdict = "N/A (one backend: nothing to compare)"
-    report.update({
-        "run": {"task": choice.name, "data": choice.source, "limit": args.limit, "num_fewshot": args.num_fewshot,
-                "max_gen_toks": args.max_gen_toks, "model": args.pretrained, "model_path": model_path,
-                "dtype": str(dtype).removeprefix("torch."), "device": _device_name(args.device),
-                "batch_size": args.batch_size, "block_size": args.block_size, "seed": args.seed,
-                "reference_precision": args.reference_precision, "break_kernel": args.break_kernel,
-                "replay_anchor": anchor},
-        "self_check": self_check,
-        "backends": {
-            name: {"metrics": r.metrics, "runtime_s": r.runtime_s, "attention_calls": r.attention_calls,
-                   "samples": backend_extra[name]["samples"]}
-            for name, r in backend_results.items()
-        },
-        "parity": [p.to_dict() for p in pair_results],
-        "verdict": verdict,
-    })
-    text = render(report)
-    print()
-    print(text)
+
+    if args.family:
+        gate_ok = _run_families(args, choice, dtype, report, self_check)
+    else:
+        stock = "sdpa"
+        model_report = evaluate_model(args, choice, dtype, args.pretrained, stock, args.pretrained)
+        gate_ok = model_report.pop("gate_passed")
+        report.update(model_report)
+        report["self_check"] = self_check
+        report["verdict"] = _verdict(gate_ok, self_ok)
+        print()
+        print(render(report))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))
     print(f"report: {out}")
     if not self_ok:
         return EXIT_SELF_CHECK_FAILED
-    return EXIT_PASS if gate_ok else EXIT_GATE_FAILED
+    return EXIT_PASS if gate_ok is not False else EXIT_GATE_FAILED
+
+
+def _run_families(args, choice: task.TaskChoice, dtype: torch.dtype, report: dict, self_check) -> bool | None:
+    """Every requested family through ``evaluate_model``; prints their sections and the table."""
+    from .lm import load_train_docs
+
+    on_gpu = str(args.device).startswith("cuda")
+    scale = "gpu" if on_gpu else "cpu"
+    train_docs = load_train_docs(str(choice.data_dir) if choice.data_dir else None)
+    rows, reports, sections = [], {}, []
+    for name in _family_names(args):
+        family = families.FAMILIES[name]
+        skip = _skip_reason(family, on_gpu)
+        q, kv = family.heads("gpu" if skip else scale)  # a family that does not run: its published heads
+        geometry = f"{q}/{kv} x {family.head_dim}"
+        if skip:
+            rows.append({"family": name, "geometry": geometry, "skip": skip})
+            reports[name] = {"skipped": skip}
+            continue
+        start = time.time()
+        path = families.ensure_family_model(name, scale, train_docs)
+        model_report = evaluate_model(args, choice, dtype, str(path), family.stock, f"family {name} ({scale})")
+        gate = model_report.pop("gate_passed")
+        model_report["verdict"] = _verdict(gate, True)
+        model_report["family"] = {"name": name, "features": family.features, "published": family.published,
+                                  "scale": scale, "geometry": geometry,
+                                  "sliding_window": family.sliding_window(scale)}
+        reports[name] = model_report
+        sections.append(render(model_report, gate_label=f"gate [{name}]"))
+        rows.append({"family": name, "geometry": geometry, "stock": family.stock, "parity": model_report["parity"],
+                     "time_s": time.time() - start, "verdict": model_report["verdict"], "gate": gate})
+    ran = [r["gate"] for r in rows if "gate" in r]
+    if any(g is False for g in ran):
+        gate_ok = False
+    else:
+        gate_ok = True if ran and all(ran) else None
+    self_ok = self_check is None or self_check["passed"]
+    report.update({"self_check": self_check, "families": reports, "verdict": _verdict(gate_ok, self_ok),
+                   "run": {"family": args.family, "break_kernel": args.break_kernel,
+                           "break_mapping": args.break_mapping, "limit": args.limit,
+                           "num_fewshot": args.num_fewshot, "max_gen_toks": args.max_gen_toks,
+                           "dtype": str(dtype).removeprefix("torch."), "device": _device_name(args.device)}})
+    print()
+    for text in sections:
+        print(text)
+        print()
+    if self_check:
+        print(f"self-check (gold oracle): strict {_fmt(self_check['metrics']['strict-match'])} "
+              f"flexible {_fmt(self_check['metrics']['flexible-extract'])} -> {'PASS' if self_ok else 'FAIL'}")
+    if args.break_kernel != "none" or args.break_mapping != "none":
+        print(f"!! deliberately broken: kernel={args.break_kernel} mapping={args.break_mapping}")
+    print(render_family_table(rows))
+    print(PARITY_NOT_ACCURACY)
+    print(f"GATE: {report['verdict']}")
+    return gate_ok
 
 
 def cli() -> None:

@@ -69,13 +69,14 @@ class PagedAttentionLM(LM):
     ``backend`` (kernel | reference | sdpa), ``dtype`` (auto | float32 | float16 | bfloat16),
     ``device``, ``batch_size``, ``block_size``, ``max_gen_toks``, ``max_length``, ``seed``,
     ``data_dir`` (training split for the tiny model's tokenizer), ``reference_precision``
-    (float64 | native) and ``break_kernel`` (none | scale | drop-last-block, debug only).
+    (float64 | native), ``break_kernel`` (none | scale | drop-last-block, debug only) and
+    ``break_mapping`` (none | sinks | softcap | window, debug only).
     """
 
     def __init__(self, pretrained=TINY, backend: str = "kernel", dtype="auto", device=None, batch_size=8,
                  block_size: int = 16, max_gen_toks: int = 256, max_length: int | None = None, seed: int = 0,
                  data_dir: str | None = None, reference_precision: str = "float64", break_kernel: str = "none",
-                 tokenizer=None, trust_remote_code=False, **unused):
+                 break_mapping: str = "none", tokenizer=None, trust_remote_code=False, **unused):
         super().__init__()
         for key in ("max_batch_size",):
             unused.pop(key, None)
@@ -89,15 +90,20 @@ class PagedAttentionLM(LM):
             log.warning("paged-attention: no CUDA device, running on cpu")
             device = "cpu"
         if isinstance(pretrained, str):
+            # eager loads for every architecture (sdpa is refused by e.g. Gemma 2 and gpt-oss);
+            # the backend is switched right after.
             model, tokenizer, self.model_path = load_model_and_tokenizer(
-                pretrained, resolve_dtype(dtype, device), device, data_dir, trust_remote_code=_truthy(trust_remote_code)
+                pretrained, resolve_dtype(dtype, device), device, data_dir,
+                attn_implementation="sdpa" if backend == "sdpa" else "eager",
+                trust_remote_code=_truthy(trust_remote_code),
             )
         else:  # an already loaded model (the CLI loads once and switches backends)
             model, self.model_path = pretrained, getattr(pretrained, "name_or_path", "<model>")
             if tokenizer is None:
                 raise ValueError("pass tokenizer= together with a loaded model")
         self.model, self.tokenizer, self.backend = model, tokenizer, backend
-        attention.configure(reference_precision=reference_precision, break_mode=break_kernel)
+        attention.configure(reference_precision=reference_precision, break_mode=break_kernel,
+                            break_mapping=break_mapping)
         set_backend(model, backend)
         self._device = torch.device(device)
         self.batch_size = int(str(batch_size).split(":")[0]) if str(batch_size) != "auto" else 8
