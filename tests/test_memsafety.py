@@ -12,13 +12,18 @@ import pytest
 from attention_suite import memsafety
 from triage import mutants
 
-BREAKAGES = {
-    # The block-table load without its mask: reads entries past the last row's allocation.
-    "bt-unmasked": "memcheck",
-    # The reduction reading every segment, active or not: segments the 3D kernel never wrote.
-    "reduce-all-segments": "initcheck",
-}
 PROBE_CASES = ["seg-boundaries-batch", "fewer-keys-than-segments", "quick-varlen", "kv-len-1-prefill"]
+BAD_METADATA_PROBES = ["fault:block-id-past-end", "fault:block-id-minus-1", "fault:cu-past-tokens",
+                       "fault:seqused-past-table"]
+BREAKAGES = {  # catalog mutant: (tool, cases that must expose it)
+    # The block-table load without its mask: reads entries past the last row's allocation.
+    "bt-unmasked": ("memcheck", PROBE_CASES),
+    # The reduction reading every segment, active or not: segments the 3D kernel never wrote.
+    "reduce-all-segments": ("initcheck", PROBE_CASES),
+    # Bad metadata, unchecked: an out-of-range block id dereferenced, token rows past q/out.
+    "block-id-unchecked": ("memcheck", BAD_METADATA_PROBES),
+    "token-rows-unclamped": ("memcheck", BAD_METADATA_PROBES),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -37,8 +42,8 @@ def test_kernels_are_clean_under_sanitizer(tool):
 @pytest.mark.memsafety
 @pytest.mark.parametrize("name", list(BREAKAGES))
 def test_tier_reports_broken_kernels(name, tmp_path):
-    tool = BREAKAGES[name]
+    tool, probes = BREAKAGES[name]
     target = mutants.materialize(mutants.BY_NAME[name], tmp_path) / "kernels"
-    ok, report, log = memsafety.sanitize(tool, kernels_dir=str(tmp_path), selected=PROBE_CASES)
+    ok, report, log = memsafety.sanitize(tool, kernels_dir=str(tmp_path), selected=probes)
     assert f"kernels from {target}" in log, "the broken copy was not the one imported"
     assert not ok, f"{tool} did not report the '{name}' breakage"

@@ -212,6 +212,35 @@ CATALOG: tuple[Mutant, ...] = (
        ("if check_metadata or metadata_check_forced():", "if metadata_check_forced():"), file="api.py",
        note="a checked-mode test: check_metadata=True with invalid metadata must raise the argument's "
             "ValueError and leave out untouched (bad_input / bad-metadata tier)"),
+    _m("noncausal-full-tiles-past-seqlen",
+       "the unmasked-phase bound forgets seq_len: non-causal rows treat the last partial tile as fully visible "
+       "and read the cache past seqused_k (the bug vLLM fixed in PR #47305)",
+       ("    all_hi = tl.minimum(seq_len, first_pos + window_right + 1)",
+        "    all_hi = first_pos + window_right + 1"),
+       note="non-causal cases on lengths that end mid-block: numerics and poison (quick-noncausal-window, "
+            "poison-noncausal*)"),
+    _m("fp8-out-max-240",
+       "fp8 output saturates at 240 (e4m3fnuz's largest value) instead of e4m3fn's 448",
+       ("FP8_E4M3_MAX = 448.0", "FP8_E4M3_MAX = 240.0"), file="api.py",
+       note="fp8 output whose values reach the top of the range (quick-fp8kv-fp8out, fp8out-top)"),
+    _m("fp32-dot-tf32",
+       "float32 inputs take tf32 tensor-core dots (10-bit mantissa) instead of IEEE float32",
+       ('DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32"', 'DOT_PRECISION="tf32"'), file="api.py",
+       gpu_only=True,
+       note="GPU only (the interpreter computes every dot in IEEE float32): float32 cases of the quick and "
+            "numerics tiers on a GPU"),
+    _m("check-reads-values",
+       "the per-call argument checks read a metadata value (cu_seqlens_q[0]): a device sync on every call, "
+       "and an error inside CUDA-graph capture",
+       ("    _check_counts(cu_seqlens_q, seqused_k, block_table)\n",
+        "    _check_counts(cu_seqlens_q, seqused_k, block_table)\n"
+        "    if cu_seqlens_q.numel() and int(cu_seqlens_q[0]) != 0:\n"
+        "        _fail(\"cu_seqlens_q\", \"must start at 0\")\n"), file="validate.py",
+       note="dispatch tier: the checks and the planner on meta-device tensors"),
+    _m("exact-fit-table-rejected",
+       "validate_metadata rejects a sequence that fills its block-table row exactly (off by one)",
+       ("        if kv_len > capacity:", "        if kv_len >= capacity:"), file="validate.py",
+       note="bad_metadata tier: valid exact-fit tables in checked mode"),
     _m("softcap-no-small-branch",
        "softcap tanh always uses 1 - 2 / (e^2x + 1): relative precision collapses for small |s / softcap| "
        "(softcap 1e5: 5e-3 relative error, 1e7: 0.5)",
