@@ -126,15 +126,71 @@ def metadata_of(inputs: Inputs) -> Metadata:
     )
 
 
-def break_metadata(inputs: Inputs, fault: Fault, seq: int | None = None, amount: int | None = None) -> tuple:
+def break_metadata(inputs: Inputs, fault: Fault, seq: int | None = None, amount: int | None = None,
+                   in_place: bool = False) -> tuple:
     """(positional args, keyword args) of ``inputs``' call with ``fault`` applied to one sequence
-    (the table's by default). The output buffer is a fresh copy of the initial one."""
+    (the table's by default). By default the metadata tensors and the output buffer are fresh
+    copies; ``in_place`` writes the faulty metadata into ``inputs``' own tensors and calls with
+    its own ``out`` (for ``guarded`` inputs, whose tensors are views into larger buffers)."""
     meta = metadata_of(inputs)
     seq = fault.seq if seq is None else seq
     fault.apply(meta, seq % meta.num_seqs, fault.amount if amount is None else amount)
     device = inputs.q.device
-    broken = replace(inputs, cu_seqlens_q=meta.cu_seqlens_q.to(device), seqused_k=meta.seqused_k.to(device),
-                     block_table=meta.block_table.to(device))
-    args = list(broken.call_args(inputs.fresh_out()))
+    if in_place:
+        broken, out = inputs, inputs.out
+        for name in ("cu_seqlens_q", "seqused_k", "block_table"):
+            getattr(inputs, name).copy_(getattr(meta, name))
+    else:
+        out = inputs.fresh_out()
+        broken = replace(inputs, cu_seqlens_q=meta.cu_seqlens_q.to(device), seqused_k=meta.seqused_k.to(device),
+                         block_table=meta.block_table.to(device))
+    args = list(broken.call_args(out))
     args[5], args[7] = meta.max_seqlen_q, meta.max_seqlen_k  # max_seqlen_q, max_seqlen_k
     return args, dict(broken.call_kwargs())
+
+
+# Rows, blocks and block-table columns of guard on each side of a guarded tensor.
+GUARD = 4
+
+
+@dataclass
+class Guarded:
+    """Inputs whose q, k, v, out and block table are views into larger buffers (``buffers``);
+    ``regions`` says where each view sits, and every other byte of a buffer is guard."""
+
+    inputs: Inputs
+    buffers: dict
+    regions: dict
+
+    def guard_bytes(self, name: str) -> torch.Tensor:
+        """One buffer's guard as raw bytes (to compare before and after a call)."""
+        big = self.buffers[name]
+        guard = torch.ones(big.shape, dtype=torch.bool, device=big.device)
+        guard[self.regions[name]] = False
+        return big[guard].view(torch.uint8).clone()
+
+
+def guarded(inputs: Inputs, fill: float, table_fill: int) -> Guarded:
+    """A copy of ``inputs`` (dense layouts only) whose q, k, v and out sit ``GUARD`` rows/blocks inside
+    buffers filled with ``fill``, and whose block table sits inside one with ``GUARD`` more rows and
+    columns holding block id ``table_fill``. A kernel that reads a guard gives different results for
+    different fills; one that writes a guard changes it."""
+    buffers, regions = {}, {}
+
+    def inside(name, t):
+        big = torch.full((t.shape[0] + 2 * GUARD, *t.shape[1:]), fill, dtype=t.dtype, device=t.device)
+        view = big[GUARD:GUARD + t.shape[0]]
+        view.copy_(t)
+        buffers[name], regions[name] = big, (slice(GUARD, GUARD + t.shape[0]),)
+        return view
+
+    table = inputs.block_table
+    big_table = torch.full((table.shape[0] + GUARD, table.shape[1] + GUARD), table_fill, dtype=table.dtype,
+                           device=table.device)
+    big_table[: table.shape[0], : table.shape[1]] = table
+    buffers["block_table"] = big_table
+    regions["block_table"] = (slice(0, table.shape[0]), slice(0, table.shape[1]))
+    copy = replace(inputs, q=inside("q", inputs.q), k=inside("k", inputs.k), v=inside("v", inputs.v),
+                   out=inside("out", inputs.out), block_table=big_table[: table.shape[0], : table.shape[1]],
+                   cu_seqlens_q=inputs.cu_seqlens_q.clone(), seqused_k=inputs.seqused_k.clone())
+    return Guarded(copy, buffers, regions)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import reference
 from attention_suite import build, same_bits, tables
-from attention_suite.metadata_faults import BY_NAME, FAULT_CASE as BASE, FAULTS, break_metadata
+from attention_suite.metadata_faults import BY_NAME, FAULT_CASE as BASE, FAULTS, break_metadata, guarded
 
 
 def _checked_kwargs(impl, path):
@@ -48,19 +48,35 @@ def test_reference_refuses(ctx, fault):
     _refused(reference.unified_attention, args, extra, fault.arg)
 
 
+def _unchecked_stays_inside(ctx, fault, path, seq=None, amount=None):
+    """Run the faulty call unchecked twice, its tensors inside guard buffers of different contents:
+    equal outputs mean no guard byte was read, unchanged guards mean none was written. A crash
+    fails the xdist worker running it."""
+    if ctx.impl.path_unsupported(path, BASE):
+        pytest.skip(ctx.impl.path_unsupported(path, BASE))
+    outputs = []
+    for fill, table_fill in ((float("nan"), 0), (0.0, -1)):
+        clean = build(BASE, ctx.device, ctx.seed)
+        table_fill = table_fill % clean.k.shape[0]  # a valid id: what a read past the table finds is real data
+        boxed = guarded(clean, fill, table_fill)
+        before = {name: boxed.guard_bytes(name) for name in boxed.buffers}
+        args, extra = break_metadata(boxed.inputs, fault, seq, amount, in_place=True)
+        if "split_kv" in ctx.impl.params and path != "auto":
+            extra["split_kv"] = path == "3d"
+        ctx.impl.func(*args, **extra)
+        if ctx.device == "cuda":
+            torch.cuda.synchronize()  # an illegal address surfaces here
+        for name, guard in before.items():
+            assert same_bits(boxed.guard_bytes(name), guard), f"{fault.name} via {path}: wrote outside {name}"
+        outputs.append(args[3])
+    assert same_bits(outputs[0], outputs[1]), f"{fault.name} via {path}: the output depends on memory outside its tensors"
+
+
 @pytest.mark.bad_metadata
 @pytest.mark.parametrize("path", ("2d", "3d"))
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
-def test_unchecked_call_completes(ctx, fault, path):
-    """Unspecified output, but the process survives (a crash fails the xdist worker running it)."""
-    if ctx.impl.path_unsupported(path, BASE):
-        pytest.skip(ctx.impl.path_unsupported(path, BASE))
-    args, extra = break_metadata(build(BASE, ctx.device, ctx.seed), fault)
-    if "split_kv" in ctx.impl.params:
-        extra["split_kv"] = path == "3d"
-    ctx.impl.func(*args, **extra)
-    if ctx.device == "cuda":
-        torch.cuda.synchronize()  # an illegal address surfaces here
+def test_unchecked_call_stays_inside_its_tensors(ctx, fault, path):
+    _unchecked_stays_inside(ctx, fault, path)
 
 
 @pytest.mark.bad_metadata
@@ -89,16 +105,15 @@ def test_valid_boundary_metadata_is_accepted(ctx, label):
 
 @pytest.mark.bad_metadata
 @pytest.mark.quick
-@pytest.mark.parametrize("label", ["block-id-num-blocks", "cu-past-tokens", "seqused-past-table"])
-def test_quick_bad_metadata(ctx, label):
-    """A cross-section for the quick tier: each refused when checked, survived when not."""
+@pytest.mark.parametrize("path", ("2d", "3d"))
+@pytest.mark.parametrize("label", ["block-id-minus-1", "cu-past-tokens", "cu-decreasing", "seqused-past-table"])
+def test_quick_bad_metadata(ctx, label, path):
+    """A cross-section for the quick tier: refused when checked, kept inside its tensors when not."""
     fault = BY_NAME[label]
-    inputs = build(BASE, ctx.device, ctx.seed)
-    args, extra = break_metadata(inputs, fault)
-    _refused(reference.unified_attention, args, extra, fault.arg)
+    args, extra = break_metadata(build(BASE, ctx.device, ctx.seed), fault)
     if "check_metadata" in ctx.impl.params:
         _refused(ctx.impl.func, args, {**extra, "check_metadata": True}, fault.arg)
-    ctx.impl.func(*args, **extra)
+    _unchecked_stays_inside(ctx, fault, path)
 
 
 @pytest.mark.bad_metadata
@@ -107,11 +122,10 @@ def test_quick_bad_metadata(ctx, label):
 @given(fault=st.sampled_from(FAULTS), seq=st.integers(0, len(BASE.seq_lens) - 1), amount=st.integers(1, 5000),
        split=st.booleans())
 def test_random_corruption(ctx, fault, seq, amount, split):
-    """Any single corruption: refused with the right name (reference and checked mode), survived unchecked."""
+    """Any single corruption: refused with the right name (reference and checked mode), kept inside
+    its tensors unchecked."""
     args, extra = break_metadata(build(BASE, ctx.device, ctx.seed), fault, seq, amount)
     _refused(reference.unified_attention, args, extra, fault.arg)
-    if "split_kv" in ctx.impl.params:
-        extra["split_kv"] = split
     if "check_metadata" in ctx.impl.params:
         _refused(ctx.impl.func, args, {**extra, "check_metadata": True}, fault.arg)
-    ctx.impl.func(*args, **extra)
+    _unchecked_stays_inside(ctx, fault, "3d" if split else "2d", seq, amount)
