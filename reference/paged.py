@@ -5,6 +5,10 @@ cache into dense tensors, and does textbook masked softmax attention on them. It
 cache slots a sequence owns (positions ``0 .. seqused_k - 1`` through its block table), so
 unreferenced blocks and block-table entries past the last block never matter, and it zeroes
 values that no query of the sequence can see, so NaN/Inf there cannot leak into the output.
+
+Before anything is computed every argument is checked (``checks.check_call``): a call the
+reference cannot give one clear meaning raises ``ValueError``/``TypeError`` naming the argument,
+and ``out`` is left untouched.
 """
 
 from __future__ import annotations
@@ -13,22 +17,16 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import FP8_DTYPES, check_call, fail, is_fp8
 from .masks import alibi_bias, stable_softcap, visibility
 
-FP8_DTYPES = tuple(
-    getattr(torch, name) for name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2") if hasattr(torch, name)
-)
 PRECISIONS = ("float64", "native")
-
-
-def is_fp8(dtype: torch.dtype) -> bool:
-    return dtype in FP8_DTYPES
 
 
 def compute_dtype_for(q_dtype: torch.dtype, precision: str) -> torch.dtype:
     """float64 for the golden; the query's own dtype for the same-precision baseline."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        fail("precision", f"expected one of {PRECISIONS}, got {precision!r}")
     return torch.float64 if precision == "float64" else q_dtype
 
 
@@ -143,8 +141,8 @@ def unified_attention(
     ``workspace``, ``batch_invariant``, ``max_seqlen_q`` and ``max_seqlen_k`` are launch knobs
     of the kernels and are accepted and ignored here.
     """
-    if q_descale is not None:
-        raise ValueError("q_descale: fp8 queries are not supported; pass None")
+    check_call(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
+               window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks, output_scale)
     dtype = compute_dtype_for(q.dtype, precision)
     for rows, parts, _ in iter_sequences(q, k, v, cu_seqlens_q, seqused_k, softmax_scale, causal, window_size,
                                          block_table, softcap, k_descale, v_descale, alibi_slopes, sinks, dtype):

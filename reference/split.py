@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import check_call
 from .paged import compute_dtype_for, iter_sequences, write_output
 
 
@@ -74,6 +75,8 @@ def split_kv_attention(
     alibi_slopes=None, sinks=None, output_scale=None, *, num_segments=4, precision="float64", **_ignored,
 ):
     """Paged attention computed segment by segment and merged; must equal the single pass."""
+    check_call(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
+               window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks, output_scale)
     dtype = compute_dtype_for(q.dtype, precision)
     for rows, parts, seq_len in iter_sequences(q, k, v, cu_seqlens_q, seqused_k, softmax_scale, causal, window_size,
                                                block_table, softcap, k_descale, v_descale, alibi_slopes, sinks, dtype):

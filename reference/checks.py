@@ -1,0 +1,216 @@
+"""The reference's own argument checks: it refuses a call rather than guess what it means.
+
+Every check runs before anything is written to ``out``. A failure raises ``TypeError`` when an
+argument has the wrong kind (not a tensor, wrong dtype, not an int) and ``ValueError`` when it
+has the right kind but a wrong value (rank, shape, device, contents); the message always starts
+with ``"ARGNAME: "``, the argument's name in the calling convention.
+
+The contract follows the kernels' where the meaning is the same. It is deliberately looser where
+a kernel limit is an implementation matter rather than semantics: any head size >= 1, any strides,
+float64 queries, a float64 ``out`` (the golden is written into one) and the empty batch
+(``cu_seqlens_q == [0]``). Unlike the kernels it always reads the metadata, because a wrong block
+id or length would otherwise be silently "handled" (e.g. block id -1 indexes the last block).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+FP8_DTYPES = tuple(
+    getattr(torch, name) for name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2") if hasattr(torch, name)
+)
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def is_fp8(dtype: torch.dtype) -> bool:
+    return dtype in FP8_DTYPES
+
+
+def fail(arg: str, message: str, exc=ValueError):
+    raise exc(f"{arg}: {message}")
+
+
+def is_int(value) -> bool:
+    """A Python int that is not a bool (True would otherwise pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def expect_tensor(arg: str, value, ndim: int | None = None) -> None:
+    if not isinstance(value, torch.Tensor):
+        fail(arg, f"expected a torch.Tensor, got {type(value).__name__}", TypeError)
+    if ndim is not None and value.dim() != ndim:
+        fail(arg, f"expected {ndim} dimensions, got shape {tuple(value.shape)}")
+
+
+def expect_dtype(arg: str, value: torch.Tensor, allowed) -> None:
+    if value.dtype not in allowed:
+        fail(arg, f"expected dtype in {tuple(allowed)}, got {value.dtype}", TypeError)
+
+
+def expect_device(arg: str, value: torch.Tensor, device) -> None:
+    if value.device != device:
+        fail(arg, f"expected device {device} (q's), got {value.device}")
+
+
+def expect_int32(arg: str, value, ndim: int, device) -> None:
+    expect_tensor(arg, value, ndim)
+    expect_dtype(arg, value, (torch.int32,))
+    expect_device(arg, value, device)
+
+
+def expect_scalar_scale(arg: str, value, device) -> None:
+    """A one-element float32 tensor holding a finite, positive scale."""
+    expect_tensor(arg, value)
+    expect_dtype(arg, value, (torch.float32,))
+    expect_device(arg, value, device)
+    if value.numel() != 1:
+        fail(arg, f"expected a one-element tensor (per-tensor scale), got shape {tuple(value.shape)}")
+    scale = float(value.reshape(()))
+    if not (math.isfinite(scale) and scale > 0):
+        fail(arg, f"expected a finite positive scale, got {scale}")
+
+
+def check_tensors(q, k, v, out, alibi_slopes, sinks) -> None:
+    """Ranks, dtypes, shapes and devices of the data tensors."""
+    expect_tensor("q", q, 3)
+    expect_tensor("k", k, 4)
+    expect_tensor("v", v, 4)
+    expect_tensor("out", out, 3)
+    expect_dtype("q", q, FLOAT_DTYPES)
+    device = q.device
+    for name, t in (("k", k), ("v", v), ("out", out)):
+        expect_device(name, t, device)
+    if k.dtype != q.dtype and not is_fp8(k.dtype):
+        fail("k", f"expected dtype {q.dtype} (q's) or an fp8 cache, got {k.dtype}", TypeError)
+    if v.dtype != k.dtype:
+        fail("v", f"expected the same dtype as k ({k.dtype}), got {v.dtype}", TypeError)
+    if out.dtype not in (q.dtype, torch.float64) and not is_fp8(out.dtype):
+        fail("out", f"expected dtype {q.dtype} (q's), torch.float64 or fp8, got {out.dtype}", TypeError)
+    if v.shape != k.shape:
+        fail("v", f"expected the same shape as k {tuple(k.shape)}, got {tuple(v.shape)}")
+    if out.shape != q.shape:
+        fail("out", f"expected q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
+    num_tokens, num_q_heads, head_size = q.shape
+    num_blocks, block_size, num_kv_heads, kv_head_size = k.shape
+    if head_size < 1 or num_q_heads < 1:
+        fail("q", f"expected at least one head of at least one element, got shape {tuple(q.shape)}")
+    if kv_head_size != head_size:
+        fail("k", f"head size {kv_head_size} differs from q's {head_size}")
+    if num_kv_heads < 1 or num_q_heads % num_kv_heads:
+        fail("k", f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+    if num_blocks < 1 or block_size < 1:
+        fail("k", f"cache must have at least one block of at least one slot, got shape {tuple(k.shape)}")
+    for name, t in (("alibi_slopes", alibi_slopes), ("sinks", sinks)):
+        if t is None:
+            continue
+        expect_tensor(name, t, 1)
+        if not t.dtype.is_floating_point:
+            fail(name, f"expected a floating dtype, got {t.dtype}", TypeError)
+        expect_device(name, t, device)
+        if t.shape[0] != num_q_heads:
+            fail(name, f"expected {num_q_heads} entries (one per query head), got {t.shape[0]}")
+
+
+def check_scalars(max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_size, softcap) -> None:
+    for name, value in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if not is_int(value):
+            fail(name, f"expected an int, got {type(value).__name__}", TypeError)
+        if value < 0:
+            fail(name, f"expected a non-negative int, got {value}")
+    if not is_real(softmax_scale):
+        fail("softmax_scale", f"expected a float, got {type(softmax_scale).__name__}", TypeError)
+    if not math.isfinite(softmax_scale):
+        fail("softmax_scale", f"expected a finite float, got {softmax_scale}")
+    if not isinstance(causal, bool):
+        fail("causal", f"expected a bool, got {type(causal).__name__}", TypeError)
+    if window_size is not None:
+        if not isinstance(window_size, (tuple, list)):
+            fail("window_size", f"expected None or a (left, right) pair, got {type(window_size).__name__}", TypeError)
+        if len(window_size) != 2:
+            fail("window_size", f"expected 2 entries (left, right), got {len(window_size)}")
+        if not all(is_int(w) for w in window_size):
+            fail("window_size", f"expected ints, got {window_size!r}", TypeError)
+        if any(w < -1 for w in window_size):
+            fail("window_size", f"entries must be >= -1 (-1 = unlimited), got {window_size!r}")
+    if softcap is not None:
+        if not is_real(softcap):
+            fail("softcap", f"expected a float, got {type(softcap).__name__}", TypeError)
+        if not math.isfinite(softcap) or softcap < 0:
+            fail("softcap", f"expected a finite float >= 0 (0 disables it), got {softcap}")
+
+
+def check_fp8_scales(q, k, out, q_descale, k_descale, v_descale, output_scale) -> None:
+    device = q.device
+    if q_descale is not None:
+        fail("q_descale", "fp8 queries are not supported; pass None")
+    if is_fp8(k.dtype):
+        for name, t in (("k_descale", k_descale), ("v_descale", v_descale)):
+            if t is None:
+                fail(name, "required for an fp8 cache (pass a one-element float32 tensor)")
+            expect_scalar_scale(name, t, device)
+    else:
+        for name, t in (("k_descale", k_descale), ("v_descale", v_descale)):
+            if t is not None:
+                fail(name, f"only used with an fp8 cache (k is {k.dtype}); pass None")
+    if is_fp8(out.dtype) and output_scale is None:
+        fail("output_scale", "required when out is fp8")
+    if output_scale is not None:  # ignored unless out is fp8 (a float64 golden stays unscaled)
+        expect_scalar_scale("output_scale", output_scale, device)
+
+
+def check_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table) -> None:
+    """Types and shapes of the metadata tensors, then every value a sequence depends on."""
+    device = q.device
+    expect_int32("cu_seqlens_q", cu_seqlens_q, 1, device)
+    if cu_seqlens_q.shape[0] < 1:
+        fail("cu_seqlens_q", "expected num_seqs + 1 >= 1 entries, got none")
+    num_seqs = cu_seqlens_q.shape[0] - 1
+    expect_int32("seqused_k", seqused_k, 1, device)
+    if seqused_k.shape[0] != num_seqs:
+        fail("seqused_k", f"expected {num_seqs} entries (one per sequence), got {seqused_k.shape[0]}")
+    expect_int32("block_table", block_table, 2, device)
+    if block_table.shape[0] != num_seqs:
+        fail("block_table", f"expected {num_seqs} rows (one per sequence), got {block_table.shape[0]}")
+
+    cu = cu_seqlens_q.tolist()
+    num_tokens, (num_blocks, block_size) = q.shape[0], k.shape[:2]
+    if cu[0] != 0:
+        fail("cu_seqlens_q", f"must start at 0, got {cu[0]}")
+    q_lens = [b - a for a, b in zip(cu, cu[1:])]
+    if any(n < 0 for n in q_lens):
+        fail("cu_seqlens_q", f"must be non-decreasing, got {cu}")
+    if cu[-1] > num_tokens:
+        fail("cu_seqlens_q", f"last entry {cu[-1]} exceeds q's {num_tokens} tokens")
+    if q_lens and max(q_lens) > max_seqlen_q:
+        fail("max_seqlen_q", f"{max_seqlen_q} is below the longest query length {max(q_lens)}")
+    capacity = block_table.shape[1] * block_size
+    for seq, (q_len, kv_len) in enumerate(zip(q_lens, seqused_k.tolist())):
+        if kv_len < 0:
+            fail("seqused_k", f"sequence {seq} has a negative key count {kv_len}")
+        if kv_len < q_len:
+            fail("seqused_k", f"sequence {seq} has {q_len} query tokens but only {kv_len} keys")
+        if kv_len > capacity:
+            fail("seqused_k", f"sequence {seq} has {kv_len} keys but its block-table row holds {capacity}")
+        if kv_len > max_seqlen_k:
+            fail("max_seqlen_k", f"{max_seqlen_k} is below sequence {seq}'s {kv_len} keys")
+        # Only the blocks holding positions 0 .. kv_len - 1 are read; later columns may hold anything.
+        used = block_table[seq, : -(-kv_len // block_size)].tolist()
+        bad = [b for b in used if not 0 <= b < num_blocks]
+        if bad:
+            fail("block_table", f"sequence {seq} uses block id {bad[0]}, outside [0, {num_blocks})")
+
+
+def check_call(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
+               window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
+               output_scale) -> None:
+    """Every check; raises before anything is written."""
+    check_tensors(q, k, v, out, alibi_slopes, sinks)
+    check_scalars(max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_size, softcap)
+    check_fp8_scales(q, k, out, q_descale, k_descale, v_descale, output_scale)
+    check_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table)
