@@ -14,6 +14,7 @@ id or length would otherwise be silently "handled" (e.g. block id -1 indexes the
 
 from __future__ import annotations
 
+import enum
 import math
 
 import torch
@@ -22,6 +23,10 @@ FP8_DTYPES = tuple(
     getattr(torch, name) for name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2") if hasattr(torch, name)
 )
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+FP8_QUERY_DTYPE = torch.float8_e4m3fn
+# The KV-cache quantization modes, in the order of vLLM's KVQuantMode values (0, 1, 2, 3).
+KV_QUANT_MODES = ("none", "fp8_per_tensor", "int8_per_token_head", "fp8_per_token_head")
+PER_TOKEN_HEAD_MODES = ("int8_per_token_head", "fp8_per_token_head")
 
 
 def is_fp8(dtype: torch.dtype) -> bool:
@@ -82,16 +87,19 @@ def check_tensors(q, k, v, out, alibi_slopes, sinks) -> None:
     expect_tensor("k", k, 4)
     expect_tensor("v", v, 4)
     expect_tensor("out", out, 3)
-    expect_dtype("q", q, FLOAT_DTYPES)
+    expect_dtype("q", q, FLOAT_DTYPES + (FP8_QUERY_DTYPE,))
     device = q.device
     for name, t in (("k", k), ("v", v), ("out", out)):
         expect_device(name, t, device)
-    if k.dtype != q.dtype and not is_fp8(k.dtype):
-        fail("k", f"expected dtype {q.dtype} (q's) or an fp8 cache, got {k.dtype}", TypeError)
+    # k's dtype is checked against the quantization mode (check_quantization).
     if v.dtype != k.dtype:
         fail("v", f"expected the same dtype as k ({k.dtype}), got {v.dtype}", TypeError)
-    if out.dtype not in (q.dtype, torch.float64) and not is_fp8(out.dtype):
-        fail("out", f"expected dtype {q.dtype} (q's), torch.float64 or fp8, got {out.dtype}", TypeError)
+    if is_fp8(q.dtype):  # fp8 queries come from a model whose activations are 16/32-bit floats
+        out_dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    else:
+        out_dtypes = (q.dtype, torch.float64)
+    if out.dtype not in out_dtypes and not is_fp8(out.dtype):
+        fail("out", f"expected dtype in {out_dtypes} or fp8, got {out.dtype}", TypeError)
     if v.shape != k.shape:
         fail("v", f"expected the same shape as k {tuple(k.shape)}, got {tuple(v.shape)}")
     if out.shape != q.shape:
@@ -145,23 +153,123 @@ def check_scalars(max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_size
             fail("softcap", f"expected a finite float >= 0 (0 disables it), got {softcap}")
 
 
-def check_fp8_scales(q, k, out, q_descale, k_descale, v_descale, output_scale) -> None:
+def kv_quant_mode_name(mode, k_dtype: torch.dtype) -> str:
+    """The mode as one of ``KV_QUANT_MODES``.
+
+    None infers today's behaviour from the cache: an fp8 cache is per-tensor fp8, anything else
+    is unquantized. An IntEnum is accepted by member name and value (vLLM's KVQuantMode) without
+    importing its module; a plain int is refused, since a bare number says nothing about intent.
+    """
+    if mode is None:
+        return "fp8_per_tensor" if is_fp8(k_dtype) else "none"
+    if isinstance(mode, enum.IntEnum):
+        name = mode.name.lower()
+        if name not in KV_QUANT_MODES or KV_QUANT_MODES.index(name) != int(mode):
+            fail("kv_quant_mode", f"{mode!r} is not one of NONE=0, FP8_PER_TENSOR=1, INT8_PER_TOKEN_HEAD=2, "
+                                  "FP8_PER_TOKEN_HEAD=3")
+        return name
+    if not isinstance(mode, str):
+        fail("kv_quant_mode", f"expected None, a str or a KVQuantMode IntEnum, got {type(mode).__name__}", TypeError)
+    if mode not in KV_QUANT_MODES:
+        fail("kv_quant_mode", f"expected one of {KV_QUANT_MODES}, got {mode!r}")
+    return mode
+
+
+def expect_descale(arg: str, value, num_seqs: int, num_kv_heads: int, device) -> None:
+    """A per-tensor fp8 descale: one element, or one per (sequence, KV head)."""
+    expect_tensor(arg, value)
+    expect_dtype(arg, value, (torch.float32,))
+    expect_device(arg, value, device)
+    if value.numel() != 1 and tuple(value.shape) != (num_seqs, num_kv_heads):
+        fail(arg, f"expected one element or shape {(num_seqs, num_kv_heads)} (num_seqs, num_kv_heads), "
+                  f"got {tuple(value.shape)}")
+    if not (torch.isfinite(value).all() and (value > 0).all()):
+        fail(arg, "expected finite positive scales")
+
+
+def check_quantization(q, k, out, cu_seqlens_q, q_descale, k_descale, v_descale, output_scale,
+                       kv_quant_mode, k_scale_cache, v_scale_cache) -> str:
+    """fp8 queries, the KV-cache quantization mode and its scales, fp8 output; returns the mode name."""
     device = q.device
-    if q_descale is not None:
-        fail("q_descale", "fp8 queries are not supported; pass None")
-    if is_fp8(k.dtype):
-        for name, t in (("k_descale", k_descale), ("v_descale", v_descale)):
-            if t is None:
-                fail(name, "required for an fp8 cache (pass a one-element float32 tensor)")
-            expect_scalar_scale(name, t, device)
-    else:
-        for name, t in (("k_descale", k_descale), ("v_descale", v_descale)):
+    num_seqs = cu_seqlens_q.shape[0] - 1
+    num_blocks, block_size, num_kv_heads = k.shape[:3]
+    if is_fp8(q.dtype):
+        if q_descale is None:
+            fail("q_descale", "required for fp8 queries (pass a one-element float32 tensor)")
+        expect_scalar_scale("q_descale", q_descale, device)
+    elif q_descale is not None:
+        fail("q_descale", f"only used with fp8 queries (q is {q.dtype}); pass None")
+
+    mode = kv_quant_mode_name(kv_quant_mode, k.dtype)
+    if mode == "none":
+        if is_fp8(q.dtype):
+            fail("kv_quant_mode", "fp8 queries need a quantized KV cache (fp8 or int8), got mode 'none'")
+        if k.dtype != q.dtype:
+            fail("k", f"expected dtype {q.dtype} (q's) for an unquantized cache, got {k.dtype}", TypeError)
+    elif mode in ("fp8_per_tensor", "fp8_per_token_head"):
+        if not is_fp8(k.dtype):
+            fail("k", f"expected an fp8 cache for kv_quant_mode {mode!r}, got {k.dtype}", TypeError)
+    elif k.dtype != torch.int8:
+        fail("k", f"expected a torch.int8 cache for kv_quant_mode {mode!r}, got {k.dtype}", TypeError)
+
+    for name, t in (("k_descale", k_descale), ("v_descale", v_descale)):
+        if mode != "fp8_per_tensor":
             if t is not None:
-                fail(name, f"only used with an fp8 cache (k is {k.dtype}); pass None")
+                fail(name, f"only used with a per-tensor fp8 cache (mode is {mode!r}); pass None")
+            continue
+        if t is None:
+            fail(name, "required for an fp8 cache (pass a one-element float32 tensor)")
+        expect_descale(name, t, num_seqs, num_kv_heads, device)
+    for name, t in (("k_scale_cache", k_scale_cache), ("v_scale_cache", v_scale_cache)):
+        if mode not in PER_TOKEN_HEAD_MODES:
+            if t is not None:
+                fail(name, f"only used with a per-token-head kv_quant_mode (mode is {mode!r}); pass None")
+            continue
+        if t is None:
+            fail(name, f"required for kv_quant_mode {mode!r}")
+        expect_tensor(name, t, 3)
+        expect_dtype(name, t, (torch.float32,))
+        expect_device(name, t, device)
+        if tuple(t.shape) != (num_blocks, block_size, num_kv_heads):
+            fail(name, f"expected shape {(num_blocks, block_size, num_kv_heads)} (one scale per cached row), "
+                       f"got {tuple(t.shape)}")
+        # Entries are not checked: slots no query sees may hold anything, NaN included.
+
     if is_fp8(out.dtype) and output_scale is None:
         fail("output_scale", "required when out is fp8")
     if output_scale is not None:  # ignored unless out is fp8 (a float64 golden stays unscaled)
         expect_scalar_scale("output_scale", output_scale, device)
+    return mode
+
+
+def check_masking(causal, window_size, cu_seqlens_q, device, chunk_lookback, mm_prefix_range,
+                  mm_prefix_clamp_sliding_window) -> None:
+    """Chunked attention and bidirectional prefix ranges."""
+    if not is_int(chunk_lookback):
+        fail("chunk_lookback", f"expected an int, got {type(chunk_lookback).__name__}", TypeError)
+    if chunk_lookback < -1:
+        fail("chunk_lookback", f"expected -1 (off) or a lookback >= 0, got {chunk_lookback}")
+    if chunk_lookback >= 0:
+        left = -1 if window_size is None else window_size[0]
+        if not causal:
+            fail("chunk_lookback", "chunked attention is causal; got causal=False")
+        if left < 0:
+            fail("chunk_lookback", f"needs a left window (window_size[0] >= 0) to size the chunks, got {window_size!r}")
+        if (left + 1) // (chunk_lookback + 1) == 0:
+            fail("chunk_lookback", f"chunk size (window_size[0] + 1) // (chunk_lookback + 1) is 0 for "
+                                   f"window {left} and lookback {chunk_lookback}")
+    if not isinstance(mm_prefix_clamp_sliding_window, bool):
+        fail("mm_prefix_clamp_sliding_window", f"expected a bool, got {type(mm_prefix_clamp_sliding_window).__name__}",
+             TypeError)
+    if mm_prefix_range is not None:
+        num_seqs = cu_seqlens_q.shape[0] - 1
+        expect_int32("mm_prefix_range", mm_prefix_range, 3, device)
+        if mm_prefix_range.shape[0] != num_seqs or mm_prefix_range.shape[2] != 2:
+            fail("mm_prefix_range", f"expected shape ({num_seqs}, max_ranges, 2), got {tuple(mm_prefix_range.shape)}")
+        for seq, ranges in enumerate(mm_prefix_range.tolist()):
+            for start, end in ranges:
+                if start < end and start < 0:
+                    fail("mm_prefix_range", f"sequence {seq} has a range [{start}, {end}] starting before 0")
 
 
 def check_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table) -> None:
@@ -208,9 +316,14 @@ def check_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, bl
 
 def check_call(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
                window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
-               output_scale) -> None:
-    """Every check; raises before anything is written."""
+               output_scale, *, kv_quant_mode=None, k_scale_cache=None, v_scale_cache=None, chunk_lookback=-1,
+               mm_prefix_range=None, mm_prefix_clamp_sliding_window=False) -> str:
+    """Every check; raises before anything is written. Returns the KV quantization mode's name."""
     check_tensors(q, k, v, out, alibi_slopes, sinks)
     check_scalars(max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_size, softcap)
-    check_fp8_scales(q, k, out, q_descale, k_descale, v_descale, output_scale)
     check_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table)
+    mode = check_quantization(q, k, out, cu_seqlens_q, q_descale, k_descale, v_descale, output_scale,
+                              kv_quant_mode, k_scale_cache, v_scale_cache)
+    check_masking(causal, window_size, cu_seqlens_q, q.device, chunk_lookback, mm_prefix_range,
+                  mm_prefix_clamp_sliding_window)
+    return mode

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import check_call
-from .paged import compute_dtype_for, iter_sequences, write_output
+from .checks import fail
+from .paged import iter_sequences, prepare_call, round_probabilities, write_output
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ def segment_bounds(seq_len: int, num_segments: int) -> list[tuple[int, int]]:
     return [(min(s * span, seq_len), min((s + 1) * span, seq_len)) for s in range(num_segments)]
 
 
-def segment_partials(scores: torch.Tensor, values: torch.Tensor, bounds) -> Partials:
+def segment_partials(scores: torch.Tensor, values: torch.Tensor, bounds, prob_dtype=None) -> Partials:
+    """Each segment's partials; ``prob_dtype`` rounds the P of ``acc`` (not of ``expsum``), as in one pass."""
     maxes, sums, accs = [], [], []
     for start, end in bounds:
         seg_scores = scores[..., start:end]
@@ -46,7 +47,7 @@ def segment_partials(scores: torch.Tensor, values: torch.Tensor, bounds) -> Part
         weights = torch.exp(seg_scores - m_safe[..., None])
         maxes.append(m)
         sums.append(weights.sum(dim=-1))
-        accs.append(torch.matmul(weights, values[:, start:end]))
+        accs.append(torch.matmul(round_probabilities(weights, prob_dtype), values[:, start:end]))
     return Partials(torch.stack(maxes), torch.stack(sums), torch.stack(accs))
 
 
@@ -72,15 +73,25 @@ def merge_partials(partials: Partials, sinks=None) -> torch.Tensor:
 def split_kv_attention(
     q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
     window_size, block_table, softcap, q_descale, k_descale, v_descale,
-    alibi_slopes=None, sinks=None, output_scale=None, *, num_segments=4, precision="float64", **_ignored,
+    alibi_slopes=None, sinks=None, output_scale=None, *,
+    kv_quant_mode=None, k_scale_cache=None, v_scale_cache=None,
+    chunk_lookback=-1, mm_prefix_range=None, mm_prefix_clamp_sliding_window=False,
+    num_segments=4, precision="float64", split_kv=None, workspace=None, batch_invariant=False,
 ):
-    """Paged attention computed segment by segment and merged; must equal the single pass."""
-    check_call(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
-               window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks, output_scale)
-    dtype = compute_dtype_for(q.dtype, precision)
-    for rows, parts, seq_len in iter_sequences(q, k, v, cu_seqlens_q, seqused_k, softmax_scale, causal, window_size,
-                                               block_table, softcap, k_descale, v_descale, alibi_slopes, sinks, dtype):
+    """Paged attention computed segment by segment and merged; must equal the single pass.
+
+    Takes every feature keyword of ``unified_attention``; the launch knobs are ignored.
+    """
+    if isinstance(num_segments, bool) or not isinstance(num_segments, int):
+        fail("num_segments", f"expected an int, got {type(num_segments).__name__}", TypeError)
+    if num_segments < 1:
+        fail("num_segments", f"expected a positive int, got {num_segments}")
+    call = prepare_call(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
+                        window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
+                        output_scale, precision, kv_quant_mode, k_scale_cache, v_scale_cache, chunk_lookback,
+                        mm_prefix_range, mm_prefix_clamp_sliding_window)
+    for rows, parts, seq_len in iter_sequences(call):
         bounds = segment_bounds(seq_len, num_segments)
-        result = merge_partials(segment_partials(parts.scores, parts.values, bounds), parts.sinks)
-        write_output(out, rows, result.transpose(0, 1), output_scale)
+        partials = segment_partials(parts.scores, parts.values, bounds, parts.prob_dtype)
+        write_output(out, rows, merge_partials(partials, parts.sinks).transpose(0, 1), output_scale)
     return out
