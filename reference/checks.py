@@ -272,6 +272,17 @@ def check_masking(causal, window_size, cu_seqlens_q, device, chunk_lookback, mm_
                     fail("mm_prefix_range", f"sequence {seq} has a range [{start}, {end}] starting before 0")
 
 
+def check_num_segments(num_segments, allow_none: bool) -> None:
+    """The kernels' split-KV segment count (a launch knob: the reference only checks its form)."""
+    if num_segments is None and allow_none:
+        return
+    if not is_int(num_segments):
+        fail("num_segments", f"expected {'None or ' if allow_none else ''}an int, got {type(num_segments).__name__}",
+             TypeError)
+    if num_segments < 1:
+        fail("num_segments", f"expected a positive int, got {num_segments}")
+
+
 def check_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table) -> None:
     """Types and shapes of the metadata tensors, then every value a sequence depends on."""
     device = q.device

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import FP8_DTYPES, KV_QUANT_MODES, check_call, fail, is_fp8  # noqa: F401 (re-exported)
+from .checks import FP8_DTYPES, KV_QUANT_MODES, check_call, check_num_segments, fail, is_fp8  # noqa: F401 (re-exported)
 from .masks import alibi_bias, stable_softcap, visibility
 
 PRECISIONS = ("float64", "native")
@@ -181,18 +181,23 @@ def round_probabilities(weights: torch.Tensor, prob_dtype) -> torch.Tensor:
 
 
 def softmax_with_sinks(scores: torch.Tensor, values: torch.Tensor, sinks, prob_dtype=None) -> torch.Tensor:
-    """``softmax([scores, sink]) @ [values, 0]`` per head; rows with nothing visible give zeros."""
+    """``softmax([scores, sink]) @ [values, 0]`` per head; rows with nothing visible give zeros.
+
+    "Nothing visible" is decided from the row max being -inf, not from the denominator: a NaN
+    that reached a visible logit must come out as NaN, never be turned into a quiet zero row.
+    """
     row_max = scores.amax(dim=-1, keepdim=True)
     if sinks is not None:
         row_max = torch.maximum(row_max, sinks[:, None, None])
-    row_max = torch.where(torch.isinf(row_max) & (row_max < 0), torch.zeros_like(row_max), row_max)
+    empty = torch.isneginf(row_max)
+    row_max = torch.where(empty, torch.zeros_like(row_max), row_max)
     weights = torch.exp(scores - row_max)
     denom = weights.sum(dim=-1, keepdim=True)
     if sinks is not None:
         denom = denom + torch.exp(sinks[:, None, None] - row_max)
     numer = torch.matmul(round_probabilities(weights, prob_dtype), values)
-    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
-    return torch.where(denom > 0, numer / safe, torch.zeros_like(numer))
+    safe = torch.where(empty, torch.ones_like(denom), denom)
+    return torch.where(empty, torch.zeros_like(numer), numer / safe)
 
 
 def write_output(out: torch.Tensor, rows: slice, result: torch.Tensor, output_scale) -> None:
@@ -266,6 +271,7 @@ def unified_attention(
       * ``mm_prefix_range`` int32 ``[num_seqs, max_ranges, 2]`` and
         ``mm_prefix_clamp_sliding_window``: bidirectional ranges, see ``masks.visibility``.
     """
+    check_num_segments(num_segments, allow_none=True)
     call = prepare_call(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
                         window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
                         output_scale, precision, kv_quant_mode, k_scale_cache, v_scale_cache, chunk_lookback,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import fail
+from .checks import check_num_segments
 from .paged import iter_sequences, prepare_call, round_probabilities, write_output
 
 
@@ -60,14 +60,15 @@ def merge_partials(partials: Partials, sinks=None) -> torch.Tensor:
     m = partials.max.amax(dim=0)
     if sinks is not None:
         m = torch.maximum(m, sinks[:, None])
-    m_safe = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+    empty = torch.isneginf(m)  # not "denom == 0": a NaN logit must stay NaN, as in the single pass
+    m_safe = torch.where(empty, torch.zeros_like(m), m)
     rescale = torch.exp(partials.max - m_safe)  # exp(-inf) = 0 for empty segments
     denom = (partials.expsum * rescale).sum(dim=0)
     if sinks is not None:
         denom = denom + torch.exp(sinks[:, None] - m_safe)
     numer = (partials.acc * rescale[..., None]).sum(dim=0)
-    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
-    return torch.where(denom[..., None] > 0, numer / safe[..., None], torch.zeros_like(numer))
+    safe = torch.where(empty, torch.ones_like(denom), denom)
+    return torch.where(empty[..., None], torch.zeros_like(numer), numer / safe[..., None])
 
 
 def split_kv_attention(
@@ -82,10 +83,7 @@ def split_kv_attention(
 
     Takes every feature keyword of ``unified_attention``; the launch knobs are ignored.
     """
-    if isinstance(num_segments, bool) or not isinstance(num_segments, int):
-        fail("num_segments", f"expected an int, got {type(num_segments).__name__}", TypeError)
-    if num_segments < 1:
-        fail("num_segments", f"expected a positive int, got {num_segments}")
+    check_num_segments(num_segments, allow_none=False)
     call = prepare_call(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
                         window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
                         output_scale, precision, kv_quant_mode, k_scale_cache, v_scale_cache, chunk_lookback,
