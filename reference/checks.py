@@ -15,6 +15,7 @@ id or length would otherwise be silently "handled" (e.g. block id -1 indexes the
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 
 import torch
@@ -104,7 +105,7 @@ def check_tensors(q, k, v, out, alibi_slopes, sinks) -> None:
         fail("v", f"expected the same shape as k {tuple(k.shape)}, got {tuple(v.shape)}")
     if out.shape != q.shape:
         fail("out", f"expected q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
-    num_tokens, num_q_heads, head_size = q.shape
+    _, num_q_heads, head_size = q.shape
     num_blocks, block_size, num_kv_heads, kv_head_size = k.shape
     if head_size < 1 or num_q_heads < 1:
         fail("q", f"expected at least one head of at least one element, got shape {tuple(q.shape)}")
@@ -301,7 +302,7 @@ def check_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, bl
     num_tokens, (num_blocks, block_size) = q.shape[0], k.shape[:2]
     if cu[0] != 0:
         fail("cu_seqlens_q", f"must start at 0, got {cu[0]}")
-    q_lens = [b - a for a, b in zip(cu, cu[1:])]
+    q_lens = [b - a for a, b in itertools.pairwise(cu)]
     if any(n < 0 for n in q_lens):
         fail("cu_seqlens_q", f"must be non-decreasing, got {cu}")
     if cu[-1] > num_tokens:

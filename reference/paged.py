@@ -17,7 +17,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import FP8_DTYPES, KV_QUANT_MODES, check_call, check_num_segments, fail, is_fp8  # noqa: F401 (re-exported)
+from .checks import (  # noqa: F401 (re-exported)
+    FP8_DTYPES,
+    KV_QUANT_MODES,
+    check_call,
+    check_num_segments,
+    fail,
+    is_fp8,
+)
 from .masks import alibi_bias, stable_softcap, visibility
 
 PRECISIONS = ("float64", "native")
