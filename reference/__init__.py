@@ -3,13 +3,22 @@
 Never imports ``kernels``: the reference must stay independent of what it checks.
 """
 
-from .masks import visibility
+from .checks import KV_QUANT_MODES
+from .masks import chunk_size, visibility
 from .paged import FP8_DTYPES, is_fp8, unified_attention
-from .split import Partials, merge_partials, segment_bounds, segment_partials, split_kv_attention
+from .split import (
+    Partials,
+    merge_partials,
+    segment_bounds,
+    segment_partials,
+    split_kv_attention,
+)
 
 __all__ = [
     "FP8_DTYPES",
+    "KV_QUANT_MODES",
     "Partials",
+    "chunk_size",
     "is_fp8",
     "merge_partials",
     "segment_bounds",

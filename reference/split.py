@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .paged import compute_dtype_for, iter_sequences, write_output
+from .checks import check_num_segments
+from .paged import iter_sequences, prepare_call, round_probabilities, write_output
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ def segment_bounds(seq_len: int, num_segments: int) -> list[tuple[int, int]]:
     return [(min(s * span, seq_len), min((s + 1) * span, seq_len)) for s in range(num_segments)]
 
 
-def segment_partials(scores: torch.Tensor, values: torch.Tensor, bounds) -> Partials:
+def segment_partials(scores: torch.Tensor, values: torch.Tensor, bounds, prob_dtype=None) -> Partials:
+    """Each segment's partials; ``prob_dtype`` rounds the P of ``acc`` (not of ``expsum``), as in one pass."""
     maxes, sums, accs = [], [], []
     for start, end in bounds:
         seg_scores = scores[..., start:end]
@@ -45,7 +47,7 @@ def segment_partials(scores: torch.Tensor, values: torch.Tensor, bounds) -> Part
         weights = torch.exp(seg_scores - m_safe[..., None])
         maxes.append(m)
         sums.append(weights.sum(dim=-1))
-        accs.append(torch.matmul(weights, values[:, start:end]))
+        accs.append(torch.matmul(round_probabilities(weights, prob_dtype), values[:, start:end]))
     return Partials(torch.stack(maxes), torch.stack(sums), torch.stack(accs))
 
 
@@ -58,26 +60,36 @@ def merge_partials(partials: Partials, sinks=None) -> torch.Tensor:
     m = partials.max.amax(dim=0)
     if sinks is not None:
         m = torch.maximum(m, sinks[:, None])
-    m_safe = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+    empty = torch.isneginf(m)  # not "denom == 0": a NaN logit must stay NaN, as in the single pass
+    m_safe = torch.where(empty, torch.zeros_like(m), m)
     rescale = torch.exp(partials.max - m_safe)  # exp(-inf) = 0 for empty segments
     denom = (partials.expsum * rescale).sum(dim=0)
     if sinks is not None:
         denom = denom + torch.exp(sinks[:, None] - m_safe)
     numer = (partials.acc * rescale[..., None]).sum(dim=0)
-    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
-    return torch.where(denom[..., None] > 0, numer / safe[..., None], torch.zeros_like(numer))
+    safe = torch.where(empty, torch.ones_like(denom), denom)
+    return torch.where(empty[..., None], torch.zeros_like(numer), numer / safe[..., None])
 
 
 def split_kv_attention(
     q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
     window_size, block_table, softcap, q_descale, k_descale, v_descale,
-    alibi_slopes=None, sinks=None, output_scale=None, *, num_segments=4, precision="float64", **_ignored,
+    alibi_slopes=None, sinks=None, output_scale=None, *,
+    kv_quant_mode=None, k_scale_cache=None, v_scale_cache=None,
+    chunk_lookback=-1, mm_prefix_range=None, mm_prefix_clamp_sliding_window=False,
+    num_segments=4, precision="float64", split_kv=None, workspace=None, batch_invariant=False,
 ):
-    """Paged attention computed segment by segment and merged; must equal the single pass."""
-    dtype = compute_dtype_for(q.dtype, precision)
-    for rows, parts, seq_len in iter_sequences(q, k, v, cu_seqlens_q, seqused_k, softmax_scale, causal, window_size,
-                                               block_table, softcap, k_descale, v_descale, alibi_slopes, sinks, dtype):
+    """Paged attention computed segment by segment and merged; must equal the single pass.
+
+    Takes every feature keyword of ``unified_attention``; the launch knobs are ignored.
+    """
+    check_num_segments(num_segments, allow_none=False)
+    call = prepare_call(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
+                        window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
+                        output_scale, precision, kv_quant_mode, k_scale_cache, v_scale_cache, chunk_lookback,
+                        mm_prefix_range, mm_prefix_clamp_sliding_window)
+    for rows, parts, seq_len in iter_sequences(call):
         bounds = segment_bounds(seq_len, num_segments)
-        result = merge_partials(segment_partials(parts.scores, parts.values, bounds), parts.sinks)
-        write_output(out, rows, result.transpose(0, 1), output_scale)
+        partials = segment_partials(parts.scores, parts.values, bounds, parts.prob_dtype)
+        write_output(out, rows, merge_partials(partials, parts.sinks).transpose(0, 1), output_scale)
     return out
