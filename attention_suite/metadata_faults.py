@@ -104,6 +104,8 @@ class Fault:
 FAULTS = (
     Fault("cu-past-tokens", "cu_seqlens_q", _cu_past_tokens, seq=3, amount=7),
     Fault("cu-decreasing", "cu_seqlens_q", _cu_decreasing, seq=1, amount=3),
+    # Far below zero: a sequence starting 40 rows before q, wider than two query blocks.
+    Fault("cu-negative", "cu_seqlens_q", _cu_decreasing, seq=1, amount=40),
     Fault("cu-not-from-zero", "cu_seqlens_q", _cu_not_from_zero),
     Fault("block-id-past-end", "block_table", _block_id(lambda m, a: m.num_blocks + 5 + a), seq=2, amount=3),
     Fault("block-id-num-blocks", "block_table", _block_id(lambda m, a: m.num_blocks), seq=2, amount=1),
@@ -150,7 +152,7 @@ def break_metadata(inputs: Inputs, fault: Fault, seq: int | None = None, amount:
 
 
 # Rows, blocks and block-table columns of guard on each side of a guarded tensor.
-GUARD = 4
+GUARD = 64
 
 
 @dataclass

@@ -24,7 +24,7 @@ def test_poison_changes_nothing(ctx, case, path):
 @pytest.mark.poison
 @pytest.mark.parametrize("path", ("2d", "3d"))
 # Windowed decode with segments (the densest poison), and non-causal tiles that must stop at seq_len.
-@pytest.mark.parametrize("label", ["poison-window-decode", "poison-noncausal-window"])
+@pytest.mark.parametrize("label", ["poison-window-decode", "poison-noncausal"])
 def test_quick_poison(ctx, label, path):
     case = tables.find(label)
     skip_if_unsupported(ctx.impl, case, path)
