@@ -248,7 +248,7 @@ def measure_bandwidths(device: torch.device, target_s: float = 0.2) -> dict[str,
         try:
             out[name] = {"what": what, **measure(device, target_s=target_s)}
         except Exception as exc:  # noqa: BLE001 - a failed measurement is recorded; the others set the floor
-            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
             out[name] = {"what": what, "gbps": None, "error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
     return out
 
