@@ -28,6 +28,7 @@ LABELS = {
 HEURISTIC_TOLERANCE = 0.03
 FLEX_LABEL = "FlexAttention (paged, torch)"
 ABOVE_FLOOR_MARK = "*"  # a time under the floor (above 100% of it): the floor's bandwidth is not the card's limit
+MISMATCH_MARK = "!"  # the output failed the check: the time is shown but not compared
 
 
 # -- derived numbers -------------------------------------------------------------------------
@@ -68,8 +69,13 @@ def mark_above_floor(rec: dict) -> list[str]:
     return above
 
 
+def mismatched(rec: dict, impl: str) -> bool:
+    return impl in ((rec.get("check") or {}).get("mismatch") or {})
+
+
 def fastest_peer(rec: dict, peers: list[str]) -> tuple[str | None, float | None]:
-    timed = {p: us(rec, p) for p in peers if us(rec, p) is not None}
+    """The fastest peer whose output passed the check (a wrong answer's speed is not a comparison)."""
+    timed = {p: us(rec, p) for p in peers if us(rec, p) is not None and not mismatched(rec, p)}
     if not timed:
         return None, None
     best = min(timed, key=timed.get)
@@ -133,6 +139,7 @@ def _time_cell(rec: dict, impl: str, suffix: str = "") -> str:
     if t is None:
         return "n/a"
     mark = ABOVE_FLOOR_MARK if rec.get("floor_us") and t < rec["floor_us"] else ""
+    mark += MISMATCH_MARK if mismatched(rec, impl) else ""
     return f"{t:.1f}{mark}{suffix}"
 
 
@@ -305,7 +312,8 @@ same paged inputs (vllm: vLLM's Triton unified attention with its backend's 2D/3
 "floor" is the HBM floor: bytes that must move (K and V once, q and out once) over the bandwidth
 measured in the same run: the best of a 1 GiB device-to-device copy (read+write bytes counted),
 torch.sum and a streaming Triton read kernel, unless --floor-bandwidth says otherwise. A time
-marked * ran faster than that floor (above 100%). "% of floor" is
+marked * ran faster than that floor (above 100%); one marked ! produced a wrong output (see the
+notes) and is left out of "vs fastest peer". "% of floor" is
 floor / time (100% = at the roofline). "vs 2D" is forced-2D time / time (above 1x = faster than
 2D). TFLOP/s counts the causal mask's visible (query, key) pairs exactly: 4 x head_size x
 query heads per pair."""
