@@ -26,9 +26,24 @@ LABELS = {
 }
 # Slack for "heuristic never slower than the better forced path": replay-to-replay noise.
 HEURISTIC_TOLERANCE = 0.03
+FLEX_LABEL = "FlexAttention (paged, torch)"
+ABOVE_FLOOR_MARK = "*"  # a time under the floor (above 100% of it): the floor's bandwidth is not the card's limit
+MISMATCH_MARK = "!"  # the output failed the check: the time is shown but not compared
 
 
 # -- derived numbers -------------------------------------------------------------------------
+def peer_names(data: dict) -> list[str]:
+    """Columns beyond ours and SDPA, in run order: every --impl peer, then flex if it was on."""
+    names = [p["name"] for p in data.get("peers") or []]
+    flex_on = (data.get("flex") or {}).get("enabled") or any("flex" in (r.get("results") or {})
+                                                             for r in data.get("points", []))
+    return names + (["flex"] if flex_on else [])
+
+
+def label(impl: str) -> str:
+    return LABELS.get(impl) or (FLEX_LABEL if impl == "flex" else f"peer {impl}")
+
+
 def us(rec: dict, impl: str) -> float | None:
     r = rec.get("results", {}).get(impl) or {}
     v = r.get("us")
@@ -39,6 +54,32 @@ def pct_of_floor(rec: dict, impl: str) -> float | None:
     """Floor time over measured time, in percent: 100% means the call ran at the HBM roofline."""
     t, floor = us(rec, impl), rec.get("floor_us")
     return None if t is None or not floor else 100.0 * floor / t
+
+
+def mark_above_floor(rec: dict) -> list[str]:
+    """Flag (in rec's results) and list the implementations that ran faster than the floor allows."""
+    floor, above = rec.get("floor_us"), []
+    for impl, r in (rec.get("results") or {}).items():
+        t = us(rec, impl)
+        if floor and t is not None and t < floor:
+            r["above_floor"] = True
+            above.append(impl)
+        else:
+            r.pop("above_floor", None)
+    return above
+
+
+def mismatched(rec: dict, impl: str) -> bool:
+    return impl in ((rec.get("check") or {}).get("mismatch") or {})
+
+
+def fastest_peer(rec: dict, peers: list[str]) -> tuple[str | None, float | None]:
+    """The fastest peer whose output passed the check (a wrong answer's speed is not a comparison)."""
+    timed = {p: us(rec, p) for p in peers if us(rec, p) is not None and not mismatched(rec, p)}
+    if not timed:
+        return None, None
+    best = min(timed, key=timed.get)
+    return best, timed[best]
 
 
 def speedup_vs_2d(rec: dict, impl: str) -> float | None:
@@ -93,9 +134,22 @@ def _plan_text(rec: dict) -> str:
     return f"3D/{segs}" if path == "3d" else "2D"
 
 
+def _time_cell(rec: dict, impl: str, suffix: str = "") -> str:
+    t = us(rec, impl)
+    if t is None:
+        return "n/a"
+    mark = ABOVE_FLOOR_MARK if rec.get("floor_us") and t < rec["floor_us"] else ""
+    mark += MISMATCH_MARK if mismatched(rec, impl) else ""
+    return f"{t:.1f}{mark}{suffix}"
+
+
 def sweep_table(data: dict) -> str:
-    head = ("| point | heuristic plan | heuristic us | 2D us | 3D us (segs) | SDPA flash us | SDPA cuDNN us | "
-            "floor us | heuristic % of floor | heuristic vs 2D | 3D vs 2D | TFLOP/s (heuristic) | target |")
+    peers = peer_names(data)
+    peer_heads = "".join(f" {'flex' if p == 'flex' else p} us |" for p in peers)
+    vs_peer = " heuristic vs fastest peer |" if peers else ""
+    head = ("| point | heuristic plan | heuristic us | 2D us | 3D us (segs) | SDPA flash us | SDPA cuDNN us |"
+            f"{peer_heads} floor us | heuristic % of floor | heuristic vs 2D | 3D vs 2D |{vs_peer} "
+            "TFLOP/s (heuristic) | target |")
     cols = head.count("|") - 1
     lines = [head, "|" + "|".join(["---"] * cols) + "|"]
     for rec in data.get("points", []):
@@ -103,16 +157,19 @@ def sweep_table(data: dict) -> str:
             lines.append(f"| {rec['name']} | error: {rec['error'][:120]} |" + " |" * (cols - 2))
             continue
         seg3 = rec.get("forced3d_segments")
-        t3 = us(rec, "3d")
-        cell3 = "n/a" if t3 is None else f"{t3:.1f} ({seg3})"
         tf = _f(tflops(rec, "heuristic")) if rec.get("kind") != "decode" else ""
         tgt_text, _ = target_status(rec)
-        lines.append("| " + " | ".join([
-            rec["name"], _plan_text(rec), _f(us(rec, "heuristic")), _f(us(rec, "2d")), cell3,
-            _f(us(rec, "sdpa-flash")), _f(us(rec, "sdpa-cudnn")), _f(rec.get("floor_us")),
-            _f(pct_of_floor(rec, "heuristic"), "{:.0f}%"), _f(speedup_vs_2d(rec, "heuristic"), "{:.2f}x"),
-            _f(speedup_vs_2d(rec, "3d"), "{:.2f}x"), tf, tgt_text,
-        ]) + " |")
+        cells = [rec["name"], _plan_text(rec), _time_cell(rec, "heuristic"), _time_cell(rec, "2d"),
+                 _time_cell(rec, "3d", f" ({seg3})"), _time_cell(rec, "sdpa-flash"), _time_cell(rec, "sdpa-cudnn")]
+        cells += [_time_cell(rec, p) for p in peers]
+        cells += [_f(rec.get("floor_us")), _f(pct_of_floor(rec, "heuristic"), "{:.0f}%"),
+                  _f(speedup_vs_2d(rec, "heuristic"), "{:.2f}x"), _f(speedup_vs_2d(rec, "3d"), "{:.2f}x")]
+        if peers:
+            best, t_best = fastest_peer(rec, peers)
+            h = us(rec, "heuristic")
+            cells.append("n/a" if best is None or h is None else f"{t_best / h:.2f}x ({best})")
+        cells += [tf, tgt_text]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -136,6 +193,22 @@ def checks_text(data: dict) -> str:
             else:
                 best = "2D" if (us(rec, "2d") or math.inf) <= (us(rec, "3d") or math.inf) else "3D"
                 out.append(f"- {rec['name']}: {ratio:.3f}x the better forced path ({best}) -> {'ok' if ok else 'SLOWER'}")
+    peers = peer_names(data)
+    if peers:
+        out.append("Heuristic vs every peer (" + ", ".join(peers) + "; ratio = fastest peer's time / ours, "
+                   "above 1x = ours faster):")
+        for rec in data.get("points", []):
+            best, t_best = fastest_peer(rec, peers)
+            h = us(rec, "heuristic")
+            if best is None or h is None:
+                out.append(f"- {rec['name']}: not measured")
+            else:
+                verdict = "ours faster" if h < t_best else f"SLOWER than {best}"
+                out.append(f"- {rec['name']}: {t_best / h:.2f}x vs {best} ({t_best:.1f} us) -> {verdict}")
+    above = [(rec["name"], impl) for rec in data.get("points", []) for impl in (rec.get("above_floor") or [])]
+    if above:
+        out.append(f"Faster than the floor (marked {ABOVE_FLOOR_MARK}; the floor's measured bandwidth is below what "
+                   "these reads achieved): " + ", ".join(f"{n} / {i}" for n, i in above))
     problems = []
     for rec in data.get("points", []):
         for impl, r in (rec.get("results") or {}).items():
@@ -144,8 +217,11 @@ def checks_text(data: dict) -> str:
             elif r.get("note"):
                 problems.append(f"- {rec['name']} / {impl}: {r['note'][:300]}")
         chk = rec.get("check") or {}
+        mismatch = chk.get("mismatch") or {}
         for impl, d in (chk.get("max_abs_diff") or {}).items():
-            if d is not None and d > chk.get("tolerance", 0.05):
+            if impl in mismatch:
+                problems.append(f"- {rec['name']} / {impl}: OUTPUT MISMATCH vs {chk.get('reference')}: {mismatch[impl]}")
+            elif d is not None and d > chk.get("tolerance", 0.05):
                 problems.append(f"- {rec['name']} / {impl}: output differs from {chk.get('reference')} by {d:.3g} (tolerance {chk.get('tolerance')})")
         if rec.get("error"):
             problems.append(f"- {rec['name']}: {rec['error'][:300]}")
@@ -191,10 +267,20 @@ def header_text(data: dict) -> str:
         f"commit {env.get('git_commit') or 'n/a'}; kernels sha256 {env.get('kernels_sha256_16')}",
     ]
     rbw = data.get("read_bandwidth") or {}
-    if bw:
+    bws = data.get("bandwidths")
+    if bws:
+        parts = [f"{n} {b['gbps']:.0f}" if b.get("gbps") else f"{n} failed ({str(b.get('error'))[:80]})"
+                 for n, b in bws.items()]
+        lines.append(f"Bandwidth (medians, GB/s): {', '.join(parts)} (copy counts read+write); floors use "
+                     f"{data.get('floor_gbps', 0):.0f} GB/s, the best of {data.get('floor_bandwidth', 'max')} "
+                     f"({data.get('floor_source')})")
+    elif bw:
         lines.append(f"Bandwidth (medians): D2D copy {bw.get('gbps', 0):.0f} GB/s (read+write counted), "
                      f"read-only {rbw.get('gbps', 0):.0f} GB/s; floors use {data.get('floor_gbps', 0):.0f} GB/s "
                      f"({data.get('floor_bandwidth', 'copy')})")
+    for p in data.get("peers") or []:
+        lines.append(f"Peer `{p['name']}`: `{p.get('spec')}`" + (f" from {p['import_dir']}" if p.get("import_dir") else "")
+                     + (f" - {p['error']}" if p.get("error") else ""))
     if data.get("elapsed_s") is not None:
         lines.append(f"Sweep wall time: {data['elapsed_s']:.0f} s")
     return "\n".join(lines)
@@ -220,10 +306,14 @@ LEGEND = """Columns: times are medians per call in microseconds, CUDA-graph repl
 several times the L2. "heuristic" is unified_attention with the planner's choice (plan column:
 2D, or 3D/number of KV segments); "2D"/"3D" force the path (3D with the planner's segment count
 for a forced split). SDPA columns run torch scaled_dot_product_attention on contiguous (not paged)
-KV: an upper-bound reference. "floor" is the HBM floor: bytes that must move (K and V once, q and
-out once) over the bandwidth measured in the same run: the higher of a 1 GiB device-to-device
-copy (read+write bytes counted) and a read-only stream (torch.sum), unless --floor-bandwidth says
-otherwise; on an H100 the read stream is ~25% faster than a copy and kernels beat a copy floor. "% of floor" is
+KV: an upper-bound reference. Peer columns (--impl NAME=...) run another implementation on the
+same paged inputs (vllm: vLLM's Triton unified attention with its backend's 2D/3D settings);
+"flex" is torch FlexAttention reading the same paged cache through a PagedAttention page table.
+"floor" is the HBM floor: bytes that must move (K and V once, q and out once) over the bandwidth
+measured in the same run: the best of a 1 GiB device-to-device copy (read+write bytes counted),
+torch.sum and a streaming Triton read kernel, unless --floor-bandwidth says otherwise. A time
+marked * ran faster than that floor (above 100%); one marked ! produced a wrong output (see the
+notes) and is left out of "vs fastest peer". "% of floor" is
 floor / time (100% = at the roofline). "vs 2D" is forced-2D time / time (above 1x = faster than
 2D). TFLOP/s counts the causal mask's visible (query, key) pairs exactly: 4 x head_size x
 query heads per pair."""
@@ -247,13 +337,16 @@ def render_png(data: dict, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5.5), squeeze=False)
     styles = {"heuristic": ("C0", "o", "-"), "2d": ("C1", "s", "--"), "3d": ("C2", "^", "--"),
               "sdpa-flash": ("C3", "v", ":"), "sdpa-cudnn": ("C4", "D", ":")}
+    peers = peer_names(data)
+    for i, p in enumerate(peers):
+        styles[p] = (f"C{5 + i % 5}", "PXhd*"[i % 5], "-.")
     for ax, (series, title, xlabel) in zip(axes[0], panels):
         rs = sorted((r for r in recs if r.get("series") == series), key=lambda r: r["x"])
-        for impl in IMPLS:
+        for impl in (*IMPLS, *peers):
             pts = [(r["x"], us(r, impl)) for r in rs if us(r, impl) is not None]
             if pts:
                 color, marker, ls = styles[impl]
-                ax.plot(*zip(*pts), color=color, marker=marker, linestyle=ls, label=LABELS[impl], markersize=4)
+                ax.plot(*zip(*pts), color=color, marker=marker, linestyle=ls, label=label(impl), markersize=4)
         floor = [(r["x"], r["floor_us"]) for r in rs if r.get("floor_us")]
         if floor:
             ax.plot(*zip(*floor), color="black", linewidth=2, label="HBM floor (measured bandwidth)")

@@ -49,6 +49,9 @@ class Context:
     baselines: tuple[str, ...]
     run_ours: bool = True  # False on CPU without the interpreter: kernels cannot launch there
     max_copies: int = 128
+    peers: tuple = ()  # peers.Peer, loaded once per run
+    flex: bool = False  # time the paged FlexAttention baseline
+    flex_compile: bool = True  # torch.compile it (False: eager, the CPU dry run's wiring check)
 
 
 def _reason(exc: BaseException) -> str:
@@ -73,6 +76,65 @@ def _ours(inputs, ws, **kw) -> list[Callable[[], object]]:
         return call
 
     return [make(c) for c in range(inputs.copies)]
+
+
+def _poison(inputs) -> None:
+    """NaN in every output copy, so an implementation that leaves rows unwritten fails the check
+    instead of passing on what the previous implementation wrote there."""
+    for o in inputs.out:
+        o.fill_(float("nan"))
+
+
+def _compare(out: torch.Tensor, ref: torch.Tensor, tolerance: float) -> tuple[float | None, str | None]:
+    """Max |out - ref| (None if not finite) and the mismatch, if any, in words."""
+    finite = torch.isfinite(out)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        return None, f"{bad} of {out.numel()} outputs are NaN/inf"
+    diff = float((out - ref).abs().max())
+    return diff, (f"max |diff| {diff:.3g} > tolerance {tolerance:g}" if diff > tolerance else None)
+
+
+def _time_peers(ctx: Context, inputs, runners: dict, results: dict, outputs: dict) -> None:
+    """Build and capture every --impl peer on this point; a peer that fails is recorded with its reason."""
+    for peer in ctx.peers:
+        name = peer.spec.name
+        try:
+            built = peer.build(inputs)
+        except Exception as exc:  # noqa: BLE001
+            results[name] = {"us": None, "error": _reason(exc) if peer.impl is not None else peer.error}
+            _cleanup(ctx)
+            continue
+        results[name] = {"config": built.config, "spec": peer.spec.target}
+        if not ctx.run_ours:
+            results[name].update({"us": None, "error": "not run (no GPU and no interpreter)"})
+            continue
+        _poison(inputs)
+        if _prepare(ctx, runners, results, name, built.calls):  # the calls hold their buffers
+            outputs[name] = inputs.out[0].float().clone()
+
+
+def _time_flex(ctx: Context, inputs, runners: dict, results: dict, outputs: dict) -> None:
+    """The paged FlexAttention baseline, or the reason it cannot run here."""
+    from .flex import FlexUnavailable, build_flex, reset_compile_cache
+
+    try:
+        if ctx.flex_compile:
+            reset_compile_cache()
+        base = build_flex(inputs, compile=ctx.flex_compile)
+    except FlexUnavailable as exc:
+        results["flex"] = {"us": None, "error": str(exc), "unavailable": True}
+        return
+    except Exception as exc:  # noqa: BLE001
+        results["flex"] = {"us": None, "error": f"building the flex call failed: {_reason(exc)}"}
+        _cleanup(ctx)
+        return
+    results["flex"] = {"config": base.config}
+    if _prepare(ctx, runners, results, "flex", base.calls()):
+        try:
+            outputs["flex"] = base.output(0).float()
+        except Exception as exc:  # noqa: BLE001
+            results["flex"]["note"] = f"output check skipped: {_reason(exc)}"
 
 
 def _plan_dict(plan) -> dict:
@@ -190,6 +252,7 @@ def run_point(point: Point, ctx: Context, log=print) -> dict:
             if not ctx.run_ours:
                 results[impl] = {"us": None, "error": "not run (no GPU and no interpreter)"}
                 continue
+            _poison(inputs)
             if _prepare(ctx, runners, results, impl, _ours(inputs, ws, **kw)):
                 outputs[impl] = inputs.out[0].float().clone()  # the warm-up computed copy 0
         if rec.get("forced3d_note"):
@@ -209,10 +272,14 @@ def run_point(point: Point, ctx: Context, log=print) -> dict:
             if _prepare(ctx, runners, results, name, base.calls()) and "reference" not in outputs:
                 outputs["reference"] = base.output(0).float()
                 rec.setdefault("check", {})["reference"] = name
+        _time_peers(ctx, inputs, runners, results, outputs)
+        if ctx.flex:
+            _time_flex(ctx, inputs, runners, results, outputs)
         _measure_all(ctx, runners, results)
         del bases
-        order = ("heuristic", "2d", "3d", *ctx.baselines)
+        order = ("heuristic", "2d", "3d", *ctx.baselines, *(p.spec.name for p in ctx.peers), "flex")
         rec["results"] = {k: results[k] for k in order if k in results}
+        rec["above_floor"] = report.mark_above_floor(rec)
         for name, r in rec["results"].items():
             log(f"  {point.name:28s} {name:11s} {_fmt(r)}")
 
@@ -221,8 +288,14 @@ def run_point(point: Point, ctx: Context, log=print) -> dict:
             chk = rec.setdefault("check", {})
             chk.setdefault("reference", ref_name)
             chk["tolerance"] = CHECK_TOLERANCE
-            chk["max_abs_diff"] = {impl: float((o - outputs[ref_name]).abs().max())
-                                   for impl, o in outputs.items() if impl != ref_name}
+            chk["max_abs_diff"], chk["mismatch"] = {}, {}
+            for impl, o in outputs.items():
+                if impl == ref_name:
+                    continue
+                chk["max_abs_diff"][impl], problem = _compare(o, outputs[ref_name], CHECK_TOLERANCE)
+                if problem:
+                    chk["mismatch"][impl] = problem
+                    results[impl]["mismatch"] = f"vs {chk['reference']}: {problem}"
     except Exception as exc:  # noqa: BLE001 - the point fails, the sweep goes on
         rec["error"] = _reason(exc)
         rec["traceback"] = traceback.format_exc()[-2000:]
@@ -286,6 +359,10 @@ def run_tune(point: Point, ctx: Context, log=print) -> dict:
     return rec
 
 
+def _gbps(b: dict) -> str:
+    return f"{b['gbps']:.0f} GB/s" if b.get("gbps") else "failed"
+
+
 def _fmt(r: dict) -> str:
     if r.get("us") is None:
         return f"n/a ({r.get('error', r.get('skipped', '?'))[:150]})"
@@ -328,6 +405,13 @@ def _fake_results(data: dict) -> dict:
             r = rec["results"].setdefault(impl, {})
             r["us"] = base * factor * (1 + 0.05 * rng.random())
             r.pop("error", None)
+        # Peers and flex get a placeholder time unless they really failed (then the reason shows).
+        for impl in [p["name"] for p in data.get("peers", [])] + ["flex"]:
+            r = rec["results"].get(impl)
+            if r is not None and (r.get("us") is not None or str(r.get("error", "")).startswith("not run")):
+                r["us"] = base * (0.9 + rng.random())
+                r.pop("error", None)
+        rec["above_floor"] = report.mark_above_floor(rec)
     for rec in data.get("tune", []):
         rec["heuristic"] = {"us": 10.0}
         rec["2d"] = {"us": 20.0}
@@ -346,11 +430,13 @@ def dry_run(args) -> int:
     ctx = Context(device=torch.device("cpu"), dtype=torch.float32, seed=args.seed,
                   replayer=lambda calls: _FakeReplayer(calls, interpret), measure=_fake_measure, floor_gbps=3000.0, l2_bytes=256 << 10,
                   target_s=0.0, baselines=() if args.no_baselines else ("sdpa-flash",),
-                  run_ours=interpret, max_copies=2)
+                  run_ours=interpret, max_copies=2, peers=_load_peers(args), flex=args.flex, flex_compile=False)
     points = shapes.select(args.points, args.quick)
-    print(f"dry run: {len(points)} points, CPU, float32, interpreter={'on' if interpret else 'off'}")
+    print(f"dry run: {len(points)} points, CPU, float32, interpreter={'on' if interpret else 'off'}, "
+          f"peers {[p.spec.name for p in ctx.peers] or 'none'}, flex {'on (eager)' if ctx.flex else 'off'}")
     data = {"mode": "dry-run", "seed": args.seed, "env": environment(None), "floor_gbps": ctx.floor_gbps,
-            "copy_bandwidth": None, "points": [], "tune": []}
+            "copy_bandwidth": None, "points": [], "tune": [], "peers": [p.describe() for p in ctx.peers],
+            "flex": {"enabled": ctx.flex, "compiled": False}}
     failures = 0
     for point in points:
         h100 = kernels.plan_launch(
@@ -375,14 +461,23 @@ def dry_run(args) -> int:
         if rec.get("error"):
             status, failures = f"FAILED: {rec['error']}", failures + 1
         chk = (rec.get("check") or {}).get("max_abs_diff") or {}
-        bad = {k: v for k, v in chk.items() if v > 1e-3}
+        # float32 on both sides: a correct implementation agrees far below the bf16 tolerance
+        bad = {k: (rec["check"]["mismatch"].get(k) if v is None else v) for k, v in chk.items() if v is None or v > 1e-3}
         if bad:
             status, failures = f"MISMATCH vs {rec['check']['reference']}: {bad}", failures + 1
         for impl, r in rec["results"].items():
-            if interpret and r.get("us") is None:
+            if r.get("us") is None and not r.get("unavailable") and (interpret or impl == "flex"):
                 status, failures = f"{impl} failed: {r.get('error')}", failures + 1
+        for peer in ctx.peers:
+            r = rec["results"].get(peer.spec.name) or {}
+            if not interpret and r.get("error") != "not run (no GPU and no interpreter)":
+                status, failures = f"{peer.spec.name} adapter failed: {r.get('error')}", failures + 1
+        diffs = {k: ("nan" if v is None else f"{v:.1e}") for k, v in chk.items()}
         print(f"  {point.name:28s} H100 plan {h100.path}/{h100.num_segments:<3d} (forced 3D {h100_split.num_segments:3d}) "
-              f"small {small.describe()[:60]:60s} diffs {({k: f'{v:.1e}' for k, v in chk.items()})} {status}")
+              f"small {small.describe()[:60]:60s} diffs {diffs} {status}")
+        for name in [p.spec.name for p in ctx.peers] + (["flex"] if ctx.flex else []):
+            r = rec["results"].get(name) or {}
+            print(f"  {'':28s} {name}: {r.get('config') or ''} {('[' + r['error'] + ']') if r.get('error') else ''}")
         data["points"].append(rec)
     if args.tune_segments:
         for point in [p for p in points if p.kind == "decode"][:2]:
@@ -395,6 +490,17 @@ def dry_run(args) -> int:
     print(report.render_markdown(json.loads(path.read_text())))
     print(f"\ndry run wrote {path} and {written}; {failures} failure(s)")
     return 1 if failures else 0
+
+
+def _load_peers(args) -> tuple:
+    """Load every --impl peer once (importing its module); a peer that fails to load keeps its reason."""
+    from .peers import Peer
+
+    peers = tuple(Peer.load(spec) for spec in args.impl_specs)
+    for p in peers:
+        print(f"peer {p.spec.name}: {p.spec.target}" + (f" (from {p.spec.import_dir})" if p.spec.import_dir else "")
+              + (f": {p.error}" if p.error else f", style {p.style}"), flush=True)
+    return peers
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -416,9 +522,25 @@ def parse_args(argv=None):
                     help="bandwidth for the HBM floor: D2D copy (read+write counted), read-only stream, "
                          "or the higher of the two (default)")
     ap.add_argument("--no-baselines", action="store_true", help="skip the SDPA baselines")
+    ap.add_argument("--impl", action="append", default=[], metavar="NAME=MODULE:FUNC",
+                    help="time a peer implementation beside ours (repeatable): NAME=MODULE:FUNC or "
+                         "NAME=path/to/file.py:FUNC taking the suite's --attn-impl positional arguments; "
+                         "'vllm' loads vLLM's Triton unified attention from ../shared/peers/vllm "
+                         "(or $VLLM_PEER_DIR) with its backend's settings")
+    ap.add_argument("--flex", action=argparse.BooleanOptionalAction, default=None,
+                    help="time torch FlexAttention on the paged cache (PagedAttention page table); default on "
+                         "for GPU runs (it compiles once per point), off for --dry-run (eager flex is slow on CPU)")
     ap.add_argument("--tag", default=None, help="file-name suffix (default: quick/tune/points)")
     ap.add_argument("--list", action="store_true", help="list the points and exit")
     args = ap.parse_args(argv)
+    if args.flex is None:
+        args.flex = not args.dry_run
+    from .peers import PeerError, parse_all
+
+    try:
+        args.impl_specs = parse_all(args.impl)
+    except PeerError as exc:
+        ap.error(str(exc))
     if args.points:
         try:
             shapes.select(args.points)
@@ -443,32 +565,39 @@ def main(argv=None) -> int:
             suite_device.setup("cpu")
         return dry_run(args)
 
-    from .timing import card_slug, copy_bandwidth, environment, l2_bytes, read_bandwidth, require_cuda, Replayer, \
-        time_interleaved
+    from .timing import card_slug, environment, floor_gbps as pick_floor, l2_bytes, measure_bandwidths, \
+        require_cuda, Replayer, time_interleaved
 
     device = require_cuda()
     env = environment(device)
     target_s = args.target_s if args.target_s is not None else (0.1 if args.quick else 0.2)
-    budget = args.budget_s if args.budget_s is not None else (110.0 if args.quick else 540.0)
+    peers = () if args.tune_segments else _load_peers(args)
+    flex = args.flex and not args.tune_segments
+    # flex compiles once per point (tens of seconds): give a run with it (or peers) more time.
+    budget = args.budget_s if args.budget_s is not None else \
+        (110.0 if args.quick else 540.0) * (3 if flex or peers else 1)
     t0 = time.time()
     print(f"{env['device_name']}: torch {env['torch']}, triton {env['triton']}, {env['date_utc']}", flush=True)
-    bw = copy_bandwidth(device)
-    rbw = read_bandwidth(device)
-    floor_gbps = {"copy": bw["gbps"], "read": rbw["gbps"], "max": max(bw["gbps"], rbw["gbps"])}[args.floor_bandwidth]
-    print(f"copy bandwidth (read+write): {bw['gbps']:.0f} GB/s median; read-only: {rbw['gbps']:.0f} GB/s; "
-          f"floor uses {floor_gbps:.0f} GB/s ({args.floor_bandwidth})", flush=True)
+    bws = measure_bandwidths(device)
+    floor_gbps, floor_source = pick_floor(bws, args.floor_bandwidth)
+    bw, rbw = bws["copy"], bws["torch_sum"]
+    print("bandwidths (medians): " + "; ".join(
+        f"{n} {b['gbps']:.0f} GB/s" if b.get("gbps") else f"{n} failed ({b.get('error')})" for n, b in bws.items())
+          + f"; floor uses {floor_gbps:.0f} GB/s ({floor_source}, --floor-bandwidth {args.floor_bandwidth})", flush=True)
     ctx = Context(device=device, dtype=torch.bfloat16, seed=args.seed, replayer=Replayer, measure=time_interleaved,
                   floor_gbps=floor_gbps,
                   l2_bytes=l2_bytes(device), target_s=target_s,
-                  baselines=() if args.no_baselines else ("sdpa-flash", "sdpa-cudnn"))
+                  baselines=() if args.no_baselines else ("sdpa-flash", "sdpa-cudnn"),
+                  peers=peers, flex=flex, flex_compile=True)
     tag = args.tag or "-".join(t for t in ("quick" if args.quick else "", "tune" if args.tune_segments else "",
                                            "points" if args.points else "") if t)
     out_dir = Path(args.out) if args.out else DEFAULT_OUT
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / (card_slug(env["device_name"]) + (f"-{tag}" if tag else "") + ".json")
     data = {"mode": "tune-segments" if args.tune_segments else ("quick" if args.quick else "sweep"),
-            "seed": args.seed, "env": env, "copy_bandwidth": bw, "read_bandwidth": rbw,
-            "floor_gbps": floor_gbps, "floor_bandwidth": args.floor_bandwidth,
+            "seed": args.seed, "env": env, "copy_bandwidth": bw, "read_bandwidth": rbw, "bandwidths": bws,
+            "floor_gbps": floor_gbps, "floor_bandwidth": args.floor_bandwidth, "floor_source": floor_source,
+            "peers": [p.describe() for p in peers], "flex": {"enabled": flex, "compiled": True},
             "target_s": target_s, "points": [], "tune": [], "skipped": []}
 
     def save():
@@ -485,17 +614,17 @@ def main(argv=None) -> int:
         print(f"[{time.time() - t0:6.1f}s] {label}{point.name}: {point.describe()}", flush=True)
         data[key].append(runner(point, ctx, log=lambda s: print(s, flush=True)))
         save()
-    bw_end = copy_bandwidth(device)
-    data["copy_bandwidth_end"] = bw_end
-    data["read_bandwidth_end"] = rbw_end = read_bandwidth(device)
+    data["bandwidths_end"] = bws_end = measure_bandwidths(device)
+    data["copy_bandwidth_end"] = bw_end = bws_end["copy"]
+    data["read_bandwidth_end"] = rbw_end = bws_end["torch_sum"]
     save()
     written = report.write_all(path)
     print()
     print(report.render_markdown(data))
     if data["skipped"]:
         print(f"\nSKIPPED (time budget {budget:.0f}s): {', '.join(data['skipped'])}")
-    print(f"\nbandwidth at the end: copy {bw_end['gbps']:.0f} GB/s (start {bw['gbps']:.0f}), "
-          f"read {rbw_end['gbps']:.0f} GB/s (start {rbw['gbps']:.0f})")
+    print("\nbandwidth at the end (start): " + "; ".join(
+        f"{n} {_gbps(bws_end[n])} ({_gbps(bws[n])})" for n in bws))
     print(f"wrote {path}; {written}; total {time.time() - t0:.0f} s")
     return 0
 

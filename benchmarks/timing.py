@@ -215,6 +215,55 @@ def read_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: float 
     }
 
 
+def stream_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: float = 0.2) -> dict:
+    """Read-only bandwidth in GB/s of a plain streaming Triton kernel (``read_kernel.stream_sum``)."""
+    from .read_kernel import partials_for, stream_sum
+
+    src = torch.randn(nbytes // 2, dtype=torch.bfloat16, device=device)
+    partials = partials_for(src)
+    timing = time_calls([lambda: stream_sum(src, partials)], min_calls=4, target_s=target_s)
+    del src, partials
+    torch.cuda.empty_cache()
+    return {
+        "bytes_per_read": nbytes,
+        "gbps": nbytes / (timing.median_us * 1e-6) / 1e9,
+        "best_gbps": nbytes / (timing.min_us * 1e-6) / 1e9,
+        "timing": timing.to_dict(),
+    }
+
+
+# What each bandwidth measures; the floor takes the best of the ones that ran.
+BANDWIDTH_MEASUREMENTS = {
+    "copy": ("D2D copy of 1 GiB, read + write bytes counted", copy_bandwidth),
+    "torch_sum": ("torch.sum over 1 GiB of bf16 (read-only)", read_bandwidth),
+    "triton_stream": ("streaming Triton read kernel over 1 GiB of bf16 (read-only)", stream_bandwidth),
+}
+READ_MEASUREMENTS = ("torch_sum", "triton_stream")
+
+
+def measure_bandwidths(device: torch.device, target_s: float = 0.2) -> dict[str, dict]:
+    """Every bandwidth measurement by name; one that fails holds its reason instead of ``gbps``."""
+    out = {}
+    for name, (what, measure) in BANDWIDTH_MEASUREMENTS.items():
+        try:
+            out[name] = {"what": what, **measure(device, target_s=target_s)}
+        except Exception as exc:  # noqa: BLE001 - a failed measurement is recorded; the others set the floor
+            torch.cuda.empty_cache()
+            out[name] = {"what": what, "gbps": None, "error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
+    return out
+
+
+def floor_gbps(bandwidths: dict[str, dict], choice: str = "max") -> tuple[float, str]:
+    """The floor's bandwidth and which measurement gave it: the best copy, read, or either ("max")."""
+    names = {"copy": ("copy",), "read": READ_MEASUREMENTS, "max": ("copy", *READ_MEASUREMENTS)}[choice]
+    got = {n: bandwidths[n]["gbps"] for n in names if (bandwidths.get(n) or {}).get("gbps")}
+    if not got:
+        raise RuntimeError(f"no bandwidth measurement for --floor-bandwidth {choice} succeeded: "
+                           + "; ".join(f"{n}: {(bandwidths.get(n) or {}).get('error')}" for n in names))
+    best = max(got, key=got.get)
+    return got[best], best
+
+
 def _git_commit() -> str | None:
     """HEAD (with '+dirty-kernels' if kernels/ has local edits), or $BENCH_GIT_COMMIT where git is absent."""
     import os
