@@ -89,6 +89,14 @@ ERROR_INPUTS = [
     ErrorInput("causal-not-bool", _set(CAUSAL)(lambda t, i: "yes"), TypeError, r"^causal:"),
     ErrorInput("window-bad", _set(WINDOW)(lambda t, i: (-5, 0)), ValueError, r"^window_size:"),
     ErrorInput("softcap-negative", _set(SOFTCAP)(lambda t, i: -1.0), ValueError, r"^softcap:"),
+    ErrorInput("softcap-inf", _set(SOFTCAP)(lambda t, i: float("inf")), ValueError, r"^softcap:"),
+    ErrorInput("window-int", _set(WINDOW)(lambda t, i: 8), TypeError, r"^window_size:"),
+    ErrorInput("window-length", _set(WINDOW)(lambda t, i: (8, -1, 0)), ValueError, r"^window_size:"),
+    ErrorInput("split-kv-not-bool", _kw("split_kv", lambda i: "yes"), TypeError, r"^split_kv:"),
+    ErrorInput("batch-invariant-not-bool", _kw("batch_invariant", lambda i: 1), TypeError, r"^batch_invariant:"),
+    ErrorInput("num-segments-past-grid", _kw("num_segments", lambda i: 10 ** 6), ValueError, r"^num_segments:"),
+    ErrorInput("cu-seqlens-one-too-long", _set(CU)(lambda t, i: torch.cat([t, t[-1:]])), ValueError,
+               r"^cu_seqlens_q:"),
     ErrorInput("alibi-length", _kw("alibi_slopes", lambda i: torch.ones(3, device=i.q.device)), ValueError,
                r"^alibi_slopes:"),
     ErrorInput("sinks-length", _kw("sinks", lambda i: torch.ones(3, device=i.q.device)), ValueError, r"^sinks:"),
@@ -101,7 +109,8 @@ ERROR_INPUTS = [
     ErrorInput("cpu-metadata-on-gpu", _set(CU)(lambda t, i: t.cpu()), ValueError, r"^cu_seqlens_q: expected device",
                gpu_only=True),
 ]
-OURS_ONLY = {"num-segments-zero", "workspace-too-small", "batch-invariant-with-split"}
+OURS_ONLY = {"num-segments-zero", "workspace-too-small", "batch-invariant-with-split", "split-kv-not-bool",
+             "batch-invariant-not-bool", "num-segments-past-grid"}
 
 
 @pytest.mark.bad_input

@@ -131,3 +131,19 @@ def test_random_corruption(ctx, fault, seq, amount, split):
     if "check_metadata" in ctx.impl.params:
         _refused(ctx.impl.func, args, {**extra, "check_metadata": True}, fault.arg)
     _unchecked_stays_inside(ctx, fault, "3d" if split else "2d", seq, amount)
+
+
+@pytest.mark.bad_metadata
+@pytest.mark.quick
+def test_empty_batch_leaves_out_untouched(ctx):
+    """Zero sequences (cu_seqlens_q == [0]) is a legal batch: nothing to attend, nothing written."""
+    inputs = build(BASE, ctx.device, ctx.seed)
+    args = list(inputs.call_args(inputs.fresh_out()))
+    args[4] = torch.zeros(1, dtype=torch.int32, device=inputs.q.device)  # cu_seqlens_q
+    args[6] = args[6][:0]  # seqused_k
+    args[11] = args[11][:0]  # block_table
+    args[5] = args[7] = 0  # max_seqlen_q, max_seqlen_k
+    before = args[3].clone()
+    for call in (reference.unified_attention, ctx.impl.func):
+        call(*args, **inputs.call_kwargs())
+        assert same_bits(args[3], before), f"{getattr(call, '__module__', call)} wrote into out for an empty batch"
