@@ -252,3 +252,17 @@ def test_every_mutant_is_killed(device):
     matrix = mutation_run.format_matrix(control, results, device, tiers)
     summary, status = mutation_run.summarize(control, results, device)
     assert status == 0, f"{summary}\n\n{matrix}"
+
+
+@pytest.mark.harness
+@pytest.mark.quick
+def test_child_runs_do_not_inherit_the_parent_workers_identity():
+    """Run inside an xdist worker (the nightly test under -n), the kill matrix's child pytest must not
+    see the worker's PYTEST_XDIST_* variables: its guard would take itself for a worker and never
+    record which kernels it imported, so every mutant came out 'invalid'."""
+    parent = {"PYTEST_XDIST_WORKER": "gw1", "PYTEST_XDIST_TESTRUNUID": "abc", "PYTEST_XDIST_WORKER_COUNT": "2",
+              "PYTEST_CURRENT_TEST": "tests/test_mutation.py::x (call)", "TRITON_INTERPRET": "1",
+              "PYTEST_ADDOPTS": "-p no:randomly", "PATH": "/usr/bin"}
+    child = mutation_run.child_environment(parent)
+    assert child == {"PYTEST_ADDOPTS": "-p no:randomly", "PATH": "/usr/bin"}
+    assert "workerinput" in mutation_run._GUARD and "PYTEST_XDIST_WORKER" not in mutation_run._GUARD
