@@ -69,6 +69,8 @@ class Case:
     pad_tokens: int = 0  # q/out rows past the last sequence (padded CUDA-graph batches)
     num_segments: int | None = None  # force a segment count on the 3D path
     table_slack: int = 1  # block-table columns past the longest sequence's last block (0: exact fit)
+    # Keyword-only features; each is passed to the implementation only when it differs from its default.
+    chunk_lookback: int = -1  # chunked attention (needs causal and window[0] >= 0); -1 off
 
     def __post_init__(self):
         assert len(self.seq_lens) == len(self.query_lens), self.label
@@ -107,6 +109,8 @@ class Case:
             parts.append(f"seg{self.num_segments}")
         if self.table_slack != 1:
             parts.append(f"slack{self.table_slack}")
+        if self.chunk_lookback >= 0:
+            parts.append(f"chunk{self.chunk_lookback}")
         return "-".join(parts)
 
     @property
@@ -180,7 +184,13 @@ class Inputs:
                 None, self.k_descale, self.v_descale)
 
     def call_kwargs(self) -> dict:
-        return {"alibi_slopes": self.alibi_slopes, "sinks": self.sinks, "output_scale": self.output_scale}
+        """Keywords of the call: the three optional tensors always, a newer feature's keyword only
+        when the case uses it (so implementations without it still run every other case)."""
+        c = self.case
+        kwargs = {"alibi_slopes": self.alibi_slopes, "sinks": self.sinks, "output_scale": self.output_scale}
+        if c.chunk_lookback != -1:
+            kwargs["chunk_lookback"] = c.chunk_lookback
+        return kwargs
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -243,7 +253,8 @@ def visible_slots(case: Case, block_table: torch.Tensor, num_blocks: int) -> tor
     for seq, (seq_len, q_len) in enumerate(zip(case.seq_lens, case.query_lens)):
         if q_len == 0 or seq_len == 0:
             continue
-        keys = visibility(seq_len, q_len, case.causal, case.window, "cpu").any(dim=0).nonzero().flatten()
+        keys = visibility(seq_len, q_len, case.causal, case.window, "cpu", chunk_lookback=case.chunk_lookback)
+        keys = keys.any(dim=0).nonzero().flatten()
         seen[block_table[seq, keys // case.block_size].long(), keys % case.block_size] = True
     return seen
 

@@ -94,6 +94,9 @@ def feature_cases() -> list[Case]:
         "fp8kv-bf16q": dict(kv_dtype="float8_e4m3fn", dtype="bfloat16"),
         "fp8out": dict(out_dtype="float8_e4m3fn"),
         "all": dict(window=(25, -1), softcap=5.0, alibi=True, sinks=True),
+        # Chunks of (23 + 1) // 2 = 12 keys, the own chunk and one before it.
+        "chunked-attn": dict(window=(23, -1), chunk_lookback=1),
+        "chunked-attn-sinks": dict(window=(15, -1), chunk_lookback=0, sinks=True, alibi=True),
     }
     # The fields name the feature (Case.name), so the composition is the whole label.
     return [_case(comp, comp, **fields) for fields in features.values() for comp in ("mixed", "decode")]
@@ -133,6 +136,21 @@ def edge_cases() -> list[Case]:
         _case("fp8out-saturating", "decode", out_dtype="float8_e4m3fn", output_scale=2.0 ** -10),
         _case("exact-fit-table", table_slack=0),
         _case("exact-fit-table-decode", "decode", table_slack=0, num_segments=4),
+        # Chunked attention, chunks of C = 16 (window 31, lookback 1): decode queries at positions
+        # C*k - 1, C*k, C*k + 1 (the last key of a chunk, the first, the second).
+        _case("chunk-boundaries-decode", seq_lens=(3 * t, 3 * t + 1, 3 * t + 2, 2 * t), query_lens=(1, 1, 1, 1),
+              window=(2 * t - 1, -1), chunk_lookback=1, num_segments=3),
+        _case("chunk-boundaries-prefill", seq_lens=(3 * t + 1, 2 * t - 1), query_lens=(3 * t + 1, t + 2),
+              window=(2 * t - 1, -1), chunk_lookback=1),
+        # C = 5: smaller than a tile and not dividing the block size; lookback 2.
+        _case("chunk-small", "chunked", window=(14, -1), chunk_lookback=2),
+        _case("chunk-small-decode", "decode", window=(14, -1), chunk_lookback=2, num_segments=4),
+        # Lookback 0 (only the own chunk), and chunks wider than the keys (chunk 0 holds everything).
+        _case("chunk-own-only", "chunked", window=(6, -1), chunk_lookback=0),
+        _case("chunk-wider-than-seq", "mixed", window=(1000, -1), chunk_lookback=3),
+        # Long decode context: segments wholly before the lookback chunks must not exist.
+        _case("chunk-outside-segments-decode", seq_lens=(10 * t, 7 * t + 3), query_lens=(1, 1),
+              window=(t - 1, -1), chunk_lookback=1, num_segments=8),
     ]
     return cases
 
@@ -153,6 +171,9 @@ def poison_cases() -> list[Case]:
         _case("poison-noncausal-window", causal=False, window=(9, 4)),
         _case("poison-noncausal-decode", "decode", causal=False, num_segments=3),
         _case("poison-exact-fit", "varlen", table_slack=0),
+        # Chunked attention: keys before the lookback chunks are poisoned (window 23 alone would see some).
+        _case("poison-chunked-attn", window=(23, -1), chunk_lookback=1),
+        _case("poison-chunked-attn-decode", "decode", window=(11, -1), chunk_lookback=2, num_segments=4),
     ]
 
 
@@ -184,6 +205,8 @@ def quick_cases() -> list[Case]:
         # Non-causal with a two-sided window on lengths that end mid-block: tiles past the diagonal
         # must still stop at seq_len (the bug of vLLM PR #47305).
         _case("quick-noncausal-window", causal=False, window=(13, 5), alibi=True, sinks=True),
+        # Chunked attention with chunks of 5 keys (under a tile, not dividing the block size).
+        _case("quick-chunked-attn", "chunked", window=(9, -1), chunk_lookback=1),
     ]
 
 

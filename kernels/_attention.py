@@ -17,7 +17,9 @@ Conventions shared by every kernel here:
   programs exit, which keeps launches free of host syncs and capturable in CUDA graphs.
 - Windows arrive as non-negative "effective" bounds: key j is visible to query position p iff
   ``p - j <= window_left`` and ``j - p <= window_right`` and ``j < seq_len`` (causal is
-  ``window_right = 0``; unlimited is a bound larger than any length).
+  ``window_right = 0``; unlimited is a bound larger than any length). Chunked attention
+  (``CHUNKED``) replaces the left bound: j is visible iff ``j <= p`` and ``j >= _first_key(p)``,
+  the start of the chunk ``chunk_lookback`` chunks before p's own.
 - All address arithmetic that can exceed 2^31 elements is done in int64.
 - Metadata is never trusted for addressing (no input may make a kernel touch memory outside its
   tensors, and checking values on the host would need a sync): ``_sequence_extent`` clamps a
@@ -74,7 +76,25 @@ def _sequence_extent(cu_seqlens_q_ptr, seqused_k_ptr, seq, num_tokens, kv_capaci
 
 
 @triton.jit
-def _segment_layout(seq_len, q_len, window_left, num_segments, TILE: tl.constexpr):
+def _first_key(pos, window_left, chunk_size, chunk_lookback, CHUNKED: tl.constexpr):
+    """First key the query at position ``pos`` sees (before the sequence's own bounds).
+
+    Sliding window: ``pos - window_left``. Chunked attention: the start of the chunk
+    ``chunk_lookback`` chunks before the query's own (``pos // chunk_size - chunk_lookback``),
+    computed as ``max(chunk index - lookback, 0) * chunk_size`` so it stays in int32 (the host
+    bounds ``chunk_size`` by the int32 range and ``chunk_lookback`` by ``plan.UNLIMITED``).
+    Non-decreasing in ``pos`` either way, so a block's first and last rows bound it.
+    """
+    if CHUNKED:
+        first = tl.maximum(pos // chunk_size - chunk_lookback, 0) * chunk_size
+    else:
+        first = tl.maximum(pos - window_left, 0)
+    return first
+
+
+@triton.jit
+def _segment_layout(seq_len, q_len, window_left, chunk_size, chunk_lookback, num_segments, TILE: tl.constexpr,
+                    CHUNKED: tl.constexpr):
     """How a sequence's KV tiles are split into segments: (first_tile, tiles_per_segment, active).
 
     Only tiles some query of the sequence can see are split (the window's left edge for its
@@ -82,7 +102,10 @@ def _segment_layout(seq_len, q_len, window_left, num_segments, TILE: tl.constexp
     not exist. Segments numbered ``>= active`` hold no tile: the 3D kernel skips them and the
     reduction never reads them. Both kernels call this so they always agree.
     """
-    first_key = tl.maximum(seq_len - q_len - window_left, 0)
+    if CHUNKED:
+        first_key = _first_key(seq_len - q_len, window_left, chunk_size, chunk_lookback, CHUNKED)
+    else:
+        first_key = tl.maximum(seq_len - q_len - window_left, 0)
     first_tile = first_key // TILE
     num_tiles = tl.maximum(tl.cdiv(seq_len, TILE) - first_tile, 0)
     tiles_per_segment = tl.cdiv(num_tiles, num_segments)
@@ -91,10 +114,18 @@ def _segment_layout(seq_len, q_len, window_left, num_segments, TILE: tl.constexp
 
 
 @triton.jit
-def _visible(row_pos, key, seq_len, window_left, window_right):
-    """[rows, keys] visibility: inside the sequence and inside the (causal) window."""
+def _visible(row_pos, key, seq_len, window_left, window_right, row_first, CHUNKED: tl.constexpr):
+    """[rows, keys] visibility: inside the sequence and inside the (causal) window.
+
+    CHUNKED: causal, and at or after the row's first key ``row_first`` (``_first_key``), which
+    replaces the sliding window.
+    """
     distance = row_pos[:, None] - key[None, :]
-    return (key[None, :] < seq_len) & (distance <= window_left) & (-distance <= window_right)
+    if CHUNKED:
+        seen = (key[None, :] < seq_len) & (key[None, :] >= row_first[:, None]) & (distance >= 0)
+    else:
+        seen = (key[None, :] < seq_len) & (distance <= window_left) & (-distance <= window_right)
+    return seen
 
 
 # Below this |x| tanh comes from a polynomial: there 1 - 2 / (e^{2|x|} + 1) cancels (the
@@ -150,9 +181,10 @@ def _attend_tiles(
     k_base, v_base, block_table_row, stride_bt_blk,
     stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
     row_pos, key_lo, key_hi, seq_len, window_left, window_right, num_blocks,
-    qk_scale, softcap, alibi_slope, dims, dim_valid,
+    qk_scale, softcap, alibi_slope, dims, dim_valid, row_first,
     MASKED: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    CHUNKED: tl.constexpr,
 ):
     """Online softmax over KV tiles ``[tile_begin, tile_end)``; returns the updated (acc, m_i, l_i).
 
@@ -194,7 +226,8 @@ def _attend_tiles(
         if USE_ALIBI:
             scores += alibi_slope[:, None] * (key[None, :] - row_pos[:, None]).to(tl.float32)
         if MASKED:
-            visible = _visible(row_pos, key, seq_len, window_left, window_right) & key_valid[None, :]
+            visible = _visible(row_pos, key, seq_len, window_left, window_right, row_first,
+                               CHUNKED) & key_valid[None, :]
             scores = tl.where(visible, scores, float("-inf"))
         else:
             # Added last, so softcap cannot turn the -inf of a bad block id into a finite score.
@@ -232,11 +265,12 @@ def _paged_attention_kernel(
     stride_bt_seq, stride_bt_blk,
     stride_part_tok, stride_part_head,
     num_seqs, num_tokens, num_blocks, kv_capacity, qk_scale, softcap, window_left, window_right, num_segments,
+    chunk_size, chunk_lookback,
     NUM_QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
     TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr,
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, USE_SINKS: tl.constexpr,
     KV_FP8: tl.constexpr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr,
-    SPLIT_KV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SPLIT_KV: tl.constexpr, DOT_PRECISION: tl.constexpr, CHUNKED: tl.constexpr,
 ):
     # Highest query blocks first: under causal masking they walk the most KV tiles, and
     # starting them early keeps the last wave of a prefill grid short.
@@ -268,16 +302,19 @@ def _paged_attention_kernel(
     # Keys some row of this block sees, and keys every row sees (those tiles skip masking).
     first_pos = context_len + local_block * BLOCK_Q
     last_pos = context_len + tl.minimum(q_len, (local_block + 1) * BLOCK_Q) - 1
-    key_lo = tl.maximum(first_pos - window_left, 0)
+    # Chunked attention is causal (window_right = 0) and its first key is non-decreasing in the
+    # position, so the block's first and last rows bound it just as they bound a window.
+    key_lo = _first_key(first_pos, window_left, chunk_size, chunk_lookback, CHUNKED)
     key_hi = tl.minimum(seq_len, last_pos + window_right + 1)
-    all_lo = tl.maximum(last_pos - window_left, 0)
+    all_lo = _first_key(last_pos, window_left, chunk_size, chunk_lookback, CHUNKED)
     all_hi = tl.minimum(seq_len, first_pos + window_right + 1)
     tile_a = key_lo // TILE
     tile_d = tl.cdiv(key_hi, TILE)
     tile_b = tl.minimum(tl.maximum(tl.cdiv(all_lo, TILE), tile_a), tile_d)
     tile_c = tl.minimum(tl.maximum(all_hi // TILE, tile_b), tile_d)
     if SPLIT_KV:
-        first_tile, tiles_per_segment, active = _segment_layout(seq_len, q_len, window_left, num_segments, TILE)
+        first_tile, tiles_per_segment, active = _segment_layout(seq_len, q_len, window_left, chunk_size,
+                                                                chunk_lookback, num_segments, TILE, CHUNKED)
         if segment >= active:
             return
         seg_lo = first_tile + segment * tiles_per_segment
@@ -294,6 +331,11 @@ def _paged_attention_kernel(
         alibi_slope = tl.load(alibi_ptr + row_head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
     else:
         alibi_slope = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    if CHUNKED:
+        row_first = _first_key(row_pos, window_left, chunk_size, chunk_lookback, CHUNKED)
+    else:
+        row_first = row_pos  # unused
 
     acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
     if USE_SINKS and not SPLIT_KV:
@@ -317,7 +359,8 @@ def _paged_attention_kernel(
             acc, m_i, l_i, q, tile_begin, tile_end, k_base, v_base, block_table_row, stride_bt_blk,
             stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
             row_pos, key_lo, key_hi, seq_len, window_left, window_right, num_blocks, scale, softcap, alibi_slope,
-            dims, dim_valid, stage != 1, TILE, BLOCK_SIZE, USE_SOFTCAP, USE_ALIBI, DOT_PRECISION)
+            dims, dim_valid, row_first, stage != 1, TILE, BLOCK_SIZE, USE_SOFTCAP, USE_ALIBI, DOT_PRECISION,
+            CHUNKED)
 
     if KV_FP8:
         acc = acc * tl.load(v_descale_ptr)
@@ -344,10 +387,10 @@ def _reduce_segments_kernel(
     sinks_ptr, output_scale_ptr,
     stride_o_tok, stride_o_head, stride_o_dim,
     stride_part_tok, stride_part_head,
-    num_seqs, num_tokens, kv_capacity, num_q_heads, window_left, num_segments,
+    num_seqs, num_tokens, kv_capacity, num_q_heads, window_left, num_segments, chunk_size, chunk_lookback,
     TILE: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr,
     HEADS: tl.constexpr, DIMS: tl.constexpr, USE_SINKS: tl.constexpr, OUT_FP8: tl.constexpr,
-    OUT_FP8_MAX: tl.constexpr,
+    OUT_FP8_MAX: tl.constexpr, CHUNKED: tl.constexpr,
 ):
     """Merge the segments of ``HEADS`` query heads x ``DIMS`` head-dim lanes of one token.
 
@@ -359,7 +402,8 @@ def _reduce_segments_kernel(
     q_start, q_len, seq_len = _sequence_extent(cu_seqlens_q_ptr, seqused_k_ptr, seq, num_tokens, kv_capacity)
     if (token < q_start) | (token >= q_start + q_len):
         return  # padding rows past the last sequence (or, with bad metadata, rows no sequence owns)
-    first_tile, tiles_per_segment, active = _segment_layout(seq_len, q_len, window_left, num_segments, TILE)
+    first_tile, tiles_per_segment, active = _segment_layout(seq_len, q_len, window_left, chunk_size, chunk_lookback,
+                                                            num_segments, TILE, CHUNKED)
 
     heads = tl.program_id(1) * HEADS + tl.arange(0, HEADS)
     head_valid = heads < num_q_heads

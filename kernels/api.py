@@ -8,7 +8,7 @@ import os
 import torch
 
 from . import _attention
-from .plan import INTERPRETER_NUM_SMS, LaunchPlan, effective_window, next_power_of_2, plan_launch
+from .plan import INTERPRETER_NUM_SMS, UNLIMITED, LaunchPlan, effective_window, next_power_of_2, plan_launch
 from .validate import FP8_CACHE_DTYPES, check_arguments, validate_metadata
 from .workspace import Workspace
 
@@ -56,8 +56,30 @@ def _check_backend(q: torch.Tensor, out: torch.Tensor) -> None:
             "run on a GPU, or install the test harness's interpreter fix first")
 
 
+def _chunk_params(window_size, chunk_lookback) -> tuple[int, int]:
+    """(chunk size, lookback) as the kernels take them (int32); (1, 0) when chunking is off (unused).
+
+    A chunk of ``KV_CAPACITY_LIMIT`` or more keys holds every position a kernel can see, so the
+    size is capped there; a lookback past ``UNLIMITED`` chunks reaches every chunk, so it is capped
+    there (both keep the kernels' chunk arithmetic in int32 without changing the mask).
+    """
+    if chunk_lookback < 0:
+        return 1, 0
+    size = (int(window_size[0]) + 1) // (chunk_lookback + 1)
+    return min(size, KV_CAPACITY_LIMIT), min(chunk_lookback, UNLIMITED)
+
+
+def visible_key_span(max_seqlen_q, max_seqlen_k, window_size, chunk_lookback=-1) -> int:
+    """Most keys one sequence's queries can see together (what the split-KV layout covers)."""
+    if chunk_lookback < 0:
+        return max_seqlen_k
+    size, lookback = _chunk_params(window_size, chunk_lookback)
+    # The first query's chunk start is at most (lookback + 1) * size - 1 keys before it.
+    return min(max_seqlen_k, (lookback + 1) * size + max(max_seqlen_q, 1) - 1)
+
+
 def make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, *, split_kv=None, num_segments=None,
-              workspace=None, batch_invariant=False) -> LaunchPlan:
+              workspace=None, batch_invariant=False, chunk_lookback=-1, window_size=None) -> LaunchPlan:
     """The plan ``unified_attention`` would launch for these arguments (no device reads)."""
     return plan_launch(
         num_tokens=q.shape[0], num_seqs=cu_seqlens_q.shape[0] - 1, max_seqlen_q=max_seqlen_q,
@@ -65,6 +87,7 @@ def make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, *, split_kv=None, 
         num_sms=_num_sms(q.device), interpreter=interpreting(), split_kv=split_kv, num_segments=num_segments,
         batch_invariant=batch_invariant, max_segments=None if workspace is None else workspace.num_segments,
         fp32=q.dtype == torch.float32,
+        max_visible_keys=visible_key_span(max_seqlen_q, max_seqlen_k, window_size, chunk_lookback),
     )
 
 
@@ -72,6 +95,7 @@ def unified_attention(
     q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
     window_size, block_table, softcap, q_descale, k_descale, v_descale,
     alibi_slopes=None, sinks=None, output_scale=None, *,
+    chunk_lookback=-1,
     split_kv=None, num_segments=None, workspace=None, batch_invariant=False, check_metadata=False,
 ):
     """Paged attention over a varlen batch; writes into ``out`` and returns it.
@@ -97,18 +121,27 @@ def unified_attention(
     environment (read per call), runs ``validate_metadata`` first (a device sync; not for
     graph capture) and raises its ValueError, naming the argument, before anything is
     launched or written.
+
+    Keyword-only features (vLLM's names; the defaults compile the kernels without them):
+      * ``chunk_lookback`` (-1 off): chunked (block-local) attention. With left window w
+        (``window_size[0] >= 0``, causal) and chunk size ``C = (w + 1) // (chunk_lookback + 1)``
+        (> 0), key j is visible to query position p iff ``j <= p`` and
+        ``p // C - j // C <= chunk_lookback``; it replaces the sliding window.
     """
     check_arguments(
         q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
         window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
-        output_scale, num_segments, workspace,
+        output_scale, num_segments, workspace, chunk_lookback=chunk_lookback,
         split_kv=split_kv, batch_invariant=batch_invariant, check_metadata=check_metadata,
     )
     if check_metadata or metadata_check_forced():
         validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table)
     _check_backend(q, out)
+    chunked = chunk_lookback >= 0
+    chunk_size, lookback = _chunk_params(window_size, chunk_lookback)
     plan = make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, split_kv=split_kv,
-                     num_segments=num_segments, workspace=workspace, batch_invariant=batch_invariant)
+                     num_segments=num_segments, workspace=workspace, batch_invariant=batch_invariant,
+                     chunk_lookback=chunk_lookback, window_size=window_size)
     num_tokens, num_q_heads, head_size = q.shape
     num_seqs = cu_seqlens_q.shape[0] - 1
     if num_tokens == 0 or num_seqs == 0:
@@ -135,19 +168,20 @@ def unified_attention(
         *q.stride(), *out.stride(), *k.stride(), *v.stride(), *block_table.stride(), *part_strides,
         num_seqs, num_tokens, k.shape[0], kv_capacity,
         softmax_scale * _attention.LOG2E.value, softcap * _attention.LOG2E.value,
-        window_left, window_right, plan.num_segments,
+        window_left, window_right, plan.num_segments, chunk_size, lookback,
         NUM_QUERIES_PER_KV=num_q_heads // k.shape[2], BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q,
         BLOCK_SIZE=k.shape[1], USE_SOFTCAP=softcap > 0, USE_ALIBI=alibi_slopes is not None,
         KV_FP8=kv_fp8, SPLIT_KV=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        CHUNKED=chunked,
         num_warps=plan.num_warps, num_stages=plan.num_stages, **common,
     )
     if split:
         _attention._reduce_segments_kernel[plan.reduce_grid](
             out, part_acc, part_max, part_sum, cu_seqlens_q, seqused_k, _or(sinks, q), _or(output_scale, q),
             *out.stride(), *part_strides, num_seqs, num_tokens, kv_capacity, num_q_heads, window_left,
-            plan.num_segments,
+            plan.num_segments, chunk_size, lookback,
             SEGMENTS_PAD=plan.segments_pad, HEADS=plan.reduce_heads, DIMS=plan.reduce_dims,
-            num_warps=plan.reduce_num_warps, **common,
+            num_warps=plan.reduce_num_warps, CHUNKED=chunked, **common,
         )
     return out
 

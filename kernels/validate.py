@@ -82,10 +82,29 @@ def _check_counts(cu_seqlens_q, seqused_k, block_table) -> int:
                           f"{from_seqused} entries and block_table's {from_table} rows")
 
 
+def _check_chunking(causal, window_size, chunk_lookback) -> None:
+    """Chunked attention: the lookback's form, and a window that gives chunks of at least one key."""
+    if isinstance(chunk_lookback, bool) or not isinstance(chunk_lookback, int):
+        _fail("chunk_lookback", f"expected an int (-1 = off), got {type(chunk_lookback).__name__}", TypeError)
+    if chunk_lookback < -1:
+        _fail("chunk_lookback", f"expected -1 (off) or a lookback >= 0, got {chunk_lookback}")
+    if chunk_lookback < 0:
+        return
+    left = -1 if window_size is None else window_size[0]
+    if not causal:
+        _fail("chunk_lookback", "chunked attention is causal; got causal=False")
+    if left < 0:
+        _fail("chunk_lookback", f"needs a left window (window_size[0] >= 0) to size the chunks, got {window_size!r}")
+    if (left + 1) // (chunk_lookback + 1) == 0:
+        _fail("chunk_lookback", f"chunk size (window_size[0] + 1) // (chunk_lookback + 1) is 0 for "
+                                f"window {left} and lookback {chunk_lookback}")
+
+
 def check_arguments(
     q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
     window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
-    output_scale, num_segments, workspace, *, split_kv=None, batch_invariant=False, check_metadata=False,
+    output_scale, num_segments, workspace, *, chunk_lookback=-1, split_kv=None, batch_invariant=False,
+    check_metadata=False,
 ) -> None:
     """Cheap checks; raises ValueError/TypeError naming the argument before anything is written.
 
@@ -160,6 +179,7 @@ def check_arguments(
         if softcap > 0 and not FLOAT32_TINY <= softcap <= FLOAT32_MAX:
             _fail("softcap", f"{softcap!r} is outside the float32 range the kernels use "
                              f"([{FLOAT32_TINY:.3g}, {FLOAT32_MAX:.3g}], or 0 to disable)")
+    _check_chunking(causal, window_size, chunk_lookback)
     _expect_bool("split_kv", split_kv, allow_none=True)
     _expect_bool("batch_invariant", batch_invariant)
     _expect_bool("check_metadata", check_metadata)

@@ -257,6 +257,11 @@ CATALOG: tuple[Mutant, ...] = (
        "naming nothing",
        ("        if not isinstance(window_size, (tuple, list)):", "        if False:"), file="validate.py",
        note="bad_input tier: window_size=8 must raise an error starting 'window_size: '"),
+    _m("chunk-index-off-by-one",
+       "chunked attention: the chunk index is taken of the 1-based position ((p + 1) // C), so the last "
+       "query of every chunk starts the next chunk's window",
+       ("first = tl.maximum(pos // chunk_size - chunk_lookback, 0) * chunk_size",
+        "first = tl.maximum((pos + 1) // chunk_size - chunk_lookback, 0) * chunk_size")),
 )
 
 BY_NAME = {m.name: m for m in CATALOG}

@@ -1,0 +1,92 @@
+"""Keyword-only features of ``kernels.unified_attention`` (vLLM's 2026 arguments): their argument
+checks (named errors, nothing written, no tensor values read) and a few direct kernel checks
+the case tables cannot express. Numerics, edges and poison live in the tables."""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+import torch
+
+import reference
+from attention_suite import build, same_bits, tables
+
+Q, K, V, OUT, CU, MAXQ, SEQUSED, MAXK, SCALE, CAUSAL, WINDOW, TABLE, SOFTCAP, QDESC, KDESC, VDESC = range(16)
+
+
+@dataclass(frozen=True)
+class FeatureError:
+    name: str
+    keyword: str  # the feature's keyword: implementations without it skip
+    mutate: Callable  # (args, kwargs, inputs) -> None
+    error: type
+    regex: str
+
+
+def _set(**changes):
+    def mutate(args, kwargs, inputs):
+        for key, value in changes.items():
+            if isinstance(key, str) and key.isupper():
+                args[globals()[key]] = value(inputs) if callable(value) else value
+            else:
+                kwargs[key] = value(inputs) if callable(value) else value
+    return mutate
+
+
+FEATURE_ERRORS = [
+    FeatureError("chunk-not-int", "chunk_lookback", _set(chunk_lookback=1.0, WINDOW=(15, -1)), TypeError,
+                 r"^chunk_lookback: expected an int"),
+    FeatureError("chunk-bool", "chunk_lookback", _set(chunk_lookback=True, WINDOW=(15, -1)), TypeError,
+                 r"^chunk_lookback: expected an int"),
+    FeatureError("chunk-below-minus-1", "chunk_lookback", _set(chunk_lookback=-2, WINDOW=(15, -1)), ValueError,
+                 r"^chunk_lookback: expected -1"),
+    FeatureError("chunk-no-window", "chunk_lookback", _set(chunk_lookback=1), ValueError,
+                 r"^chunk_lookback: needs a left window"),
+    FeatureError("chunk-noncausal", "chunk_lookback", _set(chunk_lookback=1, WINDOW=(15, -1), CAUSAL=False),
+                 ValueError, r"^chunk_lookback: chunked attention is causal"),
+    FeatureError("chunk-size-0", "chunk_lookback", _set(chunk_lookback=4, WINDOW=(3, -1)), ValueError,
+                 r"^chunk_lookback: chunk size .* is 0"),
+]
+
+
+def _feature_call(ctx, bad):
+    if bad.keyword not in ctx.impl.params:
+        pytest.skip(f"{ctx.impl.spec} has no '{bad.keyword}' argument")
+    inputs = build(tables.composition_case("mixed"), ctx.device, ctx.seed)
+    out = inputs.fresh_out()
+    args, kwargs = list(inputs.call_args(out)), dict(inputs.call_kwargs())
+    bad.mutate(args, kwargs, inputs)
+    return args, kwargs
+
+
+@pytest.mark.bad_input
+@pytest.mark.quick
+@pytest.mark.parametrize("bad", FEATURE_ERRORS, ids=[e.name for e in FEATURE_ERRORS])
+def test_feature_bad_input_raises_and_writes_nothing(ctx, bad):
+    args, kwargs = _feature_call(ctx, bad)
+    before = args[OUT].clone()
+    with pytest.raises(bad.error, match=bad.regex if ctx.impl.is_ours else None):
+        ctx.impl.func(*args, **kwargs)
+    assert same_bits(args[OUT], before), "out was written before the error"
+    # The reference refuses the same call with the same argument named.
+    with pytest.raises(bad.error, match=r"^" + bad.regex.lstrip("^").split(":")[0] + ":"):
+        reference.unified_attention(*args, **kwargs)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("bad", FEATURE_ERRORS, ids=[e.name for e in FEATURE_ERRORS])
+def test_feature_checks_read_no_values(ctx, bad):
+    """check_arguments on meta tensors: the same error, so no check reads a tensor's contents."""
+    if not ctx.impl.is_ours:
+        pytest.skip("check_arguments belongs to kernels")
+    import inspect
+
+    import kernels
+
+    args, kwargs = _feature_call(ctx, bad)
+    meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
+    kw = {k: (v.to("meta") if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+    names = list(inspect.signature(kernels.check_arguments).parameters)
+    positional = meta + [kw.pop(n, None) for n in names[16:21]]  # alibi .. workspace
+    with pytest.raises(bad.error, match=bad.regex):
+        kernels.check_arguments(*positional, **kw)
