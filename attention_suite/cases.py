@@ -71,12 +71,21 @@ class Case:
     table_slack: int = 1  # block-table columns past the longest sequence's last block (0: exact fit)
     # Keyword-only features; each is passed to the implementation only when it differs from its default.
     chunk_lookback: int = -1  # chunked attention (needs causal and window[0] >= 0); -1 off
+    # Bidirectional prefix ranges as (seq, start, end) triples, inclusive; built into mm_prefix_range
+    # [num_seqs, max_ranges + 1, 2], every row padded with an unused (start >= end) entry.
+    prefix_ranges: tuple = ()
+    prefix_clamp: bool = False  # mm_prefix_clamp_sliding_window
 
     def __post_init__(self):
         assert len(self.seq_lens) == len(self.query_lens), self.label
         assert all(0 <= q <= k for q, k in zip(self.query_lens, self.seq_lens)), self.label
         assert self.layout in LAYOUTS, self.layout
         assert self.table_slack >= 0, self.label
+        assert all(0 <= r[0] < len(self.seq_lens) for r in self.prefix_ranges), self.label
+
+    def ranges_of(self, seq: int) -> list[tuple[int, int]]:
+        """Sequence ``seq``'s prefix ranges as (start, end) pairs."""
+        return [(a, b) for q, a, b in self.prefix_ranges if q == seq]
 
     @property
     def name(self) -> str:
@@ -111,6 +120,10 @@ class Case:
             parts.append(f"slack{self.table_slack}")
         if self.chunk_lookback >= 0:
             parts.append(f"chunk{self.chunk_lookback}")
+        if self.prefix_ranges:
+            parts.append("ranges" + "_".join(f"{q}.{a}.{b}" for q, a, b in self.prefix_ranges))
+        if self.prefix_clamp:
+            parts.append("clamp")
         return "-".join(parts)
 
     @property
@@ -126,6 +139,7 @@ class Case:
 
 
 _TUPLE_FIELDS = {f.name for f in fields(Case) if "tuple" in str(f.type)}
+_NESTED_TUPLE_FIELDS = {"prefix_ranges"}
 
 
 def case_from_dict(data: dict) -> Case:
@@ -135,6 +149,8 @@ def case_from_dict(data: dict) -> Case:
         data["label"] = data.pop("name")
     known = {f.name for f in fields(Case)}
     values = {k: (tuple(v) if k in _TUPLE_FIELDS and v is not None else v) for k, v in data.items() if k in known}
+    for k in _NESTED_TUPLE_FIELDS & set(values):
+        values[k] = tuple(tuple(r) for r in values[k])
     return Case(**values)
 
 
@@ -157,6 +173,7 @@ class Inputs:
     sinks: torch.Tensor | None = None
     output_scale: torch.Tensor | None = None
     seed: int = 0
+    mm_prefix_range: torch.Tensor | None = None
 
     @property
     def max_seqlen_q(self) -> int:
@@ -190,6 +207,10 @@ class Inputs:
         kwargs = {"alibi_slopes": self.alibi_slopes, "sinks": self.sinks, "output_scale": self.output_scale}
         if c.chunk_lookback != -1:
             kwargs["chunk_lookback"] = c.chunk_lookback
+        if self.mm_prefix_range is not None:
+            kwargs["mm_prefix_range"] = self.mm_prefix_range
+        if c.prefix_clamp:
+            kwargs["mm_prefix_clamp_sliding_window"] = True
         return kwargs
 
 
@@ -253,7 +274,8 @@ def visible_slots(case: Case, block_table: torch.Tensor, num_blocks: int) -> tor
     for seq, (seq_len, q_len) in enumerate(zip(case.seq_lens, case.query_lens)):
         if q_len == 0 or seq_len == 0:
             continue
-        keys = visibility(seq_len, q_len, case.causal, case.window, "cpu", chunk_lookback=case.chunk_lookback)
+        keys = visibility(seq_len, q_len, case.causal, case.window, "cpu", chunk_lookback=case.chunk_lookback,
+                          prefix_ranges=case.ranges_of(seq), clamp_ranges_to_window=case.prefix_clamp)
         keys = keys.any(dim=0).nonzero().flatten()
         seen[block_table[seq, keys // case.block_size].long(), keys % case.block_size] = True
     return seen
@@ -267,6 +289,22 @@ def scatter_block_table(blocks_needed, block_ids: torch.Tensor, width: int, fill
     for seq, n in enumerate(blocks_needed):
         table[seq, :n] = block_ids[start:start + n].to(torch.int32)
         start += n
+    return table
+
+
+def prefix_range_tensor(case: Case) -> torch.Tensor | None:
+    """int32 ``[num_seqs, max_ranges + 1, 2]`` from ``case.prefix_ranges`` (None without ranges).
+
+    Every row ends in unused entries, (5, 2) past a sequence's own ranges: start >= end must be
+    skipped whatever the values."""
+    if not case.prefix_ranges:
+        return None
+    num_seqs = len(case.seq_lens)
+    width = max(len(case.ranges_of(s)) for s in range(num_seqs)) + 1
+    table = torch.tensor([[5, 2]], dtype=torch.int32).repeat(num_seqs, width, 1)
+    for seq in range(num_seqs):
+        for i, (start, end) in enumerate(case.ranges_of(seq)):
+            table[seq, i] = torch.tensor([start, end], dtype=torch.int32)
     return table
 
 
@@ -347,6 +385,7 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
         block_table=block_table.to(device) if case.layout != "bt_strided" else table.to(device)[:, :width],
         softmax_scale=1.0 / math.sqrt(case.head_size), k_descale=to_dev(k_descale), v_descale=to_dev(v_descale),
         alibi_slopes=slopes, sinks=sinks, output_scale=output_scale, seed=seed,
+        mm_prefix_range=to_dev(prefix_range_tensor(case)),
     )
 
 
@@ -358,8 +397,10 @@ def slice_sequence(inputs: Inputs, seq: int) -> tuple[Inputs, slice]:
     case = c.with_(label=f"{c.label}-seq{seq}", seq_lens=(c.seq_lens[seq],), query_lens=(c.query_lens[seq],),
                    pad_tokens=0)
     dev = inputs.q.device
+    case = case.with_(prefix_ranges=tuple((0, a, b) for a, b in c.ranges_of(seq)))
+    ranges = None if inputs.mm_prefix_range is None else inputs.mm_prefix_range[seq:seq + 1]
     alone = replace(
-        inputs, case=case, q=inputs.q[rows], out=inputs.out[rows],
+        inputs, case=case, q=inputs.q[rows], out=inputs.out[rows], mm_prefix_range=ranges,
         cu_seqlens_q=torch.tensor([0, c.query_lens[seq]], dtype=torch.int32, device=dev),
         seqused_k=inputs.seqused_k[seq:seq + 1], block_table=inputs.block_table[seq:seq + 1],
     )

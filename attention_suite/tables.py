@@ -99,7 +99,20 @@ def feature_cases() -> list[Case]:
         "chunked-attn-sinks": dict(window=(15, -1), chunk_lookback=0, sinks=True, alibi=True),
     }
     # The fields name the feature (Case.name), so the composition is the whole label.
-    return [_case(comp, comp, **fields) for fields in features.values() for comp in ("mixed", "decode")]
+    cases = [_case(comp, comp, **fields) for fields in features.values() for comp in ("mixed", "decode")]
+    # Bidirectional prefix ranges (per composition: they name positions). Mixed: a prefill range,
+    # one running past the diagonal of a chunk of queries, one behind a decode query's window.
+    # Decode: ranges behind the window, one ending past seq_len (adds no key past it).
+    mixed_ranges = ((1, 3, 12), (2, 55, 66), (0, 30, 49))
+    decode_ranges = ((0, 3, 16), (2, 50, 79), (3, 0, 40))
+    if ON_GPU:
+        mixed_ranges = tuple((q, a * SCALE, b * SCALE) for q, a, b in mixed_ranges)
+        decode_ranges = tuple((q, a * SCALE, b * SCALE) for q, a, b in decode_ranges)
+    for clamp in (False, True):
+        cases.append(_case("mixed", "mixed", window=(7, -1), prefix_ranges=mixed_ranges, prefix_clamp=clamp))
+        cases.append(_case("decode", "decode", window=(7, -1), prefix_ranges=decode_ranges, prefix_clamp=clamp))
+    cases.append(_case("mixed", "mixed", prefix_ranges=mixed_ranges, sinks=True, softcap=4.0))
+    return cases
 
 
 def edge_cases() -> list[Case]:
@@ -151,6 +164,24 @@ def edge_cases() -> list[Case]:
         # Long decode context: segments wholly before the lookback chunks must not exist.
         _case("chunk-outside-segments-decode", seq_lens=(10 * t, 7 * t + 3), query_lens=(1, 1),
               window=(t - 1, -1), chunk_lookback=1, num_segments=8),
+        # Prefix ranges at the sequence's start and at its end (the end range holds the last query).
+        _case("ranges-start-end", "prefill", window=(4, -1), prefix_ranges=((0, 0, 5), (1, 30, 36))),
+        # A range crossing tile boundaries (3t, 4t) and a segment boundary (tiles 2 per segment: 4t),
+        # starting left of the window and ending right of the first queries' diagonal.
+        _case("range-across-tiles-segments", seq_lens=(6 * t,), query_lens=(3 * t,), window=(t // 2, -1),
+              prefix_ranges=((0, 2 * t + 3, 4 * t + 7),), num_segments=5),
+        _case("range-across-segments-decode", seq_lens=(6 * t, 5 * t), query_lens=(1, 1), window=(3, -1),
+              prefix_ranges=((0, t - 2, 6 * t - 1), (1, 2 * t + 1, 5 * t - 1)), num_segments=4),
+        # Ranges partly outside the window, with and without the clamp.
+        _case("range-past-window", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40))),
+        _case("range-past-window", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40)),
+              prefix_clamp=True),
+        # Every query inside one range: bidirectional attention over the whole sequence.
+        _case("queries-in-one-range", "prefill", window=(3, -1), prefix_ranges=((0, 0, 23), (1, 0, 36))),
+        # Overlapping ranges (their union around a query is one interval), and ranges with chunks.
+        _case("ranges-overlapping", "chunked", window=(2, -1), prefix_ranges=((0, 45, 52), (0, 50, 57), (1, 33, 38))),
+        _case("ranges-with-chunks", "chunked", window=(9, -1), chunk_lookback=1,
+              prefix_ranges=((0, 47, 59), (1, 25, 36))),
     ]
     return cases
 
@@ -174,6 +205,13 @@ def poison_cases() -> list[Case]:
         # Chunked attention: keys before the lookback chunks are poisoned (window 23 alone would see some).
         _case("poison-chunked-attn", window=(23, -1), chunk_lookback=1),
         _case("poison-chunked-attn-decode", "decode", window=(11, -1), chunk_lookback=2, num_segments=4),
+        # Prefix ranges: slots outside both the window and every range a query is in are poisoned,
+        # including the keys the clamp excludes and those past a range end or past seq_len.
+        _case("poison-prefix-ranges", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40))),
+        _case("poison-prefix-ranges", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40)),
+              prefix_clamp=True),
+        _case("poison-prefix-ranges-decode", "decode", window=(3, -1),
+              prefix_ranges=((0, 3, 16), (2, 50, 79), (3, 0, 40)), num_segments=4),
     ]
 
 
@@ -207,6 +245,10 @@ def quick_cases() -> list[Case]:
         _case("quick-noncausal-window", causal=False, window=(13, 5), alibi=True, sinks=True),
         # Chunked attention with chunks of 5 keys (under a tile, not dividing the block size).
         _case("quick-chunked-attn", "chunked", window=(9, -1), chunk_lookback=1),
+        # Prefix ranges running past the queries' diagonal and past the window, one of them clamped.
+        _case("quick-prefix-ranges", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40)),
+              prefix_clamp=True, num_segments=3),
+        _case("quick-prefix-ranges-unclamped", "chunked", window=(5, -1), prefix_ranges=((0, 40, 53), (1, 30, 38))),
     ]
 
 

@@ -95,7 +95,7 @@ def unified_attention(
     q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
     window_size, block_table, softcap, q_descale, k_descale, v_descale,
     alibi_slopes=None, sinks=None, output_scale=None, *,
-    chunk_lookback=-1,
+    chunk_lookback=-1, mm_prefix_range=None, mm_prefix_clamp_sliding_window=False,
     split_kv=None, num_segments=None, workspace=None, batch_invariant=False, check_metadata=False,
 ):
     """Paged attention over a varlen batch; writes into ``out`` and returns it.
@@ -127,15 +127,23 @@ def unified_attention(
         (``window_size[0] >= 0``, causal) and chunk size ``C = (w + 1) // (chunk_lookback + 1)``
         (> 0), key j is visible to query position p iff ``j <= p`` and
         ``p // C - j // C <= chunk_lookback``; it replaces the sliding window.
+      * ``mm_prefix_range`` int32 ``[num_seqs, max_ranges, 2]``: inclusive ``[start, end]`` position
+        ranges per sequence (``start >= end``: unused). A query inside a range also sees every key
+        of that range, later ones included: visible = (causal and window) or (both in one range).
+        ``mm_prefix_clamp_sliding_window=True`` keeps the window's left bound for the range's
+        extra keys. Range values are metadata: never read on the host, bounds-safe when invalid
+        (a range past the sequence adds no key past it), checked by ``validate_metadata``.
     """
     check_arguments(
         q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
         window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
-        output_scale, num_segments, workspace, chunk_lookback=chunk_lookback,
+        output_scale, num_segments, workspace, chunk_lookback=chunk_lookback, mm_prefix_range=mm_prefix_range,
+        mm_prefix_clamp_sliding_window=mm_prefix_clamp_sliding_window,
         split_kv=split_kv, batch_invariant=batch_invariant, check_metadata=check_metadata,
     )
     if check_metadata or metadata_check_forced():
-        validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table)
+        validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table,
+                          mm_prefix_range=mm_prefix_range)
     _check_backend(q, out)
     chunked = chunk_lookback >= 0
     chunk_size, lookback = _chunk_params(window_size, chunk_lookback)
@@ -156,6 +164,9 @@ def unified_attention(
     part_strides = (part_max.stride(0), part_max.stride(1)) if split else (0, 0)
     softcap = float(softcap or 0.0)
     kv_fp8 = k.dtype in FP8_CACHE_DTYPES
+    use_prefix = mm_prefix_range is not None and mm_prefix_range.shape[1] > 0
+    prefix_args = ((*mm_prefix_range.stride(), mm_prefix_range.shape[1]) if use_prefix else (0, 0, 0, 0))
+    prefix_flags = dict(USE_PREFIX=use_prefix, PREFIX_CLAMP=use_prefix and mm_prefix_clamp_sliding_window)
     out_fp8 = out.dtype in FP8_CACHE_DTYPES
     common = dict(
         HEAD_SIZE=head_size, HEAD_PAD=next_power_of_2(head_size), TILE=plan.tile_size,
@@ -164,24 +175,25 @@ def unified_attention(
     _attention._paged_attention_kernel[plan.grid](
         q, k, v, out, block_table, cu_seqlens_q, seqused_k,
         _or(alibi_slopes, q), _or(sinks, q), _or(k_descale, q), _or(v_descale, q), _or(output_scale, q),
-        part_acc, part_max, part_sum,
+        part_acc, part_max, part_sum, _or(mm_prefix_range, cu_seqlens_q),
         *q.stride(), *out.stride(), *k.stride(), *v.stride(), *block_table.stride(), *part_strides,
         num_seqs, num_tokens, k.shape[0], kv_capacity,
         softmax_scale * _attention.LOG2E.value, softcap * _attention.LOG2E.value,
-        window_left, window_right, plan.num_segments, chunk_size, lookback,
+        window_left, window_right, plan.num_segments, chunk_size, lookback, *prefix_args,
         NUM_QUERIES_PER_KV=num_q_heads // k.shape[2], BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q,
         BLOCK_SIZE=k.shape[1], USE_SOFTCAP=softcap > 0, USE_ALIBI=alibi_slopes is not None,
         KV_FP8=kv_fp8, SPLIT_KV=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        CHUNKED=chunked,
+        CHUNKED=chunked, **prefix_flags,
         num_warps=plan.num_warps, num_stages=plan.num_stages, **common,
     )
     if split:
         _attention._reduce_segments_kernel[plan.reduce_grid](
             out, part_acc, part_max, part_sum, cu_seqlens_q, seqused_k, _or(sinks, q), _or(output_scale, q),
+            _or(mm_prefix_range, cu_seqlens_q),
             *out.stride(), *part_strides, num_seqs, num_tokens, kv_capacity, num_q_heads, window_left,
-            plan.num_segments, chunk_size, lookback,
+            plan.num_segments, chunk_size, lookback, *prefix_args,
             SEGMENTS_PAD=plan.segments_pad, HEADS=plan.reduce_heads, DIMS=plan.reduce_dims,
-            num_warps=plan.reduce_num_warps, CHUNKED=chunked, **common,
+            num_warps=plan.reduce_num_warps, CHUNKED=chunked, **prefix_flags, **common,
         )
     return out
 

@@ -103,7 +103,8 @@ def _check_chunking(causal, window_size, chunk_lookback) -> None:
 def check_arguments(
     q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
     window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
-    output_scale, num_segments, workspace, *, chunk_lookback=-1, split_kv=None, batch_invariant=False,
+    output_scale, num_segments, workspace, *, chunk_lookback=-1, mm_prefix_range=None,
+    mm_prefix_clamp_sliding_window=False, split_kv=None, batch_invariant=False,
     check_metadata=False,
 ) -> None:
     """Cheap checks; raises ValueError/TypeError naming the argument before anything is written.
@@ -180,6 +181,16 @@ def check_arguments(
             _fail("softcap", f"{softcap!r} is outside the float32 range the kernels use "
                              f"([{FLOAT32_TINY:.3g}, {FLOAT32_MAX:.3g}], or 0 to disable)")
     _check_chunking(causal, window_size, chunk_lookback)
+    _expect_bool("mm_prefix_clamp_sliding_window", mm_prefix_clamp_sliding_window)
+    if mm_prefix_range is not None:
+        _expect_tensor("mm_prefix_range", mm_prefix_range, 3)
+        if mm_prefix_range.dtype != torch.int32:
+            _fail("mm_prefix_range", f"expected dtype torch.int32, got {mm_prefix_range.dtype}", TypeError)
+        num_seqs = cu_seqlens_q.shape[0] - 1
+        if mm_prefix_range.shape[0] != num_seqs or mm_prefix_range.shape[2] != 2:
+            _fail("mm_prefix_range", f"expected shape ({num_seqs}, max_ranges, 2), got {tuple(mm_prefix_range.shape)}")
+        if mm_prefix_range.device != q.device:
+            _fail("mm_prefix_range", f"expected device {q.device} (q's), got {mm_prefix_range.device}")
     _expect_bool("split_kv", split_kv, allow_none=True)
     _expect_bool("batch_invariant", batch_invariant)
     _expect_bool("check_metadata", check_metadata)
@@ -217,14 +228,16 @@ def check_arguments(
         workspace.check_fits(num_tokens, num_q_heads, head_size, device)
 
 
-def validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table) -> None:
+def validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table, *,
+                      mm_prefix_range=None) -> None:
     """Checks that need the metadata's values (syncs the device). Raises ValueError naming the argument.
 
     Everything the kernels only survive (see ``unified_attention``) is an error here:
     cu_seqlens_q not starting at 0, decreasing, or ending past q's tokens; max_seqlen_q below the
     longest query; seqused_k negative, below its sequence's query length or past its block-table
     row's capacity; max_seqlen_k below a sequence's keys; a block id a sequence uses outside
-    ``[0, num_blocks)``. Expects tensors that passed ``check_arguments``.
+    ``[0, num_blocks)``; a used prefix range (start < end) starting before 0. Expects tensors that
+    passed ``check_arguments``.
     """
     num_tokens, num_blocks, block_size = q.shape[0], k.shape[0], k.shape[1]
     num_seqs = _check_counts(cu_seqlens_q, seqused_k, block_table)
@@ -250,6 +263,11 @@ def validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k,
             _fail("seqused_k", f"sequence {seq} has {kv_len} keys but its block table holds {capacity}")
         if kv_len > max_seqlen_k:
             _fail("max_seqlen_k", f"{max_seqlen_k} is below sequence {seq}'s {kv_len} keys")
+    if mm_prefix_range is not None:
+        for seq, ranges in enumerate(mm_prefix_range.tolist()):
+            for start, end in ranges:
+                if start < end and start < 0:
+                    _fail("mm_prefix_range", f"sequence {seq} has a range [{start}, {end}] starting before 0")
     if num_seqs == 0 or block_table.shape[1] == 0:
         return
     # One pass over the whole table (one sync): entry (s, c) is used iff c < ceil(seqused_k[s] / block_size).

@@ -46,6 +46,22 @@ FEATURE_ERRORS = [
                  ValueError, r"^chunk_lookback: chunked attention is causal"),
     FeatureError("chunk-size-0", "chunk_lookback", _set(chunk_lookback=4, WINDOW=(3, -1)), ValueError,
                  r"^chunk_lookback: chunk size .* is 0"),
+    FeatureError("ranges-not-tensor", "mm_prefix_range", _set(mm_prefix_range=[[0, 3]]), TypeError,
+                 r"^mm_prefix_range: expected a torch.Tensor"),
+    FeatureError("ranges-int64", "mm_prefix_range",
+                 _set(mm_prefix_range=lambda i: torch.zeros(4, 1, 2, dtype=torch.int64, device=i.q.device)),
+                 TypeError, r"^mm_prefix_range: expected dtype"),
+    FeatureError("ranges-rank", "mm_prefix_range",
+                 _set(mm_prefix_range=lambda i: torch.zeros(4, 2, dtype=torch.int32, device=i.q.device)),
+                 ValueError, r"^mm_prefix_range: expected 3 dimensions"),
+    FeatureError("ranges-rows", "mm_prefix_range",
+                 _set(mm_prefix_range=lambda i: torch.zeros(3, 1, 2, dtype=torch.int32, device=i.q.device)),
+                 ValueError, r"^mm_prefix_range: expected shape"),
+    FeatureError("ranges-last-dim", "mm_prefix_range",
+                 _set(mm_prefix_range=lambda i: torch.zeros(4, 1, 3, dtype=torch.int32, device=i.q.device)),
+                 ValueError, r"^mm_prefix_range: expected shape"),
+    FeatureError("ranges-clamp-not-bool", "mm_prefix_clamp_sliding_window",
+                 _set(mm_prefix_clamp_sliding_window=1), TypeError, r"^mm_prefix_clamp_sliding_window:"),
 ]
 
 
@@ -90,3 +106,43 @@ def test_feature_checks_read_no_values(ctx, bad):
     positional = meta + [kw.pop(n, None) for n in names[16:21]]  # alibi .. workspace
     with pytest.raises(bad.error, match=bad.regex):
         kernels.check_arguments(*positional, **kw)
+
+
+@pytest.mark.bad_input
+@pytest.mark.quick
+def test_prefix_range_values_are_metadata(ctx):
+    """A used range starting before 0: refused by validate_metadata and checked mode (named), never by
+    the cheap checks; unchecked, the call still runs (bounds-safe) and unused entries may hold anything."""
+    if "mm_prefix_range" not in ctx.impl.params:
+        pytest.skip(f"{ctx.impl.spec} has no 'mm_prefix_range' argument")
+    case = tables.find("quick-prefix-ranges-unclamped")
+    inputs = build(case, ctx.device, ctx.seed)
+    ranges = inputs.mm_prefix_range.clone()
+    ranges[0, 0] = torch.tensor([-3, 50], dtype=torch.int32)
+    ranges[1, -1] = torch.tensor([-7, -9], dtype=torch.int32)  # unused (start >= end): fine
+    kwargs = {**inputs.call_kwargs(), "mm_prefix_range": ranges}
+    with pytest.raises(ValueError, match=r"^mm_prefix_range: sequence 0 has a range \[-3, 50\]"):
+        reference.unified_attention(*inputs.call_args(inputs.fresh_out()), **kwargs)
+    if ctx.impl.is_ours:
+        import kernels
+
+        with pytest.raises(ValueError, match=r"^mm_prefix_range: sequence 0 has a range \[-3, 50\]"):
+            kernels.validate_metadata(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.seqused_k,
+                                      inputs.max_seqlen_k, inputs.block_table, mm_prefix_range=ranges)
+    if "check_metadata" in ctx.impl.params:
+        out = inputs.fresh_out()
+        with pytest.raises(ValueError, match=r"^mm_prefix_range:"):
+            ctx.impl.func(*inputs.call_args(out), **kwargs, check_metadata=True)
+        assert same_bits(out, inputs.out), "out was written before the error"
+    # Unchecked: garbage ranges (huge, negative, past the sequence) run and write only the used rows.
+    ranges[0, 0] = torch.tensor([-2**31, 2**31 - 1], dtype=torch.int32)
+    ranges[1, 0] = torch.tensor([0, 2**31 - 1], dtype=torch.int32)
+    for path in ("2d", "3d"):
+        out = inputs.fresh_out()
+        kw = {**kwargs, "mm_prefix_range": ranges}
+        if ctx.impl.style == "split_kv":
+            kw["split_kv"] = path == "3d"
+        ctx.impl.func(*inputs.call_args(out), **kw)
+        rows = inputs.num_tokens_used
+        assert same_bits(out[rows:], inputs.out[rows:])
+        assert torch.isfinite(out[:rows].float()).all()

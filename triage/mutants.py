@@ -262,6 +262,10 @@ CATALOG: tuple[Mutant, ...] = (
        "query of every chunk starts the next chunk's window",
        ("first = tl.maximum(pos // chunk_size - chunk_lookback, 0) * chunk_size",
         "first = tl.maximum((pos + 1) // chunk_size - chunk_lookback, 0) * chunk_size")),
+    _m("prefix-range-end-exclusive",
+       "bidirectional prefix ranges: the inclusive end of mm_prefix_range is treated as exclusive, so the "
+       "range's last key is hidden from the queries before it",
+       ("(key[None, :] <= extra_hi[:, None])", "(key[None, :] < extra_hi[:, None])")),
 )
 
 BY_NAME = {m.name: m for m in CATALOG}
