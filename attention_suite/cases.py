@@ -75,6 +75,9 @@ class Case:
     # [num_seqs, max_ranges + 1, 2], every row padded with an unused (start >= end) entry.
     prefix_ranges: tuple = ()
     prefix_clamp: bool = False  # mm_prefix_clamp_sliding_window
+    # fp8 cache only: k/v descales of shape [num_seqs, num_kv_heads]; each (sequence, KV head) is
+    # scaled by its own factor before quantization, so the descales differ.
+    descale_per_head: bool = False
 
     def __post_init__(self):
         assert len(self.seq_lens) == len(self.query_lens), self.label
@@ -82,6 +85,7 @@ class Case:
         assert self.layout in LAYOUTS, self.layout
         assert self.table_slack >= 0, self.label
         assert all(0 <= r[0] < len(self.seq_lens) for r in self.prefix_ranges), self.label
+        assert not self.descale_per_head or self.kv_dtype == "float8_e4m3fn", self.label
 
     def ranges_of(self, seq: int) -> list[tuple[int, int]]:
         """Sequence ``seq``'s prefix ranges as (start, end) pairs."""
@@ -124,6 +128,8 @@ class Case:
             parts.append("ranges" + "_".join(f"{q}.{a}.{b}" for q, a, b in self.prefix_ranges))
         if self.prefix_clamp:
             parts.append("clamp")
+        if self.descale_per_head:
+            parts.append("descale-seqhead")
         return "-".join(parts)
 
     @property
@@ -308,6 +314,26 @@ def prefix_range_tensor(case: Case) -> torch.Tensor | None:
     return table
 
 
+def _quantize_per_seq_head(case: Case, vals, table, blocks_needed, fallback, salt: int):
+    """(cache values to store, descale ``[num_seqs, num_kv_heads]``) for per-(sequence, KV head) fp8.
+
+    Sequence s's blocks, head h, are multiplied by ``2 ** ((s + 2h + salt) % 4 - 1.5)`` (no new
+    random draws) and quantized with their own amax / 240; blocks no sequence owns keep the
+    per-tensor ``fallback`` scale."""
+    num_seqs, heads = len(case.seq_lens), case.num_kv_heads
+    out = vals / fallback
+    descale = torch.ones(num_seqs, heads, dtype=torch.float32)
+    for seq, n in enumerate(blocks_needed):
+        if n == 0:
+            continue
+        blocks = table[seq, :n].long()
+        factor = torch.tensor([2.0 ** ((seq + 2 * h + salt) % 4 - 1.5) for h in range(heads)])
+        rows = vals[blocks] * factor[None, None, :, None]
+        descale[seq] = rows.abs().amax(dim=(0, 1, 3)).clamp_min(1e-6) / 240.0
+        out[blocks] = rows / descale[seq][None, None, :, None]
+    return out, descale
+
+
 def build(case: Case, device, seed: int, poison: bool = False, exact: bool = False) -> Inputs:
     """Concrete inputs for ``case``. Identical ``seed`` gives identical visible data whatever ``poison``.
 
@@ -344,6 +370,9 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
         k_descale = (k_vals.abs().amax() / 240.0).reshape(1)
         v_descale = (v_vals.abs().amax() / 240.0).reshape(1)
         k_vals, v_vals = k_vals / k_descale, v_vals / v_descale
+        if case.descale_per_head:
+            k_vals, k_descale = _quantize_per_seq_head(case, k_vals * k_descale, table, blocks_needed, k_descale, 0)
+            v_vals, v_descale = _quantize_per_seq_head(case, v_vals * v_descale, table, blocks_needed, v_descale, 1)
 
     if poison:
         hidden = ~visible_slots(case, block_table, num_blocks)

@@ -96,6 +96,9 @@ def feature_cases() -> list[Case]:
         "all": dict(window=(25, -1), softcap=5.0, alibi=True, sinks=True),
         # Chunks of (23 + 1) // 2 = 12 keys, the own chunk and one before it.
         "chunked-attn": dict(window=(23, -1), chunk_lookback=1),
+        "fp8kv-descale-seqhead": dict(kv_dtype="float8_e4m3fn", descale_per_head=True),
+        "fp8kv-descale-seqhead-f32": dict(kv_dtype="float8_e4m3fn", dtype="float32", descale_per_head=True,
+                                          sinks=True),
         "chunked-attn-sinks": dict(window=(15, -1), chunk_lookback=0, sinks=True, alibi=True),
     }
     # The fields name the feature (Case.name), so the composition is the whole label.
@@ -205,6 +208,8 @@ def poison_cases() -> list[Case]:
         # Chunked attention: keys before the lookback chunks are poisoned (window 23 alone would see some).
         _case("poison-chunked-attn", window=(23, -1), chunk_lookback=1),
         _case("poison-chunked-attn-decode", "decode", window=(11, -1), chunk_lookback=2, num_segments=4),
+        _case("poison-fp8-descale-seqhead", "decode", kv_dtype="float8_e4m3fn", descale_per_head=True,
+              window=(9, -1), num_segments=3),
         # Prefix ranges: slots outside both the window and every range a query is in are poisoned,
         # including the keys the clamp excludes and those past a range end or past seq_len.
         _case("poison-prefix-ranges", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40))),
@@ -248,6 +253,9 @@ def quick_cases() -> list[Case]:
         # Prefix ranges running past the queries' diagonal and past the window, one of them clamped.
         _case("quick-prefix-ranges", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40)),
               prefix_clamp=True, num_segments=3),
+        # fp8 cache with one descale per (sequence, KV head).
+        _case("quick-fp8kv-descale-seqhead", "decode", kv_dtype="float8_e4m3fn", descale_per_head=True,
+              num_segments=2),
         _case("quick-prefix-ranges-unclamped", "chunked", window=(5, -1), prefix_ranges=((0, 40, 53), (1, 30, 38))),
     ]
 

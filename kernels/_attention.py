@@ -321,12 +321,13 @@ def _paged_attention_kernel(
     stride_part_tok, stride_part_head,
     num_seqs, num_tokens, num_blocks, kv_capacity, qk_scale, softcap, window_left, window_right, num_segments,
     chunk_size, chunk_lookback, stride_pr_seq, stride_pr_range, stride_pr_end, num_ranges,
+    stride_kds_seq, stride_kds_head, stride_vds_seq, stride_vds_head,
     NUM_QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
     TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr,
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, USE_SINKS: tl.constexpr,
     KV_FP8: tl.constexpr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr,
     SPLIT_KV: tl.constexpr, DOT_PRECISION: tl.constexpr, CHUNKED: tl.constexpr,
-    USE_PREFIX: tl.constexpr, PREFIX_CLAMP: tl.constexpr,
+    USE_PREFIX: tl.constexpr, PREFIX_CLAMP: tl.constexpr, DESCALE_PER_HEAD: tl.constexpr,
 ):
     # Highest query blocks first: under causal masking they walk the most KV tiles, and
     # starting them early keeps the last wave of a prefill grid short.
@@ -400,7 +401,11 @@ def _paged_attention_kernel(
 
     scale = qk_scale
     if KV_FP8:
-        scale = scale * tl.load(k_descale_ptr)
+        if DESCALE_PER_HEAD:
+            # One descale per (sequence, KV head); a one-element descale comes with zero strides.
+            scale = scale * tl.load(k_descale_ptr + seq * stride_kds_seq + kv_head * stride_kds_head)
+        else:
+            scale = scale * tl.load(k_descale_ptr)
     if USE_ALIBI:
         alibi_slope = tl.load(alibi_ptr + row_head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
     else:
@@ -437,7 +442,10 @@ def _paged_attention_kernel(
             DOT_PRECISION, CHUNKED, USE_PREFIX)
 
     if KV_FP8:
-        acc = acc * tl.load(v_descale_ptr)
+        if DESCALE_PER_HEAD:
+            acc = acc * tl.load(v_descale_ptr + seq * stride_vds_seq + kv_head * stride_vds_head)
+        else:
+            acc = acc * tl.load(v_descale_ptr)
 
     if SPLIT_KV:
         part = (q_start + row_tok).to(tl.int64) * stride_part_tok + row_head * stride_part_head + segment

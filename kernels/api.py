@@ -123,6 +123,8 @@ def unified_attention(
     launched or written.
 
     Keyword-only features (vLLM's names; the defaults compile the kernels without them):
+      * ``k_descale``/``v_descale`` of an fp8 cache: one element, or ``[num_seqs, num_kv_heads]``
+        applied per (sequence, KV head) (any strides).
       * ``chunk_lookback`` (-1 off): chunked (block-local) attention. With left window w
         (``window_size[0] >= 0``, causal) and chunk size ``C = (w + 1) // (chunk_lookback + 1)``
         (> 0), key j is visible to query position p iff ``j <= p`` and
@@ -164,6 +166,8 @@ def unified_attention(
     part_strides = (part_max.stride(0), part_max.stride(1)) if split else (0, 0)
     softcap = float(softcap or 0.0)
     kv_fp8 = k.dtype in FP8_CACHE_DTYPES
+    # Descales per (sequence, KV head) when either is [num_seqs, num_kv_heads] with more than one element.
+    per_head = kv_fp8 and any(t.numel() != 1 for t in (k_descale, v_descale))
     use_prefix = mm_prefix_range is not None and mm_prefix_range.shape[1] > 0
     prefix_args = ((*mm_prefix_range.stride(), mm_prefix_range.shape[1]) if use_prefix else (0, 0, 0, 0))
     prefix_flags = dict(USE_PREFIX=use_prefix, PREFIX_CLAMP=use_prefix and mm_prefix_clamp_sliding_window)
@@ -180,10 +184,11 @@ def unified_attention(
         num_seqs, num_tokens, k.shape[0], kv_capacity,
         softmax_scale * _attention.LOG2E.value, softcap * _attention.LOG2E.value,
         window_left, window_right, plan.num_segments, chunk_size, lookback, *prefix_args,
+        *_descale_strides(k_descale, per_head), *_descale_strides(v_descale, per_head),
         NUM_QUERIES_PER_KV=num_q_heads // k.shape[2], BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q,
         BLOCK_SIZE=k.shape[1], USE_SOFTCAP=softcap > 0, USE_ALIBI=alibi_slopes is not None,
         KV_FP8=kv_fp8, SPLIT_KV=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        CHUNKED=chunked, **prefix_flags,
+        CHUNKED=chunked, **prefix_flags, DESCALE_PER_HEAD=per_head,
         num_warps=plan.num_warps, num_stages=plan.num_stages, **common,
     )
     if split:
@@ -196,6 +201,13 @@ def unified_attention(
             num_warps=plan.reduce_num_warps, CHUNKED=chunked, **prefix_flags, **common,
         )
     return out
+
+
+def _descale_strides(descale, per_head: bool) -> tuple[int, int]:
+    """(sequence, KV head) strides of a per-head descale; (0, 0) for a one-element one or when unused."""
+    if not per_head or descale.numel() == 1:
+        return 0, 0
+    return descale.stride(0), descale.stride(1)
 
 
 def _or(tensor, fallback):

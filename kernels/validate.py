@@ -53,6 +53,18 @@ def _expect_scale(arg: str, value, device):
         _fail(arg, f"expected device {device}, got {value.device}")
 
 
+def _expect_descale(arg: str, value, num_seqs: int, num_kv_heads: int, device):
+    """A per-tensor fp8 descale: one element, or one per (sequence, KV head). Values are not read."""
+    _expect_tensor(arg, value)
+    if value.dtype != torch.float32:
+        _fail(arg, f"expected dtype torch.float32, got {value.dtype}", TypeError)
+    if value.numel() != 1 and tuple(value.shape) != (num_seqs, num_kv_heads):
+        _fail(arg, f"expected one element or shape {(num_seqs, num_kv_heads)} (num_seqs, num_kv_heads), "
+                   f"got {tuple(value.shape)}")
+    if value.device != device:
+        _fail(arg, f"expected device {device}, got {value.device}")
+
+
 def _expect_bool(arg: str, value, allow_none: bool = False):
     if (value is None and allow_none) or isinstance(value, bool):
         return
@@ -214,7 +226,7 @@ def check_arguments(
         for name, t in (("k_descale", k_descale), ("v_descale", v_descale)):
             if t is None:
                 _fail(name, "required for an fp8 cache (pass a one-element float32 tensor)")
-            _expect_scale(name, t, device)
+            _expect_descale(name, t, cu_seqlens_q.shape[0] - 1, num_kv_heads, device)
     if out.dtype in FP8_CACHE_DTYPES:
         if output_scale is None:
             _fail("output_scale", "required when out is fp8")

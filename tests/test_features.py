@@ -62,7 +62,22 @@ FEATURE_ERRORS = [
                  ValueError, r"^mm_prefix_range: expected shape"),
     FeatureError("ranges-clamp-not-bool", "mm_prefix_clamp_sliding_window",
                  _set(mm_prefix_clamp_sliding_window=1), TypeError, r"^mm_prefix_clamp_sliding_window:"),
+    FeatureError("descale-shape", "k_descale", lambda a, kw, i: _fp8_with_descales(a, (4,), (4, 2)), ValueError,
+                 r"^k_descale: expected one element or shape \(4, 2\)"),
+    FeatureError("descale-transposed", "v_descale", lambda a, kw, i: _fp8_with_descales(a, (4, 2), (2, 4)),
+                 ValueError, r"^v_descale: expected one element or shape \(4, 2\)"),
+    FeatureError("descale-float64", "k_descale",
+                 lambda a, kw, i: _fp8_with_descales(a, (4, 2), (4, 2), torch.float64), TypeError,
+                 r"^k_descale: expected dtype"),
 ]
+
+
+def _fp8_with_descales(args, k_shape, v_shape, dtype=torch.float32):
+    """An fp8 cache with descales of the given shapes (the mixed composition: 4 sequences, 2 KV heads)."""
+    fp8 = torch.float8_e4m3fn
+    args[K], args[V] = args[K].to(fp8), args[V].to(fp8)
+    args[KDESC] = torch.full(k_shape, 0.5, dtype=dtype, device=args[Q].device)
+    args[VDESC] = torch.full(v_shape, 0.5, dtype=torch.float32, device=args[Q].device)
 
 
 def _feature_call(ctx, bad):

@@ -266,6 +266,11 @@ CATALOG: tuple[Mutant, ...] = (
        "bidirectional prefix ranges: the inclusive end of mm_prefix_range is treated as exclusive, so the "
        "range's last key is hidden from the queries before it",
        ("(key[None, :] <= extra_hi[:, None])", "(key[None, :] < extra_hi[:, None])")),
+    _m("descale-element-0",
+       "per-(sequence, KV head) fp8 descales: the K descale is read from element 0 for every sequence and "
+       "head (the per-tensor load kept)",
+       ("scale = scale * tl.load(k_descale_ptr + seq * stride_kds_seq + kv_head * stride_kds_head)",
+        "scale = scale * tl.load(k_descale_ptr)")),
 )
 
 BY_NAME = {m.name: m for m in CATALOG}
