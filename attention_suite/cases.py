@@ -20,6 +20,7 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "float32": torch.float32,
     "float8_e4m3fn": getattr(torch, "float8_e4m3fn", None),
+    "int8": torch.int8,  # per-token-head quantized caches only
 }
 LAYOUTS = (
     "contiguous",      # every tensor dense
@@ -34,7 +35,9 @@ LAYOUTS = (
 )
 
 
-_DTYPE_TAGS = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float8_e4m3fn": "fp8"}
+_DTYPE_TAGS = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float8_e4m3fn": "fp8", "int8": "i8"}
+# Largest stored magnitude a per-token-head quantizer maps a row's amax to.
+_QUANT_TOP = {"int8": 127.0, "float8_e4m3fn": 240.0}
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,9 @@ class Case:
     # fp8 cache only: k/v descales of shape [num_seqs, num_kv_heads]; each (sequence, KV head) is
     # scaled by its own factor before quantization, so the descales differ.
     descale_per_head: bool = False
+    # Per-token-head quantized cache: "int8_per_token_head" (kv_dtype "int8") or "fp8_per_token_head"
+    # (kv_dtype "float8_e4m3fn"), with float32 scale caches [num_blocks, block_size, num_kv_heads].
+    kv_quant: str | None = None
 
     def __post_init__(self):
         assert len(self.seq_lens) == len(self.query_lens), self.label
@@ -86,6 +92,11 @@ class Case:
         assert self.table_slack >= 0, self.label
         assert all(0 <= r[0] < len(self.seq_lens) for r in self.prefix_ranges), self.label
         assert not self.descale_per_head or self.kv_dtype == "float8_e4m3fn", self.label
+        assert self.kv_quant in (None, "int8_per_token_head", "fp8_per_token_head"), self.kv_quant
+        assert (self.kv_dtype == "int8") <= (self.kv_quant == "int8_per_token_head"), self.label
+        assert self.kv_quant != "fp8_per_token_head" or self.kv_dtype == "float8_e4m3fn", self.label
+        assert self.kv_quant != "int8_per_token_head" or self.kv_dtype == "int8", self.label
+        assert not self.kv_quant or not self.descale_per_head, self.label
 
     def ranges_of(self, seq: int) -> list[tuple[int, int]]:
         """Sequence ``seq``'s prefix ranges as (start, end) pairs."""
@@ -130,6 +141,8 @@ class Case:
             parts.append("clamp")
         if self.descale_per_head:
             parts.append("descale-seqhead")
+        if self.kv_quant:
+            parts.append("pertokenhead")
         return "-".join(parts)
 
     @property
@@ -180,6 +193,8 @@ class Inputs:
     output_scale: torch.Tensor | None = None
     seed: int = 0
     mm_prefix_range: torch.Tensor | None = None
+    k_scale_cache: torch.Tensor | None = None
+    v_scale_cache: torch.Tensor | None = None
 
     @property
     def max_seqlen_q(self) -> int:
@@ -217,6 +232,8 @@ class Inputs:
             kwargs["mm_prefix_range"] = self.mm_prefix_range
         if c.prefix_clamp:
             kwargs["mm_prefix_clamp_sliding_window"] = True
+        if c.kv_quant:
+            kwargs.update(kv_quant_mode=c.kv_quant, k_scale_cache=self.k_scale_cache, v_scale_cache=self.v_scale_cache)
         return kwargs
 
 
@@ -365,8 +382,15 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
     k_vals, v_vals = _randn(shape, gen), _randn(shape, gen)
     num_tokens = sum(case.query_lens) + case.pad_tokens
     q_vals = _randn((num_tokens, case.num_q_heads, case.head_size), gen) * case.logit_scale
-    k_descale = v_descale = None
-    if kv_dtype is not dtype:  # fp8 cache: quantize with a per-tensor scale
+    k_descale = v_descale = k_scales = v_scales = None
+    if case.kv_quant:  # per-token-head: every cached row quantized with its own scale
+        top = _QUANT_TOP[case.kv_dtype]
+        k_scales = (k_vals.abs().amax(dim=-1) / top).clamp_min(1e-6)
+        v_scales = (v_vals.abs().amax(dim=-1) / top).clamp_min(1e-6)
+        k_vals, v_vals = k_vals / k_scales[..., None], v_vals / v_scales[..., None]
+        if kv_dtype == torch.int8:
+            k_vals, v_vals = k_vals.round().clamp(-127, 127), v_vals.round().clamp(-127, 127)
+    elif kv_dtype is not dtype:  # fp8 cache: quantize with a per-tensor scale
         k_descale = (k_vals.abs().amax() / 240.0).reshape(1)
         v_descale = (v_vals.abs().amax() / 240.0).reshape(1)
         k_vals, v_vals = k_vals / k_descale, v_vals / v_descale
@@ -383,8 +407,17 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
         poison_values = torch.where(coin < 0.5, float("nan"), float("inf"))
         fill = poison_values[..., None, None].expand(shape)
         mask = hidden[..., None, None].expand(shape)
-        k_vals = torch.where(mask, fill, k_vals)
-        v_vals = torch.where(mask, -fill, v_vals)
+        if kv_dtype == torch.int8:  # int8 rows cannot hold NaN: their scales carry the poison
+            k_vals = torch.where(mask, torch.full_like(k_vals, 127.0), k_vals)
+            v_vals = torch.where(mask, torch.full_like(v_vals, -127.0), v_vals)
+        else:
+            k_vals = torch.where(mask, fill, k_vals)
+            v_vals = torch.where(mask, -fill, v_vals)
+        if case.kv_quant:
+            scale_fill = poison_values[..., None].expand(k_scales.shape)
+            scale_mask = hidden[..., None].expand(k_scales.shape)
+            k_scales = torch.where(scale_mask, scale_fill, k_scales)
+            v_scales = torch.where(scale_mask, -scale_fill, v_scales)
 
     k, v = _cache_pair(case, num_blocks, kv_dtype, device)
     k.copy_(k_vals.to(kv_dtype))
@@ -414,7 +447,8 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
         block_table=block_table.to(device) if case.layout != "bt_strided" else table.to(device)[:, :width],
         softmax_scale=1.0 / math.sqrt(case.head_size), k_descale=to_dev(k_descale), v_descale=to_dev(v_descale),
         alibi_slopes=slopes, sinks=sinks, output_scale=output_scale, seed=seed,
-        mm_prefix_range=to_dev(prefix_range_tensor(case)),
+        mm_prefix_range=to_dev(prefix_range_tensor(case)), k_scale_cache=to_dev(k_scales),
+        v_scale_cache=to_dev(v_scales),
     )
 
 

@@ -68,7 +68,7 @@ class Implementation:
         """Why this implementation cannot run ``case`` (None when it can)."""
         needs = {"sinks": case.sinks, "alibi_slopes": case.alibi, "output_scale": case.out_dtype is not None,
                  "chunk_lookback": case.chunk_lookback != -1, "mm_prefix_range": bool(case.prefix_ranges),
-                 "mm_prefix_clamp_sliding_window": case.prefix_clamp}
+                 "mm_prefix_clamp_sliding_window": case.prefix_clamp, "kv_quant_mode": case.kv_quant is not None}
         for param, needed in needs.items():
             if needed and param not in self.params:
                 return f"{self.spec} has no '{param}' argument"

@@ -97,6 +97,12 @@ def feature_cases() -> list[Case]:
         # Chunks of (23 + 1) // 2 = 12 keys, the own chunk and one before it.
         "chunked-attn": dict(window=(23, -1), chunk_lookback=1),
         "fp8kv-descale-seqhead": dict(kv_dtype="float8_e4m3fn", descale_per_head=True),
+        "int8kv-pertokenhead": dict(kv_dtype="int8", kv_quant="int8_per_token_head"),
+        "int8kv-pertokenhead-window": dict(kv_dtype="int8", kv_quant="int8_per_token_head", window=(19, -1),
+                                           alibi=True),
+        "fp8kv-pertokenhead": dict(kv_dtype="float8_e4m3fn", kv_quant="fp8_per_token_head"),
+        "fp8kv-pertokenhead-f32": dict(kv_dtype="float8_e4m3fn", kv_quant="fp8_per_token_head", dtype="float32",
+                                       sinks=True),
         "fp8kv-descale-seqhead-f32": dict(kv_dtype="float8_e4m3fn", dtype="float32", descale_per_head=True,
                                           sinks=True),
         "chunked-attn-sinks": dict(window=(15, -1), chunk_lookback=0, sinks=True, alibi=True),
@@ -208,6 +214,12 @@ def poison_cases() -> list[Case]:
         # Chunked attention: keys before the lookback chunks are poisoned (window 23 alone would see some).
         _case("poison-chunked-attn", window=(23, -1), chunk_lookback=1),
         _case("poison-chunked-attn-decode", "decode", window=(11, -1), chunk_lookback=2, num_segments=4),
+        # Per-token-head caches: NaN/Inf in the scale-cache entries (and fp8 rows) of every hidden slot.
+        _case("poison-int8-pertokenhead", kv_dtype="int8", kv_quant="int8_per_token_head", window=(11, -1)),
+        _case("poison-fp8-pertokenhead-decode", "decode", kv_dtype="float8_e4m3fn", kv_quant="fp8_per_token_head",
+              window=(9, -1), num_segments=4),
+        _case("poison-int8-pertokenhead-ranges", "chunked", kv_dtype="int8", kv_quant="int8_per_token_head",
+              window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40))),
         _case("poison-fp8-descale-seqhead", "decode", kv_dtype="float8_e4m3fn", descale_per_head=True,
               window=(9, -1), num_segments=3),
         # Prefix ranges: slots outside both the window and every range a query is in are poisoned,
@@ -253,6 +265,11 @@ def quick_cases() -> list[Case]:
         # Prefix ranges running past the queries' diagonal and past the window, one of them clamped.
         _case("quick-prefix-ranges", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40)),
               prefix_clamp=True, num_segments=3),
+        # Per-token-head quantized caches, int8 and fp8.
+        _case("quick-int8-pertokenhead", "chunked", kv_dtype="int8", kv_quant="int8_per_token_head", window=(19, -1),
+              layout="kv_combined"),
+        _case("quick-fp8-pertokenhead-decode", "decode", kv_dtype="float8_e4m3fn", kv_quant="fp8_per_token_head",
+              dtype="bfloat16", num_segments=3),
         # fp8 cache with one descale per (sequence, KV head).
         _case("quick-fp8kv-descale-seqhead", "decode", kv_dtype="float8_e4m3fn", descale_per_head=True,
               num_segments=2),

@@ -237,9 +237,10 @@ def _attend_tiles(
     stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
     row_pos, key_lo, key_hi, seq_len, window_left, window_right, num_blocks,
     qk_scale, softcap, alibi_slope, dims, dim_valid, row_first, extra_lo, extra_hi,
+    ks_base, vs_base, stride_ks_blk, stride_ks_slot, stride_vs_blk, stride_vs_slot,
     MASKED: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    CHUNKED: tl.constexpr, USE_PREFIX: tl.constexpr,
+    CHUNKED: tl.constexpr, USE_PREFIX: tl.constexpr, KV_PER_TOKEN_HEAD: tl.constexpr,
 ):
     """Online softmax over KV tiles ``[tile_begin, tile_end)``; returns the updated (acc, m_i, l_i).
 
@@ -272,6 +273,16 @@ def _attend_tiles(
                                key_valid, dim_valid, True)
         v_tile = _load_kv_tile(v_base, phys_block, slot, stride_v_blk, stride_v_slot, stride_v_dim, dims,
                                key_valid, dim_valid, False)
+        if KV_PER_TOKEN_HEAD:
+            # Each cached row by its own scale. Loaded under the same key mask as the rows, so the
+            # scale of a slot no row may see is never read (0 instead): NaN/Inf there cannot reach
+            # a product. The product is formed in float32 and rounded once to q's dtype.
+            k_row_scale = tl.load(ks_base + phys_block * stride_ks_blk + slot.to(tl.int64) * stride_ks_slot,
+                                  mask=key_valid, other=0.0)
+            v_row_scale = tl.load(vs_base + phys_block * stride_vs_blk + slot.to(tl.int64) * stride_vs_slot,
+                                  mask=key_valid, other=0.0)
+            k_tile = k_tile.to(tl.float32) * k_row_scale[None, :]
+            v_tile = v_tile.to(tl.float32) * v_row_scale[:, None]
         k_tile = k_tile.to(q.dtype)
         v_tile = v_tile.to(q.dtype)
 
@@ -312,7 +323,7 @@ def _stage_tiles(STAGE: tl.constexpr, tile_a, tile_b, tile_c, tile_d):
 def _paged_attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, block_table_ptr, cu_seqlens_q_ptr, seqused_k_ptr,
     alibi_ptr, sinks_ptr, k_descale_ptr, v_descale_ptr, output_scale_ptr,
-    part_acc_ptr, part_max_ptr, part_sum_ptr, prefix_ptr,
+    part_acc_ptr, part_max_ptr, part_sum_ptr, prefix_ptr, k_scale_ptr, v_scale_ptr,
     stride_q_tok, stride_q_head, stride_q_dim,
     stride_o_tok, stride_o_head, stride_o_dim,
     stride_k_blk, stride_k_slot, stride_k_head, stride_k_dim,
@@ -322,12 +333,14 @@ def _paged_attention_kernel(
     num_seqs, num_tokens, num_blocks, kv_capacity, qk_scale, softcap, window_left, window_right, num_segments,
     chunk_size, chunk_lookback, stride_pr_seq, stride_pr_range, stride_pr_end, num_ranges,
     stride_kds_seq, stride_kds_head, stride_vds_seq, stride_vds_head,
+    stride_ks_blk, stride_ks_slot, stride_ks_head, stride_vs_blk, stride_vs_slot, stride_vs_head,
     NUM_QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
     TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr,
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, USE_SINKS: tl.constexpr,
     KV_FP8: tl.constexpr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr,
     SPLIT_KV: tl.constexpr, DOT_PRECISION: tl.constexpr, CHUNKED: tl.constexpr,
     USE_PREFIX: tl.constexpr, PREFIX_CLAMP: tl.constexpr, DESCALE_PER_HEAD: tl.constexpr,
+    KV_PER_TOKEN_HEAD: tl.constexpr,
 ):
     # Highest query blocks first: under causal masking they walk the most KV tiles, and
     # starting them early keeps the last wave of a prefill grid short.
@@ -428,6 +441,8 @@ def _paged_attention_kernel(
     k_base = k_ptr + kv_head.to(tl.int64) * stride_k_head
     v_base = v_ptr + kv_head.to(tl.int64) * stride_v_head
     block_table_row = block_table_ptr + seq.to(tl.int64) * stride_bt_seq
+    ks_base = k_scale_ptr + kv_head.to(tl.int64) * stride_ks_head
+    vs_base = v_scale_ptr + kv_head.to(tl.int64) * stride_vs_head
 
     # Three phases over [tile_a, tile_d): the masked tiles at the window's/sequence's left edge,
     # the tiles every row sees whole (no masking), the masked tiles at the right edge. Unrolled at
@@ -438,8 +453,10 @@ def _paged_attention_kernel(
             acc, m_i, l_i, q, tile_begin, tile_end, k_base, v_base, block_table_row, stride_bt_blk,
             stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
             row_pos, key_lo, key_hi, seq_len, window_left, window_right, num_blocks, scale, softcap, alibi_slope,
-            dims, dim_valid, row_first, extra_lo, extra_hi, stage != 1, TILE, BLOCK_SIZE, USE_SOFTCAP, USE_ALIBI,
-            DOT_PRECISION, CHUNKED, USE_PREFIX)
+            dims, dim_valid, row_first, extra_lo, extra_hi,
+            ks_base, vs_base, stride_ks_blk, stride_ks_slot, stride_vs_blk, stride_vs_slot,
+            stage != 1, TILE, BLOCK_SIZE, USE_SOFTCAP, USE_ALIBI, DOT_PRECISION, CHUNKED, USE_PREFIX,
+            KV_PER_TOKEN_HEAD)
 
     if KV_FP8:
         if DESCALE_PER_HEAD:

@@ -9,7 +9,7 @@ import torch
 
 from . import _attention
 from .plan import INTERPRETER_NUM_SMS, UNLIMITED, LaunchPlan, effective_window, next_power_of_2, plan_launch
-from .validate import FP8_CACHE_DTYPES, check_arguments, validate_metadata
+from .validate import FP8_CACHE_DTYPES, PER_TOKEN_HEAD_MODES, check_arguments, kv_quant_mode_name, validate_metadata
 from .workspace import Workspace
 
 FP8_E4M3_MAX = 448.0
@@ -95,6 +95,7 @@ def unified_attention(
     q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
     window_size, block_table, softcap, q_descale, k_descale, v_descale,
     alibi_slopes=None, sinks=None, output_scale=None, *,
+    kv_quant_mode=None, k_scale_cache=None, v_scale_cache=None,
     chunk_lookback=-1, mm_prefix_range=None, mm_prefix_clamp_sliding_window=False,
     split_kv=None, num_segments=None, workspace=None, batch_invariant=False, check_metadata=False,
 ):
@@ -125,6 +126,12 @@ def unified_attention(
     Keyword-only features (vLLM's names; the defaults compile the kernels without them):
       * ``k_descale``/``v_descale`` of an fp8 cache: one element, or ``[num_seqs, num_kv_heads]``
         applied per (sequence, KV head) (any strides).
+      * ``kv_quant_mode``: None (infer: fp8 cache -> "fp8_per_tensor", else "none"), one of
+        "none", "fp8_per_tensor", "int8_per_token_head", "fp8_per_token_head", or an IntEnum with
+        those member names and values 0..3 (vLLM's KVQuantMode). The per-token-head modes take an
+        int8 / fp8 e4m3 cache and float32 ``k_scale_cache``/``v_scale_cache`` ``[num_blocks,
+        block_size, num_kv_heads]`` (any strides): each cached row is dequantized by its own scale;
+        scales of slots no query sees are never read.
       * ``chunk_lookback`` (-1 off): chunked (block-local) attention. With left window w
         (``window_size[0] >= 0``, causal) and chunk size ``C = (w + 1) // (chunk_lookback + 1)``
         (> 0), key j is visible to query position p iff ``j <= p`` and
@@ -141,6 +148,7 @@ def unified_attention(
         window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
         output_scale, num_segments, workspace, chunk_lookback=chunk_lookback, mm_prefix_range=mm_prefix_range,
         mm_prefix_clamp_sliding_window=mm_prefix_clamp_sliding_window,
+        kv_quant_mode=kv_quant_mode, k_scale_cache=k_scale_cache, v_scale_cache=v_scale_cache,
         split_kv=split_kv, batch_invariant=batch_invariant, check_metadata=check_metadata,
     )
     if check_metadata or metadata_check_forced():
@@ -165,7 +173,8 @@ def unified_attention(
     part_acc, part_max, part_sum = (workspace.acc, workspace.max, workspace.expsum) if split else (q, q, q)
     part_strides = (part_max.stride(0), part_max.stride(1)) if split else (0, 0)
     softcap = float(softcap or 0.0)
-    kv_fp8 = k.dtype in FP8_CACHE_DTYPES
+    per_token_head = kv_quant_mode_name(kv_quant_mode, k.dtype) in PER_TOKEN_HEAD_MODES
+    kv_fp8 = k.dtype in FP8_CACHE_DTYPES and not per_token_head  # per-tensor descales
     # Descales per (sequence, KV head) when either is [num_seqs, num_kv_heads] with more than one element.
     per_head = kv_fp8 and any(t.numel() != 1 for t in (k_descale, v_descale))
     use_prefix = mm_prefix_range is not None and mm_prefix_range.shape[1] > 0
@@ -180,15 +189,18 @@ def unified_attention(
         q, k, v, out, block_table, cu_seqlens_q, seqused_k,
         _or(alibi_slopes, q), _or(sinks, q), _or(k_descale, q), _or(v_descale, q), _or(output_scale, q),
         part_acc, part_max, part_sum, _or(mm_prefix_range, cu_seqlens_q),
+        _or(k_scale_cache, q), _or(v_scale_cache, q),
         *q.stride(), *out.stride(), *k.stride(), *v.stride(), *block_table.stride(), *part_strides,
         num_seqs, num_tokens, k.shape[0], kv_capacity,
         softmax_scale * _attention.LOG2E.value, softcap * _attention.LOG2E.value,
         window_left, window_right, plan.num_segments, chunk_size, lookback, *prefix_args,
         *_descale_strides(k_descale, per_head), *_descale_strides(v_descale, per_head),
+        *(k_scale_cache.stride() if per_token_head else (0, 0, 0)),
+        *(v_scale_cache.stride() if per_token_head else (0, 0, 0)),
         NUM_QUERIES_PER_KV=num_q_heads // k.shape[2], BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q,
         BLOCK_SIZE=k.shape[1], USE_SOFTCAP=softcap > 0, USE_ALIBI=alibi_slopes is not None,
         KV_FP8=kv_fp8, SPLIT_KV=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        CHUNKED=chunked, **prefix_flags, DESCALE_PER_HEAD=per_head,
+        CHUNKED=chunked, **prefix_flags, DESCALE_PER_HEAD=per_head, KV_PER_TOKEN_HEAD=per_token_head,
         num_warps=plan.num_warps, num_stages=plan.num_stages, **common,
     )
     if split:

@@ -8,6 +8,7 @@ users who want to check a batch before launching it.
 
 from __future__ import annotations
 
+import enum
 import math
 
 import torch
@@ -17,6 +18,9 @@ from .plan import MAX_SEGMENTS
 QUERY_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8_CACHE_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn",) if hasattr(torch, n))
 MIN_HEAD_SIZE, MAX_HEAD_SIZE = 16, 512
+# KV-cache quantization modes, in the order of vLLM's KVQuantMode values (0, 1, 2, 3).
+KV_QUANT_MODES = ("none", "fp8_per_tensor", "int8_per_token_head", "fp8_per_token_head")
+PER_TOKEN_HEAD_MODES = ("int8_per_token_head", "fp8_per_token_head")
 # The kernels take softmax_scale and softcap as float32, in log2 units (times log2(e)): values
 # outside this range would reach them as inf, or softcap as 0 (then 0 / 0 = NaN).
 LOG2E = 1.4426950408889634  # the value of _attention.LOG2E, without importing triton here
@@ -94,6 +98,51 @@ def _check_counts(cu_seqlens_q, seqused_k, block_table) -> int:
                           f"{from_seqused} entries and block_table's {from_table} rows")
 
 
+def kv_quant_mode_name(mode, k_dtype) -> str:
+    """``kv_quant_mode`` as one of ``KV_QUANT_MODES``: None infers it from the cache (fp8 ->
+    "fp8_per_tensor", else "none"); an IntEnum (vLLM's KVQuantMode) is taken by member name and
+    value; a plain int is refused (a bare number says nothing about intent)."""
+    if mode is None:
+        return "fp8_per_tensor" if k_dtype in FP8_CACHE_DTYPES else "none"
+    if isinstance(mode, enum.IntEnum):
+        name = mode.name.lower()
+        if name not in KV_QUANT_MODES or KV_QUANT_MODES.index(name) != int(mode):
+            _fail("kv_quant_mode", f"{mode!r} is not one of NONE=0, FP8_PER_TENSOR=1, INT8_PER_TOKEN_HEAD=2, "
+                                   "FP8_PER_TOKEN_HEAD=3")
+        return name
+    if not isinstance(mode, str):
+        _fail("kv_quant_mode", f"expected None, a str or a KVQuantMode IntEnum, got {type(mode).__name__}", TypeError)
+    if mode not in KV_QUANT_MODES:
+        _fail("kv_quant_mode", f"expected one of {KV_QUANT_MODES}, got {mode!r}")
+    return mode
+
+
+def _check_quant_cache(q, k, mode, k_scale_cache, v_scale_cache) -> None:
+    """The cache dtype the mode needs, and its per-token-head scale caches (shapes only)."""
+    if mode == "none":
+        if k.dtype != q.dtype:
+            _fail("k", f"expected dtype {q.dtype} (q's) for an unquantized cache, got {k.dtype}", TypeError)
+    elif mode in ("fp8_per_tensor", "fp8_per_token_head"):
+        if k.dtype not in FP8_CACHE_DTYPES:
+            _fail("k", f"expected an fp8 e4m3 cache for kv_quant_mode {mode!r}, got {k.dtype}", TypeError)
+    elif k.dtype != torch.int8:
+        _fail("k", f"expected a torch.int8 cache for kv_quant_mode {mode!r}, got {k.dtype}", TypeError)
+    for name, t in (("k_scale_cache", k_scale_cache), ("v_scale_cache", v_scale_cache)):
+        if mode not in PER_TOKEN_HEAD_MODES:
+            if t is not None:
+                _fail(name, f"only used with a per-token-head kv_quant_mode (mode is {mode!r}); pass None")
+            continue
+        if t is None:
+            _fail(name, f"required for kv_quant_mode {mode!r}")
+        _expect_tensor(name, t, 3)
+        if t.dtype != torch.float32:
+            _fail(name, f"expected dtype torch.float32, got {t.dtype}", TypeError)
+        if tuple(t.shape) != tuple(k.shape[:3]):
+            _fail(name, f"expected shape {tuple(k.shape[:3])} (one scale per cached row), got {tuple(t.shape)}")
+        if t.device != q.device:
+            _fail(name, f"expected device {q.device}, got {t.device}")
+
+
 def _check_chunking(causal, window_size, chunk_lookback) -> None:
     """Chunked attention: the lookback's form, and a window that gives chunks of at least one key."""
     if isinstance(chunk_lookback, bool) or not isinstance(chunk_lookback, int):
@@ -117,7 +166,7 @@ def check_arguments(
     window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
     output_scale, num_segments, workspace, *, chunk_lookback=-1, mm_prefix_range=None,
     mm_prefix_clamp_sliding_window=False, split_kv=None, batch_invariant=False,
-    check_metadata=False,
+    check_metadata=False, kv_quant_mode=None, k_scale_cache=None, v_scale_cache=None,
 ) -> None:
     """Cheap checks; raises ValueError/TypeError naming the argument before anything is written.
 
@@ -132,8 +181,10 @@ def check_arguments(
         _fail("q", f"expected dtype in {QUERY_DTYPES}, got {q.dtype}", TypeError)
     if q_descale is not None:
         _fail("q_descale", "fp8 queries are not supported; pass None")
+    mode = kv_quant_mode_name(kv_quant_mode, k.dtype)
     for name, cache in (("k", k), ("v", v)):
-        if cache.dtype != q.dtype and cache.dtype not in FP8_CACHE_DTYPES:
+        quantized = cache.dtype in FP8_CACHE_DTYPES or (cache.dtype == torch.int8 and mode in PER_TOKEN_HEAD_MODES)
+        if cache.dtype != q.dtype and not quantized:
             _fail(name, f"expected dtype {q.dtype} (q's) or an fp8 e4m3 cache, got {cache.dtype}", TypeError)
     if v.dtype != k.dtype:
         _fail("v", f"expected the same dtype as k ({k.dtype}), got {v.dtype}", TypeError)
@@ -222,7 +273,12 @@ def check_arguments(
             _fail(name, f"expected a floating dtype, got {t.dtype}", TypeError)
         if t.device != device:
             _fail(name, f"expected device {device}, got {t.device}")
-    if k.dtype in FP8_CACHE_DTYPES:
+    _check_quant_cache(q, k, mode, k_scale_cache, v_scale_cache)
+    if mode in PER_TOKEN_HEAD_MODES:
+        for name, t in (("k_descale", k_descale), ("v_descale", v_descale)):
+            if t is not None:
+                _fail(name, f"only used with a per-tensor fp8 cache (mode is {mode!r}); pass None")
+    elif k.dtype in FP8_CACHE_DTYPES:
         for name, t in (("k_descale", k_descale), ("v_descale", v_descale)):
             if t is None:
                 _fail(name, "required for an fp8 cache (pass a one-element float32 tensor)")

@@ -2,6 +2,7 @@
 checks (named errors, nothing written, no tensor values read) and a few direct kernel checks
 the case tables cannot express. Numerics, edges and poison live in the tables."""
 
+import enum
 from dataclasses import dataclass
 from typing import Callable
 
@@ -69,7 +70,59 @@ FEATURE_ERRORS = [
     FeatureError("descale-float64", "k_descale",
                  lambda a, kw, i: _fp8_with_descales(a, (4, 2), (4, 2), torch.float64), TypeError,
                  r"^k_descale: expected dtype"),
+    FeatureError("quant-mode-unknown", "kv_quant_mode", _set(kv_quant_mode="int4"), ValueError,
+                 r"^kv_quant_mode: expected one of"),
+    FeatureError("quant-mode-plain-int", "kv_quant_mode", _set(kv_quant_mode=2), TypeError, r"^kv_quant_mode:"),
+    FeatureError("quant-mode-enum-mismatch", "kv_quant_mode", _set(kv_quant_mode=lambda i: _BadMode.INT8_PER_TOKEN_HEAD),
+                 ValueError, r"^kv_quant_mode: .* is not one of"),
+    FeatureError("quant-none-with-fp8", "kv_quant_mode", lambda a, kw, i: (_fp8_with_descales(a, (1,), (1,)),
+                                                                          kw.update(kv_quant_mode="none")),
+                 TypeError, r"^k: expected dtype .* for an unquantized cache"),
+    FeatureError("quant-int8-mode-fp8-cache", "kv_quant_mode", lambda a, kw, i: _quant(a, kw, i, torch.float8_e4m3fn,
+                                                                                        "int8_per_token_head"),
+                 TypeError, r"^k: expected a torch.int8 cache"),
+    FeatureError("quant-fp8-mode-int8-cache", "kv_quant_mode", lambda a, kw, i: _quant(a, kw, i, torch.int8,
+                                                                                        "fp8_per_token_head"),
+                 TypeError, r"^k: expected an fp8"),
+    FeatureError("quant-no-scale-cache", "kv_quant_mode",
+                 lambda a, kw, i: (_quant(a, kw, i, torch.int8, "int8_per_token_head"), kw.pop("v_scale_cache")),
+                 ValueError, r"^v_scale_cache: required"),
+    FeatureError("quant-scale-cache-shape", "kv_quant_mode",
+                 lambda a, kw, i: (_quant(a, kw, i, torch.int8, "int8_per_token_head"),
+                                   kw.update(k_scale_cache=kw["k_scale_cache"][:, :, :1])),
+                 ValueError, r"^k_scale_cache: expected shape"),
+    FeatureError("quant-scale-cache-dtype", "kv_quant_mode",
+                 lambda a, kw, i: (_quant(a, kw, i, torch.int8, "int8_per_token_head"),
+                                   kw.update(k_scale_cache=kw["k_scale_cache"].half())),
+                 TypeError, r"^k_scale_cache: expected dtype"),
+    FeatureError("quant-descale-with-per-token-head", "kv_quant_mode",
+                 lambda a, kw, i: (_quant(a, kw, i, torch.int8, "int8_per_token_head"),
+                                   a.__setitem__(KDESC, torch.ones(1, device=a[Q].device))),
+                 ValueError, r"^k_descale: only used with a per-tensor"),
+    FeatureError("quant-scale-cache-without-mode", "k_scale_cache",
+                 _set(k_scale_cache=lambda i: torch.ones(i.k.shape[:3], device=i.q.device)),
+                 ValueError, r"^k_scale_cache: only used with a per-token-head"),
 ]
+
+
+class _BadMode(enum.IntEnum):
+    NONE = 0
+    INT8_PER_TOKEN_HEAD = 3  # vLLM's value is 2
+
+
+class KVQuantMode(enum.IntEnum):  # vLLM's enum, by member names and values
+    NONE = 0
+    FP8_PER_TENSOR = 1
+    INT8_PER_TOKEN_HEAD = 2
+    FP8_PER_TOKEN_HEAD = 3
+
+
+def _quant(args, kwargs, inputs, dtype, mode):
+    """A per-token-head cache of ``dtype`` under ``mode``, with well-formed scale caches."""
+    args[K], args[V] = args[K].to(dtype), args[V].to(dtype)
+    shape = tuple(args[K].shape[:3])
+    kwargs.update(kv_quant_mode=mode, k_scale_cache=torch.ones(shape, device=args[Q].device),
+                  v_scale_cache=torch.ones(shape, device=args[Q].device))
 
 
 def _fp8_with_descales(args, k_shape, v_shape, dtype=torch.float32):
@@ -161,3 +214,27 @@ def test_prefix_range_values_are_metadata(ctx):
         rows = inputs.num_tokens_used
         assert same_bits(out[rows:], inputs.out[rows:])
         assert torch.isfinite(out[:rows].float()).all()
+
+
+@pytest.mark.quick
+@pytest.mark.numerics
+@pytest.mark.parametrize("form", ["str", "enum"])
+def test_kv_quant_mode_forms_agree(ctx, form):
+    """vLLM's KVQuantMode IntEnum and the mode's name give the same output, bit for bit; so do None
+    and "fp8_per_tensor" for a per-tensor fp8 cache."""
+    if "kv_quant_mode" not in ctx.impl.params:
+        pytest.skip(f"{ctx.impl.spec} has no 'kv_quant_mode' argument")
+    inputs = build(tables.find("quick-int8-pertokenhead"), ctx.device, ctx.seed)
+    runs = []
+    for mode in ("int8_per_token_head", KVQuantMode.INT8_PER_TOKEN_HEAD if form == "enum" else "int8_per_token_head"):
+        out = inputs.fresh_out()
+        ctx.impl.func(*inputs.call_args(out), **{**inputs.call_kwargs(), "kv_quant_mode": mode})
+        runs.append(out)
+    assert same_bits(*runs)
+    fp8 = build(tables.find("quick-fp8kv"), ctx.device, ctx.seed)
+    runs = []
+    for mode in (None, KVQuantMode.FP8_PER_TENSOR if form == "enum" else "fp8_per_tensor"):
+        out = fp8.fresh_out()
+        ctx.impl.func(*fp8.call_args(out), **{**fp8.call_kwargs(), "kv_quant_mode": mode})
+        runs.append(out)
+    assert same_bits(*runs)

@@ -271,6 +271,11 @@ CATALOG: tuple[Mutant, ...] = (
        "head (the per-tensor load kept)",
        ("scale = scale * tl.load(k_descale_ptr + seq * stride_kds_seq + kv_head * stride_kds_head)",
         "scale = scale * tl.load(k_descale_ptr)")),
+    _m("scale-cache-wrong-slot",
+       "per-token-head caches: the V row scale is read for the next slot of the block (slot + 1), not the "
+       "row's own",
+       ("vs_base + phys_block * stride_vs_blk + slot.to(tl.int64) * stride_vs_slot",
+        "vs_base + phys_block * stride_vs_blk + ((slot + 1) % BLOCK_SIZE).to(tl.int64) * stride_vs_slot")),
 )
 
 BY_NAME = {m.name: m for m in CATALOG}
