@@ -97,6 +97,8 @@ class Case:
         assert self.kv_quant != "fp8_per_token_head" or self.kv_dtype == "float8_e4m3fn", self.label
         assert self.kv_quant != "int8_per_token_head" or self.kv_dtype == "int8", self.label
         assert not self.kv_quant or not self.descale_per_head, self.label
+        # fp8 queries need a quantized cache and a 16/32-bit or fp8 output named explicitly.
+        assert self.dtype != "float8_e4m3fn" or (self.kv_dtype and self.out_dtype), self.label
 
     def ranges_of(self, seq: int) -> list[tuple[int, int]]:
         """Sequence ``seq``'s prefix ranges as (start, end) pairs."""
@@ -195,6 +197,7 @@ class Inputs:
     mm_prefix_range: torch.Tensor | None = None
     k_scale_cache: torch.Tensor | None = None
     v_scale_cache: torch.Tensor | None = None
+    q_descale: torch.Tensor | None = None  # fp8 queries only
 
     @property
     def max_seqlen_q(self) -> int:
@@ -219,7 +222,7 @@ class Inputs:
         c = self.case
         return (self.q, self.k, self.v, out, self.cu_seqlens_q, self.max_seqlen_q, self.seqused_k,
                 self.max_seqlen_k, self.softmax_scale, c.causal, c.window, self.block_table, c.softcap,
-                None, self.k_descale, self.v_descale)
+                self.q_descale, self.k_descale, self.v_descale)
 
     def call_kwargs(self) -> dict:
         """Keywords of the call: the three optional tensors always, a newer feature's keyword only
@@ -390,7 +393,7 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
         k_vals, v_vals = k_vals / k_scales[..., None], v_vals / v_scales[..., None]
         if kv_dtype == torch.int8:
             k_vals, v_vals = k_vals.round().clamp(-127, 127), v_vals.round().clamp(-127, 127)
-    elif kv_dtype is not dtype:  # fp8 cache: quantize with a per-tensor scale
+    elif kv_dtype is not dtype or dtype is DTYPES["float8_e4m3fn"]:  # fp8 cache: quantize with a per-tensor scale
         k_descale = (k_vals.abs().amax() / 240.0).reshape(1)
         v_descale = (v_vals.abs().amax() / 240.0).reshape(1)
         k_vals, v_vals = k_vals / k_descale, v_vals / v_descale
@@ -423,6 +426,10 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
     k.copy_(k_vals.to(kv_dtype))
     v.copy_(v_vals.to(kv_dtype))
     q, out = _query_buffers(case, num_tokens, dtype, out_dtype, device)
+    q_descale = None
+    if dtype is DTYPES["float8_e4m3fn"]:  # fp8 queries: a per-tensor scale, from the same draws
+        q_descale = (q_vals.abs().amax() / 240.0).reshape(1)
+        q_vals = q_vals / q_descale
     q.copy_(q_vals.to(dtype))
     out.fill_(float("nan") if out_dtype.is_floating_point else 0)
     if case.layout == "head_padded":
@@ -448,7 +455,7 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
         softmax_scale=1.0 / math.sqrt(case.head_size), k_descale=to_dev(k_descale), v_descale=to_dev(v_descale),
         alibi_slopes=slopes, sinks=sinks, output_scale=output_scale, seed=seed,
         mm_prefix_range=to_dev(prefix_range_tensor(case)), k_scale_cache=to_dev(k_scales),
-        v_scale_cache=to_dev(v_scales),
+        v_scale_cache=to_dev(v_scales), q_descale=to_dev(q_descale),
     )
 
 

@@ -98,6 +98,9 @@ def feature_cases() -> list[Case]:
         "chunked-attn": dict(window=(23, -1), chunk_lookback=1),
         "fp8kv-descale-seqhead": dict(kv_dtype="float8_e4m3fn", descale_per_head=True),
         "int8kv-pertokenhead": dict(kv_dtype="int8", kv_quant="int8_per_token_head"),
+        # fp8 queries against an fp8 cache: bf16 or fp8 output.
+        "fp8q-bf16out": dict(dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="bfloat16"),
+        "fp8q-fp8out": dict(dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="float8_e4m3fn", sinks=True),
         "int8kv-pertokenhead-window": dict(kv_dtype="int8", kv_quant="int8_per_token_head", window=(19, -1),
                                            alibi=True),
         "fp8kv-pertokenhead": dict(kv_dtype="float8_e4m3fn", kv_quant="fp8_per_token_head"),
@@ -220,6 +223,8 @@ def poison_cases() -> list[Case]:
               window=(9, -1), num_segments=4),
         _case("poison-int8-pertokenhead-ranges", "chunked", kv_dtype="int8", kv_quant="int8_per_token_head",
               window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40))),
+        _case("poison-fp8q", "chunked", dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="bfloat16",
+              window=(7, -1)),
         _case("poison-fp8-descale-seqhead", "decode", kv_dtype="float8_e4m3fn", descale_per_head=True,
               window=(9, -1), num_segments=3),
         # Prefix ranges: slots outside both the window and every range a query is in are poisoned,
@@ -270,6 +275,11 @@ def quick_cases() -> list[Case]:
               layout="kv_combined"),
         _case("quick-fp8-pertokenhead-decode", "decode", kv_dtype="float8_e4m3fn", kv_quant="fp8_per_token_head",
               dtype="bfloat16", num_segments=3),
+        # fp8 queries (fp8 x fp8 dots, P rounded to e4m3) with bf16 output, and with fp8 output.
+        _case("quick-fp8q-bf16out", "chunked", dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="bfloat16",
+              window=(19, -1)),
+        _case("quick-fp8q-fp8out-decode", "decode", dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn",
+              out_dtype="float8_e4m3fn", sinks=True, descale_per_head=True, num_segments=3),
         # fp8 cache with one descale per (sequence, KV head).
         _case("quick-fp8kv-descale-seqhead", "decode", kv_dtype="float8_e4m3fn", descale_per_head=True,
               num_segments=2),

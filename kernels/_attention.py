@@ -322,7 +322,7 @@ def _stage_tiles(STAGE: tl.constexpr, tile_a, tile_b, tile_c, tile_d):
 @triton.jit
 def _paged_attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, block_table_ptr, cu_seqlens_q_ptr, seqused_k_ptr,
-    alibi_ptr, sinks_ptr, k_descale_ptr, v_descale_ptr, output_scale_ptr,
+    alibi_ptr, sinks_ptr, k_descale_ptr, v_descale_ptr, output_scale_ptr, q_descale_ptr,
     part_acc_ptr, part_max_ptr, part_sum_ptr, prefix_ptr, k_scale_ptr, v_scale_ptr,
     stride_q_tok, stride_q_head, stride_q_dim,
     stride_o_tok, stride_o_head, stride_o_dim,
@@ -340,7 +340,7 @@ def _paged_attention_kernel(
     KV_FP8: tl.constexpr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr,
     SPLIT_KV: tl.constexpr, DOT_PRECISION: tl.constexpr, CHUNKED: tl.constexpr,
     USE_PREFIX: tl.constexpr, PREFIX_CLAMP: tl.constexpr, DESCALE_PER_HEAD: tl.constexpr,
-    KV_PER_TOKEN_HEAD: tl.constexpr,
+    KV_PER_TOKEN_HEAD: tl.constexpr, Q_FP8: tl.constexpr,
 ):
     # Highest query blocks first: under causal masking they walk the most KV tiles, and
     # starting them early keeps the last wave of a prefill grid short.
@@ -413,6 +413,9 @@ def _paged_attention_kernel(
         tile_d = tl.minimum(tl.maximum(tile_d, seg_lo), seg_hi)
 
     scale = qk_scale
+    if Q_FP8:
+        # fp8 queries stay fp8 for the fp8 x fp8 QK^T dot; their per-tensor descale folds into the scale.
+        scale = scale * tl.load(q_descale_ptr)
     if KV_FP8:
         if DESCALE_PER_HEAD:
             # One descale per (sequence, KV head); a one-element descale comes with zero strides.

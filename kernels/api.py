@@ -50,6 +50,13 @@ def _check_backend(q: torch.Tensor, out: torch.Tensor) -> None:
         raise NotImplementedError(
             "q: bfloat16 tl.dot is wrong under this Triton interpreter (triton issue #11584); "
             "run on a GPU, or install the test harness's interpreter fix first")
+    if q.dtype in FP8_CACHE_DTYPES and not probe.fp8_dot_is_exact():
+        raise NotImplementedError(
+            "q: float8_e4m3fn x float8_e4m3fn tl.dot is wrong under this Triton interpreter; run on a GPU")
+    if q.dtype in FP8_CACHE_DTYPES and not probe.fp8_cast_is_exact():
+        raise NotImplementedError(
+            "q: fp8 queries round probabilities to fp8 for P @ V, and float32 -> fp8 casts round wrongly "
+            "under this Triton interpreter; run on a GPU, or install the test harness's interpreter fix first")
     if out.dtype in FP8_CACHE_DTYPES and not probe.fp8_cast_is_exact():
         raise NotImplementedError(
             "out: float32 -> fp8 casts round wrongly under this Triton interpreter; "
@@ -132,6 +139,10 @@ def unified_attention(
         int8 / fp8 e4m3 cache and float32 ``k_scale_cache``/``v_scale_cache`` ``[num_blocks,
         block_size, num_kv_heads]`` (any strides): each cached row is dequantized by its own scale;
         scales of slots no query sees are never read.
+      * fp8 queries: q in float8_e4m3fn with a one-element float32 ``q_descale``, against a
+        per-tensor fp8 cache (out: float16/bfloat16/float32 or fp8). QK^T is an fp8 x fp8 dot and
+        P @ V one too, with the unnormalized probabilities rounded to e4m3 (the normalizer sums them
+        unrounded). Per-token-head caches with fp8 queries are refused (NotImplementedError).
       * ``chunk_lookback`` (-1 off): chunked (block-local) attention. With left window w
         (``window_size[0] >= 0``, causal) and chunk size ``C = (w + 1) // (chunk_lookback + 1)``
         (> 0), key j is visible to query position p iff ``j <= p`` and
@@ -188,6 +199,7 @@ def unified_attention(
     _attention._paged_attention_kernel[plan.grid](
         q, k, v, out, block_table, cu_seqlens_q, seqused_k,
         _or(alibi_slopes, q), _or(sinks, q), _or(k_descale, q), _or(v_descale, q), _or(output_scale, q),
+        _or(q_descale, q),
         part_acc, part_max, part_sum, _or(mm_prefix_range, cu_seqlens_q),
         _or(k_scale_cache, q), _or(v_scale_cache, q),
         *q.stride(), *out.stride(), *k.stride(), *v.stride(), *block_table.stride(), *part_strides,
@@ -201,6 +213,7 @@ def unified_attention(
         BLOCK_SIZE=k.shape[1], USE_SOFTCAP=softcap > 0, USE_ALIBI=alibi_slopes is not None,
         KV_FP8=kv_fp8, SPLIT_KV=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         CHUNKED=chunked, **prefix_flags, DESCALE_PER_HEAD=per_head, KV_PER_TOKEN_HEAD=per_token_head,
+        Q_FP8=q.dtype in FP8_CACHE_DTYPES,
         num_warps=plan.num_warps, num_stages=plan.num_stages, **common,
     )
     if split:

@@ -177,11 +177,21 @@ def check_arguments(
     _expect_tensor("k", k, 4)
     _expect_tensor("v", v, 4)
     _expect_tensor("out", out, 3)
-    if q.dtype not in QUERY_DTYPES:
-        _fail("q", f"expected dtype in {QUERY_DTYPES}, got {q.dtype}", TypeError)
-    if q_descale is not None:
-        _fail("q_descale", "fp8 queries are not supported; pass None")
+    q_fp8 = q.dtype in FP8_CACHE_DTYPES
+    if q.dtype not in QUERY_DTYPES and not q_fp8:
+        _fail("q", f"expected dtype in {QUERY_DTYPES} or float8_e4m3fn, got {q.dtype}", TypeError)
+    if q_fp8:
+        if q_descale is None:
+            _fail("q_descale", "required for fp8 queries (pass a one-element float32 tensor)")
+        _expect_scale("q_descale", q_descale, q.device)
+    elif q_descale is not None:
+        _fail("q_descale", f"only used with fp8 queries (q is {q.dtype}); pass None")
     mode = kv_quant_mode_name(kv_quant_mode, k.dtype)
+    if q_fp8 and mode == "none":
+        _fail("kv_quant_mode", "fp8 queries need a quantized KV cache (fp8 or int8), got mode 'none'")
+    if q_fp8 and mode in PER_TOKEN_HEAD_MODES:
+        _fail("kv_quant_mode", f"fp8 queries with a per-token-head cache ({mode!r}) are not supported by these "
+                               "kernels; use a per-tensor fp8 cache", NotImplementedError)
     for name, cache in (("k", k), ("v", v)):
         quantized = cache.dtype in FP8_CACHE_DTYPES or (cache.dtype == torch.int8 and mode in PER_TOKEN_HEAD_MODES)
         if cache.dtype != q.dtype and not quantized:
@@ -190,7 +200,10 @@ def check_arguments(
         _fail("v", f"expected the same dtype as k ({k.dtype}), got {v.dtype}", TypeError)
     if v.shape != k.shape:
         _fail("v", f"expected the same shape as k {tuple(k.shape)}, got {tuple(v.shape)}")
-    if out.dtype != q.dtype and out.dtype not in FP8_CACHE_DTYPES:
+    if q_fp8:  # fp8 queries come from a model whose activations are 16/32-bit floats
+        if out.dtype not in QUERY_DTYPES and out.dtype not in FP8_CACHE_DTYPES:
+            _fail("out", f"expected dtype in {QUERY_DTYPES} or fp8 e4m3 for fp8 queries, got {out.dtype}", TypeError)
+    elif out.dtype != q.dtype and out.dtype not in FP8_CACHE_DTYPES:
         _fail("out", f"expected dtype {q.dtype} (q's) or fp8 e4m3, got {out.dtype}", TypeError)
     if out.shape != q.shape:
         _fail("out", f"expected q's shape {tuple(q.shape)}, got {tuple(out.shape)}")

@@ -102,7 +102,32 @@ FEATURE_ERRORS = [
     FeatureError("quant-scale-cache-without-mode", "k_scale_cache",
                  _set(k_scale_cache=lambda i: torch.ones(i.k.shape[:3], device=i.q.device)),
                  ValueError, r"^k_scale_cache: only used with a per-token-head"),
+    FeatureError("fp8q-no-descale", "q_descale", lambda a, kw, i: _fp8_query(a, None), ValueError,
+                 r"^q_descale: required for fp8 queries"),
+    FeatureError("fp8q-descale-shape", "q_descale", lambda a, kw, i: _fp8_query(a, torch.ones(2)), ValueError,
+                 r"^q_descale: expected a one-element"),
+    FeatureError("fp8q-descale-dtype", "q_descale", lambda a, kw, i: _fp8_query(a, torch.ones(1, dtype=torch.float64)),
+                 TypeError, r"^q_descale: expected dtype"),
+    FeatureError("fp8q-unquantized-cache", "q_descale",
+                 lambda a, kw, i: (_fp8_query(a, torch.ones(1)), a.__setitem__(K, a[K].to(torch.float8_e4m3fn)),
+                                   a.__setitem__(K, torch.zeros_like(a[V])), a.__setitem__(KDESC, None),
+                                   a.__setitem__(VDESC, None), kw.update(kv_quant_mode="none")),
+                 ValueError, r"^kv_quant_mode: fp8 queries need a quantized KV cache"),
+    FeatureError("fp8q-out-int", "q_descale",
+                 lambda a, kw, i: (_fp8_query(a, torch.ones(1)), a.__setitem__(OUT, a[OUT].to(torch.int32))),
+                 TypeError, r"^out: expected dtype"),
 ]
+
+
+def _fp8_query(args, q_descale):
+    """fp8 queries (with ``q_descale``) against a per-tensor fp8 cache, bf16 output."""
+    fp8 = torch.float8_e4m3fn
+    dev = args[Q].device
+    args[Q] = args[Q].to(fp8)
+    args[K], args[V] = args[K].to(fp8), args[V].to(fp8)
+    args[KDESC], args[VDESC] = torch.ones(1, device=dev), torch.ones(1, device=dev)
+    args[OUT] = args[OUT].to(torch.bfloat16)
+    args[QDESC] = None if q_descale is None else q_descale.to(dev)
 
 
 class _BadMode(enum.IntEnum):
@@ -238,3 +263,19 @@ def test_kv_quant_mode_forms_agree(ctx, form):
         ctx.impl.func(*fp8.call_args(out), **{**fp8.call_kwargs(), "kv_quant_mode": mode})
         runs.append(out)
     assert same_bits(*runs)
+
+
+@pytest.mark.bad_input
+def test_fp8_query_with_per_token_head_cache_is_refused(ctx):
+    """A limit of these kernels (the reference supports it): named NotImplementedError, nothing written."""
+    if not ctx.impl.is_ours:
+        pytest.skip("a limit of kernels.unified_attention")
+    inputs = build(tables.composition_case("mixed"), ctx.device, ctx.seed)
+    args, kwargs = list(inputs.call_args(inputs.fresh_out())), dict(inputs.call_kwargs())
+    _fp8_query(args, torch.ones(1))
+    _quant(args, kwargs, inputs, torch.float8_e4m3fn, "fp8_per_token_head")
+    args[KDESC] = args[VDESC] = None
+    before = args[OUT].clone()
+    with pytest.raises(NotImplementedError, match=r"^kv_quant_mode: fp8 queries with a per-token-head cache"):
+        ctx.impl.func(*args, **kwargs)
+    assert same_bits(args[OUT], before)

@@ -276,6 +276,9 @@ CATALOG: tuple[Mutant, ...] = (
        "row's own",
        ("vs_base + phys_block * stride_vs_blk + slot.to(tl.int64) * stride_vs_slot",
         "vs_base + phys_block * stride_vs_blk + ((slot + 1) % BLOCK_SIZE).to(tl.int64) * stride_vs_slot")),
+    _m("q-descale-ignored",
+       "fp8 queries: q_descale is never applied (the scores miss the query's per-tensor scale)",
+       ("scale = scale * tl.load(q_descale_ptr)", "scale = scale")),
 )
 
 BY_NAME = {m.name: m for m in CATALOG}
