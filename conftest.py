@@ -121,6 +121,18 @@ def seed(request) -> int:
     return value
 
 
+@pytest.fixture(scope="session")
+def data_dir():
+    """The gsm8k data (``GSM8K_DATA_DIR``, else ``../shared/data/gsm8k`` beside the checkout); skips without it."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    for candidate in (os.environ.get("GSM8K_DATA_DIR"), here.parent / "shared" / "data" / "gsm8k"):
+        if candidate and all((Path(candidate) / f"{split}.jsonl").is_file() for split in ("train", "test")):
+            return Path(candidate).resolve()
+    pytest.skip("gsm8k data not found: set GSM8K_DATA_DIR or provide ../shared/data/gsm8k beside the repo")
+
+
 _records: list = []
 
 

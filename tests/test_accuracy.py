@@ -24,21 +24,6 @@ pytestmark = pytest.mark.accuracy
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _data_dir() -> Path | None:
-    for candidate in (os.environ.get("GSM8K_DATA_DIR"), REPO.parent / "shared" / "data" / "gsm8k"):
-        if candidate and (Path(candidate) / "test.jsonl").is_file() and (Path(candidate) / "train.jsonl").is_file():
-            return Path(candidate).resolve()
-    return None
-
-
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    path = _data_dir()
-    if path is None:
-        pytest.skip("gsm8k data not found: set GSM8K_DATA_DIR or provide ../shared/data/gsm8k beside the repo")
-    return path
-
-
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory, data_dir) -> Path:
     """A private cache folder holding the tiny model, built once for the session."""
