@@ -20,6 +20,7 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "float32": torch.float32,
     "float8_e4m3fn": getattr(torch, "float8_e4m3fn", None),
+    "int8": torch.int8,  # per-token-head quantized caches only
 }
 LAYOUTS = (
     "contiguous",      # every tensor dense
@@ -34,7 +35,9 @@ LAYOUTS = (
 )
 
 
-_DTYPE_TAGS = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float8_e4m3fn": "fp8"}
+_DTYPE_TAGS = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float8_e4m3fn": "fp8", "int8": "i8"}
+# Largest stored magnitude a per-token-head quantizer maps a row's amax to.
+_QUANT_TOP = {"int8": 127.0, "float8_e4m3fn": 240.0}
 
 
 @dataclass(frozen=True)
@@ -69,12 +72,37 @@ class Case:
     pad_tokens: int = 0  # q/out rows past the last sequence (padded CUDA-graph batches)
     num_segments: int | None = None  # force a segment count on the 3D path
     table_slack: int = 1  # block-table columns past the longest sequence's last block (0: exact fit)
+    # Keyword-only features; each is passed to the implementation only when it differs from its default.
+    chunk_lookback: int = -1  # chunked attention (needs causal and window[0] >= 0); -1 off
+    # Bidirectional prefix ranges as (seq, start, end) triples, inclusive; built into mm_prefix_range
+    # [num_seqs, max_ranges + 1, 2], every row padded with an unused (start >= end) entry.
+    prefix_ranges: tuple = ()
+    prefix_clamp: bool = False  # mm_prefix_clamp_sliding_window
+    # fp8 cache only: k/v descales of shape [num_seqs, num_kv_heads]; each (sequence, KV head) is
+    # scaled by its own factor before quantization, so the descales differ.
+    descale_per_head: bool = False
+    # Per-token-head quantized cache: "int8_per_token_head" (kv_dtype "int8") or "fp8_per_token_head"
+    # (kv_dtype "float8_e4m3fn"), with float32 scale caches [num_blocks, block_size, num_kv_heads].
+    kv_quant: str | None = None
 
     def __post_init__(self):
         assert len(self.seq_lens) == len(self.query_lens), self.label
         assert all(0 <= q <= k for q, k in zip(self.query_lens, self.seq_lens)), self.label
         assert self.layout in LAYOUTS, self.layout
         assert self.table_slack >= 0, self.label
+        assert all(0 <= r[0] < len(self.seq_lens) for r in self.prefix_ranges), self.label
+        assert not self.descale_per_head or self.kv_dtype == "float8_e4m3fn", self.label
+        assert self.kv_quant in (None, "int8_per_token_head", "fp8_per_token_head"), self.kv_quant
+        assert (self.kv_dtype == "int8") <= (self.kv_quant == "int8_per_token_head"), self.label
+        assert self.kv_quant != "fp8_per_token_head" or self.kv_dtype == "float8_e4m3fn", self.label
+        assert self.kv_quant != "int8_per_token_head" or self.kv_dtype == "int8", self.label
+        assert not self.kv_quant or not self.descale_per_head, self.label
+        # fp8 queries need a quantized cache and a 16/32-bit or fp8 output named explicitly.
+        assert self.dtype != "float8_e4m3fn" or (self.kv_dtype and self.out_dtype), self.label
+
+    def ranges_of(self, seq: int) -> list[tuple[int, int]]:
+        """Sequence ``seq``'s prefix ranges as (start, end) pairs."""
+        return [(a, b) for q, a, b in self.prefix_ranges if q == seq]
 
     @property
     def name(self) -> str:
@@ -107,6 +135,16 @@ class Case:
             parts.append(f"seg{self.num_segments}")
         if self.table_slack != 1:
             parts.append(f"slack{self.table_slack}")
+        if self.chunk_lookback >= 0:
+            parts.append(f"chunk{self.chunk_lookback}")
+        if self.prefix_ranges:
+            parts.append("ranges" + "_".join(f"{q}.{a}.{b}" for q, a, b in self.prefix_ranges))
+        if self.prefix_clamp:
+            parts.append("clamp")
+        if self.descale_per_head:
+            parts.append("descale-seqhead")
+        if self.kv_quant:
+            parts.append("pertokenhead")
         return "-".join(parts)
 
     @property
@@ -122,6 +160,7 @@ class Case:
 
 
 _TUPLE_FIELDS = {f.name for f in fields(Case) if "tuple" in str(f.type)}
+_NESTED_TUPLE_FIELDS = {"prefix_ranges"}
 
 
 def case_from_dict(data: dict) -> Case:
@@ -131,6 +170,8 @@ def case_from_dict(data: dict) -> Case:
         data["label"] = data.pop("name")
     known = {f.name for f in fields(Case)}
     values = {k: (tuple(v) if k in _TUPLE_FIELDS and v is not None else v) for k, v in data.items() if k in known}
+    for k in _NESTED_TUPLE_FIELDS & set(values):
+        values[k] = tuple(tuple(r) for r in values[k])
     return Case(**values)
 
 
@@ -153,6 +194,10 @@ class Inputs:
     sinks: torch.Tensor | None = None
     output_scale: torch.Tensor | None = None
     seed: int = 0
+    mm_prefix_range: torch.Tensor | None = None
+    k_scale_cache: torch.Tensor | None = None
+    v_scale_cache: torch.Tensor | None = None
+    q_descale: torch.Tensor | None = None  # fp8 queries only
 
     @property
     def max_seqlen_q(self) -> int:
@@ -177,10 +222,22 @@ class Inputs:
         c = self.case
         return (self.q, self.k, self.v, out, self.cu_seqlens_q, self.max_seqlen_q, self.seqused_k,
                 self.max_seqlen_k, self.softmax_scale, c.causal, c.window, self.block_table, c.softcap,
-                None, self.k_descale, self.v_descale)
+                self.q_descale, self.k_descale, self.v_descale)
 
     def call_kwargs(self) -> dict:
-        return {"alibi_slopes": self.alibi_slopes, "sinks": self.sinks, "output_scale": self.output_scale}
+        """Keywords of the call: the three optional tensors always, a newer feature's keyword only
+        when the case uses it (so implementations without it still run every other case)."""
+        c = self.case
+        kwargs = {"alibi_slopes": self.alibi_slopes, "sinks": self.sinks, "output_scale": self.output_scale}
+        if c.chunk_lookback != -1:
+            kwargs["chunk_lookback"] = c.chunk_lookback
+        if self.mm_prefix_range is not None:
+            kwargs["mm_prefix_range"] = self.mm_prefix_range
+        if c.prefix_clamp:
+            kwargs["mm_prefix_clamp_sliding_window"] = True
+        if c.kv_quant:
+            kwargs.update(kv_quant_mode=c.kv_quant, k_scale_cache=self.k_scale_cache, v_scale_cache=self.v_scale_cache)
+        return kwargs
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -243,7 +300,9 @@ def visible_slots(case: Case, block_table: torch.Tensor, num_blocks: int) -> tor
     for seq, (seq_len, q_len) in enumerate(zip(case.seq_lens, case.query_lens)):
         if q_len == 0 or seq_len == 0:
             continue
-        keys = visibility(seq_len, q_len, case.causal, case.window, "cpu").any(dim=0).nonzero().flatten()
+        keys = visibility(seq_len, q_len, case.causal, case.window, "cpu", chunk_lookback=case.chunk_lookback,
+                          prefix_ranges=case.ranges_of(seq), clamp_ranges_to_window=case.prefix_clamp)
+        keys = keys.any(dim=0).nonzero().flatten()
         seen[block_table[seq, keys // case.block_size].long(), keys % case.block_size] = True
     return seen
 
@@ -257,6 +316,42 @@ def scatter_block_table(blocks_needed, block_ids: torch.Tensor, width: int, fill
         table[seq, :n] = block_ids[start:start + n].to(torch.int32)
         start += n
     return table
+
+
+def prefix_range_tensor(case: Case) -> torch.Tensor | None:
+    """int32 ``[num_seqs, max_ranges + 1, 2]`` from ``case.prefix_ranges`` (None without ranges).
+
+    Every row ends in unused entries, (5, 2) past a sequence's own ranges: start >= end must be
+    skipped whatever the values."""
+    if not case.prefix_ranges:
+        return None
+    num_seqs = len(case.seq_lens)
+    width = max(len(case.ranges_of(s)) for s in range(num_seqs)) + 1
+    table = torch.tensor([[5, 2]], dtype=torch.int32).repeat(num_seqs, width, 1)
+    for seq in range(num_seqs):
+        for i, (start, end) in enumerate(case.ranges_of(seq)):
+            table[seq, i] = torch.tensor([start, end], dtype=torch.int32)
+    return table
+
+
+def _quantize_per_seq_head(case: Case, vals, table, blocks_needed, fallback, salt: int):
+    """(cache values to store, descale ``[num_seqs, num_kv_heads]``) for per-(sequence, KV head) fp8.
+
+    Sequence s's blocks, head h, are multiplied by ``2 ** ((s + 2h + salt) % 4 - 1.5)`` (no new
+    random draws) and quantized with their own amax / 240; blocks no sequence owns keep the
+    per-tensor ``fallback`` scale."""
+    num_seqs, heads = len(case.seq_lens), case.num_kv_heads
+    out = vals / fallback
+    descale = torch.ones(num_seqs, heads, dtype=torch.float32)
+    for seq, n in enumerate(blocks_needed):
+        if n == 0:
+            continue
+        blocks = table[seq, :n].long()
+        factor = torch.tensor([2.0 ** ((seq + 2 * h + salt) % 4 - 1.5) for h in range(heads)])
+        rows = vals[blocks] * factor[None, None, :, None]
+        descale[seq] = rows.abs().amax(dim=(0, 1, 3)).clamp_min(1e-6) / 240.0
+        out[blocks] = rows / descale[seq][None, None, :, None]
+    return out, descale
 
 
 def build(case: Case, device, seed: int, poison: bool = False, exact: bool = False) -> Inputs:
@@ -290,11 +385,21 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
     k_vals, v_vals = _randn(shape, gen), _randn(shape, gen)
     num_tokens = sum(case.query_lens) + case.pad_tokens
     q_vals = _randn((num_tokens, case.num_q_heads, case.head_size), gen) * case.logit_scale
-    k_descale = v_descale = None
-    if kv_dtype is not dtype:  # fp8 cache: quantize with a per-tensor scale
+    k_descale = v_descale = k_scales = v_scales = None
+    if case.kv_quant:  # per-token-head: every cached row quantized with its own scale
+        top = _QUANT_TOP[case.kv_dtype]
+        k_scales = (k_vals.abs().amax(dim=-1) / top).clamp_min(1e-6)
+        v_scales = (v_vals.abs().amax(dim=-1) / top).clamp_min(1e-6)
+        k_vals, v_vals = k_vals / k_scales[..., None], v_vals / v_scales[..., None]
+        if kv_dtype == torch.int8:
+            k_vals, v_vals = k_vals.round().clamp(-127, 127), v_vals.round().clamp(-127, 127)
+    elif kv_dtype is not dtype or dtype is DTYPES["float8_e4m3fn"]:  # fp8 cache: quantize with a per-tensor scale
         k_descale = (k_vals.abs().amax() / 240.0).reshape(1)
         v_descale = (v_vals.abs().amax() / 240.0).reshape(1)
         k_vals, v_vals = k_vals / k_descale, v_vals / v_descale
+        if case.descale_per_head:
+            k_vals, k_descale = _quantize_per_seq_head(case, k_vals * k_descale, table, blocks_needed, k_descale, 0)
+            v_vals, v_descale = _quantize_per_seq_head(case, v_vals * v_descale, table, blocks_needed, v_descale, 1)
 
     if poison:
         hidden = ~visible_slots(case, block_table, num_blocks)
@@ -305,13 +410,26 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
         poison_values = torch.where(coin < 0.5, float("nan"), float("inf"))
         fill = poison_values[..., None, None].expand(shape)
         mask = hidden[..., None, None].expand(shape)
-        k_vals = torch.where(mask, fill, k_vals)
-        v_vals = torch.where(mask, -fill, v_vals)
+        if kv_dtype == torch.int8:  # int8 rows cannot hold NaN: their scales carry the poison
+            k_vals = torch.where(mask, torch.full_like(k_vals, 127.0), k_vals)
+            v_vals = torch.where(mask, torch.full_like(v_vals, -127.0), v_vals)
+        else:
+            k_vals = torch.where(mask, fill, k_vals)
+            v_vals = torch.where(mask, -fill, v_vals)
+        if case.kv_quant:
+            scale_fill = poison_values[..., None].expand(k_scales.shape)
+            scale_mask = hidden[..., None].expand(k_scales.shape)
+            k_scales = torch.where(scale_mask, scale_fill, k_scales)
+            v_scales = torch.where(scale_mask, -scale_fill, v_scales)
 
     k, v = _cache_pair(case, num_blocks, kv_dtype, device)
     k.copy_(k_vals.to(kv_dtype))
     v.copy_(v_vals.to(kv_dtype))
     q, out = _query_buffers(case, num_tokens, dtype, out_dtype, device)
+    q_descale = None
+    if dtype is DTYPES["float8_e4m3fn"]:  # fp8 queries: a per-tensor scale, from the same draws
+        q_descale = (q_vals.abs().amax() / 240.0).reshape(1)
+        q_vals = q_vals / q_descale
     q.copy_(q_vals.to(dtype))
     out.fill_(float("nan") if out_dtype.is_floating_point else 0)
     if case.layout == "head_padded":
@@ -336,6 +454,8 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
         block_table=block_table.to(device) if case.layout != "bt_strided" else table.to(device)[:, :width],
         softmax_scale=1.0 / math.sqrt(case.head_size), k_descale=to_dev(k_descale), v_descale=to_dev(v_descale),
         alibi_slopes=slopes, sinks=sinks, output_scale=output_scale, seed=seed,
+        mm_prefix_range=to_dev(prefix_range_tensor(case)), k_scale_cache=to_dev(k_scales),
+        v_scale_cache=to_dev(v_scales), q_descale=to_dev(q_descale),
     )
 
 
@@ -347,8 +467,10 @@ def slice_sequence(inputs: Inputs, seq: int) -> tuple[Inputs, slice]:
     case = c.with_(label=f"{c.label}-seq{seq}", seq_lens=(c.seq_lens[seq],), query_lens=(c.query_lens[seq],),
                    pad_tokens=0)
     dev = inputs.q.device
+    case = case.with_(prefix_ranges=tuple((0, a, b) for a, b in c.ranges_of(seq)))
+    ranges = None if inputs.mm_prefix_range is None else inputs.mm_prefix_range[seq:seq + 1]
     alone = replace(
-        inputs, case=case, q=inputs.q[rows], out=inputs.out[rows],
+        inputs, case=case, q=inputs.q[rows], out=inputs.out[rows], mm_prefix_range=ranges,
         cu_seqlens_q=torch.tensor([0, c.query_lens[seq]], dtype=torch.int32, device=dev),
         seqused_k=inputs.seqused_k[seq:seq + 1], block_table=inputs.block_table[seq:seq + 1],
     )

@@ -66,7 +66,11 @@ class Implementation:
 
     def missing_feature(self, case) -> str | None:
         """Why this implementation cannot run ``case`` (None when it can)."""
-        needs = {"sinks": case.sinks, "alibi_slopes": case.alibi, "output_scale": case.out_dtype is not None}
+        needs = {"sinks": case.sinks, "alibi_slopes": case.alibi, "output_scale": case.out_dtype is not None,
+                 "chunk_lookback": case.chunk_lookback != -1, "mm_prefix_range": bool(case.prefix_ranges),
+                 "mm_prefix_clamp_sliding_window": case.prefix_clamp, "kv_quant_mode": case.kv_quant is not None}
+        if case.dtype == "float8_e4m3fn" and not self.is_ours and "q_descale" not in self.params:
+            return f"{self.spec} has no 'q_descale' argument"
         for param, needed in needs.items():
             if needed and param not in self.params:
                 return f"{self.spec} has no '{param}' argument"

@@ -94,9 +94,37 @@ def feature_cases() -> list[Case]:
         "fp8kv-bf16q": dict(kv_dtype="float8_e4m3fn", dtype="bfloat16"),
         "fp8out": dict(out_dtype="float8_e4m3fn"),
         "all": dict(window=(25, -1), softcap=5.0, alibi=True, sinks=True),
+        # Chunks of (23 + 1) // 2 = 12 keys, the own chunk and one before it.
+        "chunked-attn": dict(window=(23, -1), chunk_lookback=1),
+        "fp8kv-descale-seqhead": dict(kv_dtype="float8_e4m3fn", descale_per_head=True),
+        "int8kv-pertokenhead": dict(kv_dtype="int8", kv_quant="int8_per_token_head"),
+        # fp8 queries against an fp8 cache: bf16 or fp8 output.
+        "fp8q-bf16out": dict(dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="bfloat16"),
+        "fp8q-fp8out": dict(dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="float8_e4m3fn", sinks=True),
+        "int8kv-pertokenhead-window": dict(kv_dtype="int8", kv_quant="int8_per_token_head", window=(19, -1),
+                                           alibi=True),
+        "fp8kv-pertokenhead": dict(kv_dtype="float8_e4m3fn", kv_quant="fp8_per_token_head"),
+        "fp8kv-pertokenhead-f32": dict(kv_dtype="float8_e4m3fn", kv_quant="fp8_per_token_head", dtype="float32",
+                                       sinks=True),
+        "fp8kv-descale-seqhead-f32": dict(kv_dtype="float8_e4m3fn", dtype="float32", descale_per_head=True,
+                                          sinks=True),
+        "chunked-attn-sinks": dict(window=(15, -1), chunk_lookback=0, sinks=True, alibi=True),
     }
     # The fields name the feature (Case.name), so the composition is the whole label.
-    return [_case(comp, comp, **fields) for fields in features.values() for comp in ("mixed", "decode")]
+    cases = [_case(comp, comp, **fields) for fields in features.values() for comp in ("mixed", "decode")]
+    # Bidirectional prefix ranges (per composition: they name positions). Mixed: a prefill range,
+    # one running past the diagonal of a chunk of queries, one behind a decode query's window.
+    # Decode: ranges behind the window, one ending past seq_len (adds no key past it).
+    mixed_ranges = ((1, 3, 12), (2, 55, 66), (0, 30, 49))
+    decode_ranges = ((0, 3, 16), (2, 50, 79), (3, 0, 40))
+    if ON_GPU:
+        mixed_ranges = tuple((q, a * SCALE, b * SCALE) for q, a, b in mixed_ranges)
+        decode_ranges = tuple((q, a * SCALE, b * SCALE) for q, a, b in decode_ranges)
+    for clamp in (False, True):
+        cases.append(_case("mixed", "mixed", window=(7, -1), prefix_ranges=mixed_ranges, prefix_clamp=clamp))
+        cases.append(_case("decode", "decode", window=(7, -1), prefix_ranges=decode_ranges, prefix_clamp=clamp))
+    cases.append(_case("mixed", "mixed", prefix_ranges=mixed_ranges, sinks=True, softcap=4.0))
+    return cases
 
 
 def edge_cases() -> list[Case]:
@@ -133,6 +161,39 @@ def edge_cases() -> list[Case]:
         _case("fp8out-saturating", "decode", out_dtype="float8_e4m3fn", output_scale=2.0 ** -10),
         _case("exact-fit-table", table_slack=0),
         _case("exact-fit-table-decode", "decode", table_slack=0, num_segments=4),
+        # Chunked attention, chunks of C = 16 (window 31, lookback 1): decode queries at positions
+        # C*k - 1, C*k, C*k + 1 (the last key of a chunk, the first, the second).
+        _case("chunk-boundaries-decode", seq_lens=(3 * t, 3 * t + 1, 3 * t + 2, 2 * t), query_lens=(1, 1, 1, 1),
+              window=(2 * t - 1, -1), chunk_lookback=1, num_segments=3),
+        _case("chunk-boundaries-prefill", seq_lens=(3 * t + 1, 2 * t - 1), query_lens=(3 * t + 1, t + 2),
+              window=(2 * t - 1, -1), chunk_lookback=1),
+        # C = 5: smaller than a tile and not dividing the block size; lookback 2.
+        _case("chunk-small", "chunked", window=(14, -1), chunk_lookback=2),
+        _case("chunk-small-decode", "decode", window=(14, -1), chunk_lookback=2, num_segments=4),
+        # Lookback 0 (only the own chunk), and chunks wider than the keys (chunk 0 holds everything).
+        _case("chunk-own-only", "chunked", window=(6, -1), chunk_lookback=0),
+        _case("chunk-wider-than-seq", "mixed", window=(1000, -1), chunk_lookback=3),
+        # Long decode context: segments wholly before the lookback chunks must not exist.
+        _case("chunk-outside-segments-decode", seq_lens=(10 * t, 7 * t + 3), query_lens=(1, 1),
+              window=(t - 1, -1), chunk_lookback=1, num_segments=8),
+        # Prefix ranges at the sequence's start and at its end (the end range holds the last query).
+        _case("ranges-start-end", "prefill", window=(4, -1), prefix_ranges=((0, 0, 5), (1, 30, 36))),
+        # A range crossing tile boundaries (3t, 4t) and a segment boundary (tiles 2 per segment: 4t),
+        # starting left of the window and ending right of the first queries' diagonal.
+        _case("range-across-tiles-segments", seq_lens=(6 * t,), query_lens=(3 * t,), window=(t // 2, -1),
+              prefix_ranges=((0, 2 * t + 3, 4 * t + 7),), num_segments=5),
+        _case("range-across-segments-decode", seq_lens=(6 * t, 5 * t), query_lens=(1, 1), window=(3, -1),
+              prefix_ranges=((0, t - 2, 6 * t - 1), (1, 2 * t + 1, 5 * t - 1)), num_segments=4),
+        # Ranges partly outside the window, with and without the clamp.
+        _case("range-past-window", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40))),
+        _case("range-past-window", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40)),
+              prefix_clamp=True),
+        # Every query inside one range: bidirectional attention over the whole sequence.
+        _case("queries-in-one-range", "prefill", window=(3, -1), prefix_ranges=((0, 0, 23), (1, 0, 36))),
+        # Overlapping ranges (their union around a query is one interval), and ranges with chunks.
+        _case("ranges-overlapping", "chunked", window=(2, -1), prefix_ranges=((0, 45, 52), (0, 50, 57), (1, 33, 38))),
+        _case("ranges-with-chunks", "chunked", window=(9, -1), chunk_lookback=1,
+              prefix_ranges=((0, 47, 59), (1, 25, 36))),
     ]
     return cases
 
@@ -153,6 +214,26 @@ def poison_cases() -> list[Case]:
         _case("poison-noncausal-window", causal=False, window=(9, 4)),
         _case("poison-noncausal-decode", "decode", causal=False, num_segments=3),
         _case("poison-exact-fit", "varlen", table_slack=0),
+        # Chunked attention: keys before the lookback chunks are poisoned (window 23 alone would see some).
+        _case("poison-chunked-attn", window=(23, -1), chunk_lookback=1),
+        _case("poison-chunked-attn-decode", "decode", window=(11, -1), chunk_lookback=2, num_segments=4),
+        # Per-token-head caches: NaN/Inf in the scale-cache entries (and fp8 rows) of every hidden slot.
+        _case("poison-int8-pertokenhead", kv_dtype="int8", kv_quant="int8_per_token_head", window=(11, -1)),
+        _case("poison-fp8-pertokenhead-decode", "decode", kv_dtype="float8_e4m3fn", kv_quant="fp8_per_token_head",
+              window=(9, -1), num_segments=4),
+        _case("poison-int8-pertokenhead-ranges", "chunked", kv_dtype="int8", kv_quant="int8_per_token_head",
+              window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40))),
+        _case("poison-fp8q", "chunked", dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="bfloat16",
+              window=(7, -1)),
+        _case("poison-fp8-descale-seqhead", "decode", kv_dtype="float8_e4m3fn", descale_per_head=True,
+              window=(9, -1), num_segments=3),
+        # Prefix ranges: slots outside both the window and every range a query is in are poisoned,
+        # including the keys the clamp excludes and those past a range end or past seq_len.
+        _case("poison-prefix-ranges", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40))),
+        _case("poison-prefix-ranges", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40)),
+              prefix_clamp=True),
+        _case("poison-prefix-ranges-decode", "decode", window=(3, -1),
+              prefix_ranges=((0, 3, 16), (2, 50, 79), (3, 0, 40)), num_segments=4),
     ]
 
 
@@ -189,6 +270,25 @@ def quick_cases() -> list[Case]:
         # Non-causal with a two-sided window on lengths that end mid-block: tiles past the diagonal
         # must still stop at seq_len (the bug of vLLM PR #47305).
         _case("quick-noncausal-window", causal=False, window=(13, 5), alibi=True, sinks=True),
+        # Chunked attention with chunks of 5 keys (under a tile, not dividing the block size).
+        _case("quick-chunked-attn", "chunked", window=(9, -1), chunk_lookback=1),
+        # Prefix ranges running past the queries' diagonal and past the window, one of them clamped.
+        _case("quick-prefix-ranges", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40)),
+              prefix_clamp=True, num_segments=3),
+        # Per-token-head quantized caches, int8 and fp8.
+        _case("quick-int8-pertokenhead", "chunked", kv_dtype="int8", kv_quant="int8_per_token_head", window=(19, -1),
+              layout="kv_combined"),
+        _case("quick-fp8-pertokenhead-decode", "decode", kv_dtype="float8_e4m3fn", kv_quant="fp8_per_token_head",
+              dtype="bfloat16", num_segments=3),
+        # fp8 queries (fp8 x fp8 dots, P rounded to e4m3) with bf16 output, and with fp8 output.
+        _case("quick-fp8q-bf16out", "chunked", dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="bfloat16",
+              window=(19, -1)),
+        _case("quick-fp8q-fp8out-decode", "decode", dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn",
+              out_dtype="float8_e4m3fn", sinks=True, descale_per_head=True, num_segments=3),
+        # fp8 cache with one descale per (sequence, KV head).
+        _case("quick-fp8kv-descale-seqhead", "decode", kv_dtype="float8_e4m3fn", descale_per_head=True,
+              num_segments=2),
+        _case("quick-prefix-ranges-unclamped", "chunked", window=(5, -1), prefix_ranges=((0, 40, 53), (1, 30, 38))),
     ]
 
 

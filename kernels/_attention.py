@@ -17,7 +17,11 @@ Conventions shared by every kernel here:
   programs exit, which keeps launches free of host syncs and capturable in CUDA graphs.
 - Windows arrive as non-negative "effective" bounds: key j is visible to query position p iff
   ``p - j <= window_left`` and ``j - p <= window_right`` and ``j < seq_len`` (causal is
-  ``window_right = 0``; unlimited is a bound larger than any length).
+  ``window_right = 0``; unlimited is a bound larger than any length). Chunked attention
+  (``CHUNKED``) replaces the left bound: j is visible iff ``j <= p`` and ``j >= _first_key(p)``,
+  the start of the chunk ``chunk_lookback`` chunks before p's own. Bidirectional prefix ranges
+  (``USE_PREFIX``) only add keys: a query inside a range sees the range's keys up to its end, so
+  rows carry an extra key interval ``[extra_lo, extra_hi]`` (``_row_extra_keys``).
 - All address arithmetic that can exceed 2^31 elements is done in int64.
 - Metadata is never trusted for addressing (no input may make a kernel touch memory outside its
   tensors, and checking values on the host would need a sync): ``_sequence_extent`` clamps a
@@ -74,7 +78,72 @@ def _sequence_extent(cu_seqlens_q_ptr, seqused_k_ptr, seq, num_tokens, kv_capaci
 
 
 @triton.jit
-def _segment_layout(seq_len, q_len, window_left, num_segments, TILE: tl.constexpr):
+def _first_key(pos, window_left, chunk_size, chunk_lookback, CHUNKED: tl.constexpr):
+    """First key the query at position ``pos`` sees (before the sequence's own bounds).
+
+    Sliding window: ``pos - window_left``. Chunked attention: the start of the chunk
+    ``chunk_lookback`` chunks before the query's own (``pos // chunk_size - chunk_lookback``),
+    computed as ``max(chunk index - lookback, 0) * chunk_size`` so it stays in int32 (the host
+    bounds ``chunk_size`` by the int32 range and ``chunk_lookback`` by ``plan.UNLIMITED``).
+    Non-decreasing in ``pos`` either way, so a block's first and last rows bound it.
+    """
+    if CHUNKED:
+        first = tl.maximum(pos // chunk_size - chunk_lookback, 0) * chunk_size
+    else:
+        first = tl.maximum(pos - window_left, 0)
+    return first
+
+
+@triton.jit
+def _row_extra_keys(range_row_ptr, stride_range, stride_end, num_ranges, row_pos, seq_len, window_left,
+                    BLOCK_M: tl.constexpr, PREFIX_CLAMP: tl.constexpr):
+    """Per row, the keys prefix ranges add: ``[extra_lo, extra_hi]`` (empty when extra_lo > extra_hi).
+
+    Every range holding the row's position holds that position, so their union is one interval:
+    from the smallest start to the largest end. Unused entries (start >= end) hold nothing.
+    PREFIX_CLAMP keeps the window's left bound (``key >= pos - window_left``). The interval is
+    clipped to ``[0, seq_len)``, so range values (metadata) cannot make a key past the sequence
+    visible, whatever they hold.
+    """
+    lo = tl.full([BLOCK_M], 2147483647, tl.int32)
+    hi = tl.full([BLOCK_M], -1, tl.int32)
+    for r in range(num_ranges):
+        start = tl.load(range_row_ptr + r * stride_range)
+        end = tl.load(range_row_ptr + r * stride_range + stride_end)
+        inside = (start < end) & (row_pos >= start) & (row_pos <= end)
+        lo = tl.where(inside, tl.minimum(lo, start), lo)
+        hi = tl.where(inside, tl.maximum(hi, end), hi)
+    lo = tl.maximum(lo, 0)
+    if PREFIX_CLAMP:
+        lo = tl.maximum(lo, row_pos - window_left)
+    hi = tl.minimum(hi, seq_len - 1)
+    return lo, hi
+
+
+@triton.jit
+def _prefix_first_key(range_row_ptr, stride_range, stride_end, num_ranges, context_len, seq_len, window_left,
+                      PREFIX_CLAMP: tl.constexpr):
+    """Smallest key a prefix range adds for some query of the sequence (int32 max when none).
+
+    A range adds keys only if it overlaps the query positions ``[context_len, seq_len)``; its
+    smallest added key is its start (with PREFIX_CLAMP: no earlier than its first query's
+    window). Both the 3D kernel and the reduction compute it, for the same segment layout.
+    """
+    first = tl.full([], 2147483647, tl.int32)
+    for r in range(num_ranges):
+        start = tl.load(range_row_ptr + r * stride_range)
+        end = tl.load(range_row_ptr + r * stride_range + stride_end)
+        overlaps = (start < end) & (end >= context_len) & (start < seq_len)
+        lower = tl.maximum(start, 0)
+        if PREFIX_CLAMP:
+            lower = tl.maximum(lower, tl.maximum(start, context_len) - window_left)
+        first = tl.where(overlaps, tl.minimum(first, lower), first)
+    return first
+
+
+@triton.jit
+def _segment_layout(seq_len, q_len, window_left, chunk_size, chunk_lookback, num_segments, range_first,
+                    TILE: tl.constexpr, CHUNKED: tl.constexpr, USE_PREFIX: tl.constexpr):
     """How a sequence's KV tiles are split into segments: (first_tile, tiles_per_segment, active).
 
     Only tiles some query of the sequence can see are split (the window's left edge for its
@@ -82,7 +151,12 @@ def _segment_layout(seq_len, q_len, window_left, num_segments, TILE: tl.constexp
     not exist. Segments numbered ``>= active`` hold no tile: the 3D kernel skips them and the
     reduction never reads them. Both kernels call this so they always agree.
     """
-    first_key = tl.maximum(seq_len - q_len - window_left, 0)
+    if CHUNKED:
+        first_key = _first_key(seq_len - q_len, window_left, chunk_size, chunk_lookback, CHUNKED)
+    else:
+        first_key = tl.maximum(seq_len - q_len - window_left, 0)
+    if USE_PREFIX:
+        first_key = tl.minimum(first_key, range_first)
     first_tile = first_key // TILE
     num_tiles = tl.maximum(tl.cdiv(seq_len, TILE) - first_tile, 0)
     tiles_per_segment = tl.cdiv(num_tiles, num_segments)
@@ -91,10 +165,22 @@ def _segment_layout(seq_len, q_len, window_left, num_segments, TILE: tl.constexp
 
 
 @triton.jit
-def _visible(row_pos, key, seq_len, window_left, window_right):
-    """[rows, keys] visibility: inside the sequence and inside the (causal) window."""
+def _visible(row_pos, key, seq_len, window_left, window_right, row_first, extra_lo, extra_hi,
+             CHUNKED: tl.constexpr, USE_PREFIX: tl.constexpr):
+    """[rows, keys] visibility: inside the sequence and inside the (causal) window.
+
+    CHUNKED: causal, and at or after the row's first key ``row_first`` (``_first_key``), which
+    replaces the sliding window. USE_PREFIX: also the row's prefix-range keys
+    ``[extra_lo, extra_hi]`` (``_row_extra_keys``, already inside the sequence).
+    """
     distance = row_pos[:, None] - key[None, :]
-    return (key[None, :] < seq_len) & (distance <= window_left) & (-distance <= window_right)
+    if CHUNKED:
+        seen = (key[None, :] < seq_len) & (key[None, :] >= row_first[:, None]) & (distance >= 0)
+    else:
+        seen = (key[None, :] < seq_len) & (distance <= window_left) & (-distance <= window_right)
+    if USE_PREFIX:
+        seen = seen | ((key[None, :] >= extra_lo[:, None]) & (key[None, :] <= extra_hi[:, None]))
+    return seen
 
 
 # Below this |x| tanh comes from a polynomial: there 1 - 2 / (e^{2|x|} + 1) cancels (the
@@ -153,9 +239,11 @@ def _attend_tiles(
     k_base, v_base, block_table_row, stride_bt_blk,
     stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
     row_pos, key_lo, key_hi, seq_len, window_left, window_right, num_blocks,
-    qk_scale, softcap, alibi_slope, dims, dim_valid,
+    qk_scale, softcap, alibi_slope, dims, dim_valid, row_first, extra_lo, extra_hi,
+    ks_base, vs_base, stride_ks_blk, stride_ks_slot, stride_vs_blk, stride_vs_slot,
     MASKED: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_PADDED: tl.constexpr,
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    CHUNKED: tl.constexpr, USE_PREFIX: tl.constexpr, KV_PER_TOKEN_HEAD: tl.constexpr,
 ):
     """Online softmax over KV tiles ``[tile_begin, tile_end)``; returns the updated (acc, m_i, l_i).
 
@@ -190,6 +278,20 @@ def _attend_tiles(
                                key_valid, dim_valid, True, MASKED or HEAD_PADDED)
         v_tile = _load_kv_tile(v_base, phys_block, slot, stride_v_blk, stride_v_slot, stride_v_dim, dims,
                                key_valid, dim_valid, False, MASKED or HEAD_PADDED)
+        if KV_PER_TOKEN_HEAD:
+            # Each cached row by its own scale, under the same key mask as the rows in masked
+            # tiles, so the scale of a slot no row may see is never read (0 instead): NaN/Inf there
+            # cannot reach a product. The product is formed in float32 and rounded once to q's dtype.
+            ks_ptrs = ks_base + phys_block * stride_ks_blk + slot.to(tl.int64) * stride_ks_slot
+            vs_ptrs = vs_base + phys_block * stride_vs_blk + slot.to(tl.int64) * stride_vs_slot
+            if MASKED:
+                k_row_scale = tl.load(ks_ptrs, mask=key_valid, other=0.0)
+                v_row_scale = tl.load(vs_ptrs, mask=key_valid, other=0.0)
+            else:
+                k_row_scale = tl.load(ks_ptrs)
+                v_row_scale = tl.load(vs_ptrs)
+            k_tile = k_tile.to(tl.float32) * k_row_scale[None, :]
+            v_tile = v_tile.to(tl.float32) * v_row_scale[:, None]
         k_tile = k_tile.to(q.dtype)
         v_tile = v_tile.to(q.dtype)
 
@@ -202,7 +304,8 @@ def _attend_tiles(
             # The stand-in block's keys are invisible here; in unmasked tiles (every row sees every
             # key) they are not: an -inf bias per score there cost prefill 17% on the H200 (750 vs
             # 644 us), and with invalid metadata the output is unspecified anyway.
-            visible = _visible(row_pos, key, seq_len, window_left, window_right) & (key_valid & block_valid)[None, :]
+            visible = _visible(row_pos, key, seq_len, window_left, window_right, row_first, extra_lo, extra_hi,
+                               CHUNKED, USE_PREFIX) & (key_valid & block_valid)[None, :]
             scores = tl.where(visible, scores, float("-inf"))
 
         m_new = tl.maximum(m_i, tl.max(scores, 1))
@@ -228,8 +331,8 @@ def _stage_tiles(STAGE: tl.constexpr, tile_a, tile_b, tile_c, tile_d):
 @triton.jit
 def _paged_attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, block_table_ptr, cu_seqlens_q_ptr, seqused_k_ptr,
-    alibi_ptr, sinks_ptr, k_descale_ptr, v_descale_ptr, output_scale_ptr,
-    part_acc_ptr, part_max_ptr, part_sum_ptr,
+    alibi_ptr, sinks_ptr, k_descale_ptr, v_descale_ptr, output_scale_ptr, q_descale_ptr,
+    part_acc_ptr, part_max_ptr, part_sum_ptr, prefix_ptr, k_scale_ptr, v_scale_ptr,
     stride_q_tok, stride_q_head, stride_q_dim,
     stride_o_tok, stride_o_head, stride_o_dim,
     stride_k_blk, stride_k_slot, stride_k_head, stride_k_dim,
@@ -237,11 +340,16 @@ def _paged_attention_kernel(
     stride_bt_seq, stride_bt_blk,
     stride_part_tok, stride_part_head,
     num_seqs, num_tokens, num_blocks, kv_capacity, qk_scale, softcap, window_left, window_right, num_segments,
+    chunk_size, chunk_lookback, stride_pr_seq, stride_pr_range, stride_pr_end, num_ranges,
+    stride_kds_seq, stride_kds_head, stride_vds_seq, stride_vds_head,
+    stride_ks_blk, stride_ks_slot, stride_ks_head, stride_vs_blk, stride_vs_slot, stride_vs_head,
     NUM_QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
     TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr,
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, USE_SINKS: tl.constexpr,
     KV_FP8: tl.constexpr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr,
-    SPLIT_KV: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SPLIT_KV: tl.constexpr, DOT_PRECISION: tl.constexpr, CHUNKED: tl.constexpr,
+    USE_PREFIX: tl.constexpr, PREFIX_CLAMP: tl.constexpr, DESCALE_PER_HEAD: tl.constexpr,
+    KV_PER_TOKEN_HEAD: tl.constexpr, Q_FP8: tl.constexpr,
 ):
     # Highest query blocks first: under causal masking they walk the most KV tiles, and
     # starting them early keeps the last wave of a prefill grid short.
@@ -273,16 +381,37 @@ def _paged_attention_kernel(
     # Keys some row of this block sees, and keys every row sees (those tiles skip masking).
     first_pos = context_len + local_block * BLOCK_Q
     last_pos = context_len + tl.minimum(q_len, (local_block + 1) * BLOCK_Q) - 1
-    key_lo = tl.maximum(first_pos - window_left, 0)
+    # Chunked attention is causal (window_right = 0) and its first key is non-decreasing in the
+    # position, so the block's first and last rows bound it just as they bound a window.
+    key_lo = _first_key(first_pos, window_left, chunk_size, chunk_lookback, CHUNKED)
     key_hi = tl.minimum(seq_len, last_pos + window_right + 1)
-    all_lo = tl.maximum(last_pos - window_left, 0)
+    all_lo = _first_key(last_pos, window_left, chunk_size, chunk_lookback, CHUNKED)
     all_hi = tl.minimum(seq_len, first_pos + window_right + 1)
+    if USE_PREFIX:
+        # Range keys widen the block's key range, to the right of the diagonal included; every
+        # row still sees [all_lo, all_hi) (ranges only add keys), so the unmasked tiles stay.
+        range_row_ptr = prefix_ptr + seq.to(tl.int64) * stride_pr_seq
+        extra_lo, extra_hi = _row_extra_keys(range_row_ptr, stride_pr_range, stride_pr_end, num_ranges, row_pos,
+                                             seq_len, window_left, BLOCK_M, PREFIX_CLAMP)
+        has_extra = row_valid & (extra_lo <= extra_hi)
+        key_lo = tl.minimum(key_lo, tl.min(tl.where(has_extra, extra_lo, 2147483647), 0))
+        key_hi = tl.maximum(key_hi, tl.max(tl.where(has_extra, extra_hi + 1, 0), 0))
+    else:
+        extra_lo = row_pos  # unused
+        extra_hi = row_pos
     tile_a = key_lo // TILE
     tile_d = tl.cdiv(key_hi, TILE)
     tile_b = tl.minimum(tl.maximum(tl.cdiv(all_lo, TILE), tile_a), tile_d)
     tile_c = tl.minimum(tl.maximum(all_hi // TILE, tile_b), tile_d)
     if SPLIT_KV:
-        first_tile, tiles_per_segment, active = _segment_layout(seq_len, q_len, window_left, num_segments, TILE)
+        if USE_PREFIX:
+            range_first = _prefix_first_key(range_row_ptr, stride_pr_range, stride_pr_end, num_ranges, context_len,
+                                            seq_len, window_left, PREFIX_CLAMP)
+        else:
+            range_first = seq_len  # unused
+        first_tile, tiles_per_segment, active = _segment_layout(seq_len, q_len, window_left, chunk_size,
+                                                                chunk_lookback, num_segments, range_first, TILE,
+                                                                CHUNKED, USE_PREFIX)
         if segment >= active:
             return
         seg_lo = first_tile + segment * tiles_per_segment
@@ -293,12 +422,24 @@ def _paged_attention_kernel(
         tile_d = tl.minimum(tl.maximum(tile_d, seg_lo), seg_hi)
 
     scale = qk_scale
+    if Q_FP8:
+        # fp8 queries stay fp8 for the fp8 x fp8 QK^T dot; their per-tensor descale folds into the scale.
+        scale = scale * tl.load(q_descale_ptr)
     if KV_FP8:
-        scale = scale * tl.load(k_descale_ptr)
+        if DESCALE_PER_HEAD:
+            # One descale per (sequence, KV head); a one-element descale comes with zero strides.
+            scale = scale * tl.load(k_descale_ptr + seq * stride_kds_seq + kv_head * stride_kds_head)
+        else:
+            scale = scale * tl.load(k_descale_ptr)
     if USE_ALIBI:
         alibi_slope = tl.load(alibi_ptr + row_head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
     else:
         alibi_slope = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    if CHUNKED:
+        row_first = _first_key(row_pos, window_left, chunk_size, chunk_lookback, CHUNKED)
+    else:
+        row_first = row_pos  # unused
 
     acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
     if USE_SINKS and not SPLIT_KV:
@@ -312,6 +453,8 @@ def _paged_attention_kernel(
     k_base = k_ptr + kv_head.to(tl.int64) * stride_k_head
     v_base = v_ptr + kv_head.to(tl.int64) * stride_v_head
     block_table_row = block_table_ptr + seq.to(tl.int64) * stride_bt_seq
+    ks_base = k_scale_ptr + kv_head.to(tl.int64) * stride_ks_head
+    vs_base = v_scale_ptr + kv_head.to(tl.int64) * stride_vs_head
 
     # Three phases over [tile_a, tile_d): the masked tiles at the window's/sequence's left edge,
     # the tiles every row sees whole (no masking), the masked tiles at the right edge. Unrolled at
@@ -322,11 +465,16 @@ def _paged_attention_kernel(
             acc, m_i, l_i, q, tile_begin, tile_end, k_base, v_base, block_table_row, stride_bt_blk,
             stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
             row_pos, key_lo, key_hi, seq_len, window_left, window_right, num_blocks, scale, softcap, alibi_slope,
-            dims, dim_valid, stage != 1, TILE, BLOCK_SIZE, HEAD_PAD != HEAD_SIZE, USE_SOFTCAP, USE_ALIBI,
-            DOT_PRECISION)
+            dims, dim_valid, row_first, extra_lo, extra_hi,
+            ks_base, vs_base, stride_ks_blk, stride_ks_slot, stride_vs_blk, stride_vs_slot,
+            stage != 1, TILE, BLOCK_SIZE, HEAD_PAD != HEAD_SIZE, USE_SOFTCAP, USE_ALIBI, DOT_PRECISION,
+            CHUNKED, USE_PREFIX, KV_PER_TOKEN_HEAD)
 
     if KV_FP8:
-        acc = acc * tl.load(v_descale_ptr)
+        if DESCALE_PER_HEAD:
+            acc = acc * tl.load(v_descale_ptr + seq * stride_vds_seq + kv_head * stride_vds_head)
+        else:
+            acc = acc * tl.load(v_descale_ptr)
 
     if SPLIT_KV:
         part = (q_start + row_tok).to(tl.int64) * stride_part_tok + row_head * stride_part_head + segment
@@ -347,13 +495,14 @@ def _paged_attention_kernel(
 @triton.jit
 def _reduce_segments_kernel(
     out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, cu_seqlens_q_ptr, seqused_k_ptr,
-    sinks_ptr, output_scale_ptr,
+    sinks_ptr, output_scale_ptr, prefix_ptr,
     stride_o_tok, stride_o_head, stride_o_dim,
     stride_part_tok, stride_part_head,
-    num_seqs, num_tokens, kv_capacity, num_q_heads, window_left, num_segments,
+    num_seqs, num_tokens, kv_capacity, num_q_heads, window_left, num_segments, chunk_size, chunk_lookback,
+    stride_pr_seq, stride_pr_range, stride_pr_end, num_ranges,
     TILE: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr,
     HEADS: tl.constexpr, DIMS: tl.constexpr, USE_SINKS: tl.constexpr, OUT_FP8: tl.constexpr,
-    OUT_FP8_MAX: tl.constexpr,
+    OUT_FP8_MAX: tl.constexpr, CHUNKED: tl.constexpr, USE_PREFIX: tl.constexpr, PREFIX_CLAMP: tl.constexpr,
 ):
     """Merge the segments of ``HEADS`` query heads x ``DIMS`` head-dim lanes of one token.
 
@@ -365,7 +514,14 @@ def _reduce_segments_kernel(
     q_start, q_len, seq_len = _sequence_extent(cu_seqlens_q_ptr, seqused_k_ptr, seq, num_tokens, kv_capacity)
     if (token < q_start) | (token >= q_start + q_len):
         return  # padding rows past the last sequence (or, with bad metadata, rows no sequence owns)
-    first_tile, tiles_per_segment, active = _segment_layout(seq_len, q_len, window_left, num_segments, TILE)
+    if USE_PREFIX:
+        range_first = _prefix_first_key(prefix_ptr + seq.to(tl.int64) * stride_pr_seq, stride_pr_range,
+                                        stride_pr_end, num_ranges, seq_len - q_len, seq_len, window_left,
+                                        PREFIX_CLAMP)
+    else:
+        range_first = seq_len  # unused
+    first_tile, tiles_per_segment, active = _segment_layout(seq_len, q_len, window_left, chunk_size, chunk_lookback,
+                                                            num_segments, range_first, TILE, CHUNKED, USE_PREFIX)
 
     heads = tl.program_id(1) * HEADS + tl.arange(0, HEADS)
     head_valid = heads < num_q_heads

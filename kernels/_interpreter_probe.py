@@ -2,6 +2,7 @@
 
 - bf16 ``tl.dot`` (triton issue #11584): bf16 tensors are stored as uint16 and the affected
   versions multiply the bit patterns.
+- fp8 e4m3 x fp8 e4m3 ``tl.dot`` (fp8 queries against an fp8 cache): checked the same way.
 - float32 -> fp8 e4m3 casts: the affected versions drop the rounding carry into the exponent
   (31.99 becomes 16, not 32) and round ties away from even.
 Each probe runs a tiny kernel and compares with torch; the kernels refuse the affected dtype
@@ -63,6 +64,25 @@ def fp8_cast_is_exact() -> bool:
     return fp8_cast_mismatches() == 0
 
 
+def fp8_dot_error() -> float:
+    """Max abs error of a 16x16 float8_e4m3fn x float8_e4m3fn tl.dot against torch (0.0 when right).
+
+    Operands up to 16 in magnitude, so a dot that multiplied the stored bytes (as the bf16 bug
+    does with uint16 patterns) or mis-decoded the format would be far off."""
+    gen = torch.Generator().manual_seed(0)
+    a = (torch.randn(16, 16, generator=gen) * 4).to(torch.float8_e4m3fn)
+    b = (torch.randn(16, 16, generator=gen) * 4).to(torch.float8_e4m3fn)
+    c = torch.empty(16, 16, dtype=torch.float32)
+    _dot_probe_kernel[(1,)](a, b, c, N=16)
+    return float((c - a.float() @ b.float()).abs().max())
+
+
+@functools.lru_cache(maxsize=None)
+def fp8_dot_is_exact() -> bool:
+    return fp8_dot_error() < 1e-3
+
+
 def reset() -> None:
+    fp8_dot_is_exact.cache_clear()
     bf16_dot_is_exact.cache_clear()
     fp8_cast_is_exact.cache_clear()

@@ -8,8 +8,8 @@ import os
 import torch
 
 from . import _attention
-from .plan import INTERPRETER_NUM_SMS, LaunchPlan, effective_window, next_power_of_2, plan_launch
-from .validate import FP8_CACHE_DTYPES, check_arguments, validate_metadata
+from .plan import INTERPRETER_NUM_SMS, UNLIMITED, LaunchPlan, effective_window, next_power_of_2, plan_launch
+from .validate import FP8_CACHE_DTYPES, PER_TOKEN_HEAD_MODES, check_arguments, kv_quant_mode_name, validate_metadata
 from .workspace import Workspace
 
 FP8_E4M3_MAX = 448.0
@@ -50,14 +50,43 @@ def _check_backend(q: torch.Tensor, out: torch.Tensor) -> None:
         raise NotImplementedError(
             "q: bfloat16 tl.dot is wrong under this Triton interpreter (triton issue #11584); "
             "run on a GPU, or install the test harness's interpreter fix first")
+    if q.dtype in FP8_CACHE_DTYPES and not probe.fp8_dot_is_exact():
+        raise NotImplementedError(
+            "q: float8_e4m3fn x float8_e4m3fn tl.dot is wrong under this Triton interpreter; run on a GPU")
+    if q.dtype in FP8_CACHE_DTYPES and not probe.fp8_cast_is_exact():
+        raise NotImplementedError(
+            "q: fp8 queries round probabilities to fp8 for P @ V, and float32 -> fp8 casts round wrongly "
+            "under this Triton interpreter; run on a GPU, or install the test harness's interpreter fix first")
     if out.dtype in FP8_CACHE_DTYPES and not probe.fp8_cast_is_exact():
         raise NotImplementedError(
             "out: float32 -> fp8 casts round wrongly under this Triton interpreter; "
             "run on a GPU, or install the test harness's interpreter fix first")
 
 
+def _chunk_params(window_size, chunk_lookback) -> tuple[int, int]:
+    """(chunk size, lookback) as the kernels take them (int32); (1, 0) when chunking is off (unused).
+
+    A chunk of ``KV_CAPACITY_LIMIT`` or more keys holds every position a kernel can see, so the
+    size is capped there; a lookback past ``UNLIMITED`` chunks reaches every chunk, so it is capped
+    there (both keep the kernels' chunk arithmetic in int32 without changing the mask).
+    """
+    if chunk_lookback < 0:
+        return 1, 0
+    size = (int(window_size[0]) + 1) // (chunk_lookback + 1)
+    return min(size, KV_CAPACITY_LIMIT), min(chunk_lookback, UNLIMITED)
+
+
+def visible_key_span(max_seqlen_q, max_seqlen_k, window_size, chunk_lookback=-1) -> int:
+    """Most keys one sequence's queries can see together (what the split-KV layout covers)."""
+    if chunk_lookback < 0:
+        return max_seqlen_k
+    size, lookback = _chunk_params(window_size, chunk_lookback)
+    # The first query's chunk start is at most (lookback + 1) * size - 1 keys before it.
+    return min(max_seqlen_k, (lookback + 1) * size + max(max_seqlen_q, 1) - 1)
+
+
 def make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, *, split_kv=None, num_segments=None,
-              workspace=None, batch_invariant=False) -> LaunchPlan:
+              workspace=None, batch_invariant=False, chunk_lookback=-1, window_size=None) -> LaunchPlan:
     """The plan ``unified_attention`` would launch for these arguments (no device reads)."""
     return plan_launch(
         num_tokens=q.shape[0], num_seqs=cu_seqlens_q.shape[0] - 1, max_seqlen_q=max_seqlen_q,
@@ -65,6 +94,7 @@ def make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, *, split_kv=None, 
         num_sms=_num_sms(q.device), interpreter=interpreting(), split_kv=split_kv, num_segments=num_segments,
         batch_invariant=batch_invariant, max_segments=None if workspace is None else workspace.num_segments,
         fp32=q.dtype == torch.float32,
+        max_visible_keys=visible_key_span(max_seqlen_q, max_seqlen_k, window_size, chunk_lookback),
     )
 
 
@@ -72,6 +102,8 @@ def unified_attention(
     q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
     window_size, block_table, softcap, q_descale, k_descale, v_descale,
     alibi_slopes=None, sinks=None, output_scale=None, *,
+    kv_quant_mode=None, k_scale_cache=None, v_scale_cache=None,
+    chunk_lookback=-1, mm_prefix_range=None, mm_prefix_clamp_sliding_window=False,
     split_kv=None, num_segments=None, workspace=None, batch_invariant=False, check_metadata=False,
 ):
     """Paged attention over a varlen batch; writes into ``out`` and returns it.
@@ -97,18 +129,48 @@ def unified_attention(
     environment (read per call), runs ``validate_metadata`` first (a device sync; not for
     graph capture) and raises its ValueError, naming the argument, before anything is
     launched or written.
+
+    Keyword-only features (vLLM's names; the defaults compile the kernels without them):
+      * ``k_descale``/``v_descale`` of an fp8 cache: one element, or ``[num_seqs, num_kv_heads]``
+        applied per (sequence, KV head) (any strides).
+      * ``kv_quant_mode``: None (infer: fp8 cache -> "fp8_per_tensor", else "none"), one of
+        "none", "fp8_per_tensor", "int8_per_token_head", "fp8_per_token_head", or an IntEnum with
+        those member names and values 0..3 (vLLM's KVQuantMode). The per-token-head modes take an
+        int8 / fp8 e4m3 cache and float32 ``k_scale_cache``/``v_scale_cache`` ``[num_blocks,
+        block_size, num_kv_heads]`` (any strides): each cached row is dequantized by its own scale;
+        scales of slots no query sees are never read.
+      * fp8 queries: q in float8_e4m3fn with a one-element float32 ``q_descale``, against a
+        per-tensor fp8 cache (out: float16/bfloat16/float32 or fp8). QK^T is an fp8 x fp8 dot and
+        P @ V one too, with the unnormalized probabilities rounded to e4m3 (the normalizer sums them
+        unrounded). Per-token-head caches with fp8 queries are refused (NotImplementedError).
+      * ``chunk_lookback`` (-1 off): chunked (block-local) attention. With left window w
+        (``window_size[0] >= 0``, causal) and chunk size ``C = (w + 1) // (chunk_lookback + 1)``
+        (> 0), key j is visible to query position p iff ``j <= p`` and
+        ``p // C - j // C <= chunk_lookback``; it replaces the sliding window.
+      * ``mm_prefix_range`` int32 ``[num_seqs, max_ranges, 2]``: inclusive ``[start, end]`` position
+        ranges per sequence (``start >= end``: unused). A query inside a range also sees every key
+        of that range, later ones included: visible = (causal and window) or (both in one range).
+        ``mm_prefix_clamp_sliding_window=True`` keeps the window's left bound for the range's
+        extra keys. Range values are metadata: never read on the host, bounds-safe when invalid
+        (a range past the sequence adds no key past it), checked by ``validate_metadata``.
     """
     check_arguments(
         q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
         window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
-        output_scale, num_segments, workspace,
+        output_scale, num_segments, workspace, chunk_lookback=chunk_lookback, mm_prefix_range=mm_prefix_range,
+        mm_prefix_clamp_sliding_window=mm_prefix_clamp_sliding_window,
+        kv_quant_mode=kv_quant_mode, k_scale_cache=k_scale_cache, v_scale_cache=v_scale_cache,
         split_kv=split_kv, batch_invariant=batch_invariant, check_metadata=check_metadata,
     )
     if check_metadata or metadata_check_forced():
-        validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table)
+        validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table,
+                          mm_prefix_range=mm_prefix_range)
     _check_backend(q, out)
+    chunked = chunk_lookback >= 0
+    chunk_size, lookback = _chunk_params(window_size, chunk_lookback)
     plan = make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, split_kv=split_kv,
-                     num_segments=num_segments, workspace=workspace, batch_invariant=batch_invariant)
+                     num_segments=num_segments, workspace=workspace, batch_invariant=batch_invariant,
+                     chunk_lookback=chunk_lookback, window_size=window_size)
     num_tokens, num_q_heads, head_size = q.shape
     num_seqs = cu_seqlens_q.shape[0] - 1
     if num_tokens == 0 or num_seqs == 0:
@@ -122,7 +184,13 @@ def unified_attention(
     part_acc, part_max, part_sum = (workspace.acc, workspace.max, workspace.expsum) if split else (q, q, q)
     part_strides = (part_max.stride(0), part_max.stride(1)) if split else (0, 0)
     softcap = float(softcap or 0.0)
-    kv_fp8 = k.dtype in FP8_CACHE_DTYPES
+    per_token_head = kv_quant_mode_name(kv_quant_mode, k.dtype) in PER_TOKEN_HEAD_MODES
+    kv_fp8 = k.dtype in FP8_CACHE_DTYPES and not per_token_head  # per-tensor descales
+    # Descales per (sequence, KV head) when either is [num_seqs, num_kv_heads] with more than one element.
+    per_head = kv_fp8 and any(t.numel() != 1 for t in (k_descale, v_descale))
+    use_prefix = mm_prefix_range is not None and mm_prefix_range.shape[1] > 0
+    prefix_args = ((*mm_prefix_range.stride(), mm_prefix_range.shape[1]) if use_prefix else (0, 0, 0, 0))
+    prefix_flags = dict(USE_PREFIX=use_prefix, PREFIX_CLAMP=use_prefix and mm_prefix_clamp_sliding_window)
     out_fp8 = out.dtype in FP8_CACHE_DTYPES
     common = dict(
         HEAD_SIZE=head_size, HEAD_PAD=next_power_of_2(head_size), TILE=plan.tile_size,
@@ -131,25 +199,40 @@ def unified_attention(
     _attention._paged_attention_kernel[plan.grid](
         q, k, v, out, block_table, cu_seqlens_q, seqused_k,
         _or(alibi_slopes, q), _or(sinks, q), _or(k_descale, q), _or(v_descale, q), _or(output_scale, q),
-        part_acc, part_max, part_sum,
+        _or(q_descale, q),
+        part_acc, part_max, part_sum, _or(mm_prefix_range, cu_seqlens_q),
+        _or(k_scale_cache, q), _or(v_scale_cache, q),
         *q.stride(), *out.stride(), *k.stride(), *v.stride(), *block_table.stride(), *part_strides,
         num_seqs, num_tokens, k.shape[0], kv_capacity,
         softmax_scale * _attention.LOG2E.value, softcap * _attention.LOG2E.value,
-        window_left, window_right, plan.num_segments,
+        window_left, window_right, plan.num_segments, chunk_size, lookback, *prefix_args,
+        *_descale_strides(k_descale, per_head), *_descale_strides(v_descale, per_head),
+        *(k_scale_cache.stride() if per_token_head else (0, 0, 0)),
+        *(v_scale_cache.stride() if per_token_head else (0, 0, 0)),
         NUM_QUERIES_PER_KV=num_q_heads // k.shape[2], BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q,
         BLOCK_SIZE=k.shape[1], USE_SOFTCAP=softcap > 0, USE_ALIBI=alibi_slopes is not None,
         KV_FP8=kv_fp8, SPLIT_KV=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        CHUNKED=chunked, **prefix_flags, DESCALE_PER_HEAD=per_head, KV_PER_TOKEN_HEAD=per_token_head,
+        Q_FP8=q.dtype in FP8_CACHE_DTYPES,
         num_warps=plan.num_warps, num_stages=plan.num_stages, **common,
     )
     if split:
         _attention._reduce_segments_kernel[plan.reduce_grid](
             out, part_acc, part_max, part_sum, cu_seqlens_q, seqused_k, _or(sinks, q), _or(output_scale, q),
+            _or(mm_prefix_range, cu_seqlens_q),
             *out.stride(), *part_strides, num_seqs, num_tokens, kv_capacity, num_q_heads, window_left,
-            plan.num_segments,
+            plan.num_segments, chunk_size, lookback, *prefix_args,
             SEGMENTS_PAD=plan.segments_pad, HEADS=plan.reduce_heads, DIMS=plan.reduce_dims,
-            num_warps=plan.reduce_num_warps, **common,
+            num_warps=plan.reduce_num_warps, CHUNKED=chunked, **prefix_flags, **common,
         )
     return out
+
+
+def _descale_strides(descale, per_head: bool) -> tuple[int, int]:
+    """(sequence, KV head) strides of a per-head descale; (0, 0) for a one-element one or when unused."""
+    if not per_head or descale.numel() == 1:
+        return 0, 0
+    return descale.stride(0), descale.stride(1)
 
 
 def _or(tensor, fallback):

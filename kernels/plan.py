@@ -124,9 +124,13 @@ def plan_launch(
     *, num_tokens: int, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int, num_q_heads: int,
     num_kv_heads: int, head_size: int, num_sms: int, interpreter: bool = False, fp32: bool = False,
     split_kv: bool | None = None, num_segments: int | None = None, batch_invariant: bool = False,
-    max_segments: int | None = None,
+    max_segments: int | None = None, max_visible_keys: int | None = None,
 ) -> LaunchPlan:
-    """Plan a launch from shapes and host integers only (no device reads)."""
+    """Plan a launch from shapes and host integers only (no device reads).
+
+    ``max_visible_keys``: the most keys one sequence's queries see together (chunked attention
+    bounds it below ``max_seqlen_k``); the segment count is chosen for that span. None: max_seqlen_k.
+    """
     num_queries_per_kv = num_q_heads // num_kv_heads
     head_pad = next_power_of_2(head_size)
     decode = max_seqlen_q <= 1
@@ -136,7 +140,8 @@ def plan_launch(
     num_q_blocks = num_tokens // block_q + num_seqs
     # For decode the 2D grid is one program per (sequence, KV head); prefill counts its query blocks.
     programs_2d = (num_seqs if decode else num_q_blocks) * num_kv_heads
-    heuristic_segments = choose_num_segments(programs_2d, max_seqlen_k, tile, num_sms)
+    span = max_seqlen_k if max_visible_keys is None else min(max_seqlen_k, max_visible_keys)
+    heuristic_segments = choose_num_segments(programs_2d, span, tile, num_sms)
 
     if batch_invariant:
         # Nothing may depend on the rest of the batch: fixed tiles, fixed path.

@@ -8,6 +8,7 @@ users who want to check a batch before launching it.
 
 from __future__ import annotations
 
+import enum
 import math
 
 import torch
@@ -17,6 +18,9 @@ from .plan import MAX_SEGMENTS
 QUERY_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8_CACHE_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn",) if hasattr(torch, n))
 MIN_HEAD_SIZE, MAX_HEAD_SIZE = 16, 512
+# KV-cache quantization modes, in the order of vLLM's KVQuantMode values (0, 1, 2, 3).
+KV_QUANT_MODES = ("none", "fp8_per_tensor", "int8_per_token_head", "fp8_per_token_head")
+PER_TOKEN_HEAD_MODES = ("int8_per_token_head", "fp8_per_token_head")
 # The kernels take softmax_scale and softcap as float32, in log2 units (times log2(e)): values
 # outside this range would reach them as inf, or softcap as 0 (then 0 / 0 = NaN).
 LOG2E = 1.4426950408889634  # the value of _attention.LOG2E, without importing triton here
@@ -53,6 +57,18 @@ def _expect_scale(arg: str, value, device):
         _fail(arg, f"expected device {device}, got {value.device}")
 
 
+def _expect_descale(arg: str, value, num_seqs: int, num_kv_heads: int, device):
+    """A per-tensor fp8 descale: one element, or one per (sequence, KV head). Values are not read."""
+    _expect_tensor(arg, value)
+    if value.dtype != torch.float32:
+        _fail(arg, f"expected dtype torch.float32, got {value.dtype}", TypeError)
+    if value.numel() != 1 and tuple(value.shape) != (num_seqs, num_kv_heads):
+        _fail(arg, f"expected one element or shape {(num_seqs, num_kv_heads)} (num_seqs, num_kv_heads), "
+                   f"got {tuple(value.shape)}")
+    if value.device != device:
+        _fail(arg, f"expected device {device}, got {value.device}")
+
+
 def _expect_bool(arg: str, value, allow_none: bool = False):
     if (value is None and allow_none) or isinstance(value, bool):
         return
@@ -82,10 +98,75 @@ def _check_counts(cu_seqlens_q, seqused_k, block_table) -> int:
                           f"{from_seqused} entries and block_table's {from_table} rows")
 
 
+def kv_quant_mode_name(mode, k_dtype) -> str:
+    """``kv_quant_mode`` as one of ``KV_QUANT_MODES``: None infers it from the cache (fp8 ->
+    "fp8_per_tensor", else "none"); an IntEnum (vLLM's KVQuantMode) is taken by member name and
+    value; a plain int is refused (a bare number says nothing about intent)."""
+    if mode is None:
+        return "fp8_per_tensor" if k_dtype in FP8_CACHE_DTYPES else "none"
+    if isinstance(mode, enum.IntEnum):
+        name = mode.name.lower()
+        if name not in KV_QUANT_MODES or KV_QUANT_MODES.index(name) != int(mode):
+            _fail("kv_quant_mode", f"{mode!r} is not one of NONE=0, FP8_PER_TENSOR=1, INT8_PER_TOKEN_HEAD=2, "
+                                   "FP8_PER_TOKEN_HEAD=3")
+        return name
+    if not isinstance(mode, str):
+        _fail("kv_quant_mode", f"expected None, a str or a KVQuantMode IntEnum, got {type(mode).__name__}", TypeError)
+    if mode not in KV_QUANT_MODES:
+        _fail("kv_quant_mode", f"expected one of {KV_QUANT_MODES}, got {mode!r}")
+    return mode
+
+
+def _check_quant_cache(q, k, mode, k_scale_cache, v_scale_cache) -> None:
+    """The cache dtype the mode needs, and its per-token-head scale caches (shapes only)."""
+    if mode == "none":
+        if k.dtype != q.dtype:
+            _fail("k", f"expected dtype {q.dtype} (q's) for an unquantized cache, got {k.dtype}", TypeError)
+    elif mode in ("fp8_per_tensor", "fp8_per_token_head"):
+        if k.dtype not in FP8_CACHE_DTYPES:
+            _fail("k", f"expected an fp8 e4m3 cache for kv_quant_mode {mode!r}, got {k.dtype}", TypeError)
+    elif k.dtype != torch.int8:
+        _fail("k", f"expected a torch.int8 cache for kv_quant_mode {mode!r}, got {k.dtype}", TypeError)
+    for name, t in (("k_scale_cache", k_scale_cache), ("v_scale_cache", v_scale_cache)):
+        if mode not in PER_TOKEN_HEAD_MODES:
+            if t is not None:
+                _fail(name, f"only used with a per-token-head kv_quant_mode (mode is {mode!r}); pass None")
+            continue
+        if t is None:
+            _fail(name, f"required for kv_quant_mode {mode!r}")
+        _expect_tensor(name, t, 3)
+        if t.dtype != torch.float32:
+            _fail(name, f"expected dtype torch.float32, got {t.dtype}", TypeError)
+        if tuple(t.shape) != tuple(k.shape[:3]):
+            _fail(name, f"expected shape {tuple(k.shape[:3])} (one scale per cached row), got {tuple(t.shape)}")
+        if t.device != q.device:
+            _fail(name, f"expected device {q.device}, got {t.device}")
+
+
+def _check_chunking(causal, window_size, chunk_lookback) -> None:
+    """Chunked attention: the lookback's form, and a window that gives chunks of at least one key."""
+    if isinstance(chunk_lookback, bool) or not isinstance(chunk_lookback, int):
+        _fail("chunk_lookback", f"expected an int (-1 = off), got {type(chunk_lookback).__name__}", TypeError)
+    if chunk_lookback < -1:
+        _fail("chunk_lookback", f"expected -1 (off) or a lookback >= 0, got {chunk_lookback}")
+    if chunk_lookback < 0:
+        return
+    left = -1 if window_size is None else window_size[0]
+    if not causal:
+        _fail("chunk_lookback", "chunked attention is causal; got causal=False")
+    if left < 0:
+        _fail("chunk_lookback", f"needs a left window (window_size[0] >= 0) to size the chunks, got {window_size!r}")
+    if (left + 1) // (chunk_lookback + 1) == 0:
+        _fail("chunk_lookback", f"chunk size (window_size[0] + 1) // (chunk_lookback + 1) is 0 for "
+                                f"window {left} and lookback {chunk_lookback}")
+
+
 def check_arguments(
     q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
     window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
-    output_scale, num_segments, workspace, *, split_kv=None, batch_invariant=False, check_metadata=False,
+    output_scale, num_segments, workspace, *, chunk_lookback=-1, mm_prefix_range=None,
+    mm_prefix_clamp_sliding_window=False, split_kv=None, batch_invariant=False,
+    check_metadata=False, kv_quant_mode=None, k_scale_cache=None, v_scale_cache=None,
 ) -> None:
     """Cheap checks; raises ValueError/TypeError naming the argument before anything is written.
 
@@ -96,18 +177,33 @@ def check_arguments(
     _expect_tensor("k", k, 4)
     _expect_tensor("v", v, 4)
     _expect_tensor("out", out, 3)
-    if q.dtype not in QUERY_DTYPES:
-        _fail("q", f"expected dtype in {QUERY_DTYPES}, got {q.dtype}", TypeError)
-    if q_descale is not None:
-        _fail("q_descale", "fp8 queries are not supported; pass None")
+    q_fp8 = q.dtype in FP8_CACHE_DTYPES
+    if q.dtype not in QUERY_DTYPES and not q_fp8:
+        _fail("q", f"expected dtype in {QUERY_DTYPES} or float8_e4m3fn, got {q.dtype}", TypeError)
+    if q_fp8:
+        if q_descale is None:
+            _fail("q_descale", "required for fp8 queries (pass a one-element float32 tensor)")
+        _expect_scale("q_descale", q_descale, q.device)
+    elif q_descale is not None:
+        _fail("q_descale", f"only used with fp8 queries (q is {q.dtype}); pass None")
+    mode = kv_quant_mode_name(kv_quant_mode, k.dtype)
+    if q_fp8 and mode == "none":
+        _fail("kv_quant_mode", "fp8 queries need a quantized KV cache (fp8 or int8), got mode 'none'")
+    if q_fp8 and mode in PER_TOKEN_HEAD_MODES:
+        _fail("kv_quant_mode", f"fp8 queries with a per-token-head cache ({mode!r}) are not supported by these "
+                               "kernels; use a per-tensor fp8 cache", NotImplementedError)
     for name, cache in (("k", k), ("v", v)):
-        if cache.dtype != q.dtype and cache.dtype not in FP8_CACHE_DTYPES:
+        quantized = cache.dtype in FP8_CACHE_DTYPES or (cache.dtype == torch.int8 and mode in PER_TOKEN_HEAD_MODES)
+        if cache.dtype != q.dtype and not quantized:
             _fail(name, f"expected dtype {q.dtype} (q's) or an fp8 e4m3 cache, got {cache.dtype}", TypeError)
     if v.dtype != k.dtype:
         _fail("v", f"expected the same dtype as k ({k.dtype}), got {v.dtype}", TypeError)
     if v.shape != k.shape:
         _fail("v", f"expected the same shape as k {tuple(k.shape)}, got {tuple(v.shape)}")
-    if out.dtype != q.dtype and out.dtype not in FP8_CACHE_DTYPES:
+    if q_fp8:  # fp8 queries come from a model whose activations are 16/32-bit floats
+        if out.dtype not in QUERY_DTYPES and out.dtype not in FP8_CACHE_DTYPES:
+            _fail("out", f"expected dtype in {QUERY_DTYPES} or fp8 e4m3 for fp8 queries, got {out.dtype}", TypeError)
+    elif out.dtype != q.dtype and out.dtype not in FP8_CACHE_DTYPES:
         _fail("out", f"expected dtype {q.dtype} (q's) or fp8 e4m3, got {out.dtype}", TypeError)
     if out.shape != q.shape:
         _fail("out", f"expected q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
@@ -160,6 +256,17 @@ def check_arguments(
         if softcap > 0 and not FLOAT32_TINY <= softcap <= FLOAT32_MAX:
             _fail("softcap", f"{softcap!r} is outside the float32 range the kernels use "
                              f"([{FLOAT32_TINY:.3g}, {FLOAT32_MAX:.3g}], or 0 to disable)")
+    _check_chunking(causal, window_size, chunk_lookback)
+    _expect_bool("mm_prefix_clamp_sliding_window", mm_prefix_clamp_sliding_window)
+    if mm_prefix_range is not None:
+        _expect_tensor("mm_prefix_range", mm_prefix_range, 3)
+        if mm_prefix_range.dtype != torch.int32:
+            _fail("mm_prefix_range", f"expected dtype torch.int32, got {mm_prefix_range.dtype}", TypeError)
+        num_seqs = cu_seqlens_q.shape[0] - 1
+        if mm_prefix_range.shape[0] != num_seqs or mm_prefix_range.shape[2] != 2:
+            _fail("mm_prefix_range", f"expected shape ({num_seqs}, max_ranges, 2), got {tuple(mm_prefix_range.shape)}")
+        if mm_prefix_range.device != q.device:
+            _fail("mm_prefix_range", f"expected device {q.device} (q's), got {mm_prefix_range.device}")
     _expect_bool("split_kv", split_kv, allow_none=True)
     _expect_bool("batch_invariant", batch_invariant)
     _expect_bool("check_metadata", check_metadata)
@@ -179,11 +286,16 @@ def check_arguments(
             _fail(name, f"expected a floating dtype, got {t.dtype}", TypeError)
         if t.device != device:
             _fail(name, f"expected device {device}, got {t.device}")
-    if k.dtype in FP8_CACHE_DTYPES:
+    _check_quant_cache(q, k, mode, k_scale_cache, v_scale_cache)
+    if mode in PER_TOKEN_HEAD_MODES:
+        for name, t in (("k_descale", k_descale), ("v_descale", v_descale)):
+            if t is not None:
+                _fail(name, f"only used with a per-tensor fp8 cache (mode is {mode!r}); pass None")
+    elif k.dtype in FP8_CACHE_DTYPES:
         for name, t in (("k_descale", k_descale), ("v_descale", v_descale)):
             if t is None:
                 _fail(name, "required for an fp8 cache (pass a one-element float32 tensor)")
-            _expect_scale(name, t, device)
+            _expect_descale(name, t, cu_seqlens_q.shape[0] - 1, num_kv_heads, device)
     if out.dtype in FP8_CACHE_DTYPES:
         if output_scale is None:
             _fail("output_scale", "required when out is fp8")
@@ -197,14 +309,16 @@ def check_arguments(
         workspace.check_fits(num_tokens, num_q_heads, head_size, device)
 
 
-def validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table) -> None:
+def validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table, *,
+                      mm_prefix_range=None) -> None:
     """Checks that need the metadata's values (syncs the device). Raises ValueError naming the argument.
 
     Everything the kernels only survive (see ``unified_attention``) is an error here:
     cu_seqlens_q not starting at 0, decreasing, or ending past q's tokens; max_seqlen_q below the
     longest query; seqused_k negative, below its sequence's query length or past its block-table
     row's capacity; max_seqlen_k below a sequence's keys; a block id a sequence uses outside
-    ``[0, num_blocks)``. Expects tensors that passed ``check_arguments``.
+    ``[0, num_blocks)``; a used prefix range (start < end) starting before 0. Expects tensors that
+    passed ``check_arguments``.
     """
     num_tokens, num_blocks, block_size = q.shape[0], k.shape[0], k.shape[1]
     num_seqs = _check_counts(cu_seqlens_q, seqused_k, block_table)
@@ -230,6 +344,11 @@ def validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k,
             _fail("seqused_k", f"sequence {seq} has {kv_len} keys but its block table holds {capacity}")
         if kv_len > max_seqlen_k:
             _fail("max_seqlen_k", f"{max_seqlen_k} is below sequence {seq}'s {kv_len} keys")
+    if mm_prefix_range is not None:
+        for seq, ranges in enumerate(mm_prefix_range.tolist()):
+            for start, end in ranges:
+                if start < end and start < 0:
+                    _fail("mm_prefix_range", f"sequence {seq} has a range [{start}, {end}] starting before 0")
     if num_seqs == 0 or block_table.shape[1] == 0:
         return
     # One pass over the whole table (one sync): entry (s, c) is used iff c < ceil(seqused_k[s] / block_size).

@@ -257,6 +257,28 @@ CATALOG: tuple[Mutant, ...] = (
        "naming nothing",
        ("        if not isinstance(window_size, (tuple, list)):", "        if False:"), file="validate.py",
        note="bad_input tier: window_size=8 must raise an error starting 'window_size: '"),
+    _m("chunk-index-off-by-one",
+       "chunked attention: the chunk index is taken of the 1-based position ((p + 1) // C), so the last "
+       "query of every chunk starts the next chunk's window",
+       ("first = tl.maximum(pos // chunk_size - chunk_lookback, 0) * chunk_size",
+        "first = tl.maximum((pos + 1) // chunk_size - chunk_lookback, 0) * chunk_size")),
+    _m("prefix-range-end-exclusive",
+       "bidirectional prefix ranges: the inclusive end of mm_prefix_range is treated as exclusive, so the "
+       "range's last key is hidden from the queries before it",
+       ("(key[None, :] <= extra_hi[:, None])", "(key[None, :] < extra_hi[:, None])")),
+    _m("descale-element-0",
+       "per-(sequence, KV head) fp8 descales: the K descale is read from element 0 for every sequence and "
+       "head (the per-tensor load kept)",
+       ("scale = scale * tl.load(k_descale_ptr + seq * stride_kds_seq + kv_head * stride_kds_head)",
+        "scale = scale * tl.load(k_descale_ptr)")),
+    _m("scale-cache-wrong-slot",
+       "per-token-head caches: the V row scale is read for the next slot of the block (slot + 1), not the "
+       "row's own",
+       ("vs_base + phys_block * stride_vs_blk + slot.to(tl.int64) * stride_vs_slot",
+        "vs_base + phys_block * stride_vs_blk + ((slot + 1) % BLOCK_SIZE).to(tl.int64) * stride_vs_slot")),
+    _m("q-descale-ignored",
+       "fp8 queries: q_descale is never applied (the scores miss the query's per-tensor scale)",
+       ("scale = scale * tl.load(q_descale_ptr)", "scale = scale")),
 )
 
 BY_NAME = {m.name: m for m in CATALOG}
