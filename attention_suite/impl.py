@@ -9,6 +9,13 @@ signature offers:
 - neither: only the implementation's own choice ("auto") runs; forced paths skip with a reason.
 Features missing from the signature (sinks, alibi_slopes, output_scale, batch_invariant) make
 the cases that need them skip with a reason instead of failing.
+
+vLLM's calling convention differs from ours where its backend's habits are baked in; for a
+``vllm``-style implementation the adapter follows them (``vllm_kwargs``): ``kv_quant_mode`` as
+its own KVQuantMode member (taken from the signature's default), passed explicitly for fp8
+caches (it does not infer per-tensor dequantization from the dtype). Cases outside its contract
+skip with the reason (``vllm_unsupported``): it reads ``window_size[0]`` only and
+``k_descale[0, 0]`` only (its backend expands one per-tensor scale to ``[num_seqs, num_kv_heads]``).
 """
 
 from __future__ import annotations
@@ -53,6 +60,10 @@ class Implementation:
         return cls(spec, func, frozenset(inspect.signature(func).parameters))
 
     @property
+    def signature(self) -> inspect.Signature:
+        return inspect.signature(self.func)
+
+    @property
     def style(self) -> str:
         if "split_kv" in self.params:
             return "split_kv"
@@ -74,7 +85,28 @@ class Implementation:
         for param, needed in needs.items():
             if needed and param not in self.params:
                 return f"{self.spec} has no '{param}' argument"
+        return self.vllm_unsupported(case) if self.style == "vllm" else None
+
+    def vllm_unsupported(self, case) -> str | None:
+        """Cases outside vLLM's calling contract (its kernel does not check them: it would return
+        a wrong result, which is not a bug of that kernel)."""
+        if not case.causal and case.window[1] >= 0:
+            return f"{self.spec} reads window_size[0] only (a right window of a non-causal call is ignored)"
+        if case.descale_per_head:
+            return f"{self.spec} reads k_descale[0, 0] / v_descale[0, 0] only (per-tensor scales, expanded)"
         return None
+
+    def vllm_kwargs(self, inputs, kwargs: dict) -> dict:
+        """Our keywords in vLLM's dialect (see the module docstring)."""
+        if "kv_quant_mode" not in self.params:
+            return kwargs
+        mode = kwargs.get("kv_quant_mode")
+        if mode is None and inputs.k.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            mode = "fp8_per_tensor"
+        if isinstance(mode, str):
+            enum_type = type(self.signature.parameters["kv_quant_mode"].default)
+            mode = enum_type[mode.upper()] if hasattr(enum_type, "__members__") else mode
+        return {**kwargs, "kv_quant_mode": mode} if mode is not None else kwargs
 
     def path_unsupported(self, path: str, case=None) -> str | None:
         if path == "auto":
@@ -100,8 +132,10 @@ class Implementation:
                 kwargs["workspace"] = workspace
             if batch_invariant:
                 kwargs["batch_invariant"] = True
-        elif self.style == "vllm" and path != "auto":
-            kwargs.update(self._vllm_3d_args(inputs, path, num_segments or VLLM_DEFAULT_SEGMENTS, poison_workspace))
+        elif self.style == "vllm":
+            kwargs = self.vllm_kwargs(inputs, kwargs)
+            if path != "auto":
+                kwargs.update(self._vllm_3d_args(inputs, path, num_segments or VLLM_DEFAULT_SEGMENTS, poison_workspace))
         self.func(*inputs.call_args(out), **kwargs)
         return out
 

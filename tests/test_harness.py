@@ -1,11 +1,13 @@
 """harness tier: the suite's own machinery (GPU pinning, interpreter fix, tolerance rule, case builder)."""
 
 import collections
+import enum
+import inspect
 
 import pytest
 import torch
 
-from attention_suite import build, gpus, judge, tables, visible_slots
+from attention_suite import Implementation, build, gpus, judge, tables, visible_slots
 
 
 @pytest.mark.harness
@@ -109,3 +111,35 @@ def test_poisoned_build_only_changes_hidden_slots():
     seen = visible_slots(case, clean.block_table.cpu(), clean.k.shape[0])
     assert torch.equal(clean.k[seen], poisoned.k[seen]) and torch.equal(clean.q, poisoned.q)
     assert not torch.isfinite(poisoned.k[~seen].float()).any()
+
+
+class _QuantMode(enum.IntEnum):  # a vLLM-style KVQuantMode
+    NONE = 0
+    FP8_PER_TENSOR = 1
+    INT8_PER_TOKEN_HEAD = 2
+    FP8_PER_TOKEN_HEAD = 3
+
+
+def _vllm_style(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
+                window_size, block_table, softcap, q_descale, k_descale, v_descale, seq_threshold_3D=None,
+                num_par_softmax_segments=None, softmax_segm_output=None, softmax_segm_max=None,
+                softmax_segm_expsum=None, alibi_slopes=None, output_scale=None, sinks=None,
+                kv_quant_mode=_QuantMode.NONE, k_scale_cache=None, v_scale_cache=None):
+    _vllm_style.seen = kv_quant_mode
+
+
+@pytest.mark.harness
+@pytest.mark.quick
+@pytest.mark.parametrize("label, expected", [("quick-fp8kv", _QuantMode.FP8_PER_TENSOR),
+                                             ("quick-int8-pertokenhead", _QuantMode.INT8_PER_TOKEN_HEAD),
+                                             ("quick-varlen", _QuantMode.NONE)])
+def test_vllm_dialect_passes_its_own_quant_mode(device, label, expected):
+    """vLLM dequantizes an fp8 cache only when told (FP8_PER_TENSOR) and takes its own enum: the
+    adapter must pass the member, also where our kernels infer the mode from the dtype."""
+    impl = Implementation("fake-vllm", _vllm_style, frozenset(inspect.signature(_vllm_style).parameters))
+    assert impl.style == "vllm"
+    _vllm_style.seen = None
+    impl.run(build(tables.find(label), device, 0), "auto")
+    assert _vllm_style.seen is expected
+    descale_case = next(c for c in tables.all_cases() if c.descale_per_head)
+    assert "k_descale[0, 0]" in impl.missing_feature(descale_case)
