@@ -138,6 +138,9 @@ _records: list = []
 
 @pytest.fixture
 def ctx(request, device, seed, impl) -> Context:
+    reason = impl.untested_tier(request.node.keywords)
+    if reason:
+        pytest.skip(reason)
     context = Context(request.node.nodeid, device, seed, impl, request.config.getoption("--repro-dir"))
     yield context
     for name, path, ratio in context.records:

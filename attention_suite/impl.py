@@ -87,6 +87,18 @@ class Implementation:
                 return f"{self.spec} has no '{param}' argument"
         return self.vllm_unsupported(case) if self.style == "vllm" else None
 
+    def untested_tier(self, tiers) -> str | None:
+        """Why a tier of ours does not apply to this implementation: vLLM's kernel asserts a few
+        arguments and trusts the rest, by design, so the tiers of our validation contract
+        (``bad_input``, ``bad_metadata``: named errors, memory safety on invalid metadata)
+        would only restate that (under the interpreter, invalid metadata crashes the process)."""
+        if self.style != "vllm":
+            return None
+        for tier in ("bad_input", "bad_metadata"):
+            if tier in tiers:
+                return f"{self.spec} does not validate its arguments (vLLM's contract): the {tier} tier is ours"
+        return None
+
     def vllm_unsupported(self, case) -> str | None:
         """Cases outside vLLM's calling contract (its kernel does not check them: it would return
         a wrong result, which is not a bug of that kernel)."""
@@ -135,7 +147,10 @@ class Implementation:
         elif self.style == "vllm":
             kwargs = self.vllm_kwargs(inputs, kwargs)
             if path != "auto":
-                kwargs.update(self._vllm_3d_args(inputs, path, num_segments or VLLM_DEFAULT_SEGMENTS, poison_workspace))
+                # Its reduction takes a power-of-two segment count (its backend always passes 16).
+                if not num_segments or num_segments & (num_segments - 1):
+                    num_segments = VLLM_DEFAULT_SEGMENTS
+                kwargs.update(self._vllm_3d_args(inputs, path, num_segments, poison_workspace))
         self.func(*inputs.call_args(out), **kwargs)
         return out
 

@@ -109,7 +109,7 @@ CATALOG: tuple[Mutant, ...] = (
         "return (tl.exp(x) - tl.exp(-x)) / (tl.exp(x) + tl.exp(-x))")),
     _m("int32-offsets",
        "cache offsets computed in int32: block * stride wraps past 2^31 elements",
-       ("phys_block = phys_block.to(tl.int64)", "phys_block = phys_block"),
+       ("phys_block = tl.minimum(block_u, num_blocks_u - 1).to(tl.int64)", "phys_block = tl.minimum(block_u, num_blocks_u - 1).to(tl.int32, bitcast=True)"),
        gpu_only=True,
        note="only a cache past 2^31 elements (~8 GB) shows it: killed by the GPU 'stress' tier "
             "(tests/test_layout.py::test_cache_past_2_31_elements); no CPU tier can allocate it"),
@@ -179,12 +179,12 @@ CATALOG: tuple[Mutant, ...] = (
     # cannot see the first four, by design.
     _m("block-id-unchecked",
        "block ids from the table are trusted: an id of -1 or num_blocks gathers K/V outside the cache",
-       ("block_valid = (phys_block >= 0) & (phys_block < num_blocks)", "block_valid = key >= 0"),
+       ("phys_block = tl.minimum(block_u, num_blocks_u - 1).to(tl.int64)", "phys_block = phys_block.to(tl.int64)"),
        note="bad-metadata tier: block id -1 / num_blocks must stay invisible (NaN canary blocks just outside "
             "k/v reach the output); memcheck reports the out-of-cache gather on a GPU"),
     _m("block-id-upper-bound-only",
        "block-id check forgets the lower bound: the common -1 'unused' sentinel gathers the row before the cache",
-       ("block_valid = (phys_block >= 0) & (phys_block < num_blocks)", "block_valid = phys_block < num_blocks"),
+       ("phys_block = tl.minimum(block_u, num_blocks_u - 1).to(tl.int64)", "phys_block = tl.minimum(phys_block, num_blocks - 1).to(tl.int64)"),
        note="bad-metadata tier: the block id -1 case (not num_blocks); memcheck on a GPU"),
     _m("token-rows-unclamped",
        "a sequence's token range is taken from cu_seqlens_q as is: cu_seqlens_q[-1] > num_tokens makes the "
