@@ -123,7 +123,7 @@ def unified_attention(
     unspecified but the call is memory-safe: the kernels read and write nothing outside the
     tensors they are given. Tokens outside ``[0, num_tokens)`` are neither read nor written,
     a decreasing cu_seqlens_q gives that sequence no tokens, block ids outside
-    ``[0, num_blocks)`` (-1 and num_blocks included) make their slots invisible, seqused_k is
+    ``[0, num_blocks)`` (-1 and num_blocks included) read the cache's last block instead, seqused_k is
     bounded by the block table's capacity (``block_table.shape[1] * block_size``) and a negative
     one behaves as 0. Checked mode, ``check_metadata=True`` or ``ATTN_CHECK_METADATA=1`` in the
     environment (read per call), runs ``validate_metadata`` first (a device sync; not for
