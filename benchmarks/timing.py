@@ -265,9 +265,12 @@ def floor_gbps(bandwidths: dict[str, dict], choice: str = "max") -> tuple[float,
 
 
 def _git_commit() -> str | None:
-    """HEAD (with '+dirty-kernels' if kernels/ has local edits), or $BENCH_GIT_COMMIT where git is absent."""
+    """$BENCH_GIT_COMMIT when set (a copied working tree may carry stale git metadata: the device
+    tool's copy reported an older HEAD), else HEAD with '+dirty-kernels' if kernels/ has local edits."""
     import os
 
+    if os.environ.get("BENCH_GIT_COMMIT"):
+        return os.environ["BENCH_GIT_COMMIT"]
     try:
         root = Path(__file__).resolve().parent.parent
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
