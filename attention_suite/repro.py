@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 TENSOR_FIELDS = ("q", "k", "v", "cu_seqlens_q", "seqused_k", "block_table", "k_descale", "v_descale",
-                 "alibi_slopes", "sinks", "output_scale")
+                 "alibi_slopes", "sinks", "output_scale", "mm_prefix_range", "k_scale_cache", "v_scale_cache",
+                 "q_descale")
 
 
 def versions() -> dict:

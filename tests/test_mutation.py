@@ -266,3 +266,21 @@ def test_child_runs_do_not_inherit_the_parent_workers_identity():
     child = mutation_run.child_environment(parent)
     assert child == {"PYTEST_ADDOPTS": "-p no:randomly", "PATH": "/usr/bin"}
     assert "workerinput" in mutation_run._GUARD and "PYTEST_XDIST_WORKER" not in mutation_run._GUARD
+
+
+@pytest.mark.harness
+@pytest.mark.parametrize("label", ["quick-int8-pertokenhead", "quick-fp8q-bf16out", "quick-prefix-ranges"])
+def test_reproducer_stores_every_feature_tensor(tmp_path, device, label):
+    """A reproducer replayed from its stored tensors alone (the builder may have changed since)
+    must carry every tensor the case needs: scale caches, q_descale, prefix ranges."""
+    from attention_suite import Implementation, compare, tables
+    from triage import replay
+
+    inputs = build(tables.find(label), device, seed=5)
+    impl = Implementation.load()
+    ctx = SimpleNamespace(impl=impl, nodeid=f"selftest::{label}", repro_dir=str(tmp_path))
+    payload = torch.load(repro.save(ctx, inputs, "auto", Verdict(False, 1.0, 0.5, 0.01, 0.001, 0), {}),
+                         weights_only=True)
+    stored = replay._from_stored(inputs.case, payload, device)
+    verdict = compare(stored, impl.run(stored, "auto"))
+    assert verdict.passed, verdict.message()

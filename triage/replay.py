@@ -49,13 +49,17 @@ def _matches(inputs: Inputs, stored: dict) -> bool:
 
 
 def _from_stored(case: Case, payload: dict, device: str) -> Inputs:
+    # Files written before a tensor field existed lack it: None (the feature was off).
     t = {k: (None if v is None else v.to(device)) for k, v in payload["tensors"].items()}
+    t.update({k: None for k in repro.TENSOR_FIELDS if k not in t})
     out_dtype = DTYPES[case.out_dtype or case.dtype]
     out = torch.full(t["q"].shape, float("nan") if out_dtype.is_floating_point else 0, dtype=out_dtype, device=device)
     return Inputs(case=case, q=t["q"], k=t["k"], v=t["v"], out=out, cu_seqlens_q=t["cu_seqlens_q"],
                   seqused_k=t["seqused_k"], block_table=t["block_table"], softmax_scale=payload["softmax_scale"],
                   k_descale=t["k_descale"], v_descale=t["v_descale"], alibi_slopes=t["alibi_slopes"],
-                  sinks=t["sinks"], output_scale=t["output_scale"], seed=payload["seed"])
+                  sinks=t["sinks"], output_scale=t["output_scale"], seed=payload["seed"],
+                  mm_prefix_range=t["mm_prefix_range"], k_scale_cache=t["k_scale_cache"],
+                  v_scale_cache=t["v_scale_cache"], q_descale=t["q_descale"])
 
 
 @dataclass
