@@ -292,9 +292,13 @@ def check_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, bl
         fail("cu_seqlens_q", "expected num_seqs + 1 >= 1 entries, got none")
     num_seqs = cu_seqlens_q.shape[0] - 1
     expect_int32("seqused_k", seqused_k, 1, device)
+    expect_int32("block_table", block_table, 2, device)
+    # Three tensors each say how many sequences there are; blame the one the other two outvote.
+    if seqused_k.shape[0] == block_table.shape[0] != num_seqs:
+        fail("cu_seqlens_q", f"{num_seqs + 1} entries describe {num_seqs} sequences, but seqused_k and "
+                             f"block_table describe {seqused_k.shape[0]}")
     if seqused_k.shape[0] != num_seqs:
         fail("seqused_k", f"expected {num_seqs} entries (one per sequence), got {seqused_k.shape[0]}")
-    expect_int32("block_table", block_table, 2, device)
     if block_table.shape[0] != num_seqs:
         fail("block_table", f"expected {num_seqs} rows (one per sequence), got {block_table.shape[0]}")
 

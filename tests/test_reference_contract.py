@@ -156,6 +156,8 @@ BAD = [
     ("cu-list", lambda a: {**a, "cu_seqlens_q": a["cu_seqlens_q"].tolist()}, TypeError, "cu_seqlens_q"),
     ("cu-rank-2", lambda a: {**a, "cu_seqlens_q": a["cu_seqlens_q"][None]}, ValueError, "cu_seqlens_q"),
     ("cu-empty", lambda a: {**a, "cu_seqlens_q": a["cu_seqlens_q"][:0]}, ValueError, "cu_seqlens_q"),
+    ("cu-one-entry-too-many", lambda a: {**a, "cu_seqlens_q": torch.cat([a["cu_seqlens_q"], a["cu_seqlens_q"][-1:]])},
+     ValueError, "cu_seqlens_q"),
     ("seqused-int64", lambda a: {**a, "seqused_k": a["seqused_k"].long()}, TypeError, "seqused_k"),
     ("seqused-length", lambda a: {**a, "seqused_k": a["seqused_k"][:1]}, ValueError, "seqused_k"),
     ("table-int64", lambda a: {**a, "block_table": a["block_table"].long()}, TypeError, "block_table"),
