@@ -1,0 +1,37 @@
+"""The adapter's vLLM dialect against the real thing: the unmodified copy of vLLM's kernel in
+``../shared/peers/vllm`` (or ``$VLLM_PEER_DIR``); skips with the reason where it is absent."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from attention_suite import Implementation, build, compare, tables
+
+VLLM_SPEC = "vllm.v1.attention.ops.triton_unified_attention:unified_attention"
+
+
+@pytest.fixture(scope="module")
+def vllm_impl():
+    folder = Path(os.environ.get("VLLM_PEER_DIR") or Path(__file__).resolve().parents[2] / "shared" / "peers" / "vllm")
+    if not (folder / "vllm" / "v1" / "attention" / "ops" / "triton_unified_attention.py").is_file():
+        pytest.skip(f"vLLM peer copy not found at {folder} (set VLLM_PEER_DIR)")
+    sys.path.insert(0, str(folder))
+    try:
+        yield Implementation.load(VLLM_SPEC)
+    finally:
+        sys.path.remove(str(folder))
+
+
+@pytest.mark.harness
+@pytest.mark.parametrize("label, path", [("quick-fp8kv", "2d"), ("quick-decode-window-sinks", "3d")])
+def test_vllm_dialect_runs_vllm_correctly(device, vllm_impl, label, path):
+    """An fp8 cache is dequantized only if FP8_PER_TENSOR is passed; its reduction takes a power of
+    two segments (this case asks for 3): without the dialect both cases fail against vLLM."""
+    case = tables.find(label)
+    assert vllm_impl.style == "vllm" and vllm_impl.missing_feature(case) is None
+    inputs = build(case, device, 0)
+    verdict = compare(inputs, vllm_impl.run(inputs, path))
+    assert verdict.passed, verdict.message()
+    assert "validate" in vllm_impl.untested_tier({"bad_input"})
