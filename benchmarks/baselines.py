@@ -11,6 +11,9 @@ mask: ``causal_lower_right`` for flash, an explicit boolean mask for cuDNN.
 GQA: first ``enable_gqa=True``; if the backend rejects it, K/V heads are expanded to the query
 heads (materialized, so the call reads ``num_q_heads / num_kv_heads`` times the KV bytes) and
 the note says so. A backend that cannot run a point is reported as unavailable with the reason.
+
+A quantized point is not timed here (SDPA takes no fp8/int8 KV with scales); the sweep builds it
+untimed on the dequantized values (``q_values``, ``dense_kv``) as the output check's reference.
 """
 
 from __future__ import annotations
@@ -119,7 +122,7 @@ def build_sdpa(name: str, inputs: PagedInputs, copies: int | None = None) -> Sdp
             idx = torch.cat([torch.arange(*ranges[i]) for i in ids]).to(inputs.q[0].device)
             g = _Group(ids, idx, q_len, kv_len)
             for c in range(copies):
-                g.q.append(inputs.q[c][idx].reshape(len(ids), q_len, h, d).transpose(1, 2))
+                g.q.append(inputs.q_values(c)[idx].reshape(len(ids), q_len, h, d).transpose(1, 2))
                 k, v = inputs.dense_kv(c, ids)
                 if expand and hkv != h:
                     k, v = (t.repeat_interleave(h // hkv, dim=2) for t in (k, v))

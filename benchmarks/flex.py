@@ -10,7 +10,7 @@ is our block table, so FlexAttention reads exactly the scattered blocks our kern
 Limits, each recorded as the reason instead of a time: the helper or flex_attention missing from
 this torch; a batch whose sequences have different query lengths (flex takes a padded
 ``[B, H, q_len, D]`` batch; padding and un-padding would be timed copies, so the mixed point is
-left out); a compile failure. Off a GPU flex runs eagerly (its reference path) to check wiring.
+left out); a quantized point (fp8 / int8 KV, fp8 queries); a compile failure. Off a GPU flex runs eagerly (its reference path) to check wiring.
 
 Each rotated copy has its own page table and block mask; the mask functions share one code
 object and differ only in the tensors they read, which dynamo guards by shape, so the copies
@@ -80,6 +80,8 @@ def build_flex(inputs, compile: bool) -> FlexBaseline:
     """A ready-to-time FlexAttention call per rotated copy over the paged cache, or FlexUnavailable."""
     BlockMask, create_block_mask, flex_attention, PagedAttention = _imports()
     point = inputs.point
+    if point.quantized:
+        raise FlexUnavailable(f"flex_attention takes no {point.formats} inputs (no fp8/int8 KV with scales); not run")
     q_lens = {q for q, _ in point.seqs}
     if len(q_lens) != 1:
         raise FlexUnavailable("sequences have different query lengths: flex needs a padded batch "

@@ -12,7 +12,23 @@ from dataclasses import dataclass
 
 import torch
 
-from .shapes import Point
+from .shapes import KV_QUANT_MODE, Point
+
+FP8 = getattr(torch, "float8_e4m3fn", None)
+FP8_AMAX_TO = 240.0  # fp8: amax lands on 240, under e4m3fn's 448
+INT8_AMAX_TO = 127.0
+
+
+def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per tensor: (x / descale in e4m3, descale) with a one-element float32 descale = amax / 240."""
+    descale = (x.abs().amax().float() / FP8_AMAX_TO).clamp_min(1e-12).reshape(1)
+    return (x.float() / descale).to(FP8), descale
+
+
+def quantize_int8_per_token_head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (slot, KV head) of a ``[blocks, block_size, kv_heads, head]`` cache: (int8 values, float32 scales)."""
+    scale = (x.abs().amax(-1).float() / INT8_AMAX_TO).clamp_min(1e-12)
+    return torch.round(x.float() / scale[..., None]).clamp(-127, 127).to(torch.int8), scale
 
 
 @dataclass
@@ -26,6 +42,11 @@ class PagedInputs:
     cu_seqlens_q: torch.Tensor  # int32 [num_seqs + 1]
     seqused_k: torch.Tensor  # int32 [num_seqs]
     softmax_scale: float
+    q_descale: torch.Tensor | None = None  # fp8 q: one float32 element, shared by the copies
+    k_descale: torch.Tensor | None = None  # fp8 KV: one float32 element each
+    v_descale: torch.Tensor | None = None
+    k_scale_cache: torch.Tensor | None = None  # int8-pth: float32 [num_blocks, block_size, num_kv_heads]
+    v_scale_cache: torch.Tensor | None = None
 
     @property
     def copies(self) -> int:
@@ -39,13 +60,40 @@ class PagedInputs:
     def max_seqlen_k(self) -> int:
         return self.point.max_seqlen_k
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype: outputs, and the dequantized values of a quantized point."""
+        return self.out[0].dtype
+
+    def quant_kwargs(self) -> dict:
+        """``unified_attention``'s descales (None for bf16) and quantization keywords for this point."""
+        kw = dict(q_descale=self.q_descale, k_descale=self.k_descale, v_descale=self.v_descale)
+        if self.point.kv_format != "bf16":
+            kw["kv_quant_mode"] = KV_QUANT_MODE[self.point.kv_format]
+        if self.k_scale_cache is not None:
+            kw.update(k_scale_cache=self.k_scale_cache, v_scale_cache=self.v_scale_cache)
+        return kw
+
+    def q_values(self, copy: int) -> torch.Tensor:
+        """Copy ``copy``'s queries in the compute dtype (dequantized for fp8 queries)."""
+        q = self.q[copy]
+        return q if self.q_descale is None else (q.float() * self.q_descale).to(self.dtype)
+
+    def _values(self, cache: torch.Tensor, ids: torch.Tensor, descale, scale_cache) -> torch.Tensor:
+        """Blocks ``ids`` of ``cache`` in the compute dtype, dequantized."""
+        x = cache[ids]
+        if scale_cache is not None:
+            return (x.float() * scale_cache[ids][..., None]).to(self.dtype)
+        return x if descale is None else (x.float() * descale).to(self.dtype)
+
     def token_ranges(self) -> list[tuple[int, int]]:
         """[start, end) of each sequence's query tokens in varlen order."""
         cu = self.cu_seqlens_q.tolist()
         return [(cu[i], cu[i + 1]) for i in range(len(cu) - 1)]
 
     def dense_kv(self, copy: int, seq_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Contiguous K and V ``[n, kv_len, num_kv_heads, head_size]`` for sequences of equal length."""
+        """Contiguous K and V ``[n, kv_len, num_kv_heads, head_size]`` for sequences of equal length
+        (in the compute dtype: dequantized for a quantized cache)."""
         kv_lens = {self.point.seqs[i][1] for i in seq_ids}
         if len(kv_lens) != 1:
             raise ValueError("dense_kv: sequences must share one KV length")
@@ -53,17 +101,19 @@ class PagedInputs:
         nb = -(-kv_len // self.point.block_size)
         ids = self.block_tables[copy][seq_ids, :nb].long()  # [n, nb]
         shape = (len(seq_ids), nb * self.point.block_size, *self.k_cache.shape[2:])
-        k = self.k_cache[ids].reshape(shape)[:, :kv_len].contiguous()
-        v = self.v_cache[ids].reshape(shape)[:, :kv_len].contiguous()
+        k = self._values(self.k_cache, ids, self.k_descale, self.k_scale_cache).reshape(shape)[:, :kv_len].contiguous()
+        v = self._values(self.v_cache, ids, self.v_descale, self.v_scale_cache).reshape(shape)[:, :kv_len].contiguous()
         return k, v
 
     def nbytes(self) -> int:
         ts = [*self.q, *self.out, self.k_cache, self.v_cache, *self.block_tables]
+        ts += [t for t in (self.k_scale_cache, self.v_scale_cache) if t is not None]
         return sum(t.numel() * t.element_size() for t in ts)
 
 
 def build_inputs(point: Point, copies: int, device, dtype=torch.bfloat16, seed: int = 0) -> PagedInputs:
-    """Random q and caches (N(0,1)), scattered block tables, varlen metadata for ``point``."""
+    """Random q and caches (N(0,1), quantized to the point's formats), scattered block tables,
+    varlen metadata for ``point``. ``dtype`` is the compute dtype (q and out unless quantized)."""
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     blocks_per_seq = point.blocks_per_seq()
@@ -87,6 +137,15 @@ def build_inputs(point: Point, copies: int, device, dtype=torch.bfloat16, seed: 
     q_shape = (point.num_tokens, point.num_q_heads, point.head_size)
     q = [torch.randn(q_shape, dtype=dtype, device=device) for _ in range(copies)]
     out = [torch.empty(q_shape, dtype=dtype, device=device) for _ in range(copies)]
+    quant: dict = {}
+    if point.kv_format == "fp8":
+        (k_cache, quant["k_descale"]), (v_cache, quant["v_descale"]) = quantize_fp8(k_cache), quantize_fp8(v_cache)
+    elif point.kv_format == "int8-pth":
+        (k_cache, quant["k_scale_cache"]), (v_cache, quant["v_scale_cache"]) = \
+            quantize_int8_per_token_head(k_cache), quantize_int8_per_token_head(v_cache)
+    if point.q_format == "fp8":
+        _, quant["q_descale"] = quantize_fp8(torch.stack(q))  # one descale for every copy
+        q = [(x.float() / quant["q_descale"]).to(FP8) for x in q]
 
     q_lens = [ql for ql, _ in point.seqs]
     cu = torch.zeros(point.num_seqs + 1, dtype=torch.int32)
@@ -94,4 +153,4 @@ def build_inputs(point: Point, copies: int, device, dtype=torch.bfloat16, seed: 
     seqused = torch.tensor([kl for _, kl in point.seqs], dtype=torch.int32)
     return PagedInputs(point=point, q=q, out=out, k_cache=k_cache, v_cache=v_cache, block_tables=tables,
                        cu_seqlens_q=cu.to(device), seqused_k=seqused.to(device),
-                       softmax_scale=point.head_size ** -0.5)
+                       softmax_scale=point.head_size ** -0.5, **quant)

@@ -14,6 +14,11 @@ How a peer is called depends on what its signature offers, as in the suite:
   any other batch gets the 2D path (the buffers omitted, which is how the function picks 2D);
 - anything else (ours included, through ``kernels:unified_attention``): the positional arguments
   only, i.e. the implementation's own choice of path.
+
+Quantized points (``Peer.quant_args``): fp8 descales positionally (vLLM: expanded to
+``[num_seqs, num_kv_heads]`` with ``kv_quant_mode=KVQuantMode.FP8_PER_TENSOR``); an int8 per
+token-head cache needs ``kv_quant_mode``, ``k_scale_cache`` and ``v_scale_cache`` in the
+signature, else the peer is recorded n/a with the reason.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ RESERVED_NAMES = ("heuristic", "2d", "3d", "sdpa-flash", "sdpa-cudnn", "flex", "
 
 class PeerError(ValueError):
     """A bad ``--impl`` value (raised while parsing arguments, before anything runs)."""
+
+
+class PeerUnsupported(RuntimeError):
+    """The peer cannot run this point (e.g. no argument for its KV format); the message is the reason."""
 
 
 @dataclass(frozen=True)
@@ -128,16 +137,41 @@ class Peer:
         config = "own choice (positional arguments only)"
         if self.style == "vllm":
             extra, config = vllm_backend_args(point, inputs.q[0].device)
+        descales, quant = self.quant_args(inputs)
+        extra.update(quant)
         func = self.impl.func
 
         def make(c: int):
             def call():
                 return func(inputs.q[c], inputs.k_cache, inputs.v_cache, inputs.out[c], inputs.cu_seqlens_q,
                             inputs.max_seqlen_q, inputs.seqused_k, inputs.max_seqlen_k, inputs.softmax_scale,
-                            True, (-1, -1), inputs.block_tables[c], 0.0, None, None, None, **extra)
+                            True, (-1, -1), inputs.block_tables[c], 0.0, *descales, **extra)
             return call
 
         return PeerCalls([make(c) for c in range(inputs.copies)], config, extra)
+
+
+    def quant_args(self, inputs) -> tuple[tuple, dict]:
+        """The positional (q_descale, k_descale, v_descale) and the keywords of the point's formats.
+
+        fp8 descales go positionally (the suite's convention); vLLM gets them as its backend passes
+        them, expanded to ``[num_seqs, num_kv_heads]``, and its KVQuantMode member. An int8 per
+        token-head cache needs ``kv_quant_mode`` and the scale caches in the signature, else
+        PeerUnsupported.
+        """
+        point, ours = inputs.point, inputs.quant_kwargs()
+        descales = [ours.pop(n) for n in ("q_descale", "k_descale", "v_descale")]
+        if not point.quantized:
+            return tuple(descales), {}
+        missing = [n for n in ours if n not in self.impl.params]
+        if point.kv_format != "fp8" and missing:
+            raise PeerUnsupported(f"{self.spec.target} has no {', '.join(missing)} argument(s) for a "
+                                  f"{point.kv_format} cache; not run")
+        if self.style == "vllm":
+            descales[1:] = [d.expand(point.num_seqs, point.num_kv_heads) if d is not None else None
+                            for d in descales[1:]]
+            ours = self.impl.vllm_kwargs(inputs, ours)  # the mode as vLLM's KVQuantMode member
+        return tuple(descales), {k: v for k, v in ours.items() if k in self.impl.params}
 
 
 @dataclass

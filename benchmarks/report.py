@@ -16,6 +16,8 @@ import math
 import sys
 from pathlib import Path
 
+from .shapes import Target
+
 IMPLS = ("heuristic", "2d", "3d", "sdpa-flash", "sdpa-cudnn")
 LABELS = {
     "heuristic": "ours (heuristic)",
@@ -92,24 +94,35 @@ def tflops(rec: dict, impl: str) -> float | None:
     return None if t is None or not rec.get("flops") else rec["flops"] / (t * 1e-6) / 1e12
 
 
-def target_status(rec: dict) -> tuple[str, bool | None]:
+def target_status(rec: dict, data: dict | None = None) -> tuple[str, bool | None]:
+    """The point's target, judged: "us" at most, "tflops" / "pct_floor" at least ``value``; a
+    ``relative_to`` target is ``value`` times that point's heuristic TFLOP/s in ``data``."""
     tgt = rec.get("target")
     if not tgt:
         return "", None
-    impl = tgt.get("impl", "heuristic")
-    measured = us(rec, impl) if tgt["metric"] == "us" else tflops(rec, impl)
+    impl, metric, goal = tgt.get("impl", "heuristic"), tgt["metric"], tgt["value"]
+    measured = {"us": us, "tflops": tflops, "pct_floor": pct_of_floor}[metric](rec, impl)
+    ref_name = tgt.get("relative_to")
+    if ref_name:
+        ref = next((r for r in (data or {}).get("points", []) if r.get("name") == ref_name), None)
+        ref_value = None if ref is None else tflops(ref, "heuristic")
+        if ref_value is None:
+            return f"{_target_text(tgt)}: not measured ({ref_name} not measured in this run)", None
+        goal *= ref_value
     if measured is None:
         return f"{_target_text(tgt)}: not measured", None
-    met = measured <= tgt["value"] if tgt["metric"] == "us" else measured >= tgt["value"]
-    unit = "us" if tgt["metric"] == "us" else "TFLOP/s"
+    lower_is_better = metric == "us"
+    met = measured <= goal if lower_is_better else measured >= goal
+    unit = {"us": " us", "tflops": " TFLOP/s", "pct_floor": "% of floor"}[metric]
+    got = f"{measured:.1f}{unit}" + (f" vs goal {goal:.1f}" if ref_name else "")
     if met:
-        return f"{_target_text(tgt)}: met ({measured:.1f} {unit})", True
-    gap = measured / tgt["value"] if tgt["metric"] == "us" else tgt["value"] / measured
-    return f"{_target_text(tgt)}: MISSED ({measured:.1f} {unit}, {gap:.2f}x off)", False
+        return f"{_target_text(tgt)}: met ({got})", True
+    gap = measured / goal if lower_is_better else goal / measured
+    return f"{_target_text(tgt)}: MISSED ({got}, {gap:.2f}x off)", False
 
 
 def _target_text(tgt: dict) -> str:
-    return f"<= {tgt['value']:g} us" if tgt["metric"] == "us" else f">= {tgt['value']:g} TFLOP/s"
+    return Target(**tgt).describe()
 
 
 def heuristic_vs_forced(rec: dict) -> tuple[float | None, bool | None]:
@@ -158,7 +171,7 @@ def sweep_table(data: dict) -> str:
             continue
         seg3 = rec.get("forced3d_segments")
         tf = _f(tflops(rec, "heuristic")) if rec.get("kind") != "decode" else ""
-        tgt_text, _ = target_status(rec)
+        tgt_text, _ = target_status(rec, data)
         cells = [rec["name"], _plan_text(rec), _time_cell(rec, "heuristic"), _time_cell(rec, "2d"),
                  _time_cell(rec, "3d", f" ({seg3})"), _time_cell(rec, "sdpa-flash"), _time_cell(rec, "sdpa-cudnn")]
         cells += [_time_cell(rec, p) for p in peers]
@@ -177,7 +190,7 @@ def checks_text(data: dict) -> str:
     out = ["Targets:"]
     any_target = False
     for rec in data.get("points", []):
-        text, _ = target_status(rec)
+        text, _ = target_status(rec, data)
         if text:
             any_target = True
             out.append(f"- {rec['name']}: heuristic {text}")

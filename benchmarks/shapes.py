@@ -8,13 +8,19 @@ derived from these fields; nothing here touches a device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # Llama-3.1-8B attention: 32 query heads, 8 KV heads, head 128.
 LLAMA = dict(num_q_heads=32, num_kv_heads=8, head_size=128)
 BLOCK_SIZE = 16
 DTYPE = "bfloat16"
-ELEMENT_BYTES = 2  # bf16
+ELEMENT_BYTES = 2  # bf16: queries, outputs and the unquantized cache
+# Bytes per cached element of each KV format, and per query element of each query format.
+KV_ELEMENT_BYTES = {"bf16": 2, "fp8": 1, "int8-pth": 1}
+Q_ELEMENT_BYTES = {"bf16": 2, "fp8": 1}
+SCALE_BYTES = 4  # int8-pth: one float32 scale per (slot, KV head), for K and for V
+# The kernel's kv_quant_mode for each KV format (fp8: per-tensor k_descale / v_descale).
+KV_QUANT_MODE = {"bf16": None, "fp8": "fp8_per_tensor", "int8-pth": "int8_per_token_head"}
 
 # The reference experiment: 500 prompt tokens plus this many generated tokens.
 BS1_GENERATED = (10, 100, 200, 400, 800, 1600, 3200, 6400, 12800)
@@ -25,19 +31,24 @@ BATCHES_AT_4K = (4, 16, 64, 256)
 
 @dataclass(frozen=True)
 class Target:
-    """One of the issue's targets: ``metric`` of ``impl`` compared with ``value``."""
+    """One of the issue's targets: ``metric`` of ``impl`` compared with ``value``.
 
-    metric: str  # "us" (latency, lower is better) or "tflops" (higher is better)
+    Metrics: "us" (latency, at most ``value``), "tflops" (at least ``value``) and "pct_floor"
+    (percent of the point's own HBM floor, at least ``value``). With ``relative_to`` (a point
+    name) a "tflops" target is ``value`` times that point's heuristic TFLOP/s in the same run.
+    The report (``report.target_status``) judges targets from the results JSON.
+    """
+
+    metric: str
     value: float
     impl: str = "heuristic"
-
-    def met(self, measured: float | None) -> bool | None:
-        if measured is None:
-            return None
-        return measured <= self.value if self.metric == "us" else measured >= self.value
+    relative_to: str | None = None
 
     def describe(self) -> str:
-        return f"<= {self.value:g} us" if self.metric == "us" else f">= {self.value:g} TFLOP/s"
+        if self.relative_to:
+            return f">= {self.value:g}x {self.relative_to}'s TFLOP/s"
+        return {"us": f"<= {self.value:g} us", "tflops": f">= {self.value:g} TFLOP/s",
+                "pct_floor": f">= {self.value:g}% of floor"}[self.metric]
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,14 @@ class Point:
     quick: bool = False
     target: Target | None = None
     note: str = ""
+    kv_format: str = "bf16"  # a KV_ELEMENT_BYTES key: "bf16", "fp8" (per tensor), "int8-pth" (per token-head)
+    q_format: str = "bf16"  # "bf16" or "fp8" (needs an fp8 cache); the output is bf16 either way
+
+    def __post_init__(self):
+        if self.kv_format not in KV_ELEMENT_BYTES or self.q_format not in Q_ELEMENT_BYTES:
+            raise ValueError(f"{self.name}: unknown kv_format {self.kv_format!r} or q_format {self.q_format!r}")
+        if self.q_format == "fp8" and self.kv_format != "fp8":
+            raise ValueError(f"{self.name}: fp8 queries need the per-tensor fp8 cache")
 
     # -- derived sizes ------------------------------------------------------------------
     @property
@@ -76,6 +95,15 @@ class Point:
         return sum(k for _, k in self.seqs)
 
     @property
+    def quantized(self) -> bool:
+        return (self.kv_format, self.q_format) != ("bf16", "bf16")
+
+    @property
+    def formats(self) -> str:
+        """E.g. "fp8 q, fp8 KV"; "" for a bf16 point."""
+        return f"{self.q_format} q, {self.kv_format} KV" if self.quantized else ""
+
+    @property
     def x_value(self) -> int:
         """The plot's x coordinate: KV length for one sequence, batch size otherwise."""
         return self.max_seqlen_k if self.series.startswith("bs1") else self.num_seqs
@@ -83,12 +111,18 @@ class Point:
     def blocks_per_seq(self) -> list[int]:
         return [-(-k // self.block_size) for _, k in self.seqs]
 
+    def slot_bytes(self) -> int:
+        """Bytes of one cached token of K (or V): its values plus, per token-head, its scales."""
+        scales = SCALE_BYTES if self.kv_format == "int8-pth" else 0
+        return self.num_kv_heads * (self.head_size * KV_ELEMENT_BYTES[self.kv_format] + scales)
+
     def kv_bytes(self) -> int:
-        """K and V bytes a kernel must read: every visible key and value once."""
-        return self.total_kv * self.num_kv_heads * self.head_size * ELEMENT_BYTES * 2
+        """K and V bytes a kernel must read: every visible key and value once (with its scales)."""
+        return self.total_kv * self.slot_bytes() * 2
 
     def qo_bytes(self) -> int:
-        return self.num_tokens * self.num_q_heads * self.head_size * ELEMENT_BYTES * 2
+        """q read once (in its format), out written once (bf16)."""
+        return self.num_tokens * self.num_q_heads * self.head_size * (Q_ELEMENT_BYTES[self.q_format] + ELEMENT_BYTES)
 
     def floor_bytes(self) -> int:
         """Bytes that must cross HBM: K and V once, q read once, out written once."""
@@ -96,7 +130,7 @@ class Point:
 
     def cache_bytes(self) -> int:
         """Bytes of one paged K+V cache copy (whole blocks)."""
-        return sum(self.blocks_per_seq()) * self.block_size * self.num_kv_heads * self.head_size * ELEMENT_BYTES * 2
+        return sum(self.blocks_per_seq()) * self.block_size * self.slot_bytes() * 2
 
     def visible_pairs(self) -> int:
         """(query, key) pairs the causal mask lets through, with queries at the end of their sequence."""
@@ -116,14 +150,14 @@ class Point:
     def describe(self) -> str:
         heads = f"{self.num_q_heads}/{self.num_kv_heads}x{self.head_size}"
         parts = [f"{n} x (q={q}, kv={k})" for (q, k), n in self.shape_groups().items()]
-        return f"{self.kind} {heads}: " + " + ".join(parts)
+        formats = f" ({self.formats})" if self.quantized else ""
+        return f"{self.kind} {heads}{formats}: " + " + ".join(parts)
 
     def scaled(self, factor: int) -> "Point":
         """The same point with every length divided by ``factor`` (at least 1): for CPU dry runs."""
         seqs = tuple((max(1, q // factor) if q > 1 else 1, max(1, k // factor)) for q, k in self.seqs)
         seqs = tuple((min(q, k), k) for q, k in seqs)
-        return Point(self.name, self.kind, self.series, seqs, self.num_q_heads, self.num_kv_heads,
-                     self.head_size, self.block_size, self.quick, self.target, self.note)
+        return replace(self, seqs=seqs)
 
 
 def causal_pairs(q_len: int, kv_len: int) -> int:
@@ -137,8 +171,8 @@ def causal_pairs(q_len: int, kv_len: int) -> int:
     return q_len * context + q_len * (q_len + 1) // 2
 
 
-def _decode(name, series, batch, kv_len, *, quick=False, target=None, note="", **heads) -> Point:
-    cfg = dict(LLAMA, **heads)
+def _decode(name, series, batch, kv_len, *, quick=False, target=None, note="", **cfg) -> Point:
+    cfg = dict(LLAMA, **cfg)
     return Point(name, "decode", series, tuple((1, kv_len) for _ in range(batch)), quick=quick,
                  target=target, note=note, **cfg)
 
@@ -170,6 +204,15 @@ def build_points() -> list[Point]:
     # Prefill (causal, q_len == kv_len) and mixed (chunked prefill beside decodes).
     pts.append(Point("prefill-4x2048", "prefill", "prefill", ((2_048, 2_048),) * 4, quick=True,
                      target=Target("tflops", 250.0), **LLAMA))
+    prefill_4x2048 = pts[-1]
+    # Quantized: the issue's fp8 / int8 points, each judged against its own bytes or our bf16 prefill.
+    for tag, kv_format in (("fp8kv", "fp8"), ("int8pth", "int8-pth")):
+        for bs, L, series in ((1, 131_072, "bs1"), (16, 4_096, "bs@4k")):
+            pts.append(_decode(f"decode-{tag}-bs{bs}-L{L}", f"{series}-{tag}", bs, L, quick=True,
+                               target=Target("pct_floor", 90.0), kv_format=kv_format))
+    pts.append(replace(prefill_4x2048, name="prefill-fp8q-fp8kv-4x2048", series="prefill-fp8",
+                       kv_format="fp8", q_format="fp8",
+                       target=Target("tflops", 1.5, relative_to=prefill_4x2048.name)))
     pts.append(Point("prefill-1x8192", "prefill", "prefill", ((8_192, 8_192),), **LLAMA))
     pts.append(Point("mixed-512on4096+32dec", "mixed", "mixed", ((1, 4_096),) * 32 + ((512, 4_096 + 512),),
                      note="32 decodes at 4096 keys, then a 512-token chunk after 4096 cached tokens "
@@ -181,7 +224,8 @@ POINTS: list[Point] = build_points()
 
 
 def select(names: str | None = None, quick: bool = False, kinds: tuple[str, ...] | None = None) -> list[Point]:
-    """Points by comma-separated names (exact, or a prefix ending in '*'), the quick subset, or kinds."""
+    """Points by comma-separated names (exact, or a prefix ending in '*'), the quick subset, or kinds;
+    a point whose target is relative to another point brings that point along."""
     pts = [p for p in POINTS if (not quick or p.quick) and (kinds is None or p.kind in kinds)]
     if not names:
         return pts
@@ -192,6 +236,12 @@ def select(names: str | None = None, quick: bool = False, kinds: tuple[str, ...]
         if not hits:
             raise ValueError(f"unknown point {w!r}; known: {', '.join(p.name for p in POINTS)}")
         chosen.extend(h for h in hits if h not in chosen)
+    # A relative target is judged against its reference point in the same run: bring it along.
+    by_name = {p.name: p for p in POINTS}
+    for p in list(chosen):
+        ref = p.target and p.target.relative_to
+        if ref and by_name[ref] not in chosen:
+            chosen.insert(chosen.index(p), by_name[ref])
     return chosen
 
 

@@ -1,0 +1,75 @@
+"""harness tier: the benchmark sweep's quantized points (bytes, selection, targets, inputs), on CPU."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from benchmarks import report, shapes
+from benchmarks.inputs import build_inputs
+
+pytestmark = pytest.mark.harness
+
+
+def _point(name):
+    return next(p for p in shapes.POINTS if p.name == name)
+
+
+def test_bench_quantized_floor_bytes():
+    slots = 131_072 * 8  # (token, KV head) pairs at bs1 L131072
+    assert _point("decode-bs1-L131072").kv_bytes() == slots * 128 * 2 * 2
+    assert _point("decode-fp8kv-bs1-L131072").kv_bytes() == slots * 128 * 1 * 2
+    assert _point("decode-int8pth-bs1-L131072").kv_bytes() == slots * (128 + 4) * 2  # + a float32 scale each
+    fp8q = _point("prefill-fp8q-fp8kv-4x2048")
+    assert fp8q.qo_bytes() == 8192 * 32 * 128 * (1 + 2)  # fp8 q in, bf16 out
+    assert fp8q.floor_bytes() == fp8q.kv_bytes() + fp8q.qo_bytes() == 2 * 8192 * 8 * 128 + 8192 * 32 * 128 * 3
+
+
+def test_bench_quantized_points_quick_and_selection():
+    for name, bf16 in (("decode-fp8kv-bs16-L4096", "decode-bs16-L4096"),
+                       ("decode-int8pth-bs1-L131072", "decode-bs1-L131072"),
+                       ("prefill-fp8q-fp8kv-4x2048", "prefill-4x2048")):
+        assert _point(name).quick == _point(bf16).quick
+    chosen = [p.name for p in shapes.select("prefill-fp8q-fp8kv-4x2048")]
+    assert chosen == ["prefill-4x2048", "prefill-fp8q-fp8kv-4x2048"]  # the relative target's reference
+    with pytest.raises(ValueError):
+        shapes.Point("x", "decode", "bs1", ((1, 16),), kv_format="int8-pth", q_format="fp8")
+
+
+def _rec(name, us, floor_us=None, flops=None, target=None):
+    return {"name": name, "floor_us": floor_us, "flops": flops, "target": target, "results": {"heuristic": {"us": us}}}
+
+
+def test_bench_floor_and_relative_targets():
+    floor = {"metric": "pct_floor", "value": 90.0, "impl": "heuristic", "relative_to": None}
+    assert report.target_status(_rec("a", 100.0, floor_us=95.0, target=floor))[1] is True
+    text, met = report.target_status(_rec("a", 100.0, floor_us=80.0, target=floor))
+    assert met is False and "80.0% of floor" in text
+    rel = {"metric": "tflops", "value": 1.5, "impl": "heuristic", "relative_to": "base"}
+    base = _rec("base", 1.0, flops=200e6)  # 200 TFLOP/s
+    data = {"points": [base, _rec("q", 1.0, flops=290e6, target=rel)]}
+    assert report.target_status(data["points"][1], data)[1] is False  # 290 < 1.5 x 200
+    data["points"][1]["flops"] = 310e6
+    assert report.target_status(data["points"][1], data)[1] is True
+    assert "not measured" in report.target_status(data["points"][1], {"points": data["points"][1:]})[0]
+
+
+@pytest.mark.parametrize("name", ["decode-fp8kv-bs16-L4096", "decode-int8pth-bs16-L4096", "prefill-fp8q-fp8kv-4x2048"])
+def test_bench_quantized_inputs_dequantize_to_the_bf16_values(name):
+    point = _point(name).scaled(64)
+    plain = build_inputs(dataclasses.replace(point, kv_format="bf16", q_format="bf16"), 1, "cpu", torch.float32)
+    quant = build_inputs(point, 1, "cpu", torch.float32)  # same seed: the same values, then quantized
+    ids = list(range(point.num_seqs))
+    for x, ref in zip(quant.dense_kv(0, ids), plain.dense_kv(0, ids)):
+        if point.kv_format == "fp8":
+            assert torch.allclose(x, ref, rtol=2 ** -4, atol=quant.k_descale.item() * 2 ** -6)
+        else:  # int8: half a step of its (slot, head) scale
+            assert ((x - ref).abs() <= ref.abs().amax(-1, keepdim=True) / 254 + 1e-6).all()
+    assert torch.allclose(quant.q_values(0), plain.q[0], rtol=2 ** -4, atol=1e-2)
+    kw = quant.quant_kwargs()
+    if point.kv_format == "int8-pth":
+        assert kw["kv_quant_mode"] == "int8_per_token_head" and kw["k_descale"] is None
+        assert kw["k_scale_cache"].shape == quant.k_cache.shape[:3] and quant.k_cache.dtype == torch.int8
+    else:
+        assert kw["kv_quant_mode"] == "fp8_per_tensor" and kw["k_descale"].shape == (1,)
+    assert (kw["q_descale"] is None) == (point.q_format == "bf16")
