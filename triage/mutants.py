@@ -248,8 +248,11 @@ CATALOG: tuple[Mutant, ...] = (
        note="a numerics case with a large softcap (>= 1e4, where softcap * tanh(s / softcap) ~ s) against the "
             "float64 reference, or a tanh ulp sweep; the quick tier's softcaps are small enough to miss it"),
     _m("softcap-inf-accepted",
-       "argument checks let softcap=inf through (only NaN and negatives rejected): every output becomes NaN",
+       "argument checks let softcap=inf through (only NaN and negatives rejected, the float32 range check "
+       "bounded below only): every output becomes NaN",
        ("        if not math.isfinite(softcap) or softcap < 0:", "        if softcap != softcap or softcap < 0:"),
+       ("        if softcap > 0 and not FLOAT32_TINY <= softcap <= FLOAT32_MAX:",
+        "        if softcap > 0 and not FLOAT32_TINY <= softcap:"),
        file="validate.py",
        note="bad_input tier: softcap=inf must raise ValueError '^softcap: ' with out untouched"),
     _m("window-size-unchecked-type",
