@@ -20,6 +20,7 @@ skip with the reason (``vllm_unsupported``): it reads ``window_size[0]`` only an
 
 from __future__ import annotations
 
+import enum
 import importlib
 import importlib.util
 import inspect
@@ -29,6 +30,16 @@ from pathlib import Path
 import torch
 
 DEFAULT_SPEC = "kernels:unified_attention"
+
+
+class VllmKVQuantMode(enum.IntEnum):
+    """A stand-in for vLLM's ``KVQuantMode`` (vllm.v1.kv_cache_interface), by member names and values:
+    what a vLLM-style caller passes, for tests that need one without vLLM installed."""
+
+    NONE = 0
+    FP8_PER_TENSOR = 1
+    INT8_PER_TOKEN_HEAD = 2
+    FP8_PER_TOKEN_HEAD = 3
 VLLM_3D_ARGS = ("seq_threshold_3D", "num_par_softmax_segments", "softmax_segm_output",
                 "softmax_segm_max", "softmax_segm_expsum")
 VLLM_DEFAULT_SEGMENTS = 16

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import reference
-from attention_suite import build, same_bits, tables
+from attention_suite import VllmKVQuantMode as KVQuantMode, build, same_bits, tables
 
 Q, K, V, OUT, CU, MAXQ, SEQUSED, MAXK, SCALE, CAUSAL, WINDOW, TABLE, SOFTCAP, QDESC, KDESC, VDESC = range(16)
 
@@ -133,13 +133,6 @@ def _fp8_query(args, q_descale):
 class _BadMode(enum.IntEnum):
     NONE = 0
     INT8_PER_TOKEN_HEAD = 3  # vLLM's value is 2
-
-
-class KVQuantMode(enum.IntEnum):  # vLLM's enum, by member names and values
-    NONE = 0
-    FP8_PER_TENSOR = 1
-    INT8_PER_TOKEN_HEAD = 2
-    FP8_PER_TOKEN_HEAD = 3
 
 
 def _quant(args, kwargs, inputs, dtype, mode):

@@ -1,13 +1,12 @@
 """harness tier: the suite's own machinery (GPU pinning, interpreter fix, tolerance rule, case builder)."""
 
 import collections
-import enum
 import inspect
 
 import pytest
 import torch
 
-from attention_suite import Implementation, build, gpus, judge, tables, visible_slots
+from attention_suite import Implementation, VllmKVQuantMode as _QuantMode, build, gpus, judge, tables, visible_slots
 
 
 @pytest.mark.harness
@@ -111,13 +110,6 @@ def test_poisoned_build_only_changes_hidden_slots():
     seen = visible_slots(case, clean.block_table.cpu(), clean.k.shape[0])
     assert torch.equal(clean.k[seen], poisoned.k[seen]) and torch.equal(clean.q, poisoned.q)
     assert not torch.isfinite(poisoned.k[~seen].float()).any()
-
-
-class _QuantMode(enum.IntEnum):  # a vLLM-style KVQuantMode
-    NONE = 0
-    FP8_PER_TENSOR = 1
-    INT8_PER_TOKEN_HEAD = 2
-    FP8_PER_TOKEN_HEAD = 3
 
 
 def _vllm_style(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,

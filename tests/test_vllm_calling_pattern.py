@@ -16,7 +16,6 @@ tests runs; under the interpreter a pairwise subset of it, with the 2048-block c
 
 from __future__ import annotations
 
-import enum
 import itertools
 from dataclasses import dataclass
 
@@ -24,16 +23,11 @@ import pytest
 import torch
 
 import reference
-from attention_suite import judge
+from attention_suite import VllmKVQuantMode as KVQuantMode, judge
 from attention_suite import device as suite_device
 
 ON_GPU = suite_device.ensure() == "cuda"
 FP8 = torch.float8_e4m3fn
-
-
-class KVQuantMode(enum.IntEnum):  # vLLM's enum (vllm.v1.kv_cache_interface), by names and values
-    NONE = 0
-    FP8_PER_TENSOR = 1
 
 
 @dataclass(frozen=True)
