@@ -61,9 +61,9 @@ def setup(requested: str = "auto", kernels_root: Path | str | None = None) -> st
         # NaN the kernel then discards), and the stable tanh overflows exp2 on purpose.
         warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"triton\.runtime\.interpreter")
         warnings.filterwarnings("ignore", "overflow encountered in exp2", RuntimeWarning)
-        from . import interpreter_fix
+        from . import interpreter_fix, interpreter_speed
 
-        status = interpreter_fix.install()
+        status = f"{interpreter_fix.install()}; {interpreter_speed.install()}"
     import kernels
 
     _state.update(key=key, device=device, interpreter=status, kernels_file=kernels.__file__)

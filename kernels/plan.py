@@ -32,6 +32,9 @@ MIN_TILES_PER_SEGMENT = 1
 MAX_SEGMENTS = 128
 # The interpreter has no multiprocessors; this nominal count makes small CPU batches split too.
 INTERPRETER_NUM_SMS = 8
+# Short split decode: the KV tile may shrink down to this many keys so that a sequence with fewer
+# 128-key tiles than wanted segments still spreads over enough programs.
+MIN_DECODE_TILE = 128
 # Head-dim lanes per reduction program on GPUs.
 REDUCE_DIM_BLOCK = 32
 # Window bound standing for "unlimited": larger than any sequence the kernels accept.
@@ -141,6 +144,10 @@ def plan_launch(
     # For decode the 2D grid is one program per (sequence, KV head); prefill counts its query blocks.
     programs_2d = (num_seqs if decode else num_q_blocks) * num_kv_heads
     span = max_seqlen_k if max_visible_keys is None else min(max_seqlen_k, max_visible_keys)
+    if decode and not (batch_invariant or interpreter) and programs_2d < SPLIT_BELOW_PROGRAMS_PER_SM * num_sms:
+        wanted = PROGRAMS_PER_SM * num_sms / max(programs_2d, 1)
+        while tile > MIN_DECODE_TILE and math.ceil(span / tile) < wanted:
+            tile //= 2
     heuristic_segments = choose_num_segments(programs_2d, span, tile, num_sms)
 
     if batch_invariant:

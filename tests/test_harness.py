@@ -6,7 +6,8 @@ import inspect
 import pytest
 import torch
 
-from attention_suite import Implementation, VllmKVQuantMode as _QuantMode, build, gpus, judge, tables, visible_slots
+from attention_suite import (Implementation, VllmKVQuantMode as _QuantMode, build, gpus, judge, same_bits, tables,
+                             visible_slots)
 
 
 @pytest.mark.harness
@@ -59,6 +60,55 @@ def test_interpreter_fix(device, fix_index):
     finally:
         interpreter_fix.install()
     assert interpreter_fix._probe(fix)
+
+
+@pytest.mark.harness
+def test_interpreter_speedup_keeps_every_bit(device):
+    """The speed-up changes no result: a feature case through 2D and 3D, with and without it."""
+    if device != "cpu":
+        pytest.skip("interpreter only")
+    from attention_suite import interpreter_speed
+
+    if not interpreter_speed.installed():
+        pytest.skip("interpreter speed-up not installed on this Triton")
+    case = tables.composition_case("mixed", sinks=True, window=(30, -1), softcap=4.0)
+    inputs = build(case, device, 0)
+
+    def outputs():
+        return [Implementation.load().run(inputs, path) for path in ("2d", "3d")]
+
+    fast = outputs()
+    interpreter_speed.uninstall()
+    try:
+        slow = outputs()
+    finally:
+        interpreter_speed.install()
+    assert all(same_bits(a, b) for a, b in zip(fast, slow))
+
+
+@pytest.mark.harness
+def test_interpreter_speedup_refuses_a_shortcut_that_changes_results(device, monkeypatch):
+    """The self-check can fail: a shortcut that never patches a launch again is not installed."""
+    if device != "cpu":
+        pytest.skip("interpreter only")
+    from attention_suite import interpreter_speed
+
+    calls = []
+
+    def patches_only_once(fn):
+        calls.append(fn)
+        return interpreter_speed._original_patch_lang(fn) if len(calls) == 1 else interpreter_speed._NothingToRestore()
+
+    interpreter_speed.uninstall()
+    monkeypatch.setattr(interpreter_speed, "_patch_lang_once", patches_only_once)
+    try:
+        status = interpreter_speed.install()
+        assert status.endswith("not installed"), status
+        assert not interpreter_speed.installed()
+    finally:
+        monkeypatch.undo()
+        interpreter_speed.install()
+    assert interpreter_speed.installed()
 
 
 @pytest.mark.harness

@@ -52,7 +52,7 @@ def test_reference_matches_sdpa_math(case, seed):
 @pytest.mark.reference
 @pytest.mark.quick
 @pytest.mark.parametrize("features", [{}, {"sinks": True}, {"window": (6, -1)}, {"softcap": 2.0, "alibi": True}])
-@pytest.mark.parametrize("num_segments", [1, 2, 3, 7, 64, 500])
+@pytest.mark.parametrize("num_segments", [1, 2, 3, 7, 64, 200])  # 200: more segments than the 150-key sequence has keys
 def test_segment_merge_equals_single_pass(num_segments, features, seed):
     """Including segments past the sequence end (empty) and segments outside the window."""
     case = tables.composition_case("varlen", scale=1, dtype="float32", **features)
