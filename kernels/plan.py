@@ -15,6 +15,9 @@ Heuristic (fitted to a segment-count sweep on an H100, benchmarks/results/*-tune
   ``MAX_SEGMENTS``). Measured: the best count kept ~2 programs per SM from 500 to 131k keys
   and from 1 to 16 sequences; 1 tile per segment beat 2 on short sequences; at 64 sequences
   (512 programs) the 2D path with 128-key tiles beat every split.
+- A split decode sequence with fewer 128-key tiles than wanted segments halves its tile (down to
+  ``MIN_DECODE_TILE``) until it has enough: H200, bs1, 32/8 heads of 128: L510 7.6 us at 32 x 16
+  keys vs 10.0 at 4 x 128 (vLLM 8.1), L1300 9.9 vs 12.3, L2100 11.5 vs 13.1; L >= 6900 unchanged.
 """
 
 from __future__ import annotations

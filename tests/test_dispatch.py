@@ -58,12 +58,14 @@ def test_prefill_is_2d_with_large_query_blocks(planner):
 
 @pytest.mark.dispatch
 @pytest.mark.quick
-@pytest.mark.parametrize("num_seqs, seq_len, segments", [(1, 13_300, 32), (1, 131_072, 32), (4, 4096, 8),
-                                                         (16, 4096, 2), (1, 510, 4)])
-def test_documented_segment_counts(planner, num_seqs, seq_len, segments):
-    """The counts the H100 sweep found fastest (benchmarks/results/*-tune.md)."""
+@pytest.mark.parametrize("num_seqs, seq_len, segments, tile", [
+    (1, 13_300, 32, 128), (1, 131_072, 32, 128), (4, 4096, 8, 128), (16, 4096, 2, 128),
+    (1, 510, 32, 16), (1, 2100, 32, 64)])
+def test_documented_segment_counts(planner, num_seqs, seq_len, segments, tile):
+    """The counts the H100 sweep found fastest (benchmarks/results/*-tune.md), and the short-decode
+    tiles of the H200 (bs1 L510: 7.5 us at 32 segments of 16 keys, 10.0 us at 4 of 128)."""
     plan = _decode(planner, num_seqs, seq_len)
-    assert (plan.path, plan.num_segments) == ("3d", segments), plan
+    assert (plan.path, plan.num_segments, plan.tile_size) == ("3d", segments, tile), plan
 
 
 @pytest.mark.dispatch
