@@ -35,10 +35,14 @@ from .paged_cache import PagedKVCache, StepPlan
 
 # sdpa and eager are transformers' own attention (eager where a model's features, e.g. softcap
 # or sinks, are not available to sdpa).
-BACKENDS = ("kernel", "reference", "sdpa", "eager")
-PAGED_BACKENDS = ("kernel", "reference")
+# "reference-native": the reference computed in the model's dtype, the same-dtype baseline of the
+# gate: its distance from the float64 reference is the rounding noise of this model and dtype
+# (both go through the same mapping, so a mapping bug cannot inflate it).
+BACKENDS = ("kernel", "reference", "reference-native", "sdpa", "eager")
+PAGED_BACKENDS = ("kernel", "reference", "reference-native")
 STOCK_BACKENDS = ("sdpa", "eager")
-IMPLEMENTATION_NAMES = {"kernel": "paged_kernel", "reference": "paged_reference", "sdpa": "sdpa", "eager": "eager"}
+IMPLEMENTATION_NAMES = {"kernel": "paged_kernel", "reference": "paged_reference",
+                        "reference-native": "paged_reference_native", "sdpa": "sdpa", "eager": "eager"}
 
 # Deliberate corruptions for demonstrating that the parity gate bites (``--break-kernel``).
 BREAK_MODES = ("none", "scale", "drop-last-block")
@@ -197,6 +201,8 @@ def paged_attention_forward(backend: str, module, query, key, value, attention_m
 
     if backend == "kernel":
         fn = _broken_call(_kernel_fn(), CONFIG.break_mode)
+    elif backend == "reference-native":
+        fn = _reference_fn("native")
     else:
         fn = _reference_fn(CONFIG.reference_precision)
     split_kv = plan.is_decode  # a serving engine: split-KV for decode, the 2D path for prefill

@@ -17,6 +17,7 @@ from __future__ import annotations
 import eval as _pkg  # noqa: F401  (first: turns on the Triton interpreter when there is no GPU)
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ EXIT_PASS, EXIT_GATE_FAILED, EXIT_SELF_CHECK_FAILED, EXIT_CRASHED = 0, 1, 2, 3
 BREAK_ENV = "PAV_BREAK_KERNEL"
 # "stock" in --backends: transformers' own attention for the model (its family's sdpa or eager).
 STOCK = "stock"
+BASELINE = "reference-native"  # the same-dtype baseline: measures the noise floor, judges nobody
 
 # CPU runs go through the Triton interpreter (~10 ms per KV tile per program): the CPU defaults
 # keep an end-to-end run of the tiny model within a few minutes; GPU defaults are the nightly's.
@@ -89,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default=None, choices=(*families.FAMILIES, "all"), metavar="NAME",
                    help="random-weight checkpoint of a model family instead of --pretrained: "
                         f"{', '.join(families.FAMILIES)}, or all")
-    p.add_argument("--backends", default=f"kernel,reference,{STOCK}",
+    p.add_argument("--backends", default=f"kernel,reference,{BASELINE},{STOCK}",
                    help=f"comma-separated subset of {BACKENDS}; '{STOCK}' = transformers' own attention for the "
                         "model (eager for families sdpa cannot run, else sdpa)")
     p.add_argument("--trusted", default=None,
@@ -280,6 +282,12 @@ def render(report: dict, gate_label: str = "GATE") -> str:
         cells = [f"{_fmt(b['metrics'][f][0])} ± {_fmt(b['metrics'][f][1])}" for f in task.FILTERS]
         calls = " ".join(f"{k}={v}" for k, v in sorted(b["attention_calls"].items())) or "(stock)"
         lines.append(f"{name:<10} {cells[0]:>22} {cells[1]:>22} {b['runtime_s']:>7.1f}s  {calls}")
+    noise = report.get("noise_floor")
+    if noise:
+        lines.append("")
+        lines.append(f"noise floor ({noise['pair']}): mean |dlogp|/token prefill {_fmt(noise['prefill'], '.3g')}, "
+                     f"decode {_fmt(noise['decode'], '.3g')}; limits below are the larger of "
+                     f"{parity.TOKEN_TOL_ULPS:g} eps_eff and {parity.NOISE_MULTIPLE:g}x these")
     for p in report["parity"]:
         lines.append("")
         lines.append(f"parity: {p['candidate']} vs {p['trusted']} ({p['num_problems']} problems)")
@@ -303,7 +311,7 @@ def render(report: dict, gate_label: str = "GATE") -> str:
 
 def _pairs(backends: list[str], trusted: list[str] | None) -> list[tuple[str, str]]:
     if "kernel" in backends:
-        judges = [b for b in (trusted or backends) if b != "kernel" and b in backends]
+        judges = [b for b in (trusted or backends) if b not in ("kernel", BASELINE) and b in backends]
         return [("kernel", t) for t in judges]
     # No kernel run: still compare what was run (e.g. reference vs sdpa) so the job says something.
     return [(backends[i], backends[j]) for i in range(len(backends)) for j in range(i + 1, len(backends))]
@@ -332,7 +340,10 @@ def evaluate_model(args, choice: task.TaskChoice, dtype: torch.dtype, pretrained
     if pairs:
         print(f"== replaying {anchor}'s generations through the other backends", flush=True)
         replay_anchor(backend_results, backend_extra, anchor)
-    pair_results = [parity.compare(backend_results[a], backend_results[b], dtype) for a, b in pairs]
+    noise = None
+    if "kernel" in backends and "reference" in backend_results and BASELINE in backend_results:
+        noise = parity.noise_floor(backend_results["reference"], backend_results[BASELINE], dtype)
+    pair_results = [parity.compare(backend_results[a], backend_results[b], dtype, noise) for a, b in pairs]
     gate_ok = all(p.passed for p in pair_results)
     del model
     return {
@@ -347,6 +358,7 @@ def evaluate_model(args, choice: task.TaskChoice, dtype: torch.dtype, pretrained
                    "samples": backend_extra[name]["samples"]}
             for name, r in backend_results.items()
         },
+        "noise_floor": None if noise is None else dataclasses.asdict(noise),
         "parity": [p.to_dict() for p in pair_results],
         "gate_passed": gate_ok if pair_results else None,
     }
