@@ -48,7 +48,7 @@ IMPLEMENTATION_NAMES = {"kernel": "paged_kernel", "reference": "paged_reference"
 BREAK_MODES = ("none", "scale", "drop-last-block")
 # A mapping that loses one feature on its way to the kernel (``--break-mapping``). It is shared
 # by both paged backends, as the real mapping is: only transformers' attention can catch it.
-MAPPING_BREAKS = ("none", "sinks", "softcap", "window")
+MAPPING_BREAKS = ("none", "sinks", "softcap", "window", "chunk")
 
 
 @dataclass
@@ -129,7 +129,9 @@ def _broken_mapping(args: mapping.KernelArgs, mode: str) -> mapping.KernelArgs:
     if mode == "softcap":
         return dataclasses.replace(args, softcap=0.0)
     if mode == "window":
-        return dataclasses.replace(args, window_size=(-1, -1))
+        return dataclasses.replace(args, window_size=(-1, -1)) if args.chunk_lookback < 0 else args
+    if mode == "chunk":  # chunked layers become plain causal
+        return dataclasses.replace(args, window_size=(-1, -1), chunk_lookback=-1) if args.chunk_lookback >= 0 else args
     return args
 
 
@@ -212,6 +214,7 @@ def paged_attention_forward(backend: str, module, query, key, value, attention_m
         q, cache.k[layer], cache.v[layer], out, plan.cu_seqlens_q, plan.max_seqlen_q, plan.seqused_k,
         plan.max_seqlen_k, args.softmax_scale, True, args.window_size, plan.block_table, args.softcap,
         None, None, None, sinks=sinks, split_kv=split_kv,
+        **({"chunk_lookback": args.chunk_lookback} if args.chunk_lookback >= 0 else {}),
     )
     session.calls["split-kv" if split_kv else "2d"] += 1
     result = query.new_zeros(batch, q_len, num_q_heads, head_dim)

@@ -103,10 +103,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                   "rope_parameters": {"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0,
                                       "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
                                       "original_max_position_embeddings": 4096}}),
-    Family("llama4", "llama4_text", 40, 8, 128, 4, "chunked attention (3 of 4 layers), NoPE layers",
-           "Llama-4-Scout: 40 q / 8 kv heads, head 128, attention chunk 8192",
-           pending="chunked local attention: unified_attention has no chunk argument yet (a window "
-                   "is not a chunk); the paged mapping refuses the chunked mask"),
+    # window / gpu_window are the attention chunk here (published 8192: longer than these contexts).
+    Family("llama4", "llama4_text", 40, 8, 128, 4, "chunked attention (3 of 4 layers), NoPE layers, MoE",
+           "Llama-4-Scout: 40 q / 8 kv heads, head 128, attention chunk 8192 on the RoPE layers",
+           window=32, gpu_window=512,
+           extra={"intermediate_size_mlp": INTERMEDIATE, "num_local_experts": 4, "num_experts_per_tok": 1,
+                  "interleave_moe_layer_step": 2,
+                  "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}),
     Family("llama3.1-8b", "llama", 32, 8, 128, 32, "real scale: 8B shapes, bf16",
            "Llama-3.1-8B published config: hidden 4096, 32 layers, 32 q / 8 kv heads, head 128",
            real_scale=True, extra={"rope_parameters": LLAMA3_ROPE, "hidden_size": 4096,
@@ -131,7 +134,9 @@ def config_for(family: Family, scale: str, tokenizer):
     )
     fields.update(family.extra)
     window = family.sliding_window(scale)
-    if window is not None:
+    if family.model_type == "llama4_text":
+        fields["attention_chunk_size"] = window  # chunked layers: those with RoPE (3 of 4)
+    elif window is not None:
         fields["sliding_window"] = window
         if family.model_type in ("gemma2", "gpt_oss"):
             fields["layer_types"] = _alternating(family.layers, 2)

@@ -11,8 +11,9 @@ describes the pattern it wants with a ``mask_function(batch, head, q_idx, kv_idx
 sliding, chunked, bidirectional, blockwise, ...). Our mask function keeps that description
 next to the 2D padding mask (``MaskRequest``); before a layer's kernel call the description
 is evaluated over every (query, key) position pair the call can touch and compared with what
-the kernel will compute (causal, plus the left window from ``sliding_window``). Any
-difference (a chunked or bidirectional mask, a window the keyword does not state) is an
+the kernel will compute (causal, plus the left window from ``sliding_window``, or Llama 4's
+chunks from the layer type and ``attention_chunk_size``). Any difference (a bidirectional
+mask, a window or chunk the arguments do not state) is an
 ``UnsupportedAttention`` error naming the model, the layer and the argument.
 """
 
@@ -41,6 +42,7 @@ class KernelArgs:
     window_size: tuple[int, int]  # (left, right), -1 = unlimited
     softcap: float  # 0 = off
     sinks: torch.Tensor | None  # float32 [num_q_heads]
+    chunk_lookback: int = -1  # >= 0: chunked attention, chunk size = window_size[0] + 1 (lookback 0)
 
 
 def where(module) -> str:
@@ -53,6 +55,22 @@ def where(module) -> str:
 
 def refuse(module, argument: str, message: str):
     raise UnsupportedAttention(f"{where(module)}: {argument}: {message}")
+
+
+def attention_chunk(module) -> int | None:
+    """The chunk size of a chunked-attention layer (Llama 4's ``layer_types``), else None.
+
+    transformers states chunking only through the layer type and the mask it builds; the mask
+    check below verifies that the kernel's chunks are the ones the model asked for."""
+    cfg = getattr(module, "config", None)
+    types = getattr(cfg, "layer_types", None)
+    layer = getattr(module, "layer_idx", None)
+    if not types or layer is None or types[layer] != "chunked_attention":
+        return None
+    size = getattr(cfg, "attention_chunk_size", None)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        refuse(module, "attention_chunk_size", f"{size!r}: expected a positive int for a chunked_attention layer")
+    return size
 
 
 def map_arguments(module, num_q_heads: int, head_dim: int, *, scaling=None, dropout=0.0, softcap=None,
@@ -87,6 +105,13 @@ def map_arguments(module, num_q_heads: int, head_dim: int, *, scaling=None, drop
         window = (sliding_window - 1, 0)
     else:
         refuse(module, "sliding_window", f"{sliding_window!r}: expected a positive int or None")
+    chunk_lookback = -1
+    chunk = attention_chunk(module)
+    if chunk is not None:
+        if sliding_window is not None:
+            refuse(module, "sliding_window", "a chunked_attention layer with a sliding window too: not expressible")
+        # The query's own chunk only: chunk size (left + 1) // (lookback + 1) = chunk.
+        window, chunk_lookback = (chunk - 1, 0), 0
 
     if softcap is None or softcap == 0:
         cap = 0.0
@@ -101,7 +126,7 @@ def map_arguments(module, num_q_heads: int, head_dim: int, *, scaling=None, drop
             shape = tuple(s_aux.shape) if isinstance(s_aux, torch.Tensor) else type(s_aux).__name__
             refuse(module, "s_aux", f"expected one sink logit per query head [{num_q_heads}], got {shape}")
         sinks = s_aux.detach().float().contiguous()
-    return KernelArgs(scale, window, cap, sinks)
+    return KernelArgs(scale, window, cap, sinks, chunk_lookback)
 
 
 # -- the mask channel
@@ -117,9 +142,13 @@ class MaskRequest:
     _verified: dict = field(default_factory=dict, repr=False)
 
     def pattern(self, positions: int, device) -> torch.Tensor:
-        """Bool ``[positions, positions]``: the requested visibility at absolute positions."""
-        q_idx = torch.arange(positions, device=device)
-        kv_idx = torch.arange(positions, device=device)
+        """Bool ``[positions, positions]``: the requested visibility at sequence positions.
+
+        Evaluated for batch row 0 at its padded indices (position + its left padding): chunked
+        masks count chunks from a row's first real token."""
+        offset = 0 if self.padding is None else int((~self.padding[0]).long().cumprod(0).sum())
+        q_idx = torch.arange(positions, device=device) + offset
+        kv_idx = torch.arange(positions, device=device) + offset
         zero = torch.zeros(1, dtype=torch.long, device=device)
         try:  # index-based functions broadcast, as transformers' non-vmap expansion does
             grid = self.mask_function(zero[:, None, None, None], zero[None, :, None, None],
@@ -133,7 +162,7 @@ class MaskRequest:
 
     def check(self, module, args: KernelArgs, positions: int, device) -> None:
         """Refuse unless the requested pattern equals the kernel's over ``positions`` positions."""
-        key = (args.window_size, positions)
+        key = (args.window_size, args.chunk_lookback, positions)
         if key in self._verified:
             return
         if self.mask_function is None:
@@ -144,11 +173,13 @@ class MaskRequest:
             refuse(module, "attention_mask", f"the requested mask is not a function of positions alone ({exc!r})")
         from reference.masks import visibility
 
-        computed = visibility(positions, positions, True, args.window_size, device)
+        computed = visibility(positions, positions, True, args.window_size, device, chunk_lookback=args.chunk_lookback)
         diff = (requested != computed).nonzero()
         if diff.numel():
             q, k = diff[0].tolist()
             kind = f"causal with window {args.window_size}" if args.window_size[0] >= 0 else "plain causal"
+            if args.chunk_lookback >= 0:
+                kind = f"chunks of {args.window_size[0] + 1}"
             refuse(module, "attention_mask",
                    f"the model requests a mask the kernel cannot express from these arguments (kernel: {kind}); "
                    f"first difference at query {q}, key {k}: model says {'visible' if requested[q, k] else 'hidden'} "

@@ -95,7 +95,7 @@ def _gap(model, tok, backend, stock, pairs) -> float:
     return max(float((a[i] - b[i]).abs().max()) for i in range(2))
 
 
-RUNNABLE = ("llama3", "qwen2", "mistral", "gemma2", "gemma3", "gpt-oss")
+RUNNABLE = ("llama3", "qwen2", "mistral", "gemma2", "gemma3", "gpt-oss", "llama4")
 
 
 @pytest.mark.parametrize("backend", ["reference", "kernel"])
@@ -110,7 +110,7 @@ def test_family_parity_with_transformers_attention(name, backend, train_docs, ca
 
 # Which family needs which feature: dropping it must break parity there.
 FEATURE_USERS = [("gpt-oss", "sinks"), ("gemma2", "softcap"), ("mistral", "window"), ("gemma2", "window"),
-                 ("gemma3", "window"), ("gpt-oss", "window")]
+                 ("gemma3", "window"), ("gpt-oss", "window"), ("llama4", "chunk")]
 
 
 @pytest.mark.parametrize(("name", "mode"), FEATURE_USERS, ids=[f"{n}-{m}" for n, m in FEATURE_USERS])
@@ -134,8 +134,9 @@ def test_families_have_their_published_geometry(train_docs, cache_root):
         "llama3": (4, 128, None, None, False), "qwen2": (7, 64, None, None, False),
         "mistral": (4, 128, "all-sliding", None, False), "gemma2": (2, 256, "S F", 50.0, False),
         "gemma3": (4, 256, "S S S S S F", None, False), "gpt-oss": (8, 64, "S F", None, True),
+        "llama4": (5, 128, "C C C F", None, False),
     }
-    short = {"sliding_attention": "S", "full_attention": "F"}
+    short = {"sliding_attention": "S", "full_attention": "F", "chunked_attention": "C"}
     for name, (ratio, head, pattern, softcap, sinks) in expect.items():
         model, _ = _family(name, train_docs, cache_root)
         cfg = model.config
@@ -144,6 +145,9 @@ def test_families_have_their_published_geometry(train_docs, cache_root):
         types = getattr(cfg, "layer_types", None)
         if pattern == "all-sliding":
             assert cfg.sliding_window == families.FAMILIES[name].window
+        elif pattern and "C" in pattern:
+            assert " ".join(short[t] for t in types) == pattern, name
+            assert cfg.attention_chunk_size == families.FAMILIES[name].window, name
         elif pattern:
             assert " ".join(short[t] for t in types) == pattern, name
             assert cfg.sliding_window == families.FAMILIES[name].window
@@ -251,21 +255,44 @@ def _tiny_random(model_type: str, **fields):
     return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
 
 
-@pytest.mark.parametrize("model_type", ["llama4_text", "gemma3_text"])
-def test_models_needing_other_masks_are_refused(model_type):
-    """Llama 4's chunked layers and a bidirectional Gemma 3 end in an error, not plain causal."""
+@pytest.mark.parametrize("model_case", ["llama4-wrong-chunk", "gemma3-bidirectional"])
+def test_models_needing_other_masks_are_refused(model_case, monkeypatch):
+    """A bidirectional Gemma 3 ends in an error, not plain causal; so does a Llama 4 layer whose
+    chunks the mapping gets wrong (the mask check compares them with the model's mask)."""
+    from eval import mapping
     from eval.engine import Engine
     from eval.mapping import UnsupportedAttention
 
-    if model_type == "llama4_text":
-        model = _tiny_random(model_type, num_hidden_layers=4, attention_chunk_size=8, intermediate_size_mlp=128,
+    if model_case.startswith("llama4"):
+        model = _tiny_random("llama4_text", num_hidden_layers=4, attention_chunk_size=8, intermediate_size_mlp=128,
                              num_local_experts=1)
-        match = r"llama4_text layer 0: attention_mask: .*first difference at query 8, key 0"
+        chunk_of = mapping.attention_chunk
+        monkeypatch.setattr(mapping, "attention_chunk", lambda module: None if chunk_of(module) is None else 9)
+        match = r"llama4_text layer 0: attention_mask: .*kernel: chunks of 9.*first difference at query 8, key 0"
     else:
-        model = _tiny_random(model_type, sliding_window=8, use_bidirectional_attention=True)
+        model = _tiny_random("gemma3_text", sliding_window=8, use_bidirectional_attention=True)
         match = r"gemma3_text layer 0: is_causal: "
     with pytest.raises(UnsupportedAttention, match=match):
         Engine(model, "reference", pad_id=0).score([(list(range(3, 23)), [5, 6, 7])])
+
+
+def test_llama4_chunked_layers_match_transformers_attention():
+    """Chunks of 8: a right-padded scoring batch and a left-padded generation whose first row is
+    the padded one (chunks count from a row's first real token): the paged reference equals eager."""
+    from eval.engine import Engine
+
+    model = _tiny_random("llama4_text", num_hidden_layers=4, attention_chunk_size=8, intermediate_size_mlp=128,
+                         num_local_experts=1)
+    pairs = [(list(range(30, 37)), [8, 9, 10, 11]), (list(range(3, 23)), [5, 6, 7, 8])]
+
+    def logprobs(backend):
+        engine = Engine(model, backend, pad_id=0)
+        prefill = torch.cat([lp for lp, _ in engine.score(pairs)])
+        gens = engine.generate([ctx for ctx, _ in pairs], 0, forced=[cont for _, cont in pairs])
+        return prefill, torch.tensor([lp for g in gens for lp in g.logprobs])
+
+    for ours, stock in zip(logprobs("reference"), logprobs("eager")):
+        assert float((ours - stock).abs().max()) <= TOKEN_TOL
 
 
 def test_mask_without_request_is_refused():
