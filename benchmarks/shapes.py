@@ -205,7 +205,11 @@ def build_points() -> list[Point]:
     pts.append(Point("prefill-4x2048", "prefill", "prefill", ((2_048, 2_048),) * 4, quick=True,
                      target=Target("tflops", 250.0), **LLAMA))
     prefill_4x2048 = pts[-1]
-    # Quantized: the fp8 / int8 points, each judged against its own bytes or our bf16 prefill.
+    pts.append(Point("prefill-1x8192", "prefill", "prefill", ((8_192, 8_192),), **LLAMA))
+    pts.append(Point("mixed-512on4096+32dec", "mixed", "mixed", ((1, 4_096),) * 32 + ((512, 4_096 + 512),),
+                     note="32 decodes at 4096 keys, then a 512-token chunk after 4096 cached tokens "
+                          "(vLLM order: decodes first)", **LLAMA))
+    # Quantized (last: a budget-cut sweep keeps the bf16 points): the fp8 / int8 points, each judged against its own bytes or our bf16 prefill.
     for tag, kv_format in (("fp8kv", "fp8"), ("int8pth", "int8-pth")):
         for bs, L, series in ((1, 131_072, "bs1"), (16, 4_096, "bs@4k")):
             pts.append(_decode(f"decode-{tag}-bs{bs}-L{L}", f"{series}-{tag}", bs, L, quick=True,
@@ -213,10 +217,6 @@ def build_points() -> list[Point]:
     pts.append(replace(prefill_4x2048, name="prefill-fp8q-fp8kv-4x2048", series="prefill-fp8",
                        kv_format="fp8", q_format="fp8",
                        target=Target("tflops", 1.5, relative_to=prefill_4x2048.name)))
-    pts.append(Point("prefill-1x8192", "prefill", "prefill", ((8_192, 8_192),), **LLAMA))
-    pts.append(Point("mixed-512on4096+32dec", "mixed", "mixed", ((1, 4_096),) * 32 + ((512, 4_096 + 512),),
-                     note="32 decodes at 4096 keys, then a 512-token chunk after 4096 cached tokens "
-                          "(vLLM order: decodes first)", **LLAMA))
     return pts
 
 
