@@ -38,9 +38,6 @@ INTERPRETER_NUM_SMS = 8
 # Short split decode: the KV tile may shrink down to this many keys so that a sequence with fewer
 # 128-key tiles than wanted segments still spreads over enough programs.
 MIN_DECODE_TILE = 16
-# Decode with a one-byte cache (fp8, int8): keys per tile, and pipeline stages.
-BYTE_CACHE_DECODE_TILE = 128
-BYTE_CACHE_DECODE_STAGES = 2
 # Head-dim lanes per reduction program on GPUs.
 REDUCE_DIM_BLOCK = 32
 # Window bound standing for "unlimited": larger than any sequence the kernels accept.
@@ -83,7 +80,7 @@ def effective_window(window_size, causal: bool) -> tuple[int, int]:
     return left, right
 
 
-def _tile_size(head_pad: int, interpreter: bool, fp32: bool, decode_sized: bool, kv_element_bytes: int = 2) -> int:
+def _tile_size(head_pad: int, interpreter: bool, fp32: bool, decode_sized: bool) -> int:
     if interpreter:
         return 16  # interpreter cost is per tile: small tiles let short CPU cases cross many
     if fp32:
@@ -91,10 +88,10 @@ def _tile_size(head_pad: int, interpreter: bool, fp32: bool, decode_sized: bool,
     if head_pad > 128:
         return 32  # K and V tiles of 256-wide heads fill shared memory fast
     # Decode is a chain of dependent tile loads per program: fewer, larger tiles shorten it
-    # (H100: 128-key tiles beat 64 by 7-25% on decode; prefill prefers 64 with 8 warps).
-    if decode_sized:
-        return BYTE_CACHE_DECODE_TILE if kv_element_bytes == 1 else 128
-    return 64
+    # (H100: 128-key tiles beat 64 by 7-25% on decode; prefill prefers 64 with 8 warps). One-byte
+    # caches too: 256-key tiles were slower on the H200 (fp8 bs1 L131072: 161 vs 139 us) and a
+    # third stage changed nothing.
+    return 128 if decode_sized else 64
 
 
 def _block_m(num_queries_per_kv: int, max_seqlen_q: int, head_pad: int, decode: bool, batch_invariant: bool,
@@ -135,7 +132,7 @@ def plan_launch(
     *, num_tokens: int, num_seqs: int, max_seqlen_q: int, max_seqlen_k: int, num_q_heads: int,
     num_kv_heads: int, head_size: int, num_sms: int, interpreter: bool = False, fp32: bool = False,
     split_kv: bool | None = None, num_segments: int | None = None, batch_invariant: bool = False,
-    max_segments: int | None = None, max_visible_keys: int | None = None, kv_element_bytes: int = 2,
+    max_segments: int | None = None, max_visible_keys: int | None = None,
 ) -> LaunchPlan:
     """Plan a launch from shapes and host integers only (no device reads).
 
@@ -145,7 +142,7 @@ def plan_launch(
     num_queries_per_kv = num_q_heads // num_kv_heads
     head_pad = next_power_of_2(head_size)
     decode = max_seqlen_q <= 1
-    tile = _tile_size(head_pad, interpreter, fp32, decode and not batch_invariant, kv_element_bytes)
+    tile = _tile_size(head_pad, interpreter, fp32, decode and not batch_invariant)
     block_m = _block_m(num_queries_per_kv, max_seqlen_q, head_pad, decode, batch_invariant, interpreter, fp32)
     block_q = block_m // num_queries_per_kv
     num_q_blocks = num_tokens // block_q + num_seqs
@@ -202,9 +199,7 @@ def plan_launch(
         num_segments=segments,
         num_warps=1 if interpreter else (8 if big else 4),
         # Two stages measured best for decode (more stages cost shared memory, hence occupancy).
-        num_stages=1 if interpreter else (
-            2 if head_pad > 128 else
-            (BYTE_CACHE_DECODE_STAGES if kv_element_bytes == 1 else 2) if decode and not batch_invariant else 3),
+        num_stages=1 if interpreter else (2 if head_pad > 128 or (decode and not batch_invariant) else 3),
         grid=(num_q_blocks, num_kv_heads, segments),
         reduce_grid=(num_tokens, math.ceil(num_q_heads / reduce_heads), head_pad // reduce_dims)
         if path == "3d" else None,
