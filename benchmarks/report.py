@@ -186,6 +186,12 @@ def sweep_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _tolerance(chk: dict, impl: str) -> float:
+    """The check's tolerance for ``impl``: per implementation, or one number in older results."""
+    tol = chk.get("tolerance", 0.05)
+    return tol.get(impl, 0.05) if isinstance(tol, dict) else tol
+
+
 def checks_text(data: dict) -> str:
     out = ["Targets:"]
     any_target = False
@@ -234,8 +240,8 @@ def checks_text(data: dict) -> str:
         for impl, d in (chk.get("max_abs_diff") or {}).items():
             if impl in mismatch:
                 problems.append(f"- {rec['name']} / {impl}: OUTPUT MISMATCH vs {chk.get('reference')}: {mismatch[impl]}")
-            elif d is not None and d > chk.get("tolerance", 0.05):
-                problems.append(f"- {rec['name']} / {impl}: output differs from {chk.get('reference')} by {d:.3g} (tolerance {chk.get('tolerance')})")
+            elif d is not None and d > (tol := _tolerance(chk, impl)):
+                problems.append(f"- {rec['name']} / {impl}: output differs from {chk.get('reference')} by {d:.3g} (tolerance {tol:g})")
         if rec.get("error"):
             problems.append(f"- {rec['name']}: {rec['error'][:300]}")
     if problems:

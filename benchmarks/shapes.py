@@ -209,7 +209,8 @@ def build_points() -> list[Point]:
     pts.append(Point("mixed-512on4096+32dec", "mixed", "mixed", ((1, 4_096),) * 32 + ((512, 4_096 + 512),),
                      note="32 decodes at 4096 keys, then a 512-token chunk after 4096 cached tokens "
                           "(vLLM order: decodes first)", **LLAMA))
-    # Quantized (last: a budget-cut sweep keeps the bf16 points): the fp8 / int8 points, each judged against its own bytes or our bf16 prefill.
+    # Quantized: the fp8 / int8 points, each judged against its own bytes or our bf16 prefill
+    # (last, so a sweep cut by its time budget still has every bf16 point).
     for tag, kv_format in (("fp8kv", "fp8"), ("int8pth", "int8-pth")):
         for bs, L, series in ((1, 131_072, "bs1"), (16, 4_096, "bs@4k")):
             pts.append(_decode(f"decode-{tag}-bs{bs}-L{L}", f"{series}-{tag}", bs, L, quick=True,

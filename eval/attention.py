@@ -213,8 +213,7 @@ def paged_attention_forward(backend: str, module, query, key, value, attention_m
     fn(
         q, cache.k[layer], cache.v[layer], out, plan.cu_seqlens_q, plan.max_seqlen_q, plan.seqused_k,
         plan.max_seqlen_k, args.softmax_scale, True, args.window_size, plan.block_table, args.softcap,
-        None, None, None, sinks=sinks, split_kv=split_kv,
-        **({"chunk_lookback": args.chunk_lookback} if args.chunk_lookback >= 0 else {}),
+        None, None, None, sinks=sinks, split_kv=split_kv, chunk_lookback=args.chunk_lookback,
     )
     session.calls["split-kv" if split_kv else "2d"] += 1
     result = query.new_zeros(batch, q_len, num_q_heads, head_dim)

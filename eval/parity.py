@@ -109,7 +109,7 @@ class NoiseFloor:
         return fixed if math.isnan(measured) else max(fixed, NOISE_MULTIPLE * measured)
 
 
-def noise_floor(golden: "BackendResult", baseline: "BackendResult", dtype: torch.dtype) -> NoiseFloor:
+def noise_floor(golden: BackendResult, baseline: BackendResult, dtype: torch.dtype) -> NoiseFloor:
     pair = compare(baseline, golden, dtype)
     return NoiseFloor(pair.mean_token_logprob_diff, pair.decode_mean_logprob_diff,
                       f"{baseline.backend} vs {golden.backend}")

@@ -2,25 +2,22 @@
 ``../shared/peers/vllm`` (or ``$VLLM_PEER_DIR``); skips with the reason where it is absent."""
 
 import dataclasses
-import os
 import sys
-from pathlib import Path
 
 import pytest
 
 from attention_suite import Implementation, build, compare, tables
-
-VLLM_SPEC = "vllm.v1.attention.ops.triton_unified_attention:unified_attention"
+from benchmarks.peers import VLLM_DIR_ENV, VLLM_FUNC, vllm_dir
 
 
 @pytest.fixture(scope="module")
 def vllm_impl():
-    folder = Path(os.environ.get("VLLM_PEER_DIR") or Path(__file__).resolve().parents[2] / "shared" / "peers" / "vllm")
+    folder = vllm_dir()  # the benchmarks' lookup: $VLLM_PEER_DIR, else ../shared/peers/vllm
     if not (folder / "vllm" / "v1" / "attention" / "ops" / "triton_unified_attention.py").is_file():
-        pytest.skip(f"vLLM peer copy not found at {folder} (set VLLM_PEER_DIR)")
+        pytest.skip(f"vLLM peer copy not found at {folder} (set {VLLM_DIR_ENV})")
     sys.path.insert(0, str(folder))
     try:
-        yield Implementation.load(VLLM_SPEC)
+        yield Implementation.load(VLLM_FUNC)
     finally:
         sys.path.remove(str(folder))
 
