@@ -111,9 +111,12 @@ class PagedInputs:
         return sum(t.numel() * t.element_size() for t in ts)
 
 
-def build_inputs(point: Point, copies: int, device, dtype=torch.bfloat16, seed: int = 0) -> PagedInputs:
+def build_inputs(point: Point, copies: int, device, dtype=torch.bfloat16, seed: int = 0,
+                 fill: bool = True) -> PagedInputs:
     """Random q and caches (N(0,1), quantized to the point's formats), scattered block tables,
-    varlen metadata for ``point``. ``dtype`` is the compute dtype (q and out unless quantized)."""
+    varlen metadata for ``point``. ``dtype`` is the compute dtype (q and out unless quantized).
+    ``fill=False`` leaves q and the caches unwritten (scales 1) for callers that need only the
+    shapes, dtypes and metadata (``benchmarks.disasm`` compiles from them; nothing is computed)."""
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     blocks_per_seq = point.blocks_per_seq()
@@ -132,11 +135,13 @@ def build_inputs(point: Point, copies: int, device, dtype=torch.bfloat16, seed: 
 
     torch.manual_seed(seed)  # device RNG for the large fills (fast on the GPU)
     cache_shape = (total_blocks, point.block_size, point.num_kv_heads, point.head_size)
+    q_shape = (point.num_tokens, point.num_q_heads, point.head_size)
+    out = [torch.empty(q_shape, dtype=dtype, device=device) for _ in range(copies)]
+    if not fill:
+        return _unfilled_inputs(point, device, cache_shape, q_shape, out, tables)
     k_cache = torch.randn(cache_shape, dtype=dtype, device=device)
     v_cache = torch.randn(cache_shape, dtype=dtype, device=device)
-    q_shape = (point.num_tokens, point.num_q_heads, point.head_size)
     q = [torch.randn(q_shape, dtype=dtype, device=device) for _ in range(copies)]
-    out = [torch.empty(q_shape, dtype=dtype, device=device) for _ in range(copies)]
     quant: dict = {}
     if point.kv_format == "fp8":
         (k_cache, quant["k_descale"]), (v_cache, quant["v_descale"]) = quantize_fp8(k_cache), quantize_fp8(v_cache)
@@ -147,10 +152,31 @@ def build_inputs(point: Point, copies: int, device, dtype=torch.bfloat16, seed: 
         _, quant["q_descale"] = quantize_fp8(torch.stack(q))  # one descale for every copy
         q = [(x.float() / quant["q_descale"]).to(FP8) for x in q]
 
+    return PagedInputs(point=point, q=q, out=out, k_cache=k_cache, v_cache=v_cache, block_tables=tables,
+                       **_metadata(point, device), **quant)
+
+
+def _metadata(point: Point, device) -> dict:
     q_lens = [ql for ql, _ in point.seqs]
     cu = torch.zeros(point.num_seqs + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(torch.tensor(q_lens, dtype=torch.int32), 0)
     seqused = torch.tensor([kl for _, kl in point.seqs], dtype=torch.int32)
-    return PagedInputs(point=point, q=q, out=out, k_cache=k_cache, v_cache=v_cache, block_tables=tables,
-                       cu_seqlens_q=cu.to(device), seqused_k=seqused.to(device),
-                       softmax_scale=point.head_size ** -0.5, **quant)
+    return dict(cu_seqlens_q=cu.to(device), seqused_k=seqused.to(device), softmax_scale=point.head_size ** -0.5)
+
+
+def _unfilled_inputs(point: Point, device, cache_shape, q_shape, out, tables) -> PagedInputs:
+    kv_dtype = {"bf16": out[0].dtype, "fp8": FP8, "int8-pth": torch.int8}[point.kv_format]
+    q_dtype = FP8 if point.q_format == "fp8" else out[0].dtype
+    one = torch.ones(1, dtype=torch.float32, device=device)
+    quant: dict = {}
+    if point.kv_format == "fp8":
+        quant.update(k_descale=one, v_descale=one.clone())
+    elif point.kv_format == "int8-pth":
+        scales = torch.ones(cache_shape[:3], dtype=torch.float32, device=device)
+        quant.update(k_scale_cache=scales, v_scale_cache=scales.clone())
+    if point.q_format == "fp8":
+        quant["q_descale"] = one.clone()
+    return PagedInputs(point=point, q=[torch.empty(q_shape, dtype=q_dtype, device=device) for _ in out], out=out,
+                       k_cache=torch.empty(cache_shape, dtype=kv_dtype, device=device),
+                       v_cache=torch.empty(cache_shape, dtype=kv_dtype, device=device),
+                       block_tables=tables, **_metadata(point, device), **quant)
