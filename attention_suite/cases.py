@@ -68,6 +68,7 @@ class Case:
     sinks: bool = False
     sink_scale: float = 1.0
     logit_scale: float = 1.0  # multiplies q: large values give extreme logits
+    value_scale: float = 1.0  # multiplies V: large values give large per-token-head V scales
     layout: str = "contiguous"
     pad_tokens: int = 0  # q/out rows past the last sequence (padded CUDA-graph batches)
     num_segments: int | None = None  # force a segment count on the 3D path
@@ -127,6 +128,8 @@ class Case:
             parts.append("sinks" + (f"x{self.sink_scale:g}" if self.sink_scale != 1.0 else ""))
         if self.logit_scale != 1.0:
             parts.append(f"logits{self.logit_scale:g}")
+        if self.value_scale != 1.0:
+            parts.append(f"values{self.value_scale:g}")
         if self.layout != "contiguous":
             parts.append(self.layout.replace("_", "-"))
         if self.pad_tokens:
@@ -382,7 +385,7 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
 
     # Values are drawn in float32 on the CPU so every device sees the same numbers.
     shape = (num_blocks, case.block_size, case.num_kv_heads, case.head_size)
-    k_vals, v_vals = _randn(shape, gen), _randn(shape, gen)
+    k_vals, v_vals = _randn(shape, gen), _randn(shape, gen) * case.value_scale
     num_tokens = sum(case.query_lens) + case.pad_tokens
     q_vals = _randn((num_tokens, case.num_q_heads, case.head_size), gen) * case.logit_scale
     k_descale = v_descale = k_scales = v_scales = None

@@ -280,11 +280,17 @@ def quick_cases() -> list[Case]:
               layout="kv_combined"),
         _case("quick-fp8-pertokenhead-decode", "decode", kv_dtype="float8_e4m3fn", kv_quant="fp8_per_token_head",
               dtype="bfloat16", num_segments=3),
-        # fp8 queries (fp8 x fp8 dots, P rounded to e4m3) with bf16 output, and with fp8 output.
+        # fp8 queries (fp8 x fp8 QK^T, f16 P x V) with bf16 output, and with fp8 output.
         _case("quick-fp8q-bf16out", "chunked", dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="bfloat16",
               window=(19, -1)),
         _case("quick-fp8q-fp8out-decode", "decode", dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn",
               out_dtype="float8_e4m3fn", sinks=True, descale_per_head=True, num_segments=3),
+        # bf16 queries past f16's range against an fp8 cache: the kernels' f16 operands must rescale them.
+        _case("quick-fp8kv-huge-bf16-queries", "decode", kv_dtype="float8_e4m3fn", dtype="bfloat16",
+              logit_scale=2.0 ** 17, num_segments=2),
+        # Per-token-head fp8 V scales of ~70: P x V's f16 operands hold p * scale only normalized per tile.
+        _case("quick-fp8-pertokenhead-large-values", "decode", kv_dtype="float8_e4m3fn", kv_quant="fp8_per_token_head",
+              dtype="bfloat16", value_scale=2.0 ** 12, num_segments=2),
         # fp8 cache with one descale per (sequence, KV head).
         _case("quick-fp8kv-descale-seqhead", "decode", kv_dtype="float8_e4m3fn", descale_per_head=True,
               num_segments=2),
@@ -301,7 +307,7 @@ def ids(cases) -> list[str]:
 # enumerations count each value; sizes count their classes. Magnitudes are the edge tier's job.
 _SIZE_FIELDS = {"label", "seq_lens", "query_lens", "num_q_heads", "num_kv_heads", "head_size", "block_size"}
 _VALUE_FIELDS = {"dtype", "kv_dtype", "out_dtype", "layout"}
-_MAGNITUDE_FIELDS = {"logit_scale", "alibi_scale", "sink_scale"}
+_MAGNITUDE_FIELDS = {"logit_scale", "value_scale", "alibi_scale", "sink_scale"}
 
 
 def _power_of_2(n: int) -> bool:

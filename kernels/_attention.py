@@ -187,6 +187,11 @@ def _visible(row_pos, key, seq_len, window_left, window_right, row_first, extra_
 # subtraction loses log2(1 / tanh(x)) bits: 23 at x = 1e-7), above it the cancellation costs
 # under one bit (2 / (e^1.1 + 1) = 0.4995).
 TANH_POLY_BOUND = tl.constexpr(0.55)
+# One-byte fp8 caches take f16 dot operands (see _f16_operand). Their probabilities (<= 1) are
+# computed times 2^P_F16_LOG2 (in the exp2's shift, no extra multiply), so values down to 2^-38
+# keep f16's full precision; l_i stays unscaled and acc is scaled back once, after the KV walk.
+P_F16_LOG2 = tl.constexpr(14.0)
+P_F16_SCALE = tl.constexpr(16384.0)
 
 
 @triton.jit
@@ -210,6 +215,25 @@ def _stable_tanh(x):
     q = q * x2 - 0.333333176
     small = x + x * x2 * q
     return tl.where(ax < TANH_POLY_BOUND, small, large)
+
+
+@triton.jit
+def _f16_operand(x, scale):
+    """``x`` (16-bit floats) as an f16 dot operand, and ``scale`` times the factor it was scaled by.
+
+    e4m3 values convert to f16 in one instruction per two values, to bf16 in three (through f16),
+    and the bf16 conversions bound one-byte decode (sm_90 SASS: 256 of 1388 instructions per tile of
+    the unmasked loop, on a quarter-rate pipe). So with an fp8 cache bf16 queries become f16: scaled
+    by the power of two that puts their largest magnitude in [2^14, 2^15), where f16 holds every
+    bf16 value of the block down to 2^-28 of it exactly (bf16: 8 significant bits, f16: 11). Zero,
+    subnormal, inf or NaN maxima are not scaled (inf/NaN then propagate as they would in bf16).
+    """
+    amax = tl.max(tl.max(tl.abs(x.to(tl.float32)), 1), 0)
+    exp_field = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    shift = tl.where((exp_field == 0) | (exp_field == 255), 0, exp_field - 127 - 14)
+    up = ((127 - shift) << 23).to(tl.float32, bitcast=True)  # 2^-shift, exact
+    down = ((127 + shift) << 23).to(tl.float32, bitcast=True)  # 2^shift
+    return (x.to(tl.float32) * up).to(tl.float16), scale * down
 
 
 @triton.jit
@@ -243,9 +267,13 @@ def _attend_tiles(
     ks_base, vs_base, stride_ks_blk, stride_ks_slot, stride_vs_blk, stride_vs_slot,
     MASKED: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_PADDED: tl.constexpr,
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    CHUNKED: tl.constexpr, USE_PREFIX: tl.constexpr, KV_PER_TOKEN_HEAD: tl.constexpr,
+    CHUNKED: tl.constexpr, USE_PREFIX: tl.constexpr, KV_PER_TOKEN_HEAD: tl.constexpr, PV_F16: tl.constexpr,
 ):
     """Online softmax over KV tiles ``[tile_begin, tile_end)``; returns the updated (acc, m_i, l_i).
+
+    K converts to q's dtype for QK^T. P x V takes q's dtype too, or with ``PV_F16`` (fp8 V under
+    16-bit or fp8 queries) f16 operands: V exact, P computed times P_F16_SCALE and acc kept in
+    those units (the caller scales it back).
 
     With MASKED=False every key of every tile is known to be visible to every row (the caller
     proves it), so loads and scores skip masking. With MASKED=True keys outside
@@ -298,12 +326,9 @@ def _attend_tiles(
                 k_row_scale = tl.load(ks_ptrs)
                 v_row_scale = tl.load(vs_ptrs)
         k_tile = k_tile.to(q.dtype)
-        if q.dtype.is_fp8():
-            # fp8 x fp8 for QK^T; P x V in bf16: fp8 wgmma wants V's keys contiguous, the cache
-            # stores each key's dims contiguous (H200 prefill 4x2048: 805 us fp8, 588 us bf16).
-            v_tile = v_tile.to(tl.bfloat16)
-        else:
-            v_tile = v_tile.to(q.dtype)
+        # fp8 queries: fp8 x fp8 for QK^T only; P x V in f16: fp8 wgmma wants V's keys contiguous,
+        # the cache stores each key's dims contiguous (H200 prefill 4x2048: 805 us fp8, 588 us bf16).
+        v_tile = v_tile.to(tl.float16 if PV_F16 else q.dtype)
 
         scores = tl.dot(q, k_tile, input_precision=DOT_PRECISION) * qk_scale
         if KV_PER_TOKEN_HEAD:
@@ -325,14 +350,25 @@ def _attend_tiles(
         # A row that has seen no visible key yet keeps m = -inf; shifting by 0 instead keeps
         # exp2(-inf - (-inf)) = NaN out of p and alpha.
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(scores - m_shift[:, None])
         alpha = tl.exp2(m_i - m_shift)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if KV_PER_TOKEN_HEAD:
-            p_v = p * v_row_scale[None, :]
+        if PV_F16:
+            p = tl.exp2(scores - (m_shift - P_F16_LOG2)[:, None])  # p * P_F16_SCALE, <= P_F16_SCALE
+            l_i = l_i * alpha + tl.sum(p, 1) * (1.0 / P_F16_SCALE)
+            if KV_PER_TOKEN_HEAD:
+                # Each value's scale over the tile's largest keeps p * scale inside f16's range
+                # whatever the scales are; the tile's product is scaled back by that largest one.
+                v_top = tl.max(v_row_scale, 0)
+                v_top = tl.where(v_top > 0.0, v_top, 1.0)
+                p_v = p * (v_row_scale * (1.0 / v_top))[None, :]
+                pv = tl.dot(p_v.to(tl.float16), v_tile, input_precision=DOT_PRECISION) * v_top
+            else:
+                pv = tl.dot(p.to(tl.float16), v_tile, input_precision=DOT_PRECISION)
         else:
-            p_v = p
-        acc = acc * alpha[:, None] + tl.dot(p_v.to(v_tile.dtype), v_tile, input_precision=DOT_PRECISION)
+            p = tl.exp2(scores - m_shift[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            p_v = p * v_row_scale[None, :] if KV_PER_TOKEN_HEAD else p
+            pv = tl.dot(p_v.to(v_tile.dtype), v_tile, input_precision=DOT_PRECISION)
+        acc = acc * alpha[:, None] + pv
         m_i = m_new
     return acc, m_i, l_i
 
@@ -366,7 +402,7 @@ def _paged_attention_kernel(
     KV_FP8: tl.constexpr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr,
     SPLIT_KV: tl.constexpr, DOT_PRECISION: tl.constexpr, CHUNKED: tl.constexpr,
     USE_PREFIX: tl.constexpr, PREFIX_CLAMP: tl.constexpr, DESCALE_PER_HEAD: tl.constexpr,
-    KV_PER_TOKEN_HEAD: tl.constexpr, Q_FP8: tl.constexpr,
+    KV_PER_TOKEN_HEAD: tl.constexpr, Q_FP8: tl.constexpr, Q_TO_F16: tl.constexpr, PV_F16: tl.constexpr,
 ):
     # Highest query blocks first: under causal masking they walk the most KV tiles, and
     # starting them early keeps the last wave of a prefill grid short.
@@ -448,6 +484,8 @@ def _paged_attention_kernel(
             scale = scale * tl.load(k_descale_ptr + seq * stride_kds_seq + kv_head * stride_kds_head)
         else:
             scale = scale * tl.load(k_descale_ptr)
+    if Q_TO_F16:
+        q, scale = _f16_operand(q, scale)
     if USE_ALIBI:
         alibi_slope = tl.load(alibi_ptr + row_head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
     else:
@@ -485,7 +523,9 @@ def _paged_attention_kernel(
             dims, dim_valid, row_first, extra_lo, extra_hi,
             ks_base, vs_base, stride_ks_blk, stride_ks_slot, stride_vs_blk, stride_vs_slot,
             stage != 1, TILE, BLOCK_SIZE, HEAD_PAD != HEAD_SIZE, USE_SOFTCAP, USE_ALIBI, DOT_PRECISION,
-            CHUNKED, USE_PREFIX, KV_PER_TOKEN_HEAD)
+            CHUNKED, USE_PREFIX, KV_PER_TOKEN_HEAD, PV_F16)
+    if PV_F16:
+        acc = acc * (1.0 / P_F16_SCALE)
 
     if KV_FP8:
         if DESCALE_PER_HEAD:

@@ -53,10 +53,6 @@ def _check_backend(q: torch.Tensor, out: torch.Tensor) -> None:
     if q.dtype in FP8_CACHE_DTYPES and not probe.fp8_dot_is_exact():
         raise NotImplementedError(
             "q: float8_e4m3fn x float8_e4m3fn tl.dot is wrong under this Triton interpreter; run on a GPU")
-    if q.dtype in FP8_CACHE_DTYPES and not probe.fp8_cast_is_exact():
-        raise NotImplementedError(
-            "q: fp8 queries round probabilities to fp8 for P @ V, and float32 -> fp8 casts round wrongly "
-            "under this Triton interpreter; run on a GPU, or install the test harness's interpreter fix first")
     if out.dtype in FP8_CACHE_DTYPES and not probe.fp8_cast_is_exact():
         raise NotImplementedError(
             "out: float32 -> fp8 casts round wrongly under this Triton interpreter; "
@@ -140,9 +136,12 @@ def unified_attention(
         block_size, num_kv_heads]`` (any strides): each cached row is dequantized by its own scale;
         scales of slots no query sees are never read.
       * fp8 queries: q in float8_e4m3fn with a one-element float32 ``q_descale``, against a
-        per-tensor fp8 cache (out: float16/bfloat16/float32 or fp8). QK^T is an fp8 x fp8 dot and
-        P @ V one too, with the unnormalized probabilities rounded to e4m3 (the normalizer sums them
-        unrounded). Per-token-head caches with fp8 queries are refused (NotImplementedError).
+        per-tensor fp8 cache (out: float16/bfloat16/float32 or fp8). QK^T is an fp8 x fp8 dot, P @ V
+        an f16 one (the normalizer sums the probabilities unrounded). Per-token-head caches with fp8
+        queries are refused (NotImplementedError), as in vLLM.
+      * With an fp8 cache (either mode) bf16 queries are rescaled by a power of two into f16 and
+        both dots take f16 operands (e4m3 converts to f16 in one instruction per two values, to
+        bf16 in three); the probabilities are rounded to f16 after a 2^14 scaling, not to bf16.
       * ``chunk_lookback`` (-1 off): chunked (block-local) attention. With left window w
         (``window_size[0] >= 0``, causal) and chunk size ``C = (w + 1) // (chunk_lookback + 1)``
         (> 0), key j is visible to query position p iff ``j <= p`` and
@@ -185,7 +184,8 @@ def unified_attention(
     part_strides = (part_max.stride(0), part_max.stride(1)) if split else (0, 0)
     softcap = float(softcap or 0.0)
     per_token_head = kv_quant_mode_name(kv_quant_mode, k.dtype) in PER_TOKEN_HEAD_MODES
-    kv_fp8 = k.dtype in FP8_CACHE_DTYPES and not per_token_head  # per-tensor descales
+    fp8_cache = k.dtype in FP8_CACHE_DTYPES  # per tensor or per token-head: f16 dot operands
+    kv_fp8 = fp8_cache and not per_token_head  # per-tensor descales
     # Descales per (sequence, KV head) when either is [num_seqs, num_kv_heads] with more than one element.
     per_head = kv_fp8 and any(t.numel() != 1 for t in (k_descale, v_descale))
     use_prefix = mm_prefix_range is not None and mm_prefix_range.shape[1] > 0
@@ -213,7 +213,8 @@ def unified_attention(
         BLOCK_SIZE=k.shape[1], USE_SOFTCAP=softcap > 0, USE_ALIBI=alibi_slopes is not None,
         KV_FP8=kv_fp8, SPLIT_KV=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         CHUNKED=chunked, **prefix_flags, DESCALE_PER_HEAD=per_head, KV_PER_TOKEN_HEAD=per_token_head,
-        Q_FP8=q.dtype in FP8_CACHE_DTYPES,
+        Q_FP8=q.dtype in FP8_CACHE_DTYPES, Q_TO_F16=fp8_cache and q.dtype == torch.bfloat16,
+        PV_F16=fp8_cache and q.dtype != torch.float32,
         num_warps=plan.num_warps, num_stages=plan.num_stages, **common,
     )
     if split:

@@ -70,9 +70,16 @@ def _m(name, description, *edits, file="_attention.py", **kw) -> Mutant:
 
 
 CATALOG: tuple[Mutant, ...] = (
+    _m("pth-f16-values-unnormalized",
+       "per-token-head fp8 V: p * scale goes to f16 without the tile's largest scale divided out (overflow)",
+       ("p_v = p * (v_row_scale * (1.0 / v_top))[None, :]", "p_v = p * v_row_scale[None, :]"),
+       ("input_precision=DOT_PRECISION) * v_top", "input_precision=DOT_PRECISION)")),
+    _m("f16-queries-unscaled",
+       "fp8 cache: bf16 queries become f16 dot operands without the power-of-two rescale (overflow past 65504)",
+       ("return (x.to(tl.float32) * up).to(tl.float16), scale * down", "return x.to(tl.float16), scale")),
     _m("no-rescale",
        "online softmax: the accumulator is not rescaled by exp2(m_old - m_new) when the running max grows",
-       ("acc = acc * alpha[:, None] + tl.dot(", "acc = acc + tl.dot(")),
+       ("acc = acc * alpha[:, None] + pv", "acc = acc + pv")),
     _m("merge-no-max-correction",
        "segment merge adds partial outputs and exp-sums as if every segment had the same max",
        ("weight = tl.exp2(seg_max - top[:, None])", "weight = tl.where(valid, 1.0, 0.0)")),
