@@ -36,8 +36,27 @@ LAYOUTS = (
 
 
 _DTYPE_TAGS = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float8_e4m3fn": "fp8", "int8": "i8"}
-# Largest stored magnitude a per-token-head quantizer maps a row's amax to.
-_QUANT_TOP = {"int8": 127.0, "float8_e4m3fn": 240.0}
+# Largest stored magnitude a quantizer maps its amax to: fp8 lands on 240, under e4m3fn's 448.
+FP8_TOP = 240.0
+INT8_TOP = 127.0
+_QUANT_TOP = {"int8": INT8_TOP, "float8_e4m3fn": FP8_TOP}
+SCALE_MIN = 1e-6  # an all-zero tensor or row still gets a usable scale
+
+
+def per_tensor_fp8_descale(x: torch.Tensor) -> torch.Tensor:
+    """One-element float32 descale that maps ``x``'s amax to FP8_TOP (x / descale is then stored in e4m3)."""
+    return (x.abs().amax().float() / FP8_TOP).clamp_min(SCALE_MIN).reshape(1)
+
+
+def per_token_head_quantize(x: torch.Tensor, kv_dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``[blocks, block_size, kv_heads, head]`` cache quantized per (slot, KV head): (float32 values
+    ready to store in ``kv_dtype`` -- rounded and clamped for int8 --, float32 scales ``[blocks,
+    block_size, kv_heads]``), each row's amax mapped to its format's top."""
+    scales = (x.abs().amax(dim=-1).float() / _QUANT_TOP[kv_dtype]).clamp_min(SCALE_MIN)
+    values = x.float() / scales[..., None]
+    if kv_dtype == "int8":
+        values = values.round().clamp(-INT8_TOP, INT8_TOP)
+    return values, scales
 
 
 @dataclass(frozen=True)
@@ -352,7 +371,7 @@ def _quantize_per_seq_head(case: Case, vals, table, blocks_needed, fallback, sal
         blocks = table[seq, :n].long()
         factor = torch.tensor([2.0 ** ((seq + 2 * h + salt) % 4 - 1.5) for h in range(heads)])
         rows = vals[blocks] * factor[None, None, :, None]
-        descale[seq] = rows.abs().amax(dim=(0, 1, 3)).clamp_min(1e-6) / 240.0
+        descale[seq] = rows.abs().amax(dim=(0, 1, 3)).clamp_min(1e-6) / FP8_TOP
         out[blocks] = rows / descale[seq][None, None, :, None]
     return out, descale
 
@@ -390,15 +409,10 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
     q_vals = _randn((num_tokens, case.num_q_heads, case.head_size), gen) * case.logit_scale
     k_descale = v_descale = k_scales = v_scales = None
     if case.kv_quant:  # per-token-head: every cached row quantized with its own scale
-        top = _QUANT_TOP[case.kv_dtype]
-        k_scales = (k_vals.abs().amax(dim=-1) / top).clamp_min(1e-6)
-        v_scales = (v_vals.abs().amax(dim=-1) / top).clamp_min(1e-6)
-        k_vals, v_vals = k_vals / k_scales[..., None], v_vals / v_scales[..., None]
-        if kv_dtype == torch.int8:
-            k_vals, v_vals = k_vals.round().clamp(-127, 127), v_vals.round().clamp(-127, 127)
+        k_vals, k_scales = per_token_head_quantize(k_vals, case.kv_dtype)
+        v_vals, v_scales = per_token_head_quantize(v_vals, case.kv_dtype)
     elif kv_dtype is not dtype or dtype is DTYPES["float8_e4m3fn"]:  # fp8 cache: quantize with a per-tensor scale
-        k_descale = (k_vals.abs().amax() / 240.0).reshape(1)
-        v_descale = (v_vals.abs().amax() / 240.0).reshape(1)
+        k_descale, v_descale = per_tensor_fp8_descale(k_vals), per_tensor_fp8_descale(v_vals)
         k_vals, v_vals = k_vals / k_descale, v_vals / v_descale
         if case.descale_per_head:
             k_vals, k_descale = _quantize_per_seq_head(case, k_vals * k_descale, table, blocks_needed, k_descale, 0)
@@ -431,7 +445,7 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
     q, out = _query_buffers(case, num_tokens, dtype, out_dtype, device)
     q_descale = None
     if dtype is DTYPES["float8_e4m3fn"]:  # fp8 queries: a per-tensor scale, from the same draws
-        q_descale = (q_vals.abs().amax() / 240.0).reshape(1)
+        q_descale = per_tensor_fp8_descale(q_vals)
         q_vals = q_vals / q_descale
     q.copy_(q_vals.to(dtype))
     out.fill_(float("nan") if out_dtype.is_floating_point else 0)

@@ -12,23 +12,23 @@ from dataclasses import dataclass
 
 import torch
 
+from attention_suite import per_tensor_fp8_descale, per_token_head_quantize
+
 from .shapes import KV_QUANT_MODE, Point
 
 FP8 = getattr(torch, "float8_e4m3fn", None)
-FP8_AMAX_TO = 240.0  # fp8: amax lands on 240, under e4m3fn's 448
-INT8_AMAX_TO = 127.0
 
 
 def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per tensor: (x / descale in e4m3, descale) with a one-element float32 descale = amax / 240."""
-    descale = (x.abs().amax().float() / FP8_AMAX_TO).clamp_min(1e-12).reshape(1)
+    """Per tensor, by the suite's rule: (x / descale in e4m3, one-element float32 descale = amax / 240)."""
+    descale = per_tensor_fp8_descale(x)
     return (x.float() / descale).to(FP8), descale
 
 
 def quantize_int8_per_token_head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per (slot, KV head) of a ``[blocks, block_size, kv_heads, head]`` cache: (int8 values, float32 scales)."""
-    scale = (x.abs().amax(-1).float() / INT8_AMAX_TO).clamp_min(1e-12)
-    return torch.round(x.float() / scale[..., None]).clamp(-127, 127).to(torch.int8), scale
+    """Per (slot, KV head), by the suite's rule: (int8 values, float32 scales = row amax / 127)."""
+    values, scales = per_token_head_quantize(x, "int8")
+    return values.to(torch.int8), scales
 
 
 @dataclass
