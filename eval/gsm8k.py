@@ -122,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--break-mapping", default="none", choices=MAPPING_BREAKS,
                    help="debug: drop one feature (sinks / softcap / window) between transformers' arguments and "
                         "both paged backends, to see the gate fail for the families that use it")
-    p.add_argument("--no-self-check", dest="self_check", action="store_false",
-                   help="skip the gold-answer oracle run that proves the task and filters are wired right")
+    p.add_argument("--self-check", default=True, action=argparse.BooleanOptionalAction,
+                   help="first run the gold-answer oracle that proves the task and filters are wired right "
+                        "(--no-self-check skips it)")
     p.add_argument("--output", default="artifacts/gsm8k_report.json", help="JSON report path")
     p.add_argument("--verbose", action="store_true", help="lm-eval's own logging")
     return p
