@@ -259,9 +259,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        print("error: TRITON_INTERPRET=1 replaces compilation with the interpreter: unset it", file=sys.stderr)
-        return 2
     import triton
 
     from .peers import Peer

@@ -402,7 +402,7 @@ def _paged_attention_kernel(
     KV_FP8: tl.constexpr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr,
     SPLIT_KV: tl.constexpr, DOT_PRECISION: tl.constexpr, CHUNKED: tl.constexpr,
     USE_PREFIX: tl.constexpr, PREFIX_CLAMP: tl.constexpr, DESCALE_PER_HEAD: tl.constexpr,
-    KV_PER_TOKEN_HEAD: tl.constexpr, Q_FP8: tl.constexpr, Q_TO_F16: tl.constexpr, PV_F16: tl.constexpr,
+    KV_PER_TOKEN_HEAD: tl.constexpr, Q_FP8: tl.constexpr, PV_F16: tl.constexpr,
 ):
     # Highest query blocks first: under causal masking they walk the most KV tiles, and
     # starting them early keeps the last wave of a prefill grid short.
@@ -484,7 +484,7 @@ def _paged_attention_kernel(
             scale = scale * tl.load(k_descale_ptr + seq * stride_kds_seq + kv_head * stride_kds_head)
         else:
             scale = scale * tl.load(k_descale_ptr)
-    if Q_TO_F16:
+    if PV_F16 and q.dtype == tl.bfloat16:  # fp8 cache: bf16 queries join the f16 dots too
         q, scale = _f16_operand(q, scale)
     if USE_ALIBI:
         alibi_slope = tl.load(alibi_ptr + row_head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E

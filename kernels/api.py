@@ -213,8 +213,7 @@ def unified_attention(
         BLOCK_SIZE=k.shape[1], USE_SOFTCAP=softcap > 0, USE_ALIBI=alibi_slopes is not None,
         KV_FP8=kv_fp8, SPLIT_KV=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         CHUNKED=chunked, **prefix_flags, DESCALE_PER_HEAD=per_head, KV_PER_TOKEN_HEAD=per_token_head,
-        Q_FP8=q.dtype in FP8_CACHE_DTYPES, Q_TO_F16=fp8_cache and q.dtype == torch.bfloat16,
-        PV_F16=fp8_cache and q.dtype != torch.float32,
+        Q_FP8=q.dtype in FP8_CACHE_DTYPES, PV_F16=fp8_cache and q.dtype != torch.float32,
         num_warps=plan.num_warps, num_stages=plan.num_stages, **common,
     )
     if split:
