@@ -60,3 +60,13 @@ def test_nan_floor_keeps_the_fixed_limit():
     noise = parity.NoiseFloor(float("nan"), float("nan"), "reference-native vs reference")
     pair = parity.compare(_result("kernel", 0.1), golden, BF16, noise)
     assert not any(_means(pair).values())
+
+
+@pytest.mark.parametrize("em_candidate, passes", [(1.0, True), (0.0, False)])
+def test_one_problem_needs_equal_scores(em_candidate, passes):
+    """--limit 1: lm-eval's stderr is NaN; equal scores pass, different ones fail (not NaN limits)."""
+    golden, candidate = _result("reference", 0.0), _result("kernel", 0.0)
+    golden.metrics = {f: (1.0, float("nan")) for f in parity.FILTERS}
+    candidate.metrics = {f: (em_candidate, float("nan")) for f in parity.FILTERS}
+    em_checks = [c.passed for c in parity.compare(candidate, golden, BF16).checks if c.name.startswith("|dEM|")]
+    assert em_checks == [passes] * len(parity.FILTERS)
