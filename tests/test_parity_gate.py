@@ -70,3 +70,43 @@ def test_one_problem_needs_equal_scores(em_candidate, passes):
     candidate.metrics = {f: (em_candidate, float("nan")) for f in parity.FILTERS}
     em_checks = [c.passed for c in parity.compare(candidate, golden, BF16).checks if c.name.startswith("|dEM|")]
     assert em_checks == [passes] * len(parity.FILTERS)
+
+
+def test_nearest_floor_takes_the_smallest_per_measure():
+    floors = [parity.NoiseFloor(1.25, 1.97, "reference-native vs reference"),
+              parity.NoiseFloor(0.60, float("nan"), "sdpa vs reference"),
+              parity.NoiseFloor(0.70, 0.65, "eager vs reference")]
+    nearest = parity.nearest_floor(floors)
+    assert (nearest.prefill, nearest.decode) == (0.60, 0.65)
+    assert "sdpa" in nearest.pair and "eager" in nearest.pair
+    assert parity.nearest_floor([]) is None
+
+
+def test_a_noisy_baseline_does_not_hide_a_decode_bug():
+    """The H200 8B blind spot in miniature: reference-native rounds far more (1.0 per token) than
+    the stock attention (0.3); a kernel 1.0 off passed twice the former, it fails twice the latter,
+    and the kernel's own distance never enters the floor."""
+    from eval.gsm8k import select_noise_floor
+
+    golden = _result("reference", 0.0)
+    results = {"reference-native": _result("reference-native", 1.0), "sdpa": _result("sdpa", 0.3),
+               "kernel": _result("kernel", 1.0)}
+    floors = {name: parity.noise_floor(golden, r, BF16) for name, r in results.items()}
+    native_only = parity.compare(results["kernel"], golden, BF16, floors["reference-native"])
+    assert all(_means(native_only).values())
+    noise = select_noise_floor(floors)
+    assert noise.prefill == pytest.approx(0.3)
+    assert not any(_means(parity.compare(results["kernel"], golden, BF16, noise)).values())
+    assert all(_means(parity.compare(_result("kernel", 0.5), golden, BF16, noise)).values())
+
+
+def test_the_kernel_never_sets_its_own_floor():
+    """A kernel nearer float64 (0.05) than the stock attention (0.3) is still compared with that
+    attention (0.25 apart) under twice the stock's floor, not twice its own."""
+    from eval.gsm8k import select_noise_floor
+
+    golden = _result("reference", 0.0)
+    results = {"sdpa": _result("sdpa", 0.3), "kernel": _result("kernel", 0.05)}
+    floors = {name: parity.noise_floor(golden, r, BF16) for name, r in results.items()}
+    pair = parity.compare(results["kernel"], results["sdpa"], BF16, select_noise_floor(floors))
+    assert all(_means(pair).values()), pair.checks
