@@ -86,7 +86,8 @@ class _CompileOnlyDriver:
 def compile_only(arch: int, num_sms: int, module=None):
     """Inside: every @triton.jit launch compiles for ``sm_<arch>`` and is appended to the yielded list
     as (kernel name, grid, CompiledKernel) instead of running. ``module``: an implementation's module
-    whose ``_num_sms`` / ``_check_backend`` (our kernels' device queries) answer for the target."""
+    whose ``_num_sms`` / ``_programmatic_launch`` / ``_check_backend`` (our kernels' device queries)
+    answer for the target."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise DisasmError("TRITON_INTERPRET=1 replaces compilation with the interpreter: unset it")
     from triton.runtime import driver
@@ -106,6 +107,8 @@ def compile_only(arch: int, num_sms: int, module=None):
     patches = [mock.patch.object(JITFunction, "run", record)]
     if module is not None and hasattr(module, "_num_sms"):
         patches.append(mock.patch.object(module, "_num_sms", lambda device: num_sms))
+    if module is not None and hasattr(module, "_programmatic_launch"):
+        patches.append(mock.patch.object(module, "_programmatic_launch", lambda device: arch >= 90))
     if module is not None and hasattr(module, "_check_backend"):
         patches.append(mock.patch.object(module, "_check_backend", lambda *a, **k: None))
     driver.set_active(_CompileOnlyDriver(arch))

@@ -5,6 +5,9 @@ heads; it normalizes and stores the output), ``SPLIT_KV=True`` is the 3D kernel 
 axis over KV segments; it stores each segment's unnormalized output, running max and exp-sum
 into the workspace). Both walk KV tiles with the same inner loop, ``_attend_tiles``, and decide
 visibility with the same helper, ``_visible``. ``_reduce_segments_kernel`` merges the segments.
+With ``PROGRAMMATIC_LAUNCH`` (Hopper and later) the reduction is launched as a programmatic
+dependent of the 3D kernel: it is scheduled while the 3D kernel runs, does its metadata prologue,
+and waits (``gdc_wait``) for the 3D kernel's completion and memory before reading a partial.
 
 Conventions shared by every kernel here:
 - Scores are kept in log2 units (scaled by log2(e)) so the softmax uses exp2; softcap, ALiBi
@@ -33,6 +36,7 @@ Conventions shared by every kernel here:
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 # log2(e): scores, softcap, ALiBi slopes and sink logits are converted to log2 units with it.
 # A constexpr because @triton.jit code may only read constexpr globals; host code uses .value.
@@ -403,7 +407,11 @@ def _paged_attention_kernel(
     SPLIT_KV: tl.constexpr, DOT_PRECISION: tl.constexpr, CHUNKED: tl.constexpr,
     USE_PREFIX: tl.constexpr, PREFIX_CLAMP: tl.constexpr, DESCALE_PER_HEAD: tl.constexpr,
     KV_PER_TOKEN_HEAD: tl.constexpr, Q_FP8: tl.constexpr, PV_F16: tl.constexpr,
+    PROGRAMMATIC_LAUNCH: tl.constexpr,
 ):
+    if PROGRAMMATIC_LAUNCH:
+        # Let the reduction's launch start now; it waits for this grid to finish before reading.
+        gdc_launch_dependents()
     # Highest query blocks first: under causal masking they walk the most KV tiles, and
     # starting them early keeps the last wave of a prefill grid short.
     q_block = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -560,6 +568,7 @@ def _reduce_segments_kernel(
     TILE: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr,
     HEADS: tl.constexpr, DIMS: tl.constexpr, USE_SINKS: tl.constexpr, OUT_FP8: tl.constexpr,
     OUT_FP8_MAX: tl.constexpr, CHUNKED: tl.constexpr, USE_PREFIX: tl.constexpr, PREFIX_CLAMP: tl.constexpr,
+    PROGRAMMATIC_LAUNCH: tl.constexpr,
 ):
     """Merge the segments of ``HEADS`` query heads x ``DIMS`` head-dim lanes of one token.
 
@@ -582,6 +591,8 @@ def _reduce_segments_kernel(
 
     heads = tl.program_id(1) * HEADS + tl.arange(0, HEADS)
     head_valid = heads < num_q_heads
+    if PROGRAMMATIC_LAUNCH:
+        gdc_wait()  # metadata above is the caller's; the partials below are the 3D kernel's
     segs = tl.arange(0, SEGMENTS_PAD)
     valid = head_valid[:, None] & (segs < active)[None, :]
     part = token.to(tl.int64) * stride_part_tok + heads[:, None] * stride_part_head + segs[None, :]

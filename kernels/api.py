@@ -39,6 +39,18 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def _programmatic_launch(device: torch.device) -> bool:
+    """Programmatic dependent launch of the reduction: CUDA (not ROCm) devices of compute capability 9+."""
+    if device.type != "cuda" or interpreting() or torch.version.hip:
+        return False
+    return _compute_capability(device)[0] >= 9
+
+
+@functools.lru_cache(maxsize=None)
+def _compute_capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
 def _check_backend(q: torch.Tensor, out: torch.Tensor) -> None:
     if q.device.type == "cpu" and not interpreting():
         raise ValueError("q: CPU tensors need the Triton interpreter; set TRITON_INTERPRET=1 before importing triton")
@@ -192,6 +204,7 @@ def unified_attention(
     prefix_args = ((*mm_prefix_range.stride(), mm_prefix_range.shape[1]) if use_prefix else (0, 0, 0, 0))
     prefix_flags = dict(USE_PREFIX=use_prefix, PREFIX_CLAMP=use_prefix and mm_prefix_clamp_sliding_window)
     out_fp8 = out.dtype in FP8_CACHE_DTYPES
+    programmatic = _programmatic_launch(q.device)
     common = dict(
         HEAD_SIZE=head_size, HEAD_PAD=next_power_of_2(head_size), TILE=plan.tile_size,
         USE_SINKS=sinks is not None, OUT_FP8=out_fp8, OUT_FP8_MAX=FP8_E4M3_MAX,
@@ -214,6 +227,7 @@ def unified_attention(
         KV_FP8=kv_fp8, SPLIT_KV=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         CHUNKED=chunked, **prefix_flags, DESCALE_PER_HEAD=per_head, KV_PER_TOKEN_HEAD=per_token_head,
         Q_FP8=q.dtype in FP8_CACHE_DTYPES, PV_F16=fp8_cache and q.dtype != torch.float32,
+        PROGRAMMATIC_LAUNCH=split and programmatic,
         num_warps=plan.num_warps, num_stages=plan.num_stages, **common,
     )
     if split:
@@ -224,6 +238,7 @@ def unified_attention(
             plan.num_segments, chunk_size, lookback, *prefix_args,
             SEGMENTS_PAD=plan.segments_pad, HEADS=plan.reduce_heads, DIMS=plan.reduce_dims,
             num_warps=plan.reduce_num_warps, CHUNKED=chunked, **prefix_flags, **common,
+            PROGRAMMATIC_LAUNCH=programmatic, **({"launch_pdl": True} if programmatic else {}),
         )
     return out
 

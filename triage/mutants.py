@@ -124,6 +124,13 @@ CATALOG: tuple[Mutant, ...] = (
        "V tiles gathered with K's block/slot/dim strides",
        ("v_tile = _load_kv_tile(v_base, phys_block, slot, stride_v_blk, stride_v_slot, stride_v_dim, dims,",
         "v_tile = _load_kv_tile(v_base, phys_block, slot, stride_k_blk, stride_k_slot, stride_k_dim, dims,")),
+    _m("reduce-skips-grid-wait",
+       "the reduction, launched as a programmatic dependent of the 3D kernel, reads the partials "
+       "without waiting for that kernel to finish (no gdc_wait)",
+       ("gdc_wait()  # metadata above is the caller's; the partials below are the 3D kernel's", "pass"),
+       gpu_only=True,
+       note="Hopper or later only (the interpreter and older GPUs launch the reduction plainly): split-KV "
+            "cases of the quick tier on a GPU read partials that are not written yet"),
     _m("reduce-all-segments",
        "reduction reads every segment slot, including segments past `active` that were never written",
        ("valid = head_valid[:, None] & (segs < active)[None, :]",
