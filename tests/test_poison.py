@@ -29,3 +29,12 @@ def test_quick_poison(ctx, label, path):
     case = tables.find(label)
     skip_if_unsupported(ctx.impl, case, path)
     check_poison_free(ctx, case, path)
+
+
+@pytest.mark.quick
+@pytest.mark.poison
+@pytest.mark.skipif(not tables.ON_GPU, reason="GPU only: the interpreter launches the reduction after the 3D kernel")
+def test_quick_reduction_waits_for_the_split_kernel(ctx):
+    case = tables.find("poison-long-split")
+    skip_if_unsupported(ctx.impl, case, "3d")
+    check_poison_free(ctx, case, "3d")

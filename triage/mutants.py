@@ -129,8 +129,9 @@ CATALOG: tuple[Mutant, ...] = (
        "without waiting for that kernel to finish (no gdc_wait)",
        ("gdc_wait()  # metadata above is the caller's; the partials below are the 3D kernel's", "pass"),
        gpu_only=True,
-       note="Hopper or later only (the interpreter and older GPUs launch the reduction plainly): split-KV "
-            "cases of the quick tier on a GPU read partials that are not written yet"),
+       note="Hopper or later only (the interpreter and older GPUs launch the reduction plainly): "
+            "tests/test_poison.py::test_quick_reduction_waits_for_the_split_kernel (a 16k-key 3D walk into "
+            "a NaN workspace); the short split cases of the quick tier finish before the reduction reads"),
     _m("reduce-all-segments",
        "reduction reads every segment slot, including segments past `active` that were never written",
        ("valid = head_valid[:, None] & (segs < active)[None, :]",
