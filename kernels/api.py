@@ -124,7 +124,10 @@ def unified_attention(
     ``workspace`` (a ``Workspace``) makes the 3D path allocation-free; ``batch_invariant``
     makes a sequence's output independent of the rest of the batch. ``num_segments`` above
     ``plan.MAX_SEGMENTS`` (128) is an error (``num_segments: ...``), never a silent clamp.
-    An empty batch (cu_seqlens_q ``[0]``, no sequences) returns ``out`` untouched.
+    An empty batch (cu_seqlens_q ``[0]``, no sequences) returns ``out`` untouched. On CUDA devices
+    of compute capability 9+ the split path's reduction is a programmatic dependent launch of the 3D
+    kernel (scheduled while that kernel runs, it waits for it before reading a partial; CUDA graphs
+    capture the dependency): H200, bs1 decode L510 7.6 -> 6.6 us.
 
     Metadata values (cu_seqlens_q, seqused_k, block_table) are not read on the host, so a call
     never syncs and can be captured in a CUDA graph. With invalid metadata the output is
