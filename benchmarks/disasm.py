@@ -156,7 +156,7 @@ def analyze(name: str, grid: tuple, kernel, limits: sass.SmLimits, num_sms: int,
         "waves": programs / max(fit * num_sms, 1), "sass_instructions": len(instructions),
         "mix": dict(sass.mix(instructions)),
         "loop": None if loop is None else {"size": loop.size, "mix": dict(loop.mix())},
-        "loops": [{"size": lp.size, "mix": dict(lp.mix())} for lp in sass.find_loops(instructions)],
+        "loops": [{"size": lp.size, "start": lp.start, "mix": dict(lp.mix())} for lp in sass.find_loops(instructions)],
     }
 
 
@@ -195,17 +195,23 @@ def disasm_point(point, peers=(), columns=tuple(OUR_COLUMNS), arch=DEFAULT_ARCH,
     return record
 
 
+def _mix_text(loop) -> str:
+    m = loop["mix"]
+    return f"{loop['size']:4d}: " + " ".join(f"{c} {m.get(c, 0)}" for c in LOOP_CATEGORIES)
+
+
 def _loop_text(launch) -> str:
     loop = launch["loop"]
     if loop is None:
         return "no loop"
-    m = loop["mix"]
     # Every loop's size too: the kernel's masked and unmasked KV walks are separate loops.
     sizes = "/".join(str(lp["size"]) for lp in launch["loops"])
-    return f"{loop['size']:4d}: " + " ".join(f"{c} {m.get(c, 0)}" for c in LOOP_CATEGORIES) + f"  (loops {sizes})"
+    return _mix_text(loop) + f"  (loops {sizes})"
 
 
-def render(records: list[dict]) -> str:
+def render(records: list[dict], all_loops: bool = False) -> str:
+    """The table; ``all_loops`` adds one line per loop of each launch (the main loop is the largest of
+    those with the most matrix work, which for our kernel is a masked walk; the unmasked one is hotter)."""
     header = (f"{'column':<10} {'kernel':<26} {'grid':<14} {'warps':>5} {'regs':>4} {'local':>5} {'smem KiB':>8} "
               f"{'CTAs/SM':>11} {'waves':>6} {'sass':>5}  main loop (static body)")
     lines = []
@@ -221,6 +227,10 @@ def render(records: list[dict]) -> str:
                 lines.append(f"{column:<10} {ln['kernel'][:26]:<26} {grid:<14} {ln['num_warps']:>5} "
                              f"{ln['registers'] or 0:>4} {ln['local_bytes'] or 0:>5} {ln['shared_bytes'] / 1024:>8.1f} "
                              f"{fit:>11} {ln['waves']:>6.2f} {ln['sass_instructions']:>5}  {_loop_text(ln)}")
+                if all_loops:
+                    for i, lp in enumerate(ln["loops"], 1):
+                        lines.append(f"{'':<10} {'':<26} loop {i}/{len(ln['loops'])} at 0x{lp['start']:04x}: "
+                                     + _mix_text(lp))
     return "\n".join(lines)
 
 
@@ -239,6 +249,8 @@ def parse_args(argv=None):
     ap.add_argument("--sms", type=int, default=DEFAULT_SMS, help="SMs of the card the planner plans for (default 132)")
     ap.add_argument("--dump", default=None, help="folder for each launch's SASS, PTX and TTGIR")
     ap.add_argument("--json", default=None, help="write the records as JSON here")
+    ap.add_argument("--all-loops", action="store_true",
+                    help="one line per loop of each launch with its instruction mix (default: the main loop only)")
     args = ap.parse_args(argv)
     columns = [c.strip() for c in args.columns.split(",") if c.strip()]
     unknown = [c for c in columns if c not in OUR_COLUMNS]
@@ -280,7 +292,7 @@ def main(argv=None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"triton": triton.__version__, "arch": args.arch, "sms": args.sms,
                                                "points": records}, indent=1))
-    print(render(records))
+    print(render(records, all_loops=args.all_loops))
     return 0
 
 

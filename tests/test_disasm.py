@@ -83,7 +83,7 @@ def _nvidia_tools_present() -> bool:
 def test_disasm_compiles_what_the_planner_launches(tmp_path):
     point = next(p for p in shapes.POINTS if p.name == "decode-bs1-L510")
     out = tmp_path / "disasm.json"
-    res = _run_disasm("--points", point.name, "--columns", "heuristic", "--json", str(out))
+    res = _run_disasm("--points", point.name, "--columns", "heuristic", "--json", str(out), "--all-loops")
     assert res.returncode == 0, res.stderr[-2000:]
     launches = json.loads(out.read_text())["points"][0]["columns"]["heuristic"]["launches"]
     plan = plan_launch(num_tokens=point.num_tokens, num_seqs=point.num_seqs, max_seqlen_q=point.max_seqlen_q,
@@ -97,6 +97,9 @@ def test_disasm_compiles_what_the_planner_launches(tmp_path):
     assert attention["registers"] > 0 and attention["sass_instructions"] > 0
     assert attention["loop"]["mix"].get("mma", 0) > 0  # the KV walk runs on the matrix units
     assert attention["ctas_per_sm"] >= 1
+    # --all-loops: one line per loop of every launch, each with its own mix.
+    loop_lines = [line for line in res.stdout.splitlines() if " loop " in line and " at 0x" in line]
+    assert len(loop_lines) == sum(len(ln["loops"]) for ln in launches) >= 3, res.stdout
 
 
 def test_disasm_refuses_the_interpreter_and_bad_arguments():
