@@ -71,7 +71,7 @@ def numerics_cases() -> list[Case]:
         cases.append(_case("mixed", head_size=head))
     for ratio in (1, 2, 5, 6, 8, 16, 32, 64):
         cases.append(_case("mixed", head_size=32 if not ON_GPU else 64, **_gqa(ratio)))
-    for block in (32, 48, 64, 128, 528):
+    for block in (8, 32, 48, 64, 128, 528):
         cases.append(_case("mixed", block_size=block))
     if ON_GPU:
         cases.append(_case("decode-long", "decode", dtype="bfloat16", head_size=128,
@@ -270,6 +270,8 @@ def quick_cases() -> list[Case]:
               output_scale=2.0 ** -8, head_size=72),
         _case("quick-qlen0-padded", seq_lens=(30, 40, 17), query_lens=(0, 5, 1), pad_tokens=2, layout="head_padded",
               head_size=40, table_slack=0),
+        # Cache blocks smaller than the tile (8 keys; the interpreter's tile is 16): a tile spans blocks.
+        _case("quick-block8-window", window=(21, -1), block_size=8),
         # softcap >> |score|: softcap * tanh(s / softcap) ~ s needs tanh accurate for tiny arguments.
         _case("quick-unlike-strides", "decode", layout="kv_unlike", softcap=1e5),
         # Non-causal with a two-sided window on lengths that end mid-block: tiles past the diagonal
