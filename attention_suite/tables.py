@@ -272,6 +272,9 @@ def quick_cases() -> list[Case]:
               head_size=40, table_slack=0),
         # Cache blocks smaller than the tile (8 keys; the interpreter's tile is 16): a tile spans blocks.
         _case("quick-block8-window", window=(21, -1), block_size=8),
+        # Query lengths around the narrow launch's block (4 tokens at 4 queries per KV head): sequences
+        # of 1 and 4 tokens go to the decode-sized launch, 5 and 30 to the wide one.
+        _case("quick-mixed-narrow-boundary", seq_lens=(40, 33, 29, 60), query_lens=(1, 4, 5, 30), sinks=True),
         # softcap >> |score|: softcap * tanh(s / softcap) ~ s needs tanh accurate for tiny arguments.
         _case("quick-unlike-strides", "decode", layout="kv_unlike", softcap=1e5),
         # Non-causal with a two-sided window on lengths that end mid-block: tiles past the diagonal

@@ -407,23 +407,38 @@ def _paged_attention_kernel(
     SPLIT_KV: tl.constexpr, DOT_PRECISION: tl.constexpr, CHUNKED: tl.constexpr,
     USE_PREFIX: tl.constexpr, PREFIX_CLAMP: tl.constexpr, DESCALE_PER_HEAD: tl.constexpr,
     KV_PER_TOKEN_HEAD: tl.constexpr, Q_FP8: tl.constexpr, PV_F16: tl.constexpr,
-    PROGRAMMATIC_LAUNCH: tl.constexpr,
+    PROGRAMMATIC_LAUNCH: tl.constexpr, SEQ_GRID: tl.constexpr, NARROW_Q: tl.constexpr,
+    AWAIT_PRIMARY: tl.constexpr,
 ):
     if PROGRAMMATIC_LAUNCH:
-        # Let the reduction's launch start now; it waits for this grid to finish before reading.
+        # Let the dependent launch start now: the reduction (it waits for this grid before reading
+        # a partial) or a mixed batch's narrow launch (it fills the SMs this grid's last wave leaves).
         gdc_launch_dependents()
-    # Highest query blocks first: under causal masking they walk the most KV tiles, and
-    # starting them early keeps the last wave of a prefill grid short.
-    q_block = tl.num_programs(0) - 1 - tl.program_id(0)
     kv_head = tl.program_id(1)
     segment = tl.program_id(2)
-
-    seq = _sequence_of(cu_seqlens_q_ptr, q_block, num_seqs, BLOCK_Q, True)
-    q_start, q_len, seq_len = _sequence_extent(cu_seqlens_q_ptr, seqused_k_ptr, seq, num_tokens, kv_capacity)
-    local_block = q_block - (q_start // BLOCK_Q + seq)
-    # local_block < 0 happens only with bad metadata (a clamped q_start); such blocks own no rows.
-    if (local_block < 0) | (local_block * BLOCK_Q >= q_len):
-        return
+    if SEQ_GRID:
+        # The narrow launch of a mixed batch: one program per (sequence, KV head), for the
+        # sequences of at most BLOCK_Q tokens (decodes); the wide launch owns the others.
+        seq = tl.program_id(0)
+        q_start, q_len, seq_len = _sequence_extent(cu_seqlens_q_ptr, seqused_k_ptr, seq, num_tokens, kv_capacity)
+        local_block = 0
+        if (q_len == 0) | (q_len > BLOCK_Q):
+            if AWAIT_PRIMARY:
+                gdc_wait()  # see the end of the kernel
+            return
+    else:
+        # Highest query blocks first: under causal masking they walk the most KV tiles, and
+        # starting them early keeps the last wave of a prefill grid short.
+        q_block = tl.num_programs(0) - 1 - tl.program_id(0)
+        seq = _sequence_of(cu_seqlens_q_ptr, q_block, num_seqs, BLOCK_Q, True)
+        q_start, q_len, seq_len = _sequence_extent(cu_seqlens_q_ptr, seqused_k_ptr, seq, num_tokens, kv_capacity)
+        local_block = q_block - (q_start // BLOCK_Q + seq)
+        # local_block < 0 happens only with bad metadata (a clamped q_start); such blocks own no rows.
+        if (local_block < 0) | (local_block * BLOCK_Q >= q_len):
+            return
+        if NARROW_Q > 0:
+            if q_len <= NARROW_Q:
+                return  # a short sequence: the narrow launch attends it with decode-sized blocks
     context_len = seq_len - q_len
 
     rows = tl.arange(0, BLOCK_M)
@@ -555,6 +570,10 @@ def _paged_attention_kernel(
             result = tl.minimum(tl.maximum(result, -OUT_FP8_MAX), OUT_FP8_MAX)
         o_ptrs = out_ptr + q_rows[:, None] * stride_o_tok + row_head[:, None] * stride_o_head + dims[None, :] * stride_o_dim
         tl.store(o_ptrs, result.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & dim_valid[None, :])
+    if AWAIT_PRIMARY:
+        # A programmatic dependent of the wide launch needs none of its results, but no program of
+        # it ends before that launch has: whatever the stream runs next reads every row of out.
+        gdc_wait()
 
 
 @triton.jit

@@ -209,10 +209,10 @@ def unified_attention(
     out_fp8 = out.dtype in FP8_CACHE_DTYPES
     programmatic = _programmatic_launch(q.device)
     common = dict(
-        HEAD_SIZE=head_size, HEAD_PAD=next_power_of_2(head_size), TILE=plan.tile_size,
+        HEAD_SIZE=head_size, HEAD_PAD=next_power_of_2(head_size),
         USE_SINKS=sinks is not None, OUT_FP8=out_fp8, OUT_FP8_MAX=FP8_E4M3_MAX,
     )
-    _attention._paged_attention_kernel[plan.grid](
+    attention_args = (
         q, k, v, out, block_table, cu_seqlens_q, seqused_k,
         _or(alibi_slopes, q), _or(sinks, q), _or(k_descale, q), _or(v_descale, q), _or(output_scale, q),
         _or(q_descale, q),
@@ -225,14 +225,31 @@ def unified_attention(
         *_descale_strides(k_descale, per_head), *_descale_strides(v_descale, per_head),
         *(k_scale_cache.stride() if per_token_head else (0, 0, 0)),
         *(v_scale_cache.stride() if per_token_head else (0, 0, 0)),
-        NUM_QUERIES_PER_KV=num_q_heads // k.shape[2], BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q,
+    )
+    attention_flags = dict(
+        NUM_QUERIES_PER_KV=num_q_heads // k.shape[2],
         BLOCK_SIZE=k.shape[1], USE_SOFTCAP=softcap > 0, USE_ALIBI=alibi_slopes is not None,
         KV_FP8=kv_fp8, SPLIT_KV=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         CHUNKED=chunked, **prefix_flags, DESCALE_PER_HEAD=per_head, KV_PER_TOKEN_HEAD=per_token_head,
         Q_FP8=q.dtype in FP8_CACHE_DTYPES, PV_F16=fp8_cache and q.dtype != torch.float32,
-        PROGRAMMATIC_LAUNCH=split and programmatic,
-        num_warps=plan.num_warps, num_stages=plan.num_stages, **common,
+        **common,
     )
+    narrow = plan.narrow
+    _attention._paged_attention_kernel[plan.grid](
+        *attention_args, BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q, TILE=plan.tile_size,
+        SEQ_GRID=False, NARROW_Q=0 if narrow is None else narrow.block_q, AWAIT_PRIMARY=False,
+        PROGRAMMATIC_LAUNCH=(split or narrow is not None) and programmatic,
+        num_warps=plan.num_warps, num_stages=plan.num_stages, **attention_flags,
+    )
+    if narrow is not None:
+        # A programmatic dependent of the wide launch where supported: its programs take the SMs the
+        # wide grid's last wave leaves idle (the two write disjoint rows of out).
+        _attention._paged_attention_kernel[narrow.grid](
+            *attention_args, BLOCK_M=narrow.block_m, BLOCK_Q=narrow.block_q, TILE=narrow.tile_size,
+            SEQ_GRID=True, NARROW_Q=0, AWAIT_PRIMARY=programmatic, PROGRAMMATIC_LAUNCH=False,
+            num_warps=narrow.num_warps, num_stages=narrow.num_stages, **attention_flags,
+            **({"launch_pdl": True} if programmatic else {}),
+        )
     if split:
         _attention._reduce_segments_kernel[plan.reduce_grid](
             out, part_acc, part_max, part_sum, cu_seqlens_q, seqused_k, _or(sinks, q), _or(output_scale, q),
@@ -240,7 +257,7 @@ def unified_attention(
             *out.stride(), *part_strides, num_seqs, num_tokens, kv_capacity, num_q_heads, window_left,
             plan.num_segments, chunk_size, lookback, *prefix_args,
             SEGMENTS_PAD=plan.segments_pad, HEADS=plan.reduce_heads, DIMS=plan.reduce_dims,
-            num_warps=plan.reduce_num_warps, CHUNKED=chunked, **prefix_flags, **common,
+            TILE=plan.tile_size, num_warps=plan.reduce_num_warps, CHUNKED=chunked, **prefix_flags, **common,
             PROGRAMMATIC_LAUNCH=programmatic, **({"launch_pdl": True} if programmatic else {}),
         )
     return out

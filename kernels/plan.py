@@ -15,6 +15,11 @@ Heuristic (fitted to a segment-count sweep on an H100, benchmarks/results/*-tune
   ``MAX_SEGMENTS``). Measured: the best count kept ~2 programs per SM from 500 to 131k keys
   and from 1 to 16 sequences; 1 tile per segment beat 2 on short sequences; at 64 sequences
   (512 programs) the 2D path with 128-key tiles beat every split.
+- A 2D prefill/mixed batch of two or more sequences also gets a narrow launch (``NarrowPlan``):
+  one decode-sized program per (sequence, KV head) for the sequences of at most its block's
+  tokens, which the wide launch skips; in prefill-sized blocks a decode fills 4 of 128 rows of
+  every tile's matrix work. H200, 512 new tokens on 4096 + 32 decodes: 421 -> 270 us (cuDNN on
+  contiguous KV 251); prefill 4x2048 (four long sequences, an empty narrow grid) 584.1 -> 584.3 us.
 - A split decode sequence with fewer 128-key tiles than wanted segments halves its tile (down to
   ``MIN_DECODE_TILE``) until it has enough: H200, bs1, 32/8 heads of 128: L510 7.6 us at 32 x 16
   keys vs 10.0 at 4 x 128 (vLLM 8.1), L1300 9.9 vs 12.3, L2100 11.5 vs 13.1; L >= 6900 unchanged.
@@ -49,6 +54,19 @@ def next_power_of_2(n: int) -> int:
 
 
 @dataclass(frozen=True)
+class NarrowPlan:
+    """The second launch of a prefill/mixed batch: one decode-sized program per (sequence, KV head)
+    for the sequences of at most ``block_q`` query tokens, which the wide launch then skips."""
+
+    block_m: int
+    block_q: int
+    tile_size: int
+    num_warps: int
+    num_stages: int
+    grid: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
 class LaunchPlan:
     """A frozen description of one launch."""
 
@@ -65,6 +83,7 @@ class LaunchPlan:
     reduce_dims: int  # head-dim lanes per reduction program
     reduce_num_warps: int  # warps per reduction program
     reason: str
+    narrow: NarrowPlan | None = None  # 2D prefill/mixed batches: the decode-sized launch for short sequences
 
     @property
     def segments_pad(self) -> int:
@@ -185,6 +204,21 @@ def plan_launch(
         if segments < 1:
             raise ValueError(f"num_segments must be >= 1, got {segments}")
 
+    narrow = None
+    narrow_block_m = _block_m(num_queries_per_kv, 1, head_pad, True, False, interpreter, fp32)
+    narrow_block_q = narrow_block_m // num_queries_per_kv
+    if path == "2d" and not decode and not batch_invariant and num_seqs >= 2 and block_q > narrow_block_q \
+            and max_seqlen_q > narrow_block_q:
+        # A mixed batch's decodes in prefill-sized blocks waste nearly every row of each tile's
+        # matrix work (H200, 512-on-4096 + 32 decodes: 421 us, cuDNN 251); the narrow launch gives
+        # each such sequence one decode-sized program per KV head instead.
+        narrow = NarrowPlan(
+            block_m=narrow_block_m, block_q=narrow_block_q,
+            tile_size=_tile_size(head_pad, interpreter, fp32, True),
+            num_warps=1 if interpreter else 4, num_stages=1 if interpreter else 2,
+            grid=(num_seqs, num_kv_heads, 1))
+        reason += f"; sequences of <= {narrow_block_q} tokens in a narrow launch"
+
     big = block_m * head_pad >= 128 * 128
     # One head per reduction program keeps GPU registers small; the interpreter, which pays
     # per program, merges every head of a token at once.
@@ -209,4 +243,5 @@ def plan_launch(
         # one warp regardless, on GPUs 4 warps cover the 1 x 128 x 32 worst case.
         reduce_num_warps=1 if interpreter else 4,
         reason=reason,
+        narrow=narrow,
     )

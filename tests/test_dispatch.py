@@ -117,3 +117,18 @@ def test_argument_checks_and_planning_read_no_tensor_values(planner, label):
     for split_kv in (None, False, True):
         kernels.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.max_seqlen_k,
                           split_kv=split_kv)
+
+
+@pytest.mark.dispatch
+@pytest.mark.quick
+def test_mixed_batches_give_short_sequences_a_narrow_launch(planner):
+    """512 new tokens on 4096 plus 32 decodes: the decodes get one decode-sized program per (sequence,
+    KV head); batches without room for both kinds (decode only, one sequence, batch-invariant) do not."""
+    mixed = dict(LLAMA, num_tokens=544, num_seqs=33, max_seqlen_q=512, max_seqlen_k=4608)
+    narrow = planner.plan_launch(**mixed).narrow
+    assert narrow is not None and narrow.grid == (33, LLAMA["num_kv_heads"], 1), narrow
+    assert narrow.block_m == 16 and narrow.block_q == 4 and narrow.tile_size == _decode(planner, 64, 4096).tile_size == 128
+    assert planner.plan_launch(**{**mixed, "num_tokens": 512, "num_seqs": 1}).narrow is None
+    assert planner.plan_launch(**mixed, batch_invariant=True).narrow is None
+    assert planner.plan_launch(**mixed, split_kv=True).narrow is None
+    assert _decode(planner, 33, 4096).narrow is None
