@@ -289,13 +289,27 @@ def _attend_tiles(
     caller keeps every key below the block table's capacity; the host guarantees num_blocks >= 1.
     """
     offs = tl.arange(0, TILE)
+    POW2_BLOCK: tl.constexpr = (BLOCK_SIZE & (BLOCK_SIZE - 1)) == 0
     for tile in range(tile_begin, tile_end):
         key = tile * TILE + offs
+        if POW2_BLOCK:
+            # Keys are >= 0, so unsigned: one shift and one mask per key, where a signed division
+            # and remainder by the block size also fix up negatives (sm_90, unmasked loop per tile:
+            # prefill-4x2048 524 -> 419 instructions; H200: bs1 L13300 decode 25.1 -> 23.1 us,
+            # int8 per-token-head bs1 L131072 121.6 -> 112.2 us, bs16 L4096 73.2 -> 74.0 us).
+            # Precomputing a tile's blocks and slots as loop invariants saved as much but hoisted
+            # a whole [TILE, HEAD] offset tile out of the loop: 255 registers, bs256 decode +4%.
+            key_u = key.to(tl.uint32, bitcast=True)
+            block_index = (key_u // BLOCK_SIZE).to(tl.int32, bitcast=True)
+            slot = (key_u % BLOCK_SIZE).to(tl.int32, bitcast=True)
+        else:
+            block_index = key // BLOCK_SIZE
+            slot = key % BLOCK_SIZE
         if MASKED:
             key_valid = (key >= key_lo) & (key < key_hi)
-            phys_block = tl.load(block_table_row + (key // BLOCK_SIZE) * stride_bt_blk, mask=key_valid, other=0)
+            phys_block = tl.load(block_table_row + block_index * stride_bt_blk, mask=key_valid, other=0)
         else:
-            phys_block = tl.load(block_table_row + (key // BLOCK_SIZE) * stride_bt_blk)
+            phys_block = tl.load(block_table_row + block_index * stride_bt_blk)
         # An out-of-range block id (bad metadata) is never dereferenced: it is clamped to the last
         # block, real memory of the cache, so the K/V loads keep the masks they had before the
         # table load returned (H200: predicating them on the id cost prefill 8%). Read as unsigned
@@ -309,7 +323,6 @@ def _attend_tiles(
         if not MASKED:
             key_valid = key >= 0  # every key of an unmasked tile: the loads ignore it (unless HEAD_PADDED)
         phys_block = tl.minimum(block_u, num_blocks_u - 1).to(tl.int64)
-        slot = key % BLOCK_SIZE
         k_tile = _load_kv_tile(k_base, phys_block, slot, stride_k_blk, stride_k_slot, stride_k_dim, dims,
                                key_valid, dim_valid, True, MASKED or HEAD_PADDED)
         v_tile = _load_kv_tile(v_base, phys_block, slot, stride_v_blk, stride_v_slot, stride_v_dim, dims,

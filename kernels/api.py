@@ -101,7 +101,7 @@ def make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, *, split_kv=None, 
         max_seqlen_k=max_seqlen_k, num_q_heads=q.shape[1], num_kv_heads=k.shape[2], head_size=q.shape[2],
         num_sms=_num_sms(q.device), interpreter=interpreting(), split_kv=split_kv, num_segments=num_segments,
         batch_invariant=batch_invariant, max_segments=None if workspace is None else workspace.num_segments,
-        fp32=q.dtype == torch.float32,
+        fp32=q.dtype == torch.float32, one_byte_kv=k.element_size() == 1,
         max_visible_keys=visible_key_span(max_seqlen_q, max_seqlen_k, window_size, chunk_lookback),
     )
 

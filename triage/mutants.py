@@ -98,9 +98,14 @@ CATALOG: tuple[Mutant, ...] = (
     _m("bt-unmasked",
        "masked phase reads block-table entries without the key mask and gathers V from whatever block "
        "they name (keys past the sequence end / outside the window)",
-       ("phys_block = tl.load(block_table_row + (key // BLOCK_SIZE) * stride_bt_blk, mask=key_valid, other=0)",
-        "phys_block = tl.load(block_table_row + (key // BLOCK_SIZE) * stride_bt_blk)"),
+       ("phys_block = tl.load(block_table_row + block_index * stride_bt_blk, mask=key_valid, other=0)",
+        "phys_block = tl.load(block_table_row + block_index * stride_bt_blk)"),
        ("mask = key_valid[:, None] & dim_valid[None, :]", "mask = dim_valid[None, :]")),
+    _m("block-index-by-tile",
+       "a key's block-table column counted in KV tiles, not cache blocks (power-of-two blocks; right only "
+       "where the tile and the block hold the same number of keys)",
+       ("block_index = (key_u // BLOCK_SIZE).to(tl.int32, bitcast=True)",
+        "block_index = (key_u // TILE).to(tl.int32, bitcast=True)")),
     _m("tile-vs-block",
        "key index of a KV tile computed with the cache block size where the tile size belongs",
        ("key = tile * TILE + offs", "key = tile * BLOCK_SIZE + offs")),
