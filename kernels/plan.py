@@ -129,6 +129,15 @@ def _block_m(num_queries_per_kv: int, max_seqlen_q: int, head_pad: int, decode: 
     return max(group, min(cap, max(16, next_power_of_2(max_seqlen_q * num_queries_per_kv))))
 
 
+def _warps_and_stages(block_m: int, head_pad: int, decode_sized: bool, interpreter: bool) -> tuple[int, int]:
+    """(num_warps, num_stages) of an attention launch with ``block_m`` query rows."""
+    if interpreter:
+        return 1, 1
+    big = block_m * head_pad >= 128 * 128
+    # Two stages measured best for decode (more stages cost shared memory, hence occupancy).
+    return (8 if big else 4), (2 if head_pad > 128 or decode_sized else 3)
+
+
 def _round_power_of_2(x: float) -> int:
     """The power of two nearest to x on a log scale (x > 0)."""
     return 1 << max(round(math.log2(x)), 0)
@@ -216,14 +225,13 @@ def plan_launch(
         # A mixed batch's decodes in prefill-sized blocks waste nearly every row of each tile's
         # matrix work (H200, 512-on-4096 + 32 decodes: 421 us, cuDNN 251); the narrow launch gives
         # each such sequence one decode-sized program per KV head instead.
+        narrow_warps, narrow_stages = _warps_and_stages(narrow_block_m, head_pad, True, interpreter)
         narrow = NarrowPlan(
-            block_m=narrow_block_m, block_q=narrow_block_q,
-            tile_size=_tile_size(head_pad, interpreter, fp32, True),
-            num_warps=1 if interpreter else 4, num_stages=1 if interpreter else 2,
-            grid=(num_seqs, num_kv_heads, 1))
+            block_m=narrow_block_m, block_q=narrow_block_q, tile_size=_tile_size(head_pad, interpreter, fp32, True),
+            num_warps=narrow_warps, num_stages=narrow_stages, grid=(num_seqs, num_kv_heads, 1))
         reason += f"; sequences of <= {narrow_block_q} tokens in a narrow launch"
 
-    big = block_m * head_pad >= 128 * 128
+    num_warps, num_stages = _warps_and_stages(block_m, head_pad, decode and not batch_invariant, interpreter)
     # One head per reduction program keeps GPU registers small; the interpreter, which pays
     # per program, merges every head of a token at once.
     reduce_heads = next_power_of_2(num_q_heads) if interpreter else 1
@@ -235,9 +243,8 @@ def plan_launch(
         block_q=block_q,
         tile_size=tile,
         num_segments=segments,
-        num_warps=1 if interpreter else (8 if big else 4),
-        # Two stages measured best for decode (more stages cost shared memory, hence occupancy).
-        num_stages=1 if interpreter else (2 if head_pad > 128 or (decode and not batch_invariant) else 3),
+        num_warps=num_warps,
+        num_stages=num_stages,
         grid=(num_q_blocks, num_kv_heads, segments),
         reduce_grid=(num_tokens, math.ceil(num_q_heads / reduce_heads), head_pad // reduce_dims)
         if path == "3d" else None,
