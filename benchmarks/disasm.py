@@ -20,7 +20,10 @@ iteration; a pipelined loop holds the loads of a later tile; "loops" lists every
 kernel walks masked and unmasked KV tiles in separate loops, and decode spends its time in the
 unmasked one, usually the smallest); "cvt" counts conversions, byte
 permutes and packed half arithmetic (a one-byte cache pays them per element); "CTAs/SM" is the
-CUDA occupancy rule for the registers, warps and shared bytes the compiler reported.
+CUDA occupancy rule for the registers, warps and shared bytes the compiler reported; "wait N"
+after a loop's mix is how many asynchronous-copy groups it leaves in flight where it waits for
+its copies (``DEPBAR.LE SB0, N``): "wait 0" drains every copy each iteration, so the next tile's
+loads overlap none of this tile's work (our prefill loop at three stages did).
 """
 
 from __future__ import annotations
@@ -155,8 +158,10 @@ def analyze(name: str, grid: tuple, kernel, limits: sass.SmLimits, num_sms: int,
         "stack_bytes": usage.get("STACK"), "shared_bytes": shared, "ctas_per_sm": fit, "bound_by": bound,
         "waves": programs / max(fit * num_sms, 1), "sass_instructions": len(instructions),
         "mix": dict(sass.mix(instructions)),
-        "loop": None if loop is None else {"size": loop.size, "mix": dict(loop.mix())},
-        "loops": [{"size": lp.size, "start": lp.start, "mix": dict(lp.mix())} for lp in sass.find_loops(instructions)],
+        "loop": None if loop is None else {"size": loop.size, "mix": dict(loop.mix()),
+                                           "copies_in_flight": loop.copy_groups_in_flight()},
+        "loops": [{"size": lp.size, "start": lp.start, "mix": dict(lp.mix()),
+                   "copies_in_flight": lp.copy_groups_in_flight()} for lp in sass.find_loops(instructions)],
     }
 
 
@@ -190,14 +195,22 @@ def disasm_point(point, peers=(), columns=tuple(OUR_COLUMNS), arch=DEFAULT_ARCH,
             record["columns"][column] = {"error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
             continue
         label = f"{point.name}-{column}"
-        record["columns"][column] = {"launches": [analyze(n, g, k, limits, num_sms, dump, label)
-                                                  for n, g, k in launches]}
+        names = [n for n, _, _ in launches]
+        # A kernel launched twice in one call (the wide and the narrow prefill launch) gets its
+        # launch index in the dump's file names, so the second does not overwrite the first.
+        record["columns"][column] = {"launches": [
+            analyze(n, g, k, limits, num_sms, dump, label if names.count(n) == 1 else f"{label}-{i}")
+            for i, (n, g, k) in enumerate(launches)]}
     return record
 
 
 def _mix_text(loop) -> str:
     m = loop["mix"]
-    return f"{loop['size']:4d}: " + " ".join(f"{c} {m.get(c, 0)}" for c in LOOP_CATEGORIES)
+    text = f"{loop['size']:4d}: " + " ".join(f"{c} {m.get(c, 0)}" for c in LOOP_CATEGORIES)
+    if loop.get("copies_in_flight") is not None:
+        # "wait 0": every iteration drains its copies, so the next tile's loads overlap nothing.
+        text += f" wait {loop['copies_in_flight']}"
+    return text
 
 
 def _loop_text(launch) -> str:

@@ -70,6 +70,17 @@ class Loop:
     def mix(self) -> Counter:
         return Counter(i.category for i in self.instructions)
 
+    def copy_groups_in_flight(self) -> int | None:
+        """Asynchronous-copy groups the loop lets stay in flight where it waits for its copies: the
+        smallest N of its ``DEPBAR.LE SB0, N`` (None: the loop does not wait for copies). 0 means each
+        iteration waits for every copy issued so far, so none overlaps the next iteration's work."""
+        depths = [int(m.group(1), 0) for i in self.instructions if i.family == "DEPBAR"
+                  for m in [_COPY_WAIT.search(i.operands)] if m]
+        return min(depths) if depths else None
+
+
+_COPY_WAIT = re.compile(r"SB0,\s*(0x[0-9a-f]+|\d+)")
+
 
 def parse_sass(text: str) -> dict[str, list[Instruction]]:
     """``cuobjdump -sass`` text -> instructions per function, in address order."""

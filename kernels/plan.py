@@ -135,7 +135,14 @@ def _warps_and_stages(block_m: int, head_pad: int, decode_sized: bool, interpret
         return 1, 1
     big = block_m * head_pad >= 128 * 128
     # Two stages measured best for decode (more stages cost shared memory, hence occupancy).
-    return (8 if big else 4), (2 if head_pad > 128 or decode_sized else 3)
+    # Prefill: five. A tile's K/V copies need its block-table entries, themselves copied one
+    # stage earlier, so with three or four stages the loop waits at its top for every copy in
+    # flight (ttgir async_wait num=0, SASS DEPBAR.LE SB0, 0x0): the next tile's K/V are fetched
+    # while nothing else runs. Five keep one tile's copies in flight across an iteration (3 K/V
+    # buffers, 130 KiB shared, 1 program of 8 warps per SM). H200: 4x2048 575.7 -> 491.4 us,
+    # 1x8192 1953.5 -> 1517.0, mixed 267.6 -> 229.5, fp8 q + fp8 KV 4x2048 486.1 -> 427.4;
+    # six changed nothing; 128-key tiles at five stages (255 registers) were slower (528 us).
+    return (8 if big else 4), (2 if head_pad > 128 or decode_sized else 5)
 
 
 def _round_power_of_2(x: float) -> int:

@@ -48,6 +48,18 @@ def test_sass_main_loop_is_the_one_with_the_matrix_work():
     assert (loop.start, loop.end) == (0x20, 0x30)
 
 
+def test_sass_reads_how_many_copy_groups_a_loop_leaves_in_flight():
+    def loop_of(*waits):
+        body = [(0x00, "MOV R2, RZ")] + [(0x10 * (i + 1), f"DEPBAR.LE SB0, {w}") for i, w in enumerate(waits)]
+        end = 0x10 * (len(waits) + 1)
+        body += [(end, "HGMMA.64x64x16.F32.BF16 R88, gdesc[UR16], RZ, !UPT"), (end + 0x10, "@P0 BRA 0x10")]
+        return sass.main_loop(sass.parse_sass(_sass_text(body))["k"])
+
+    assert loop_of("0x4").copy_groups_in_flight() == 4
+    assert loop_of("0x4", "0x0").copy_groups_in_flight() == 0  # the strictest wait decides
+    assert loop_of().copy_groups_in_flight() is None
+
+
 def test_ctas_per_sm_follows_the_occupancy_rule():
     h200 = sass.ARCH_LIMITS[90]
     # 255 registers: 8160 per warp, allocated as 8192; 4 warps take 32768 of 65536 -> 2 programs.
@@ -109,3 +121,19 @@ def test_disasm_refuses_the_interpreter_and_bad_arguments():
                        (("--sms", "0"), "--sms")):
         res = _run_disasm(*args, timeout=120)
         assert res.returncode == 2 and word in res.stderr, (args, res.stderr[-500:])
+
+
+@pytest.mark.skipif(not _nvidia_tools_present(), reason="Triton's NVIDIA backend tools (cuobjdump) are not installed")
+def test_prefill_keeps_kv_copies_in_flight_across_iterations(tmp_path):
+    """The planner's prefill pipeline is deep enough that no KV walk drains its copies each tile.
+
+    A tile's K/V copies wait on its block-table copies, so at three or four stages the loop's
+    wait let nothing stay in flight (H200 prefill 4x2048: 575.7 us at three, 491.4 at five).
+    """
+    out = tmp_path / "disasm.json"
+    res = _run_disasm("--points", "prefill-4x2048", "--columns", "2d", "--json", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    wide = json.loads(out.read_text())["points"][0]["columns"]["2d"]["launches"][0]
+    walks = [lp for lp in wide["loops"] if lp["mix"].get("mma", 0) > 0]
+    assert len(walks) == 3, wide["loops"]  # masked, unmasked, masked
+    assert all(lp["copies_in_flight"] for lp in walks), [lp["copies_in_flight"] for lp in walks]
