@@ -73,3 +73,33 @@ def test_bench_quantized_inputs_dequantize_to_the_bf16_values(name):
     else:
         assert kw["kv_quant_mode"] == "fp8_per_tensor" and kw["k_descale"].shape == (1,)
     assert (kw["q_descale"] is None) == (point.q_format == "bf16")
+
+
+@pytest.mark.parametrize("block_m,tile", [(32, 16), (32, 32)])
+def test_bench_ceiling_flash_kernel_matches_causal_attention(device, block_m, tile):
+    """The prefill yardstick (``benchmarks.ceiling``) is a ceiling only if it computes attention:
+    causal, grouped heads, two sequences, against float32 SDPA. Fails on a diagonal walk that
+    skips its masked tile or a mask that lets a query see the next key."""
+    from benchmarks.ceiling import flash_causal
+
+    seqs, seq_len, heads, kv_heads, head = 2, 64, 4, 2, 32
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(seqs * seq_len, h, head, device=device).to(torch.float16)
+               for h in (heads, kv_heads, kv_heads))
+    out = torch.full_like(q, float("nan"))
+    flash_causal(q, k, v, out, seq_len, block_m=block_m, tile=tile, num_warps=4, num_stages=2)()
+    bhsd = [t.float().view(seqs, seq_len, -1, head).transpose(1, 2) for t in (q, k, v)]
+    kg, vg = (t.repeat_interleave(heads // kv_heads, 1) for t in bhsd[1:])
+    ref = torch.nn.functional.scaled_dot_product_attention(bhsd[0], kg, vg, is_causal=True)
+    err = (out.float() - ref.transpose(1, 2).reshape(out.shape)).abs().max().item()
+    assert err < 2e-3, err  # f16 P and output: a few units of 2^-11
+
+
+@pytest.mark.parametrize("argv", [["--block-sizes", "16,x"], ["--seq-len", "2000"], ["--block-sizes", "48"],
+                                  ["--impl", "heuristic=kernels:unified_attention"]])
+def test_bench_ceiling_refuses_bad_arguments(argv, capsys):
+    from benchmarks.ceiling import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert "error" in capsys.readouterr().err
