@@ -156,12 +156,9 @@ def parse_args(argv=None):
     bad = [b for b in args.block_list if b < 1 or args.seq_len % b]
     if bad or args.seqs < 1 or args.seq_len % 128:
         ap.error(f"--seq-len must be a multiple of 128 and of every block size (got {args.seq_len}, {bad})")
-    from .peers import PeerError, parse_all
+    from .peers import specs_or_exit
 
-    try:
-        args.impl_specs = parse_all(args.impl)
-    except PeerError as exc:
-        ap.error(str(exc))
+    args.impl_specs = specs_or_exit(ap, args.impl)
     return args
 
 

@@ -276,12 +276,9 @@ def parse_args(argv=None):
         args.point_list = shapes.select(args.points, args.quick or not args.points)
     except ValueError as exc:
         ap.error(f"--points: {exc}")
-    from .peers import PeerError, parse_all
+    from .peers import specs_or_exit
 
-    try:
-        args.impl_specs = parse_all(args.impl)
-    except PeerError as exc:
-        ap.error(str(exc))
+    args.impl_specs = specs_or_exit(ap, args.impl)
     return args
 
 

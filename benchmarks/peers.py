@@ -92,6 +92,14 @@ def parse_all(values: list[str] | None) -> list[PeerSpec]:
     return specs
 
 
+def specs_or_exit(parser, values: list[str] | None) -> list[PeerSpec]:
+    """``parse_all`` for a command line: a bad ``--impl`` is the parser's usage error (exit 2)."""
+    try:
+        return parse_all(values)
+    except PeerError as exc:
+        parser.error(str(exc))
+
+
 @dataclass
 class Peer:
     """A loaded peer: the suite's Implementation (function + signature), or why it failed to load."""

@@ -587,12 +587,9 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.flex is None:
         args.flex = not args.dry_run
-    from .peers import PeerError, parse_all
+    from .peers import specs_or_exit
 
-    try:
-        args.impl_specs = parse_all(args.impl)
-    except PeerError as exc:
-        ap.error(str(exc))
+    args.impl_specs = specs_or_exit(ap, args.impl)
     if args.points:
         try:
             shapes.select(args.points)
