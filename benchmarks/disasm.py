@@ -9,7 +9,8 @@ over the card, and the main loop's instruction mix.
 How: each column's call runs on CPU tensors with the point's shapes (nothing is computed) while
 Triton is given a stand-in driver for the target (default sm_90 with 132 SMs: the H200). Every
 ``@triton.jit`` launch then compiles for that target and is recorded instead of launched; our
-kernels' two device queries (SM count, CPU-tensor refusal) are answered for the target. The
+kernels' device queries (SM count, shared memory per program, programmatic launch, CPU-tensor
+refusal) are answered for the target. The
 code is what the GPU runs only when the Triton here is the GPU's version: the report names it
 (the H200 machine has 3.6.0: ``pip install --no-deps --target DIR triton==3.6.0``, then put DIR
 first on PYTHONPATH). Needs Triton's NVIDIA backend (ptxas, cuobjdump: in the standard wheel)
@@ -89,8 +90,8 @@ class _CompileOnlyDriver:
 def compile_only(arch: int, num_sms: int, module=None):
     """Inside: every @triton.jit launch compiles for ``sm_<arch>`` and is appended to the yielded list
     as (kernel name, grid, CompiledKernel) instead of running. ``module``: an implementation's module
-    whose ``_num_sms`` / ``_programmatic_launch`` / ``_check_backend`` (our kernels' device queries)
-    answer for the target."""
+    whose ``_num_sms`` / ``_shared_memory_per_block`` / ``_programmatic_launch`` / ``_check_backend``
+    (our kernels' device queries) answer for the target."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise DisasmError("TRITON_INTERPRET=1 replaces compilation with the interpreter: unset it")
     from triton.runtime import driver
@@ -110,6 +111,10 @@ def compile_only(arch: int, num_sms: int, module=None):
     patches = [mock.patch.object(JITFunction, "run", record)]
     if module is not None and hasattr(module, "_num_sms"):
         patches.append(mock.patch.object(module, "_num_sms", lambda device: num_sms))
+    if module is not None and hasattr(module, "_shared_memory_per_block"):
+        limits = sass.ARCH_LIMITS[arch]
+        patches.append(mock.patch.object(module, "_shared_memory_per_block",
+                                         lambda device: limits.shared_bytes - limits.shared_reserved_per_cta))
     if module is not None and hasattr(module, "_programmatic_launch"):
         patches.append(mock.patch.object(module, "_programmatic_launch", lambda device: arch >= 90))
     if module is not None and hasattr(module, "_check_backend"):

@@ -6,9 +6,11 @@ import functools
 import os
 
 import torch
+import triton
 
 from . import _attention
-from .plan import INTERPRETER_NUM_SMS, UNLIMITED, LaunchPlan, effective_window, next_power_of_2, plan_launch
+from .plan import (HOPPER_SHARED_PER_BLOCK, INTERPRETER_NUM_SMS, UNLIMITED, LaunchPlan, effective_window,
+                   next_power_of_2, plan_launch)
 from .validate import FP8_CACHE_DTYPES, PER_TOKEN_HEAD_MODES, check_arguments, kv_quant_mode_name, validate_metadata
 from .workspace import Workspace
 
@@ -37,6 +39,16 @@ def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return INTERPRETER_NUM_SMS
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_memory_per_block(device: torch.device) -> int:
+    """The opt-in shared memory one program may use, in bytes (the pipeline depth depends on it)."""
+    if device.type != "cuda":
+        return HOPPER_SHARED_PER_BLOCK  # the interpreter has no shared memory to run out of
+    # Triton's own launch check reads this (the driver's opt-in per-block maximum).
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return int(triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"])
 
 
 def _programmatic_launch(device: torch.device) -> bool:
@@ -103,6 +115,7 @@ def make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, *, split_kv=None, 
         batch_invariant=batch_invariant, max_segments=None if workspace is None else workspace.num_segments,
         fp32=q.dtype == torch.float32, one_byte_kv=k.element_size() == 1,
         max_visible_keys=visible_key_span(max_seqlen_q, max_seqlen_k, window_size, chunk_lookback),
+        shared_memory_per_block=_shared_memory_per_block(q.device),
     )
 
 

@@ -99,6 +99,12 @@ def effective_window(window_size, causal: bool) -> tuple[int, int]:
     return left, right
 
 
+# Shared memory one program may use (the opt-in maximum): H100 / H200 227 KiB, A100 163 KiB,
+# sm_86 / sm_89 99 KiB. Five prefill stages take 130 KiB (bf16, 128 rows of head 128).
+HOPPER_SHARED_PER_BLOCK = 227 * 1024
+DEEP_PIPELINE_SHARED = 160 * 1024
+
+
 def _tile_size(head_pad: int, interpreter: bool, fp32: bool, decode_sized: bool) -> int:
     if interpreter:
         return 16  # interpreter cost is per tile: small tiles let short CPU cases cross many
@@ -129,7 +135,8 @@ def _block_m(num_queries_per_kv: int, max_seqlen_q: int, head_pad: int, decode: 
     return max(group, min(cap, max(16, next_power_of_2(max_seqlen_q * num_queries_per_kv))))
 
 
-def _warps_and_stages(block_m: int, head_pad: int, decode_sized: bool, interpreter: bool) -> tuple[int, int]:
+def _warps_and_stages(block_m: int, head_pad: int, decode_sized: bool, interpreter: bool,
+                      shared_memory_per_block: int = HOPPER_SHARED_PER_BLOCK) -> tuple[int, int]:
     """(num_warps, num_stages) of an attention launch with ``block_m`` query rows."""
     if interpreter:
         return 1, 1
@@ -142,7 +149,9 @@ def _warps_and_stages(block_m: int, head_pad: int, decode_sized: bool, interpret
     # buffers, 130 KiB shared, 1 program of 8 warps per SM). H200: 4x2048 575.7 -> 491.4 us,
     # 1x8192 1953.5 -> 1517.0, mixed 267.6 -> 229.5, fp8 q + fp8 KV 4x2048 486.1 -> 427.4;
     # six changed nothing; 128-key tiles at five stages (255 registers) were slower (528 us).
-    return (8 if big else 4), (2 if head_pad > 128 or decode_sized else 5)
+    # Cards with less shared memory per block (sm_86 / sm_89: 99 KiB) keep three stages, 97.5 KiB.
+    deep = shared_memory_per_block >= DEEP_PIPELINE_SHARED
+    return (8 if big else 4), (2 if head_pad > 128 or decode_sized else (5 if deep else 3))
 
 
 def _round_power_of_2(x: float) -> int:
@@ -171,8 +180,12 @@ def plan_launch(
     num_kv_heads: int, head_size: int, num_sms: int, interpreter: bool = False, fp32: bool = False,
     split_kv: bool | None = None, num_segments: int | None = None, batch_invariant: bool = False,
     max_segments: int | None = None, max_visible_keys: int | None = None, one_byte_kv: bool = False,
+    shared_memory_per_block: int = HOPPER_SHARED_PER_BLOCK,
 ) -> LaunchPlan:
     """Plan a launch from shapes and host integers only (no device reads).
+
+    ``shared_memory_per_block``: the device's opt-in shared memory per program in bytes (default:
+    an H100 / H200's); below ``DEEP_PIPELINE_SHARED`` prefill pipelines three stages, not five.
 
     ``max_visible_keys``: the most keys one sequence's queries see together (chunked attention
     bounds it below ``max_seqlen_k``); the segment count is chosen for that span. None: max_seqlen_k.
@@ -232,13 +245,15 @@ def plan_launch(
         # A mixed batch's decodes in prefill-sized blocks waste nearly every row of each tile's
         # matrix work (H200, 512-on-4096 + 32 decodes: 421 us, cuDNN 251); the narrow launch gives
         # each such sequence one decode-sized program per KV head instead.
-        narrow_warps, narrow_stages = _warps_and_stages(narrow_block_m, head_pad, True, interpreter)
+        narrow_warps, narrow_stages = _warps_and_stages(narrow_block_m, head_pad, True, interpreter,
+                                                        shared_memory_per_block)
         narrow = NarrowPlan(
             block_m=narrow_block_m, block_q=narrow_block_q, tile_size=_tile_size(head_pad, interpreter, fp32, True),
             num_warps=narrow_warps, num_stages=narrow_stages, grid=(num_seqs, num_kv_heads, 1))
         reason += f"; sequences of <= {narrow_block_q} tokens in a narrow launch"
 
-    num_warps, num_stages = _warps_and_stages(block_m, head_pad, decode and not batch_invariant, interpreter)
+    num_warps, num_stages = _warps_and_stages(block_m, head_pad, decode and not batch_invariant, interpreter,
+                                              shared_memory_per_block)
     # One head per reduction program keeps GPU registers small; the interpreter, which pays
     # per program, merges every head of a token at once.
     reduce_heads = next_power_of_2(num_q_heads) if interpreter else 1

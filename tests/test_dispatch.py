@@ -144,3 +144,18 @@ def test_one_byte_caches_prefill_in_64_row_blocks(planner):
     assert (wide.block_m, wide.num_warps) == (128, 8), wide
     assert (one_byte.block_m, one_byte.num_warps) == (64, 4), one_byte
     assert _decode(planner, 16, 4096, one_byte_kv=True) == _decode(planner, 16, 4096)
+
+
+@pytest.mark.dispatch
+@pytest.mark.quick
+def test_prefill_pipeline_depth_follows_the_cards_shared_memory(planner):
+    """Prefill pipelines five stages (130 KiB at 128 rows of head 128) where a program may use
+    160 KiB or more (H100 / H200 227, A100 163), three (97.5 KiB) on 99-KiB cards (sm_86 / sm_89),
+    which five would not fit; decode keeps two everywhere."""
+    prefill = dict(LLAMA, num_tokens=8192, num_seqs=4, max_seqlen_q=2048, max_seqlen_k=2048)
+    kib = 1024
+    assert planner.plan_launch(**prefill).num_stages == 5  # the default: an H100 / H200
+    assert planner.plan_launch(**prefill, shared_memory_per_block=163 * kib).num_stages == 5
+    assert planner.plan_launch(**prefill, shared_memory_per_block=99 * kib).num_stages == 3
+    for shared in (99 * kib, 227 * kib):
+        assert _decode(planner, 16, 4096, shared_memory_per_block=shared).num_stages == 2
