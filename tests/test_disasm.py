@@ -123,6 +123,7 @@ def test_disasm_refuses_the_interpreter_and_bad_arguments():
         assert res.returncode == 2 and word in res.stderr, (args, res.stderr[-500:])
 
 
+@pytest.mark.quick  # the catalog's prefill-pipeline-shallow shows in no output: this is its quick-tier kill
 @pytest.mark.skipif(not _nvidia_tools_present(), reason="Triton's NVIDIA backend tools (cuobjdump) are not installed")
 def test_prefill_keeps_kv_copies_in_flight_across_iterations(tmp_path):
     """The planner's prefill pipeline is deep enough that no KV walk drains its copies each tile.

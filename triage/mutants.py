@@ -185,6 +185,12 @@ CATALOG: tuple[Mutant, ...] = (
     _m("planner-mistuned",
        "split-KV planner aims at 8 programs per SM instead of the measured 2 (over-splits decode)",
        ("\nPROGRAMS_PER_SM = 2\n", "\nPROGRAMS_PER_SM = 8\n"), file="plan.py"),
+    _m("prefill-pipeline-shallow",
+       "prefill back at three pipeline stages: each KV walk iteration waits for every copy in flight "
+       "(H200: prefill 4x2048 575.7 us instead of 491.4); outputs are unchanged, only the schedule",
+       ("(5 if deep else 3)", "3"), file="plan.py",
+       note="a performance bug no output shows: killed by the sm_90 compile check "
+            "test_prefill_keeps_kv_copies_in_flight_across_iterations (quick; needs Triton's cuobjdump)"),
     _m("batch-invariant-unpinned",
        "batch-invariant mode pins the path only when split_kv is given: the heuristic's batch-dependent "
        "segment count leaks into a sequence's result",
