@@ -116,11 +116,6 @@ def flash_causal(q, k, v, out, seq_len: int, block_m: int = 128, tile: int = 64,
     return call
 
 
-def causal_flops(seqs: int, seq_len: int, num_q_heads: int, head: int) -> int:
-    """QK^T and PV over the visible pairs: 4 FLOPs per head dimension per pair per query head."""
-    return 4 * seqs * num_q_heads * (seq_len * (seq_len + 1) // 2) * head
-
-
 def _paged(point, k, v, q, block_size: int, device):
     """The point's paged inputs at ``block_size`` holding exactly ``k``/``v``/``q`` (one copy)."""
     import dataclasses
@@ -164,8 +159,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
+    from .baselines import BASELINES, BaselineUnavailable, build_sdpa
     from .peers import Peer, PeerSpec
     from .shapes import LLAMA, Point
     from .timing import Replayer, require_cuda, time_interleaved
@@ -178,18 +172,16 @@ def main(argv=None) -> int:
     q = torch.randn(seqs * seq_len, heads, head, device=device, dtype=torch.bfloat16)
     k = torch.randn(seqs * seq_len, kv_heads, head, device=device, dtype=torch.bfloat16)
     v = torch.randn_like(k)
-    group = heads // kv_heads
-    as_bhsd = [t.view(seqs, seq_len, -1, head).transpose(1, 2) for t in (q, k, v)]
-    qs, ks, vs = as_bhsd[0], as_bhsd[1].repeat_interleave(group, 1), as_bhsd[2].repeat_interleave(group, 1)
+    paged = [_paged(point, k, v, q, block_size, device) for block_size in args.block_list]
     columns: dict[str, tuple] = {}  # name -> (call, output tensor or getter)
-
-    for backend, name in ((SDPBackend.CUDNN_ATTENTION, "sdpa-cudnn"), (SDPBackend.FLASH_ATTENTION, "sdpa-flash")):
-        res: dict = {}
-
-        def sdpa(backend=backend, res=res):
-            with sdpa_kernel(backend):
-                res["out"] = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
-        columns[name] = (sdpa, lambda res=res: res["out"].transpose(1, 2).reshape(q.shape))
+    # The sweep's baselines: SDPA on the same values laid out contiguously.
+    for name in BASELINES:
+        try:
+            baseline = build_sdpa(name, paged[0], copies=1)
+        except BaselineUnavailable as exc:
+            print(f"{name}: {exc}")
+            continue
+        columns[name] = (baseline.calls()[0], baseline.output)
     for tma in (False, True):
         for block_m, tile, warps, stages in FLASH_SHAPES:
             out = torch.empty_like(q)
@@ -198,9 +190,7 @@ def main(argv=None) -> int:
     peers = [("ours", Peer.load(PeerSpec("ours", "kernels:unified_attention")))]
     peers += [(spec.name, Peer.load(spec)) for spec in args.impl_specs]
     keep = []
-    for block_size in args.block_list:
-        inputs = _paged(point, k, v, q, block_size, device)
-        keep.append(inputs)
+    for block_size, inputs in zip(args.block_list, paged):
         for name, peer in peers:
             try:
                 calls = peer.build(inputs)
@@ -218,11 +208,11 @@ def main(argv=None) -> int:
             text = str(exc).strip().splitlines()
             print(f"{name}: {type(exc).__name__}: {text[-1][:200] if text else ''}")
     timings = time_interleaved(replayers, target_s=args.target_s)
-    # Outputs after the replays (an SDPA output captured in a graph holds the replay's result).
+    # Outputs after the replays (SDPA's: one more eager call).
     outputs = {name: (out() if callable(out) else out).float() for name, (_, out) in columns.items()
                if name in timings}
     reference = outputs.get("sdpa-flash")
-    flops = causal_flops(seqs, seq_len, heads, head)
+    flops = point.flops()
     dev = torch.cuda.get_device_name(device)
     print(f"\n{dev}: {seqs} x {seq_len} causal, {heads} / {kv_heads} heads of {head}, bf16; torch {torch.__version__}, "
           f"triton {triton.__version__}")

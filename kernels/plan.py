@@ -136,7 +136,7 @@ def _block_m(num_queries_per_kv: int, max_seqlen_q: int, head_pad: int, decode: 
 
 
 def _warps_and_stages(block_m: int, head_pad: int, decode_sized: bool, interpreter: bool,
-                      shared_memory_per_block: int = HOPPER_SHARED_PER_BLOCK) -> tuple[int, int]:
+                      shared_memory_per_block: int) -> tuple[int, int]:
     """(num_warps, num_stages) of an attention launch with ``block_m`` query rows."""
     if interpreter:
         return 1, 1

@@ -103,3 +103,31 @@ def test_bench_ceiling_refuses_bad_arguments(argv, capsys):
     with pytest.raises(SystemExit):
         parse_args(argv)
     assert "error" in capsys.readouterr().err
+
+
+def test_bench_ceiling_runs_every_column_on_the_same_values(device, monkeypatch, capsys):
+    """``python -m benchmarks.ceiling`` end to end at a small size, timing stubbed (CPU: the
+    interpreter computes, nothing is timed): every column it prints, the minimal kernel (pointer
+    and TMA loads) and ours on each page size, agrees with SDPA flash on the same q/K/V."""
+    if device != "cpu":
+        pytest.skip("the GPU runs the real thing: python -m benchmarks.ceiling")
+    from benchmarks import ceiling, timing
+
+    class OneCall:  # stands in for a captured CUDA graph: the call runs once, eagerly
+        def __init__(self, calls, **_):
+            calls[0]()
+
+    monkeypatch.setattr(timing, "require_cuda", lambda: torch.device("cpu"))
+    monkeypatch.setattr(timing, "Replayer", OneCall)
+    monkeypatch.setattr(timing, "time_interleaved", lambda reps, **_: {
+        n: timing.summarize([1.0], calls_per_replay=1, copies=1, mode="eager") for n in reps})
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "cpu")
+    monkeypatch.setattr(ceiling, "FLASH_SHAPES", ((128, 64, 8, 2),))
+    assert ceiling.main(["--seqs", "1", "--seq-len", "128", "--block-sizes", "16,0"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(("flash-", "ours-"))]
+    names = [r[0] for r in rows]
+    assert names == ["flash-contiguous-ptr-m128-t64-w8-s2", "flash-contiguous-tma-m128-t64-w8-s2",
+                     "ours-paged-block16", "ours-paged-block128"], names
+    from benchmarks.sweep import CHECK_TOLERANCE
+
+    assert all(float(r[-1]) < CHECK_TOLERANCE for r in rows), rows  # bf16 outputs, as the sweep checks them
