@@ -136,7 +136,7 @@ def _block_m(num_queries_per_kv: int, max_seqlen_q: int, head_pad: int, decode: 
 
 
 def _warps_and_stages(block_m: int, head_pad: int, decode_sized: bool, interpreter: bool,
-                      shared_memory_per_block: int) -> tuple[int, int]:
+                      shared_memory_per_block: int, one_byte_kv: bool) -> tuple[int, int]:
     """(num_warps, num_stages) of an attention launch with ``block_m`` query rows."""
     if interpreter:
         return 1, 1
@@ -150,7 +150,10 @@ def _warps_and_stages(block_m: int, head_pad: int, decode_sized: bool, interpret
     # 1x8192 1953.5 -> 1517.0, mixed 267.6 -> 229.5, fp8 q + fp8 KV 4x2048 486.1 -> 427.4;
     # six changed nothing; 128-key tiles at five stages (255 registers) were slower (528 us).
     # Cards with less shared memory per block (sm_86 / sm_89: 99 KiB) keep three stages, 97.5 KiB.
-    deep = shared_memory_per_block >= DEEP_PIPELINE_SHARED
+    # One-byte caches' 64-row programs keep three too: at 50 KiB three programs share an SM and
+    # cover each other's waits (H200, fp8 q + fp8 KV prefill 4x2048: 417.9 us at five, 373.9 at
+    # three; bf16 at 64 rows and three stages lost: 4x2048 433.3 -> 456.6, 1x8192 1358 -> 1639).
+    deep = shared_memory_per_block >= DEEP_PIPELINE_SHARED and not one_byte_kv
     return (8 if big else 4), (2 if head_pad > 128 or decode_sized else (5 if deep else 3))
 
 
@@ -246,14 +249,14 @@ def plan_launch(
         # matrix work (H200, 512-on-4096 + 32 decodes: 421 us, cuDNN 251); the narrow launch gives
         # each such sequence one decode-sized program per KV head instead.
         narrow_warps, narrow_stages = _warps_and_stages(narrow_block_m, head_pad, True, interpreter,
-                                                        shared_memory_per_block)
+                                                        shared_memory_per_block, one_byte_kv)
         narrow = NarrowPlan(
             block_m=narrow_block_m, block_q=narrow_block_q, tile_size=_tile_size(head_pad, interpreter, fp32, True),
             num_warps=narrow_warps, num_stages=narrow_stages, grid=(num_seqs, num_kv_heads, 1))
         reason += f"; sequences of <= {narrow_block_q} tokens in a narrow launch"
 
     num_warps, num_stages = _warps_and_stages(block_m, head_pad, decode and not batch_invariant, interpreter,
-                                              shared_memory_per_block)
+                                              shared_memory_per_block, one_byte_kv)
     # One head per reduction program keeps GPU registers small; the interpreter, which pays
     # per program, merges every head of a token at once.
     reduce_heads = next_power_of_2(num_q_heads) if interpreter else 1

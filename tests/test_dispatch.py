@@ -137,12 +137,13 @@ def test_mixed_batches_give_short_sequences_a_narrow_launch(planner):
 @pytest.mark.dispatch
 @pytest.mark.quick
 def test_one_byte_caches_prefill_in_64_row_blocks(planner):
-    """fp8/int8 caches: prefill in 64-row blocks of 4 warps (two programs per SM); 16-bit caches keep
-    128 rows of 8 warps, and decode's block does not depend on the cache's bytes."""
+    """fp8/int8 caches: prefill in 64-row blocks of 4 warps at three stages (three programs per SM);
+    16-bit caches keep 128 rows of 8 warps at five, and decode's block does not depend on the
+    cache's bytes."""
     prefill = dict(LLAMA, num_tokens=8192, num_seqs=4, max_seqlen_q=2048, max_seqlen_k=2048)
     wide, one_byte = planner.plan_launch(**prefill), planner.plan_launch(**prefill, one_byte_kv=True)
-    assert (wide.block_m, wide.num_warps) == (128, 8), wide
-    assert (one_byte.block_m, one_byte.num_warps) == (64, 4), one_byte
+    assert (wide.block_m, wide.num_warps, wide.num_stages) == (128, 8, 5), wide
+    assert (one_byte.block_m, one_byte.num_warps, one_byte.num_stages) == (64, 4, 3), one_byte
     assert _decode(planner, 16, 4096, one_byte_kv=True) == _decode(planner, 16, 4096)
 
 
