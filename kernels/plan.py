@@ -145,14 +145,16 @@ def _warps_and_stages(block_m: int, head_pad: int, decode_sized: bool, interpret
     # Prefill: five. A tile's K/V copies need its block-table entries, themselves copied one
     # stage earlier, so with three or four stages the loop waits at its top for every copy in
     # flight (ttgir async_wait num=0, SASS DEPBAR.LE SB0, 0x0): the next tile's K/V are fetched
-    # while nothing else runs. Five keep one tile's copies in flight across an iteration (3 K/V
-    # buffers, 130 KiB shared, 1 program of 8 warps per SM). H200: 4x2048 575.7 -> 491.4 us,
+    # while nothing else runs (still so with one table entry per cache block). Five keep one
+    # tile's copies in flight across an iteration (3 K/V buffers, 130 KiB shared, 1 program of
+    # 8 warps per SM). H200, one table entry per key: 4x2048 575.7 -> 491.4 us,
     # 1x8192 1953.5 -> 1517.0, mixed 267.6 -> 229.5, fp8 q + fp8 KV 4x2048 486.1 -> 427.4;
     # six changed nothing; 128-key tiles at five stages (255 registers) were slower (528 us).
     # Cards with less shared memory per block (sm_86 / sm_89: 99 KiB) keep three stages, 97.5 KiB.
     # One-byte caches' 64-row programs keep three too: at 50 KiB three programs share an SM and
     # cover each other's waits (H200, fp8 q + fp8 KV prefill 4x2048: 417.9 us at five, 373.9 at
-    # three; bf16 at 64 rows and three stages lost: 4x2048 433.3 -> 456.6, 1x8192 1358 -> 1639).
+    # three, 375.1 at four, 450.2 at two; measured with fp8 queries only; bf16 at 64 rows and
+    # three stages lost: 4x2048 433.3 -> 456.6, 1x8192 1358 -> 1639).
     deep = shared_memory_per_block >= DEEP_PIPELINE_SHARED and not one_byte_kv
     return (8 if big else 4), (2 if head_pad > 128 or decode_sized else (5 if deep else 3))
 

@@ -199,6 +199,13 @@ CATALOG: tuple[Mutant, ...] = (
        ("(5 if deep else 3)", "3"), file="plan.py",
        note="a performance bug no output shows: killed by the sm_90 compile check "
             "test_prefill_keeps_kv_copies_in_flight_across_iterations (quick; needs Triton's cuobjdump)"),
+    _m("one-byte-prefill-deep",
+       "fp8 / int8 caches' 64-row prefill at five pipeline stages like 16-bit caches (H200, fp8 q + fp8 KV "
+       "prefill 4x2048: 417.9 us instead of 373.9); outputs are unchanged, only the schedule",
+       ("deep = shared_memory_per_block >= DEEP_PIPELINE_SHARED and not one_byte_kv",
+        "deep = shared_memory_per_block >= DEEP_PIPELINE_SHARED"), file="plan.py",
+       note="a performance bug no output shows: killed by the planner test "
+            "test_one_byte_caches_prefill_in_64_row_blocks (quick)"),
     _m("batch-invariant-unpinned",
        "batch-invariant mode pins the path only when split_kv is given: the heuristic's batch-dependent "
        "segment count leaks into a sequence's result",
