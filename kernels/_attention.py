@@ -317,9 +317,10 @@ def _attend_tiles(
             # One table entry per cache block the tile covers, broadcast to its keys, instead of
             # one per key: the table's cp.async copies 4 entries per 64-key tile instead of 64
             # (sm_90, unmasked prefill loop 422 -> 403 instructions, shared-memory ops 11 -> 4,
-            # registers 190 -> 214). H200, 16-key blocks: prefill 4x2048 491.5 -> 433.3 us, 1x8192 1525.3
-            # -> 1358.1, mixed 229.0 -> 218.5, decode bs16 L4096 73.1 -> 70.0, head 256 bs16
-            # 154.0 -> 142.8, fp8 KV bs16 56.1 -> 54.0; 64-key blocks: prefill 4x2048 544.8 -> 409.3.
+            # registers 190 -> 214). H200, 16-key blocks: prefill 4x2048 491.5 -> 433.3 us,
+            # 1x8192 1525.3 -> 1358.1, mixed 229.0 -> 218.5, decode bs16 L4096 73.1 -> 70.0, head
+            # 256 bs16 154.0 -> 142.8, fp8 KV bs16 56.1 -> 54.0; 64-key blocks: prefill 4x2048
+            # 544.8 -> 409.3.
             table_col = (tile * TILE) // BLOCK_SIZE + tl.arange(0, BLOCKS_PER_TILE)
             if MASKED:
                 # Entries of blocks holding no key of [key_lo, key_hi) stay unread.
