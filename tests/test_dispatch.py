@@ -6,6 +6,7 @@ from attention_suite import build, tables
 
 H100_SMS = 132
 LLAMA = dict(num_q_heads=32, num_kv_heads=8, head_size=128, num_sms=H100_SMS)
+PREFILL_4X2048 = dict(LLAMA, num_tokens=8192, num_seqs=4, max_seqlen_q=2048, max_seqlen_k=2048)
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def test_short_decode_stays_2d(planner):
 @pytest.mark.dispatch
 @pytest.mark.quick
 def test_prefill_is_2d_with_large_query_blocks(planner):
-    plan = planner.plan_launch(**LLAMA, num_tokens=8192, num_seqs=4, max_seqlen_q=2048, max_seqlen_k=2048)
+    plan = planner.plan_launch(**PREFILL_4X2048)
     assert plan.path == "2d" and plan.block_m >= 64, plan
 
 
@@ -140,7 +141,7 @@ def test_one_byte_caches_prefill_in_64_row_blocks(planner):
     """fp8/int8 caches: prefill in 64-row blocks of 4 warps at three stages (three programs per SM);
     16-bit caches keep 128 rows of 8 warps at five, and decode's block does not depend on the
     cache's bytes."""
-    prefill = dict(LLAMA, num_tokens=8192, num_seqs=4, max_seqlen_q=2048, max_seqlen_k=2048)
+    prefill = PREFILL_4X2048
     wide, one_byte = planner.plan_launch(**prefill), planner.plan_launch(**prefill, one_byte_kv=True)
     assert (wide.block_m, wide.num_warps, wide.num_stages) == (128, 8, 5), wide
     assert (one_byte.block_m, one_byte.num_warps, one_byte.num_stages) == (64, 4, 3), one_byte
@@ -153,7 +154,7 @@ def test_prefill_pipeline_depth_follows_the_cards_shared_memory(planner):
     """Prefill pipelines five stages (130 KiB at 128 rows of head 128) where a program may use
     160 KiB or more (H100 / H200 227, A100 163), three (97.5 KiB) on 99-KiB cards (sm_86 / sm_89),
     which five would not fit; decode keeps two everywhere."""
-    prefill = dict(LLAMA, num_tokens=8192, num_seqs=4, max_seqlen_q=2048, max_seqlen_k=2048)
+    prefill = PREFILL_4X2048
     kib = 1024
     assert planner.plan_launch(**prefill).num_stages == 5  # the default: an H100 / H200
     assert planner.plan_launch(**prefill, shared_memory_per_block=163 * kib).num_stages == 5
