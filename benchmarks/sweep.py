@@ -271,8 +271,9 @@ def run_point(point: Point, ctx: Context, log=print) -> dict:
         inputs = build_inputs(point, copies, ctx.device, ctx.dtype, ctx.seed)
         q0, k0, cu = inputs.q[0], inputs.k_cache, inputs.cu_seqlens_q
         mq, mk = inputs.max_seqlen_q, inputs.max_seqlen_k
-        heur = kernels.make_plan(q0, k0, cu, mq, mk)
-        forced3 = kernels.make_plan(q0, k0, cu, mq, mk, split_kv=True)
+        quant = {"kv_quant_mode": inputs.quant_kwargs().get("kv_quant_mode")}  # per-token-head plans differ
+        heur = kernels.make_plan(q0, k0, cu, mq, mk, **quant)
+        forced3 = kernels.make_plan(q0, k0, cu, mq, mk, split_kv=True, **quant)
         ws_segments = forced3.num_segments
         while ws_segments > 2 and _ws_bytes(point.num_tokens, point.num_q_heads, point.head_size, ws_segments) > WORKSPACE_BUDGET_BYTES:
             ws_segments //= 2
@@ -280,9 +281,9 @@ def run_point(point: Point, ctx: Context, log=print) -> dict:
             ws_segments = max(ws_segments, heur.num_segments)
         ws = kernels.Workspace(point.num_tokens, point.num_q_heads, point.head_size, ws_segments, ctx.device)
         plans = {
-            "heuristic": kernels.make_plan(q0, k0, cu, mq, mk, workspace=ws),
-            "2d": kernels.make_plan(q0, k0, cu, mq, mk, split_kv=False, workspace=ws),
-            "3d": kernels.make_plan(q0, k0, cu, mq, mk, split_kv=True, workspace=ws),
+            "heuristic": kernels.make_plan(q0, k0, cu, mq, mk, workspace=ws, **quant),
+            "2d": kernels.make_plan(q0, k0, cu, mq, mk, split_kv=False, workspace=ws, **quant),
+            "3d": kernels.make_plan(q0, k0, cu, mq, mk, split_kv=True, workspace=ws, **quant),
         }
         rec["plans"] = {k: _plan_dict(v) for k, v in plans.items()}
         rec["heuristic_path"], rec["heuristic_segments"] = heur.path, heur.num_segments
@@ -371,7 +372,8 @@ def run_tune(point: Point, ctx: Context, log=print) -> dict:
         inputs = build_inputs(point, copies, ctx.device, ctx.dtype, ctx.seed)
         ws = kernels.Workspace(point.num_tokens, point.num_q_heads, point.head_size, max(TUNE_SEGMENTS), ctx.device)
         q0, k0, cu = inputs.q[0], inputs.k_cache, inputs.cu_seqlens_q
-        heur = kernels.make_plan(q0, k0, cu, inputs.max_seqlen_q, inputs.max_seqlen_k, workspace=ws)
+        heur = kernels.make_plan(q0, k0, cu, inputs.max_seqlen_q, inputs.max_seqlen_k, workspace=ws,
+                                 kv_quant_mode=inputs.quant_kwargs().get("kv_quant_mode"))
         rec["heuristic_plan"] = _plan_dict(heur)
         tiles = math.ceil(point.max_seqlen_k / heur.tile_size)
         runners: dict = {}

@@ -106,7 +106,8 @@ def visible_key_span(max_seqlen_q, max_seqlen_k, window_size, chunk_lookback=-1)
 
 
 def make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, *, split_kv=None, num_segments=None,
-              workspace=None, batch_invariant=False, chunk_lookback=-1, window_size=None) -> LaunchPlan:
+              workspace=None, batch_invariant=False, chunk_lookback=-1, window_size=None,
+              kv_quant_mode=None) -> LaunchPlan:
     """The plan ``unified_attention`` would launch for these arguments (no device reads)."""
     return plan_launch(
         num_tokens=q.shape[0], num_seqs=cu_seqlens_q.shape[0] - 1, max_seqlen_q=max_seqlen_q,
@@ -114,6 +115,7 @@ def make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, *, split_kv=None, 
         num_sms=_num_sms(q.device), interpreter=interpreting(), split_kv=split_kv, num_segments=num_segments,
         batch_invariant=batch_invariant, max_segments=None if workspace is None else workspace.num_segments,
         fp32=q.dtype == torch.float32, one_byte_kv=k.element_size() == 1,
+        kv_per_token_head=kv_quant_mode_name(kv_quant_mode, k.dtype) in PER_TOKEN_HEAD_MODES,
         max_visible_keys=visible_key_span(max_seqlen_q, max_seqlen_k, window_size, chunk_lookback),
         shared_memory_per_block=_shared_memory_per_block(q.device),
     )
@@ -197,7 +199,7 @@ def unified_attention(
     chunk_size, lookback = _chunk_params(window_size, chunk_lookback)
     plan = make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, split_kv=split_kv,
                      num_segments=num_segments, workspace=workspace, batch_invariant=batch_invariant,
-                     chunk_lookback=chunk_lookback, window_size=window_size)
+                     chunk_lookback=chunk_lookback, window_size=window_size, kv_quant_mode=kv_quant_mode)
     num_tokens, num_q_heads, head_size = q.shape
     num_seqs = cu_seqlens_q.shape[0] - 1
     if num_tokens == 0 or num_seqs == 0:

@@ -136,7 +136,7 @@ def _block_m(num_queries_per_kv: int, max_seqlen_q: int, head_pad: int, decode: 
 
 
 def _warps_and_stages(block_m: int, head_pad: int, decode_sized: bool, interpreter: bool,
-                      shared_memory_per_block: int, one_byte_kv: bool) -> tuple[int, int]:
+                      shared_memory_per_block: int, one_byte_kv: bool, kv_per_token_head: bool) -> tuple[int, int]:
     """(num_warps, num_stages) of an attention launch with ``block_m`` query rows."""
     if interpreter:
         return 1, 1
@@ -155,8 +155,17 @@ def _warps_and_stages(block_m: int, head_pad: int, decode_sized: bool, interpret
     # cover each other's waits (H200, fp8 q + fp8 KV prefill 4x2048: 417.9 us at five, 373.9 at
     # three, 375.1 at four, 450.2 at two; measured with fp8 queries only; bf16 at 64 rows and
     # three stages lost: 4x2048 433.3 -> 456.6, 1x8192 1358 -> 1639).
+    # fp8 caches with one scale per tensor decode at five stages where shared memory allows: the
+    # loop then waits leaving later tiles' copies in flight instead of none (sm_90: `wait 3` vs
+    # `wait 0`, 73 vs 41 KiB shared, 255 registers and 2 programs per SM either way). H200, fp8
+    # KV decode bs1 L131072 98.7 -> 94.7 us, bs16 L4096 54.5 -> 53.9. Per-token-head caches keep
+    # two: each tile also waits on its scales (int8 bs16 L4096 61.1 -> 63.9 at five).
+    if decode_sized:
+        fp8_decode = (one_byte_kv and not kv_per_token_head and head_pad <= 128
+                      and shared_memory_per_block >= DEEP_PIPELINE_SHARED)
+        return (8 if big else 4), (5 if fp8_decode else 2)
     deep = shared_memory_per_block >= DEEP_PIPELINE_SHARED and not one_byte_kv
-    return (8 if big else 4), (2 if head_pad > 128 or decode_sized else (5 if deep else 3))
+    return (8 if big else 4), (2 if head_pad > 128 else (5 if deep else 3))
 
 
 def _round_power_of_2(x: float) -> int:
@@ -185,7 +194,7 @@ def plan_launch(
     num_kv_heads: int, head_size: int, num_sms: int, interpreter: bool = False, fp32: bool = False,
     split_kv: bool | None = None, num_segments: int | None = None, batch_invariant: bool = False,
     max_segments: int | None = None, max_visible_keys: int | None = None, one_byte_kv: bool = False,
-    shared_memory_per_block: int = HOPPER_SHARED_PER_BLOCK,
+    kv_per_token_head: bool = False, shared_memory_per_block: int = HOPPER_SHARED_PER_BLOCK,
 ) -> LaunchPlan:
     """Plan a launch from shapes and host integers only (no device reads).
 
@@ -251,14 +260,14 @@ def plan_launch(
         # matrix work (H200, 512-on-4096 + 32 decodes: 421 us, cuDNN 251); the narrow launch gives
         # each such sequence one decode-sized program per KV head instead.
         narrow_warps, narrow_stages = _warps_and_stages(narrow_block_m, head_pad, True, interpreter,
-                                                        shared_memory_per_block, one_byte_kv)
+                                                        shared_memory_per_block, one_byte_kv, kv_per_token_head)
         narrow = NarrowPlan(
             block_m=narrow_block_m, block_q=narrow_block_q, tile_size=_tile_size(head_pad, interpreter, fp32, True),
             num_warps=narrow_warps, num_stages=narrow_stages, grid=(num_seqs, num_kv_heads, 1))
         reason += f"; sequences of <= {narrow_block_q} tokens in a narrow launch"
 
     num_warps, num_stages = _warps_and_stages(block_m, head_pad, decode and not batch_invariant, interpreter,
-                                              shared_memory_per_block, one_byte_kv)
+                                              shared_memory_per_block, one_byte_kv, kv_per_token_head)
     # One head per reduction program keeps GPU registers small; the interpreter, which pays
     # per program, merges every head of a token at once.
     reduce_heads = next_power_of_2(num_q_heads) if interpreter else 1

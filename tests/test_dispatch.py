@@ -1,5 +1,7 @@
 """dispatch tier: the planner's documented choices, and forced paths agreeing with each other."""
 
+import dataclasses
+
 import pytest
 
 from attention_suite import build, tables
@@ -145,7 +147,43 @@ def test_one_byte_caches_prefill_in_64_row_blocks(planner):
     wide, one_byte = planner.plan_launch(**prefill), planner.plan_launch(**prefill, one_byte_kv=True)
     assert (wide.block_m, wide.num_warps, wide.num_stages) == (128, 8, 5), wide
     assert (one_byte.block_m, one_byte.num_warps, one_byte.num_stages) == (64, 4, 3), one_byte
-    assert _decode(planner, 16, 4096, one_byte_kv=True) == _decode(planner, 16, 4096)
+    two_byte_decode = _decode(planner, 16, 4096)
+    one_byte_decode = _decode(planner, 16, 4096, one_byte_kv=True)
+    assert dataclasses.replace(one_byte_decode, num_stages=two_byte_decode.num_stages) == two_byte_decode
+
+
+@pytest.mark.dispatch
+@pytest.mark.quick
+@pytest.mark.parametrize("num_seqs,seq_len", [(1, 131_072), (16, 4096), (256, 4096)])
+def test_fp8_caches_decode_at_five_stages(planner, num_seqs, seq_len):
+    """One-byte caches with one scale per tensor decode at five stages where 160 KiB of shared
+    memory or more is there; per-token-head caches (a scale load per tile), 16-bit caches, heads
+    over 128 and 99-KiB cards keep two."""
+    def stages(**overrides):
+        return _decode(planner, num_seqs, seq_len, **overrides).num_stages
+
+    assert stages(one_byte_kv=True) == 5
+    assert stages(one_byte_kv=True, kv_per_token_head=True) == 2
+    assert stages() == 2
+    assert stages(one_byte_kv=True, head_size=256) == 2
+    assert stages(one_byte_kv=True, shared_memory_per_block=99 * 1024) == 2
+
+
+@pytest.mark.dispatch
+@pytest.mark.quick
+@pytest.mark.parametrize("mode,per_token_head", [(None, False), ("fp8_per_tensor", False),
+                                                 ("fp8_per_token_head", True)])
+def test_make_plan_tells_the_planner_the_kv_quant_mode(planner, monkeypatch, mode, per_token_head):
+    """``make_plan`` (what ``unified_attention`` launches) passes ``kv_quant_mode`` on, so a
+    per-token-head cache is not planned like a per-tensor one."""
+    import kernels.api
+
+    seen = {}
+    monkeypatch.setattr(kernels.api, "plan_launch", lambda **kw: seen.update(kw))
+    inputs = build(tables.find("quick-fp8kv"), "meta", seed=0)
+    kernels.api.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.max_seqlen_k,
+                          kv_quant_mode=mode)
+    assert seen["one_byte_kv"] and seen["kv_per_token_head"] == per_token_head
 
 
 @pytest.mark.dispatch
@@ -159,5 +197,5 @@ def test_prefill_pipeline_depth_follows_the_cards_shared_memory(planner):
     assert planner.plan_launch(**prefill).num_stages == 5  # the default: an H100 / H200
     assert planner.plan_launch(**prefill, shared_memory_per_block=163 * kib).num_stages == 5
     assert planner.plan_launch(**prefill, shared_memory_per_block=99 * kib).num_stages == 3
-    for shared in (99 * kib, 227 * kib):
+    for shared in (99 * kib, 227 * kib):  # 16-bit caches; fp8 ones: test_fp8_caches_decode_at_five_stages
         assert _decode(planner, 16, 4096, shared_memory_per_block=shared).num_stages == 2

@@ -206,6 +206,18 @@ CATALOG: tuple[Mutant, ...] = (
         "deep = shared_memory_per_block >= DEEP_PIPELINE_SHARED"), file="plan.py",
        note="a performance bug no output shows: killed by the planner test "
             "test_one_byte_caches_prefill_in_64_row_blocks (quick)"),
+    _m("pth-decode-deep",
+       "per-token-head caches decode at five pipeline stages like per-tensor fp8 (H200, int8 per-token-head "
+       "decode bs16 L4096: 63.9 us instead of 61.1); outputs are unchanged, only the schedule",
+       ("fp8_decode = (one_byte_kv and not kv_per_token_head and head_pad <= 128",
+        "fp8_decode = (one_byte_kv and head_pad <= 128"), file="plan.py",
+       note="a performance bug no output shows: killed by the planner test "
+            "test_fp8_caches_decode_at_five_stages (quick)"),
+    _m("plan-ignores-kv-quant-mode",
+       "make_plan does not tell the planner about per-token-head caches: they are planned as per-tensor fp8",
+       ("kv_per_token_head=kv_quant_mode_name(kv_quant_mode, k.dtype) in PER_TOKEN_HEAD_MODES,",
+        "kv_per_token_head=False,"), file="api.py",
+       note="a performance bug no output shows: killed by test_make_plan_tells_the_planner_the_kv_quant_mode (quick)"),
     _m("batch-invariant-unpinned",
        "batch-invariant mode pins the path only when split_kv is given: the heuristic's batch-dependent "
        "segment count leaks into a sequence's result",
