@@ -253,6 +253,7 @@ def unified_attention(
     _attention._paged_attention_kernel[plan.grid](
         *attention_args, BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q, TILE=plan.tile_size,
         SEQ_GRID=False, NARROW_Q=0 if narrow is None else narrow.block_q, AWAIT_PRIMARY=False,
+        TABLE_AHEAD=plan.table_ahead,
         PROGRAMMATIC_LAUNCH=(split or narrow is not None) and programmatic,
         num_warps=plan.num_warps, num_stages=plan.num_stages, **attention_flags,
     )
@@ -261,7 +262,7 @@ def unified_attention(
         # wide grid's last wave leaves idle (the two write disjoint rows of out).
         _attention._paged_attention_kernel[narrow.grid](
             *attention_args, BLOCK_M=narrow.block_m, BLOCK_Q=narrow.block_q, TILE=narrow.tile_size,
-            SEQ_GRID=True, NARROW_Q=0, AWAIT_PRIMARY=programmatic, PROGRAMMATIC_LAUNCH=False,
+            SEQ_GRID=True, NARROW_Q=0, AWAIT_PRIMARY=programmatic, PROGRAMMATIC_LAUNCH=False, TABLE_AHEAD=False,
             num_warps=narrow.num_warps, num_stages=narrow.num_stages, **attention_flags,
             **({"launch_pdl": True} if programmatic else {}),
         )

@@ -84,6 +84,7 @@ class LaunchPlan:
     reduce_num_warps: int  # warps per reduction program
     reason: str
     narrow: NarrowPlan | None = None  # 2D prefill/mixed batches: the decode-sized launch for short sequences
+    table_ahead: bool = False  # block-table ids loaded one KV tile ahead, into registers (prefill-sized launches)
 
     @property
     def segments_pad(self) -> int:
@@ -100,7 +101,8 @@ def effective_window(window_size, causal: bool) -> tuple[int, int]:
 
 
 # Shared memory one program may use (the opt-in maximum): H100 / H200 227 KiB, A100 163 KiB,
-# sm_86 / sm_89 99 KiB. Five prefill stages take 130 KiB (bf16, 128 rows of head 128).
+# sm_86 / sm_89 99 KiB. Three prefill stages take 129 KiB on sm_90 (bf16, 128 rows of head 128),
+# five fp8 decode stages 73 KiB; under DEEP_PIPELINE_SHARED both take fewer.
 HOPPER_SHARED_PER_BLOCK = 227 * 1024
 DEEP_PIPELINE_SHARED = 160 * 1024
 
@@ -142,19 +144,18 @@ def _warps_and_stages(block_m: int, head_pad: int, decode_sized: bool, interpret
         return 1, 1
     big = block_m * head_pad >= 128 * 128
     # Two stages measured best for decode (more stages cost shared memory, hence occupancy).
-    # Prefill: five. A tile's K/V copies need its block-table entries, themselves copied one
-    # stage earlier, so with three or four stages the loop waits at its top for every copy in
-    # flight (ttgir async_wait num=0, SASS DEPBAR.LE SB0, 0x0): the next tile's K/V are fetched
-    # while nothing else runs (still so with one table entry per cache block). Five keep one
-    # tile's copies in flight across an iteration (3 K/V buffers, 130 KiB shared, 1 program of
-    # 8 warps per SM). H200, one table entry per key: 4x2048 575.7 -> 491.4 us,
-    # 1x8192 1953.5 -> 1517.0, mixed 267.6 -> 229.5, fp8 q + fp8 KV 4x2048 486.1 -> 427.4;
-    # six changed nothing; 128-key tiles at five stages (255 registers) were slower (528 us).
-    # Cards with less shared memory per block (sm_86 / sm_89: 99 KiB) keep three stages, 97.5 KiB.
-    # One-byte caches' 64-row programs keep three too: at 50 KiB three programs share an SM and
-    # cover each other's waits (H200, fp8 q + fp8 KV prefill 4x2048: 417.9 us at five, 373.9 at
-    # three, 375.1 at four, 450.2 at two; measured with fp8 queries only; bf16 at 64 rows and
-    # three stages lost: 4x2048 433.3 -> 456.6, 1x8192 1358 -> 1639).
+    # Prefill: three, with the block-table ids loaded one tile ahead into registers
+    # (``table_ahead``). With the ids copied in the loop like K/V, a tile's K/V copies waited on
+    # its table copy of one stage earlier, so at three or four stages the loop waited at its top
+    # for every copy in flight (ttgir async_wait num=0, SASS DEPBAR.LE SB0, 0x0) and five were
+    # needed (130 KiB, H200: 4x2048 575.7 -> 491.4 us). With the ids ahead, three stages keep K/V
+    # copies in flight (`wait 2`, 129 KiB at 128 bf16 rows; 1 program of 8 warps per SM either
+    # way). H200, 4x2048 / 1x8192 / mixed: five stages 432.4 / 1399.7 / 221.6 us, ids ahead at
+    # five 424.0 / 1249.8 / 212.0, at three 392.1 / 1219.3 / 209.8; 64 rows of 4 warps at three
+    # (2 per SM) 405.6 / 1280.7 / 214.5. Cards with under 160 KiB per block (sm_86 / sm_89: 99
+    # KiB) take two stages (sm_86: 64 KiB). One-byte caches' 64-row programs take three on every
+    # card (sm_90: 65 KiB, three programs per SM; before the ids went ahead: 417.9 us at five
+    # stages, 373.9 at three, 375.1 at four, 450.2 at two, fp8 queries only; with them 346.2).
     # fp8 caches with one scale per tensor decode at five stages where shared memory allows: the
     # loop then waits leaving later tiles' copies in flight instead of none (sm_90: `wait 3` vs
     # `wait 0`, 73 vs 41 KiB shared, 255 registers and 2 programs per SM either way). H200, fp8
@@ -164,8 +165,8 @@ def _warps_and_stages(block_m: int, head_pad: int, decode_sized: bool, interpret
         fp8_decode = (one_byte_kv and not kv_per_token_head and head_pad <= 128
                       and shared_memory_per_block >= DEEP_PIPELINE_SHARED)
         return (8 if big else 4), (5 if fp8_decode else 2)
-    deep = shared_memory_per_block >= DEEP_PIPELINE_SHARED and not one_byte_kv
-    return (8 if big else 4), (2 if head_pad > 128 else (5 if deep else 3))
+    three = shared_memory_per_block >= DEEP_PIPELINE_SHARED or one_byte_kv
+    return (8 if big else 4), (2 if head_pad > 128 else (3 if three else 2))
 
 
 def _round_power_of_2(x: float) -> int:
@@ -291,4 +292,5 @@ def plan_launch(
         reduce_num_warps=1 if interpreter else 4,
         reason=reason,
         narrow=narrow,
+        table_ahead=not (decode and not batch_invariant),
     )

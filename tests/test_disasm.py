@@ -126,10 +126,12 @@ def test_disasm_refuses_the_interpreter_and_bad_arguments():
 @pytest.mark.quick  # the catalog's prefill-pipeline-shallow shows in no output: this is its quick-tier kill
 @pytest.mark.skipif(not _nvidia_tools_present(), reason="Triton's NVIDIA backend tools (cuobjdump) are not installed")
 def test_prefill_keeps_kv_copies_in_flight_across_iterations(tmp_path, impl):
-    """The planner's prefill pipeline is deep enough that no KV walk drains its copies each tile.
+    """No prefill KV walk drains its copies each tile.
 
-    A tile's K/V copies wait on its block-table copies, so at three or four stages the loop's
-    wait let nothing stay in flight (H200 prefill 4x2048: 575.7 us at three, 491.4 at five).
+    With the block-table ids copied in the loop, a tile's K/V copies wait on them, so at three
+    stages the loop's wait let nothing stay in flight (H200 prefill 4x2048: 575.7 us; five
+    stages 491.4); with the ids loaded a tile ahead (the plan's ``table_ahead``) three keep K/V
+    copies in flight (392.1 us).
     """
     if not impl.is_ours:
         pytest.skip("compiles kernels.unified_attention's prefill: not the implementation under test")

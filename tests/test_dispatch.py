@@ -140,13 +140,15 @@ def test_mixed_batches_give_short_sequences_a_narrow_launch(planner):
 @pytest.mark.dispatch
 @pytest.mark.quick
 def test_one_byte_caches_prefill_in_64_row_blocks(planner):
-    """fp8/int8 caches: prefill in 64-row blocks of 4 warps at three stages (three programs per SM);
-    16-bit caches keep 128 rows of 8 warps at five, and decode's block does not depend on the
-    cache's bytes."""
+    """fp8/int8 caches: prefill in 64-row blocks of 4 warps at three stages (three programs per SM),
+    on every card; 16-bit caches keep 128 rows of 8 warps, and decode's block does not depend on
+    the cache's bytes."""
     prefill = PREFILL_4X2048
     wide, one_byte = planner.plan_launch(**prefill), planner.plan_launch(**prefill, one_byte_kv=True)
-    assert (wide.block_m, wide.num_warps, wide.num_stages) == (128, 8, 5), wide
+    assert (wide.block_m, wide.num_warps, wide.num_stages) == (128, 8, 3), wide
     assert (one_byte.block_m, one_byte.num_warps, one_byte.num_stages) == (64, 4, 3), one_byte
+    small_card = planner.plan_launch(**prefill, one_byte_kv=True, shared_memory_per_block=99 * 1024)
+    assert small_card.num_stages == 3, small_card
     two_byte_decode = _decode(planner, 16, 4096)
     one_byte_decode = _decode(planner, 16, 4096, one_byte_kv=True)
     assert dataclasses.replace(one_byte_decode, num_stages=two_byte_decode.num_stages) == two_byte_decode
@@ -188,14 +190,28 @@ def test_make_plan_tells_the_planner_the_kv_quant_mode(planner, monkeypatch, mod
 
 @pytest.mark.dispatch
 @pytest.mark.quick
+def test_prefill_sized_launches_load_the_block_table_one_tile_ahead(planner):
+    """Prefill, mixed and batch-invariant launches read each KV tile's block-table ids one tile
+    ahead (what lets three stages keep copies in flight); decode launches read them in the loop
+    (ahead, fp8 decode's five stages no longer fit two programs per SM)."""
+    assert planner.plan_launch(**PREFILL_4X2048).table_ahead
+    assert planner.plan_launch(**PREFILL_4X2048, one_byte_kv=True).table_ahead
+    assert _decode(planner, 16, 4096, batch_invariant=True).table_ahead
+    for num_seqs, seq_len in ((1, 510), (1, 131_072), (256, 4096)):
+        assert not _decode(planner, num_seqs, seq_len).table_ahead
+        assert not _decode(planner, num_seqs, seq_len, one_byte_kv=True).table_ahead
+
+
+@pytest.mark.dispatch
+@pytest.mark.quick
 def test_prefill_pipeline_depth_follows_the_cards_shared_memory(planner):
-    """Prefill pipelines five stages (130 KiB at 128 rows of head 128) where a program may use
-    160 KiB or more (H100 / H200 227, A100 163), three (97.5 KiB) on 99-KiB cards (sm_86 / sm_89),
-    which five would not fit; decode keeps two everywhere."""
+    """Prefill pipelines three stages (129 KiB on sm_90 at 128 rows of head 128) where a program
+    may use 160 KiB or more (H100 / H200 227, A100 163), two on 99-KiB cards (sm_86 / sm_89), which
+    three would not fit; decode keeps two everywhere."""
     prefill = PREFILL_4X2048
     kib = 1024
-    assert planner.plan_launch(**prefill).num_stages == 5  # the default: an H100 / H200
-    assert planner.plan_launch(**prefill, shared_memory_per_block=163 * kib).num_stages == 5
-    assert planner.plan_launch(**prefill, shared_memory_per_block=99 * kib).num_stages == 3
+    assert planner.plan_launch(**prefill).num_stages == 3  # the default: an H100 / H200
+    assert planner.plan_launch(**prefill, shared_memory_per_block=163 * kib).num_stages == 3
+    assert planner.plan_launch(**prefill, shared_memory_per_block=99 * kib).num_stages == 2
     for shared in (99 * kib, 227 * kib):  # 16-bit caches; fp8 ones: test_fp8_caches_decode_at_five_stages
         assert _decode(planner, 16, 4096, shared_memory_per_block=shared).num_stages == 2

@@ -102,18 +102,26 @@ CATALOG: tuple[Mutant, ...] = (
         "phys_block = tl.load(block_table_row + block_index * stride_bt_blk)"),
        ("block_ids = tl.load(block_table_row + table_col * stride_bt_blk, mask=col_valid, other=0)",
         "block_ids = tl.load(block_table_row + table_col * stride_bt_blk)"),
+       ("col_valid = col_valid & (table_col * BLOCK_SIZE < key_hi) & ((table_col + 1) * BLOCK_SIZE > key_lo)",
+        "col_valid = col_valid"),
        ("mask = key_valid[:, None] & dim_valid[None, :]", "mask = dim_valid[None, :]")),
     _m("block-index-by-tile",
        "a key's block-table column counted in KV tiles, not cache blocks (power-of-two blocks; right only "
        "where the tile and the block hold the same number of keys)",
        ("block_index = (key_u // BLOCK_SIZE).to(tl.int32, bitcast=True)",
         "block_index = (key_u // TILE).to(tl.int32, bitcast=True)"),
-       ("table_col = (tile * TILE) // BLOCK_SIZE", "table_col = (tile * TILE) // TILE")),
+       ("\n    table_col = (tile * TILE) // BLOCK_SIZE", "\n    table_col = (tile * TILE) // TILE"),
+       ("\n                table_col = (tile * TILE) // BLOCK_SIZE", "\n                table_col = (tile * TILE) // TILE")),
     _m("block-ids-interleaved",
        "a tile's per-block table entries broadcast across its keys in the wrong order: key k takes the id "
        "of block k % blocks-per-tile instead of k // block_size",
        ("tl.reshape(tl.broadcast_to(block_ids[:, None], [BLOCKS_PER_TILE, TILE // BLOCKS_PER_TILE]),",
         "tl.reshape(tl.broadcast_to(block_ids[None, :], [TILE // BLOCKS_PER_TILE, BLOCKS_PER_TILE]),")),
+    _m("table-ahead-off-by-one",
+       "prefill's block-table ids read a tile ahead are read for the current tile again: each tile after the "
+       "first gathers its K/V from the previous tile's blocks",
+       ("_tile_block_ids(block_table_row, stride_bt_blk, tile + 1, tile_end,",
+        "_tile_block_ids(block_table_row, stride_bt_blk, tile, tile_end,")),
     _m("tile-vs-block",
        "key index of a KV tile computed with the cache block size where the tile size belongs",
        ("key = tile * TILE + offs", "key = tile * BLOCK_SIZE + offs")),
@@ -194,16 +202,19 @@ CATALOG: tuple[Mutant, ...] = (
        "split-KV planner aims at 8 programs per SM instead of the measured 2 (over-splits decode)",
        ("\nPROGRAMS_PER_SM = 2\n", "\nPROGRAMS_PER_SM = 8\n"), file="plan.py"),
     _m("prefill-pipeline-shallow",
-       "prefill back at three pipeline stages: each KV walk iteration waits for every copy in flight "
-       "(H200: prefill 4x2048 575.7 us instead of 491.4); outputs are unchanged, only the schedule",
-       ("(5 if deep else 3)", "3"), file="plan.py",
+       "prefill reads the block-table ids in the loop again: at three stages each KV walk iteration waits "
+       "for every copy in flight (H200: prefill 4x2048 575.7 us at three stages, 491.4 at five, 392.1 with the "
+       "ids a tile ahead); outputs are unchanged, only the schedule",
+       ("table_ahead=not (decode and not batch_invariant),", "table_ahead=False,"), file="plan.py",
        note="a performance bug no output shows: killed by the sm_90 compile check "
-            "test_prefill_keeps_kv_copies_in_flight_across_iterations (quick; needs Triton's cuobjdump)"),
-    _m("one-byte-prefill-deep",
-       "fp8 / int8 caches' 64-row prefill at five pipeline stages like 16-bit caches (H200, fp8 q + fp8 KV "
-       "prefill 4x2048: 417.9 us instead of 373.9); outputs are unchanged, only the schedule",
-       ("deep = shared_memory_per_block >= DEEP_PIPELINE_SHARED and not one_byte_kv",
-        "deep = shared_memory_per_block >= DEEP_PIPELINE_SHARED"), file="plan.py",
+            "test_prefill_keeps_kv_copies_in_flight_across_iterations (quick; needs Triton's cuobjdump) and the "
+            "planner test test_prefill_sized_launches_load_the_block_table_one_tile_ahead"),
+    _m("one-byte-prefill-two-stages",
+       "fp8 / int8 caches' 64-row prefill at two pipeline stages on cards with under 160 KiB per block, like "
+       "16-bit caches (H200, fp8 q + fp8 KV prefill 4x2048 at two stages: 450.2 us instead of 373.9, measured "
+       "with the ids in the loop); outputs are unchanged, only the schedule",
+       ("three = shared_memory_per_block >= DEEP_PIPELINE_SHARED or one_byte_kv",
+        "three = shared_memory_per_block >= DEEP_PIPELINE_SHARED"), file="plan.py",
        note="a performance bug no output shows: killed by the planner test "
             "test_one_byte_caches_prefill_in_64_row_blocks (quick)"),
     _m("pth-decode-deep",
