@@ -23,6 +23,7 @@ signature, else the peer is recorded n/a with the reason.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from dataclasses import dataclass, field
@@ -148,6 +149,11 @@ class Peer:
         descales, quant = self.quant_args(inputs)
         extra.update(quant)
         func = self.impl.func
+        if self.style == "split_kv" and "workspace" in self.impl.params:
+            workspace = self._workspace(inputs, quant)
+            if workspace is not None:
+                extra["workspace"] = workspace
+                config = "own choice, with a preallocated workspace (as the heuristic column)"
 
         def make(c: int):
             def call():
@@ -158,6 +164,20 @@ class Peer:
 
         return PeerCalls([make(c) for c in range(inputs.copies)], config, extra)
 
+
+    def _workspace(self, inputs, quant: dict):
+        """A split-KV peer's own ``Workspace`` (a copy of our kernels: its package's class), sized by its
+        own plan, so its calls allocate nothing, as the heuristic column's do; None if the package has none."""
+        package = sys.modules.get(getattr(self.impl.func, "__module__", "").rpartition(".")[0])
+        workspace_cls, make_plan = getattr(package, "Workspace", None), getattr(package, "make_plan", None)
+        if workspace_cls is None or make_plan is None:
+            return None
+        q0, point = inputs.q[0], inputs.point
+        plan = make_plan(q0, inputs.k_cache, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.max_seqlen_k,
+                         **{k: v for k, v in quant.items() if k == "kv_quant_mode"})
+        return workspace_cls(q0.shape[0], point.num_q_heads, point.head_size, max(plan.num_segments, 1), q0.device,
+                             **({"max_num_seqs": point.num_seqs}
+                                if "max_num_seqs" in inspect.signature(workspace_cls).parameters else {}))
 
     def quant_args(self, inputs) -> tuple[tuple, dict]:
         """The positional (q_descale, k_descale, v_descale) and the keywords of the point's formats.

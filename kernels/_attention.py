@@ -4,10 +4,14 @@ One kernel body serves both paths: ``SPLIT_KV=False`` is the 2D kernel (grid: qu
 heads; it normalizes and stores the output), ``SPLIT_KV=True`` is the 3D kernel (a third grid
 axis over KV segments; it stores each segment's unnormalized output, running max and exp-sum
 into the workspace). Both walk KV tiles with the same inner loop, ``_attend_tiles``, and decide
-visibility with the same helper, ``_visible``. ``_reduce_segments_kernel`` merges the segments.
-With ``PROGRAMMATIC_LAUNCH`` (Hopper and later) the reduction is launched as a programmatic
-dependent of the 3D kernel: it is scheduled while the 3D kernel runs, does its metadata prologue,
-and waits (``gdc_wait``) for the 3D kernel's completion and memory before reading a partial.
+visibility with the same helper, ``_visible``. The segments are merged by ``_segment_weights`` and
+``_merge_partials``, in one of two places: with ``FUSED_MERGE`` (small split decodes) the 3D
+kernel's last program of each (query block, KV head) to finish, found by an atomic arrival count
+in the workspace, merges them itself; otherwise ``_reduce_segments_kernel`` does, in a second
+launch. With ``PROGRAMMATIC_LAUNCH`` (Hopper and later) that reduction is launched as a
+programmatic dependent of the 3D kernel: it is scheduled while the 3D kernel runs, does its
+metadata prologue, and waits (``gdc_wait``) for the 3D kernel's completion and memory before
+reading a partial.
 
 Conventions shared by every kernel here:
 - Scores are kept in log2 units (scaled by log2(e)) so the softmax uses exp2; softcap, ALiBi
@@ -454,10 +458,78 @@ def _stage_tiles(STAGE: tl.constexpr, tile_a, tile_b, tile_c, tile_d):
 
 
 @triton.jit
+def _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sink, USE_SINKS: tl.constexpr):
+    """Each segment's weight ``exp2(m_s - top)`` and the merged normalizer, for ``[rows, segments]``
+    offsets ``part``; segments outside ``valid`` weigh 0. ``.cg`` loads: L2, never a stale L1 line
+    (the fused merge reads partials other programs of the same launch wrote)."""
+    seg_max = tl.load(part_max_ptr + part, mask=valid, other=float("-inf"), cache_modifier=".cg")
+    seg_sum = tl.load(part_sum_ptr + part, mask=valid, other=0.0, cache_modifier=".cg")
+    top = tl.max(seg_max, 1)
+    if USE_SINKS:
+        top = tl.maximum(top, sink)
+    # All segments empty and no sink: shift by 0 so every weight is exp2(-inf) = 0, not NaN.
+    top = tl.where(top == float("-inf"), 0.0, top)
+    weight = tl.exp2(seg_max - top[:, None])
+    denom = tl.sum(seg_sum * weight, 1)
+    if USE_SINKS:
+        denom += tl.exp2(sink - top)
+    return weight, denom
+
+
+@triton.jit
+def _merge_partials(part_acc_ptr, part, valid, weight, denom, dims, dim_valid, HEAD_PAD: tl.constexpr):
+    """``[rows, dims]``: the segments' partial outputs, weighted, summed and normalized (0 where
+    the normalizer is 0: a row that saw no key and no sink)."""
+    acc = tl.load(part_acc_ptr + part[:, :, None] * HEAD_PAD + dims[None, None, :],
+                  mask=valid[:, :, None] & dim_valid[None, None, :], other=0.0, cache_modifier=".cg")
+    return tl.sum(acc * weight[:, :, None], 1) / tl.where(denom == 0.0, 1.0, denom)[:, None]
+
+
+@triton.jit
+def _store_output(o_ptrs, result, mask, output_scale_ptr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr):
+    """Store normalized rows into out (fp8 out: divided by its scale and saturated first)."""
+    if OUT_FP8:
+        result = result / tl.load(output_scale_ptr)
+        result = tl.minimum(tl.maximum(result, -OUT_FP8_MAX), OUT_FP8_MAX)
+    tl.store(o_ptrs, result.to(o_ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _merge_block_segments(
+    out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, sinks_ptr, output_scale_ptr,
+    first_token, num_block_tokens, first_head, active, stride_o_tok, stride_o_head, stride_o_dim,
+    stride_part_tok, stride_part_head, NUM_QUERIES_PER_KV: tl.constexpr, MERGE_HEADS: tl.constexpr,
+    MERGE_SEGMENTS: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr,
+    USE_SINKS: tl.constexpr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr,
+):
+    """The fused merge: the output of ``num_block_tokens`` tokens from ``first_token`` on, for the
+    ``NUM_QUERIES_PER_KV`` heads from ``first_head`` on, from their ``active`` segments' partials
+    (the planner bounds heads x segments x head dims: all held at once)."""
+    heads = first_head + tl.arange(0, MERGE_HEADS)
+    head_valid = tl.arange(0, MERGE_HEADS) < NUM_QUERIES_PER_KV
+    segs = tl.arange(0, MERGE_SEGMENTS)
+    valid = head_valid[:, None] & (segs < active)[None, :]
+    if USE_SINKS:
+        sink = tl.load(sinks_ptr + heads, mask=head_valid, other=float("-inf")).to(tl.float32) * LOG2E
+    else:
+        sink = tl.zeros([MERGE_HEADS], tl.float32)  # unused
+    dims = tl.arange(0, HEAD_PAD)
+    dim_valid = dims < HEAD_SIZE
+    # Decode blocks hold one token; the loop keeps any other block (bad metadata) memory-safe.
+    for t in range(0, num_block_tokens):
+        token = (first_token + t).to(tl.int64)
+        part = token * stride_part_tok + heads[:, None] * stride_part_head + segs[None, :]
+        weight, denom = _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sink, USE_SINKS)
+        result = _merge_partials(part_acc_ptr, part, valid, weight, denom, dims, dim_valid, HEAD_PAD)
+        o_ptrs = out_ptr + token * stride_o_tok + heads[:, None] * stride_o_head + dims[None, :] * stride_o_dim
+        _store_output(o_ptrs, result, head_valid[:, None] & dim_valid[None, :], output_scale_ptr, OUT_FP8, OUT_FP8_MAX)
+
+
+@triton.jit
 def _paged_attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, block_table_ptr, cu_seqlens_q_ptr, seqused_k_ptr,
     alibi_ptr, sinks_ptr, k_descale_ptr, v_descale_ptr, output_scale_ptr, q_descale_ptr,
-    part_acc_ptr, part_max_ptr, part_sum_ptr, prefix_ptr, k_scale_ptr, v_scale_ptr,
+    part_acc_ptr, part_max_ptr, part_sum_ptr, prefix_ptr, k_scale_ptr, v_scale_ptr, merge_counter_ptr,
     stride_q_tok, stride_q_head, stride_q_dim,
     stride_o_tok, stride_o_head, stride_o_dim,
     stride_k_blk, stride_k_slot, stride_k_head, stride_k_dim,
@@ -477,6 +549,7 @@ def _paged_attention_kernel(
     KV_PER_TOKEN_HEAD: tl.constexpr, Q_FP8: tl.constexpr, PV_F16: tl.constexpr,
     PROGRAMMATIC_LAUNCH: tl.constexpr, SEQ_GRID: tl.constexpr, NARROW_Q: tl.constexpr,
     AWAIT_PRIMARY: tl.constexpr, TABLE_AHEAD: tl.constexpr,
+    FUSED_MERGE: tl.constexpr, MERGE_HEADS: tl.constexpr, MERGE_SEGMENTS: tl.constexpr,
 ):
     if PROGRAMMATIC_LAUNCH:
         # Let the dependent launch start now: the reduction (it waits for this grid before reading
@@ -556,7 +629,9 @@ def _paged_attention_kernel(
         first_tile, tiles_per_segment, active = _segment_layout(seq_len, q_len, window_left, chunk_size,
                                                                 chunk_lookback, num_segments, range_first, TILE,
                                                                 CHUNKED, USE_PREFIX)
-        if segment >= active:
+        # With the fused merge a sequence with no tile still has one (empty) segment: its program
+        # is the one that writes the rows' output.
+        if segment >= (tl.maximum(active, 1) if FUSED_MERGE else active):
             return
         seg_lo = first_tile + segment * tiles_per_segment
         seg_hi = seg_lo + tiles_per_segment
@@ -630,14 +705,28 @@ def _paged_attention_kernel(
         tl.store(part_sum_ptr + part, l_i, mask=row_valid)
         acc_ptrs = part_acc_ptr + part[:, None] * HEAD_PAD + dims[None, :]
         tl.store(acc_ptrs, acc, mask=row_valid[:, None])
+        if FUSED_MERGE:
+            # The last program of this (query block, KV head) to store its partials merges them all,
+            # so no second launch is needed. Counters are indexed by grid position, not metadata, so
+            # whatever the metadata holds every program of a row agrees on `active` and the count
+            # returns to zero. The barrier orders every thread's partial stores before the counter's
+            # release (gpu scope); the last program's acquire orders its reads after every other's.
+            tl.debug_barrier()
+            counter_ptr = merge_counter_ptr + (tl.program_id(0) * tl.num_programs(1) + kv_head)
+            arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
+            if arrived == tl.maximum(active, 1) - 1:
+                tl.store(counter_ptr, 0)  # each launch leaves the counters as it found them: zero
+                _merge_block_segments(
+                    out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, sinks_ptr, output_scale_ptr,
+                    q_start + local_block * BLOCK_Q, tl.minimum(BLOCK_Q, q_len - local_block * BLOCK_Q),
+                    kv_head * NUM_QUERIES_PER_KV, active, stride_o_tok, stride_o_head, stride_o_dim,
+                    stride_part_tok, stride_part_head, NUM_QUERIES_PER_KV, MERGE_HEADS, MERGE_SEGMENTS,
+                    HEAD_SIZE, HEAD_PAD, USE_SINKS, OUT_FP8, OUT_FP8_MAX)
     else:
         # l_i == 0 only for rows that saw no key and no sink: their acc is 0, so they store 0.
         result = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-        if OUT_FP8:
-            result = result / tl.load(output_scale_ptr)
-            result = tl.minimum(tl.maximum(result, -OUT_FP8_MAX), OUT_FP8_MAX)
         o_ptrs = out_ptr + q_rows[:, None] * stride_o_tok + row_head[:, None] * stride_o_head + dims[None, :] * stride_o_dim
-        tl.store(o_ptrs, result.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & dim_valid[None, :])
+        _store_output(o_ptrs, result, row_valid[:, None] & dim_valid[None, :], output_scale_ptr, OUT_FP8, OUT_FP8_MAX)
     if AWAIT_PRIMARY:
         # A programmatic dependent of the wide launch needs none of its results, but no program of
         # it ends before that launch has: whatever the stream runs next reads every row of out.
@@ -683,26 +772,13 @@ def _reduce_segments_kernel(
     segs = tl.arange(0, SEGMENTS_PAD)
     valid = head_valid[:, None] & (segs < active)[None, :]
     part = token.to(tl.int64) * stride_part_tok + heads[:, None] * stride_part_head + segs[None, :]
-    seg_max = tl.load(part_max_ptr + part, mask=valid, other=float("-inf"))
-    seg_sum = tl.load(part_sum_ptr + part, mask=valid, other=0.0)
-    top = tl.max(seg_max, 1)
     if USE_SINKS:
         sink = tl.load(sinks_ptr + heads, mask=head_valid, other=float("-inf")).to(tl.float32) * LOG2E
-        top = tl.maximum(top, sink)
-    # All segments empty and no sink: shift by 0 so every weight is exp2(-inf) = 0, not NaN.
-    top = tl.where(top == float("-inf"), 0.0, top)
-    weight = tl.exp2(seg_max - top[:, None])
-    denom = tl.sum(seg_sum * weight, 1)
-    if USE_SINKS:
-        denom += tl.exp2(sink - top)
-
+    else:
+        sink = tl.zeros([HEADS], tl.float32)  # unused
+    weight, denom = _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sink, USE_SINKS)
     dims = tl.program_id(2) * DIMS + tl.arange(0, DIMS)
     dim_valid = dims < HEAD_SIZE
-    acc = tl.load(part_acc_ptr + part[:, :, None] * HEAD_PAD + dims[None, None, :],
-                  mask=valid[:, :, None] & dim_valid[None, None, :], other=0.0)
-    result = tl.sum(acc * weight[:, :, None], 1) / tl.where(denom == 0.0, 1.0, denom)[:, None]
-    if OUT_FP8:
-        result = result / tl.load(output_scale_ptr)
-        result = tl.minimum(tl.maximum(result, -OUT_FP8_MAX), OUT_FP8_MAX)
+    result = _merge_partials(part_acc_ptr, part, valid, weight, denom, dims, dim_valid, HEAD_PAD)
     o_ptrs = out_ptr + token.to(tl.int64) * stride_o_tok + heads[:, None] * stride_o_head + dims[None, :] * stride_o_dim
-    tl.store(o_ptrs, result.to(out_ptr.dtype.element_ty), mask=head_valid[:, None] & dim_valid[None, :])
+    _store_output(o_ptrs, result, head_valid[:, None] & dim_valid[None, :], output_scale_ptr, OUT_FP8, OUT_FP8_MAX)

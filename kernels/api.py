@@ -118,6 +118,7 @@ def make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, *, split_kv=None, 
         kv_per_token_head=kv_quant_mode_name(kv_quant_mode, k.dtype) in PER_TOKEN_HEAD_MODES,
         max_visible_keys=visible_key_span(max_seqlen_q, max_seqlen_k, window_size, chunk_lookback),
         shared_memory_per_block=_shared_memory_per_block(q.device),
+        merge_counters=None if workspace is None else workspace.merge_counters.numel(),
     )
 
 
@@ -139,10 +140,13 @@ def unified_attention(
     ``workspace`` (a ``Workspace``) makes the 3D path allocation-free; ``batch_invariant``
     makes a sequence's output independent of the rest of the batch. ``num_segments`` above
     ``plan.MAX_SEGMENTS`` (128) is an error (``num_segments: ...``), never a silent clamp.
-    An empty batch (cu_seqlens_q ``[0]``, no sequences) returns ``out`` untouched. On CUDA devices
-    of compute capability 9+ the split path's reduction is a programmatic dependent launch of the 3D
-    kernel (scheduled while that kernel runs, it waits for it before reading a partial; CUDA graphs
-    capture the dependency): H200, bs1 decode L510 7.6 -> 6.6 us.
+    An empty batch (cu_seqlens_q ``[0]``, no sequences) returns ``out`` untouched. A split decode
+    with a small merge (``LaunchPlan.fused_merge``) merges its segments in the 3D launch, counting
+    arrivals in the workspace's ``merge_counters`` (left at zero by every call: calls sharing a
+    workspace must be stream-ordered). Otherwise, on CUDA devices of compute capability 9+, the
+    split path's reduction is a programmatic dependent launch of the 3D kernel (scheduled while
+    that kernel runs, it waits for it before reading a partial; CUDA graphs capture the
+    dependency): H200, bs1 decode L510 7.6 -> 6.6 us.
 
     Metadata values (cu_seqlens_q, seqused_k, block_table) are not read on the host, so a call
     never syncs and can be captured in a CUDA graph. With invalid metadata the output is
@@ -209,8 +213,9 @@ def unified_attention(
     window_left, window_right = effective_window(window_size, causal)
     split = plan.path == "3d"
     if split and workspace is None:
-        workspace = Workspace(num_tokens, num_q_heads, head_size, plan.num_segments, q.device)
+        workspace = Workspace(num_tokens, num_q_heads, head_size, plan.num_segments, q.device, max_num_seqs=num_seqs)
     part_acc, part_max, part_sum = (workspace.acc, workspace.max, workspace.expsum) if split else (q, q, q)
+    merge_counters = workspace.merge_counters if plan.fused_merge else cu_seqlens_q
     part_strides = (part_max.stride(0), part_max.stride(1)) if split else (0, 0)
     softcap = float(softcap or 0.0)
     per_token_head = kv_quant_mode_name(kv_quant_mode, k.dtype) in PER_TOKEN_HEAD_MODES
@@ -232,7 +237,7 @@ def unified_attention(
         _or(alibi_slopes, q), _or(sinks, q), _or(k_descale, q), _or(v_descale, q), _or(output_scale, q),
         _or(q_descale, q),
         part_acc, part_max, part_sum, _or(mm_prefix_range, cu_seqlens_q),
-        _or(k_scale_cache, q), _or(v_scale_cache, q),
+        _or(k_scale_cache, q), _or(v_scale_cache, q), merge_counters,
         *q.stride(), *out.stride(), *k.stride(), *v.stride(), *block_table.stride(), *part_strides,
         num_seqs, num_tokens, k.shape[0], kv_capacity,
         softmax_scale * _attention.LOG2E.value, softcap * _attention.LOG2E.value,
@@ -247,14 +252,14 @@ def unified_attention(
         KV_FP8=kv_fp8, SPLIT_KV=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         CHUNKED=chunked, **prefix_flags, DESCALE_PER_HEAD=per_head, KV_PER_TOKEN_HEAD=per_token_head,
         Q_FP8=q.dtype in FP8_CACHE_DTYPES, PV_F16=fp8_cache and q.dtype != torch.float32,
-        **common,
+        FUSED_MERGE=plan.fused_merge, MERGE_HEADS=plan.merge_heads, MERGE_SEGMENTS=plan.segments_pad, **common,
     )
     narrow = plan.narrow
     _attention._paged_attention_kernel[plan.grid](
         *attention_args, BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q, TILE=plan.tile_size,
         SEQ_GRID=False, NARROW_Q=0 if narrow is None else narrow.block_q, AWAIT_PRIMARY=False,
         TABLE_AHEAD=plan.table_ahead,
-        PROGRAMMATIC_LAUNCH=(split or narrow is not None) and programmatic,
+        PROGRAMMATIC_LAUNCH=((split and not plan.fused_merge) or narrow is not None) and programmatic,
         num_warps=plan.num_warps, num_stages=plan.num_stages, **attention_flags,
     )
     if narrow is not None:
@@ -266,7 +271,7 @@ def unified_attention(
             num_warps=narrow.num_warps, num_stages=narrow.num_stages, **attention_flags,
             **({"launch_pdl": True} if programmatic else {}),
         )
-    if split:
+    if split and not plan.fused_merge:
         _attention._reduce_segments_kernel[plan.reduce_grid](
             out, part_acc, part_max, part_sum, cu_seqlens_q, seqused_k, _or(sinks, q), _or(output_scale, q),
             _or(mm_prefix_range, cu_seqlens_q),

@@ -23,6 +23,8 @@ Heuristic (fitted to a segment-count sweep on an H100, benchmarks/results/*-tune
 - A split decode sequence with fewer 128-key tiles than wanted segments halves its tile (down to
   ``MIN_DECODE_TILE``) until it has enough: H200, bs1, 32/8 heads of 128: L510 7.6 us at 32 x 16
   keys vs 10.0 at 4 x 128 (vLLM 8.1), L1300 9.9 vs 12.3, L2100 11.5 vs 13.1; L >= 6900 unchanged.
+- A split decode whose merge is small (``FUSED_MERGE_MAX_FLOATS``) merges in the 3D launch's last
+  program per (query block, KV head) instead of a reduction launch (``fused_merge``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ MIN_DECODE_TILE = 16
 REDUCE_DIM_BLOCK = 32
 # Window bound standing for "unlimited": larger than any sequence the kernels accept.
 UNLIMITED = 1 << 30
+# Split decode merges its segments in the attention launch (the last program of each query block
+# and KV head to finish) while one program's share, heads x segments x head dims, stays within this
+# many floats (16 KiB of partials), for heads of up to 128 dims; other splits keep the reduction
+# launch, which spreads a merge over heads and head-dim slices.
+FUSED_MERGE_MAX_FLOATS = 4096
 
 
 def next_power_of_2(n: int) -> int:
@@ -85,6 +92,8 @@ class LaunchPlan:
     reason: str
     narrow: NarrowPlan | None = None  # 2D prefill/mixed batches: the decode-sized launch for short sequences
     table_ahead: bool = False  # block-table ids loaded one KV tile ahead, into registers (prefill-sized launches)
+    fused_merge: bool = False  # 3D: the attention launch merges the segments itself (no reduce_grid launch)
+    merge_heads: int = 1  # fused merge: query heads per KV head, padded to a power of two
 
     @property
     def segments_pad(self) -> int:
@@ -196,6 +205,7 @@ def plan_launch(
     split_kv: bool | None = None, num_segments: int | None = None, batch_invariant: bool = False,
     max_segments: int | None = None, max_visible_keys: int | None = None, one_byte_kv: bool = False,
     kv_per_token_head: bool = False, shared_memory_per_block: int = HOPPER_SHARED_PER_BLOCK,
+    merge_counters: int | None = None,
 ) -> LaunchPlan:
     """Plan a launch from shapes and host integers only (no device reads).
 
@@ -204,6 +214,9 @@ def plan_launch(
 
     ``max_visible_keys``: the most keys one sequence's queries see together (chunked attention
     bounds it below ``max_seqlen_k``); the segment count is chosen for that span. None: max_seqlen_k.
+
+    ``merge_counters``: the arrival counters a caller's workspace holds (None: the call allocates
+    its own); the fused merge needs one per (query block, KV head) of the grid.
     """
     num_queries_per_kv = num_q_heads // num_kv_heads
     head_pad = next_power_of_2(head_size)
@@ -269,6 +282,16 @@ def plan_launch(
 
     num_warps, num_stages = _warps_and_stages(block_m, head_pad, decode and not batch_invariant, interpreter,
                                               shared_memory_per_block, one_byte_kv, kv_per_token_head)
+    merge_heads = next_power_of_2(num_queries_per_kv)
+    merge_lanes = merge_heads * next_power_of_2(segments) * head_pad
+    # Decode only: there a query block holds one token, so the last program merges one token's heads.
+    # H200, 32/8 heads of 128 (reduction launch -> fused, us): bs16 L4096 (2 segments) 71.2 -> 69.8,
+    # fp8 KV bs16 53.7 -> 52.1, bs4 (8) 25.5 -> 25.3, 32/32 heads bs1 L13300 (8) 58.6 -> 58.3; one
+    # program merging 32 segments of 4 heads loses to the reduction's 128: bs1 L510 6.5 -> 7.3,
+    # L131072 131.5 -> 132.0, int8 per-token-head 112.1 -> 116.4 (7.2 at L510 with 16 segments);
+    # heads of 256, bs16 (2 segments): 145.1 -> 151.0.
+    fused_merge = (path == "3d" and decode and head_pad <= 128 and merge_lanes <= FUSED_MERGE_MAX_FLOATS
+                   and (merge_counters is None or num_q_blocks * num_kv_heads <= merge_counters))
     # One head per reduction program keeps GPU registers small; the interpreter, which pays
     # per program, merges every head of a token at once.
     reduce_heads = next_power_of_2(num_q_heads) if interpreter else 1
@@ -284,7 +307,7 @@ def plan_launch(
         num_stages=num_stages,
         grid=(num_q_blocks, num_kv_heads, segments),
         reduce_grid=(num_tokens, math.ceil(num_q_heads / reduce_heads), head_pad // reduce_dims)
-        if path == "3d" else None,
+        if path == "3d" and not fused_merge else None,
         reduce_heads=reduce_heads,
         reduce_dims=reduce_dims,
         # A reduction program holds at most HEADS x SEGMENTS x DIMS lanes; the interpreter runs
@@ -293,4 +316,6 @@ def plan_launch(
         reason=reason,
         narrow=narrow,
         table_ahead=not (decode and not batch_invariant),
+        fused_merge=fused_merge,
+        merge_heads=merge_heads,
     )

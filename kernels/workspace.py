@@ -8,15 +8,21 @@ from .plan import next_power_of_2
 
 
 class Workspace:
-    """Per-segment partial outputs, maxima and exp-sums for up to ``max_num_tokens`` query tokens.
+    """Per-segment partial outputs, maxima and exp-sums for up to ``max_num_tokens`` query tokens,
+    and the fused merge's arrival counters.
 
     For decode batches one token is one sequence, so ``max_num_tokens`` is the largest batch.
-    ``num_segments`` is the most segments a call may use. Nothing in it needs initializing: the
-    3D kernel writes every entry the reduction reads.
+    ``num_segments`` is the most segments a call may use. The partials need no initializing: the
+    3D kernel writes every entry a merge reads. The counters (one per query block and KV head of a
+    split decode grid, for up to ``max_num_seqs`` sequences, default ``max_num_tokens``) start at
+    zero and every launch leaves them at zero; a call whose grid has more falls back to the
+    reduction launch. Calls sharing a workspace must be ordered (one stream), as for the partials.
     """
 
-    def __init__(self, max_num_tokens: int, num_q_heads: int, head_size: int, num_segments: int, device="cuda"):
-        if min(max_num_tokens, num_q_heads, head_size, num_segments) < 1:
+    def __init__(self, max_num_tokens: int, num_q_heads: int, head_size: int, num_segments: int, device="cuda",
+                 max_num_seqs: int | None = None):
+        max_num_seqs = max_num_tokens if max_num_seqs is None else max_num_seqs
+        if min(max_num_tokens, num_q_heads, head_size, num_segments, max_num_seqs) < 1:
             raise ValueError("Workspace: every size must be >= 1")
         self.max_num_tokens = max_num_tokens
         self.num_q_heads = num_q_heads
@@ -27,6 +33,9 @@ class Workspace:
         self.acc = torch.empty(*shape, self.head_pad, dtype=torch.float32, device=device)
         self.max = torch.empty(shape, dtype=torch.float32, device=device)
         self.expsum = torch.empty(shape, dtype=torch.float32, device=device)
+        # A split grid has at most num_tokens + num_seqs query blocks, each with <= num_q_heads KV heads.
+        self.merge_counters = torch.zeros((max_num_tokens + max_num_seqs) * num_q_heads, dtype=torch.int32,
+                                          device=device)
 
     @property
     def device(self) -> torch.device:
@@ -43,7 +52,8 @@ class Workspace:
             raise ValueError(f"workspace: on {self.device}, call is on {device}")
 
     def fill_(self, value: float) -> "Workspace":
-        """Poison every buffer (tests use NaN to prove no unwritten entry is read)."""
+        """Poison the partials (tests use NaN to prove no unwritten entry is read); the counters
+        are state, not scratch, and stay zero."""
         for t in (self.acc, self.max, self.expsum):
             t.fill_(value)
         return self

@@ -131,3 +131,22 @@ def test_bench_ceiling_runs_every_column_on_the_same_values(device, monkeypatch,
     from benchmarks.sweep import CHECK_TOLERANCE
 
     assert all(float(r[-1]) < CHECK_TOLERANCE for r in rows), rows  # bf16 outputs, as the sweep checks them
+
+
+def test_bench_split_kv_peer_gets_its_own_preallocated_workspace():
+    """A copy of our kernels timed as a peer (``--impl NAME=kernels_x:unified_attention``) runs with
+    a workspace of its own package, built before timing, as the heuristic column does: without one
+    each timed call would allocate its partials and zero its merge counters."""
+    import kernels
+    from benchmarks.peers import Peer, parse_impl
+
+    peer = Peer.load(parse_impl("copy=kernels:unified_attention"))
+    assert peer.error is None and peer.style == "split_kv"
+    inputs = build_inputs(_point("decode-bs16-L4096").scaled(64), 2, "cpu", torch.float32, fill=False)
+    calls = peer.build(inputs)
+    workspace = calls.buffers.get("workspace")
+    assert isinstance(workspace, kernels.Workspace), calls.buffers
+    plan = kernels.make_plan(inputs.q[0], inputs.k_cache, inputs.cu_seqlens_q, inputs.max_seqlen_q,
+                             inputs.max_seqlen_k)
+    assert workspace.num_segments == plan.num_segments and workspace.max_num_tokens == inputs.q[0].shape[0]
+    assert "preallocated workspace" in calls.config

@@ -2,7 +2,7 @@
 
 import pytest
 
-from attention_suite import run_case, same_bits, slice_sequence, tables
+from attention_suite import build, same_bits, run_case, slice_sequence, split_workspace, tables
 
 CASES = [tables.composition_case(c) for c in ("mixed", "decode", "varlen")]
 # The quick tier's cross-section: "mixed" holds a decode and a prefill sequence, so alone each may
@@ -34,3 +34,27 @@ def test_batch_invariant_mode(ctx, case):
         alone = ctx.impl.run(alone_inputs, "auto", batch_invariant=True)
         assert same_bits(alone[: rows.stop - rows.start], batched[rows]), (
             f"{case.name}: sequence {seq} differs alone vs in the batch")
+
+
+@pytest.mark.determinism
+@pytest.mark.quick
+def test_fused_merge_workspace_reused_across_calls(ctx):
+    """A split decode that merges in the attention launch counts arrivals in the workspace: every
+    call must leave the counters at zero, so repeated calls on one workspace (what a replayed CUDA
+    graph does) give the same bits."""
+    if not ctx.impl.is_ours:
+        pytest.skip("the workspace's merge counters are kernels.Workspace's")
+    import kernels
+
+    case = tables.find("quick-decode-window-sinks")
+    inputs = build(case, ctx.device, ctx.seed)
+    workspace = split_workspace(inputs, case.num_segments)
+    plan = kernels.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.max_seqlen_k,
+                             split_kv=True, num_segments=case.num_segments, workspace=workspace)
+    assert plan.fused_merge, f"{case.name} no longer takes the fused merge: pick a case that does"
+    # On a GPU the programs of a (query block, KV head) finish in any order: repeat enough to see a race.
+    repeats = 200 if tables.ON_GPU else 3
+    outs = [ctx.impl.run(inputs, "3d", workspace=workspace, num_segments=case.num_segments) for _ in range(repeats)]
+    assert int(workspace.merge_counters.abs().sum()) == 0, "a call left merge counters non-zero"
+    for again in outs[1:]:
+        assert same_bits(outs[0], again), f"{case.name}: a call on a reused workspace changed the output"

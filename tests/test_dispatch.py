@@ -215,3 +215,34 @@ def test_prefill_pipeline_depth_follows_the_cards_shared_memory(planner):
     assert planner.plan_launch(**prefill, shared_memory_per_block=99 * kib).num_stages == 2
     for shared in (99 * kib, 227 * kib):  # 16-bit caches; fp8 ones: test_fp8_caches_decode_at_five_stages
         assert _decode(planner, 16, 4096, shared_memory_per_block=shared).num_stages == 2
+
+
+@pytest.mark.dispatch
+@pytest.mark.quick
+@pytest.mark.parametrize("num_seqs,seq_len,segments", [(16, 4096, 2), (4, 4096, 8)])
+def test_small_split_decode_merges_in_the_attention_launch(planner, num_seqs, seq_len, segments):
+    """A split decode whose merge is small (heads x segments x head dims <= FUSED_MERGE_MAX_FLOATS,
+    heads of <= 128 dims) merges in its last program per (query block, KV head): no reduction
+    launch. Larger merges, heads of 256, prefill splits and workspaces without enough counters keep it."""
+    plan = _decode(planner, num_seqs, seq_len)
+    assert (plan.path, plan.num_segments, plan.fused_merge, plan.reduce_grid) == ("3d", segments, True, None), plan
+    assert plan.merge_heads == 4
+    counters = plan.grid[0] * plan.grid[1]
+    assert _decode(planner, num_seqs, seq_len, merge_counters=counters).fused_merge
+    kept = [_decode(planner, num_seqs, seq_len, merge_counters=counters - 1),  # the workspace is short
+            _decode(planner, num_seqs, seq_len, head_size=256),
+            _decode(planner, num_seqs, seq_len, num_segments=2 * planner.FUSED_MERGE_MAX_FLOATS // (4 * 128))]
+    for other in kept:
+        assert other.path == "3d" and not other.fused_merge and other.reduce_grid is not None, other
+
+
+@pytest.mark.dispatch
+@pytest.mark.quick
+def test_wide_merges_keep_the_reduction_launch(planner):
+    """bs1 decode splits 32 ways: one program merging 4 heads x 32 segments lost to the reduction's
+    128 programs (H200 L510: 7.3 vs 6.5 us)."""
+    for seq_len in (510, 13_300, 131_072):
+        plan = _decode(planner, 1, seq_len)
+        assert plan.num_segments == 32 and not plan.fused_merge and plan.reduce_grid is not None, plan
+    prefill = planner.plan_launch(**PREFILL_4X2048, split_kv=True)
+    assert prefill.path == "3d" and not prefill.fused_merge

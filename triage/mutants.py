@@ -94,7 +94,7 @@ CATALOG: tuple[Mutant, ...] = (
        "a row that sees no key in a segment divides by a zero exp-sum",
        ("tl.store(acc_ptrs, acc, mask=row_valid[:, None])",
         "tl.store(acc_ptrs, acc / l_i[:, None], mask=row_valid[:, None])"),
-       ("result = tl.sum(acc * weight[:, :, None], 1)", "result = tl.sum(acc * (seg_sum * weight)[:, :, None], 1)")),
+       ("    return weight, denom\n", "    return weight * seg_sum, denom\n")),
     _m("bt-unmasked",
        "masked phase reads block-table entries without the key mask and gathers V from whatever block "
        "they name (keys past the sequence end / outside the window)",
@@ -155,8 +155,32 @@ CATALOG: tuple[Mutant, ...] = (
             "a NaN workspace); the short split cases of the quick tier finish before the reduction reads"),
     _m("reduce-all-segments",
        "reduction reads every segment slot, including segments past `active` that were never written",
-       ("valid = head_valid[:, None] & (segs < active)[None, :]",
-        "valid = head_valid[:, None] & (segs < num_segments)[None, :]")),
+       ("segs = tl.arange(0, SEGMENTS_PAD)\n    valid = head_valid[:, None] & (segs < active)[None, :]",
+        "segs = tl.arange(0, SEGMENTS_PAD)\n    valid = head_valid[:, None] & (segs < num_segments)[None, :]")),
+    _m("fused-merge-all-segments",
+       "the fused merge reads every padded segment slot, including segments past `active` never written",
+       ("segs = tl.arange(0, MERGE_SEGMENTS)\n    valid = head_valid[:, None] & (segs < active)[None, :]",
+        "segs = tl.arange(0, MERGE_SEGMENTS)\n    valid = head_valid[:, None] & (segs < MERGE_SEGMENTS)[None, :]")),
+    _m("fused-merge-counter-kept",
+       "the fused merge's last program leaves its arrival counter where it is: the next call on the workspace "
+       "merges early (or never)",
+       ("tl.store(counter_ptr, 0)  # each launch", "pass  # each launch")),
+    _m("fused-merge-counter-per-head",
+       "arrival counters indexed by KV head only: every query block of a batch counts on the same one",
+       ("counter_ptr = merge_counter_ptr + (tl.program_id(0) * tl.num_programs(1) + kv_head)",
+        "counter_ptr = merge_counter_ptr + kv_head"),
+       gpu_only=True,
+       note="the interpreter runs a row's segment programs back to back (grid z innermost), so a shared "
+            "counter still counts one row at a time; on a GPU rows interleave: split decode cases of more "
+            "than one sequence in the quick and numerics tiers"),
+    _m("fused-merge-no-sink",
+       "the fused merge forgets the sink logit in the normalizer (the reduction launch keeps it)",
+       ("""        sink = tl.load(sinks_ptr + heads, mask=head_valid, other=float("-inf")).to(tl.float32) * LOG2E
+    else:
+        sink = tl.zeros([MERGE_HEADS], tl.float32)  # unused""",
+        """        sink = tl.full([MERGE_HEADS], float("-inf"), tl.float32)
+    else:
+        sink = tl.zeros([MERGE_HEADS], tl.float32)  # unused""")),
     _m("gqa-interleaved",
        "GQA head mapping interleaved (query head h uses KV head h % num_kv_heads, not h // group)",
        ("row_head = kv_head * NUM_QUERIES_PER_KV + rows % NUM_QUERIES_PER_KV",
@@ -193,7 +217,8 @@ CATALOG: tuple[Mutant, ...] = (
        ("start += mid", "start += 0")),
     _m("store-without-row-mask",
        "2D epilogue stores every row of the block, past the sequence's last query",
-       ("mask=row_valid[:, None] & dim_valid[None, :])", "mask=dim_valid[None, :])")),
+       ("_store_output(o_ptrs, result, row_valid[:, None] & dim_valid[None, :],",
+        "_store_output(o_ptrs, result, dim_valid[None, :],")),
     _m("scale-not-log2",
        "softmax scale passed in natural-log units to an exp2 softmax",
        ("softmax_scale * _attention.LOG2E.value", "softmax_scale"), file="api.py"),
@@ -201,6 +226,13 @@ CATALOG: tuple[Mutant, ...] = (
     _m("planner-mistuned",
        "split-KV planner aims at 8 programs per SM instead of the measured 2 (over-splits decode)",
        ("\nPROGRAMS_PER_SM = 2\n", "\nPROGRAMS_PER_SM = 8\n"), file="plan.py"),
+    _m("fused-merge-never",
+       "split decode always launches the reduction, small merges included (H200 bs16 L4096: 69.8 -> 71.2 us)",
+       ("    fused_merge = (path == \"3d\" and decode", "    fused_merge = False and (path == \"3d\" and decode"),
+       file="plan.py"),
+    _m("fused-merge-wide",
+       "one program merges 32 segments of 4 heads (bs1 decode) instead of the reduction launch (H200 L510: 6.5 -> 7.3 us)",
+       ("\nFUSED_MERGE_MAX_FLOATS = 4096\n", "\nFUSED_MERGE_MAX_FLOATS = 16384\n"), file="plan.py"),
     _m("prefill-pipeline-shallow",
        "prefill reads the block-table ids in the loop again: at three stages each KV walk iteration waits "
        "for every copy in flight (H200: prefill 4x2048 575.7 us at three stages, 491.4 at five, 392.1 with the "
