@@ -458,12 +458,14 @@ def _stage_tiles(STAGE: tl.constexpr, tile_a, tile_b, tile_c, tile_d):
 
 
 @triton.jit
-def _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sink, USE_SINKS: tl.constexpr):
+def _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sink, USE_SINKS: tl.constexpr, CACHE: tl.constexpr):
     """Each segment's weight ``exp2(m_s - top)`` and the merged normalizer, for ``[rows, segments]``
-    offsets ``part``; segments outside ``valid`` weigh 0. ``.cg`` loads: L2, never a stale L1 line
-    (the fused merge reads partials other programs of the same launch wrote)."""
-    seg_max = tl.load(part_max_ptr + part, mask=valid, other=float("-inf"), cache_modifier=".cg")
-    seg_sum = tl.load(part_sum_ptr + part, mask=valid, other=0.0, cache_modifier=".cg")
+    offsets ``part``; segments outside ``valid`` weigh 0. ``CACHE``: the partial loads' cache
+    modifier: the fused merge reads partials other programs of the same launch wrote, with ``.cg``
+    (L2, never an L1 line; sm_90 `LDG.E.STRONG.GPU`); the reduction launch, which reads them after
+    the 3D launch is done, with plain loads (`LDG.E`), as it was timed before the fused merge."""
+    seg_max = tl.load(part_max_ptr + part, mask=valid, other=float("-inf"), cache_modifier=CACHE)
+    seg_sum = tl.load(part_sum_ptr + part, mask=valid, other=0.0, cache_modifier=CACHE)
     top = tl.max(seg_max, 1)
     if USE_SINKS:
         top = tl.maximum(top, sink)
@@ -477,11 +479,12 @@ def _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sink, USE_SINKS: t
 
 
 @triton.jit
-def _merge_partials(part_acc_ptr, part, valid, weight, denom, dims, dim_valid, HEAD_PAD: tl.constexpr):
+def _merge_partials(part_acc_ptr, part, valid, weight, denom, dims, dim_valid, HEAD_PAD: tl.constexpr,
+                    CACHE: tl.constexpr):
     """``[rows, dims]``: the segments' partial outputs, weighted, summed and normalized (0 where
-    the normalizer is 0: a row that saw no key and no sink)."""
+    the normalizer is 0: a row that saw no key and no sink); ``CACHE`` as in ``_segment_weights``."""
     acc = tl.load(part_acc_ptr + part[:, :, None] * HEAD_PAD + dims[None, None, :],
-                  mask=valid[:, :, None] & dim_valid[None, None, :], other=0.0, cache_modifier=".cg")
+                  mask=valid[:, :, None] & dim_valid[None, None, :], other=0.0, cache_modifier=CACHE)
     return tl.sum(acc * weight[:, :, None], 1) / tl.where(denom == 0.0, 1.0, denom)[:, None]
 
 
@@ -519,8 +522,8 @@ def _merge_block_segments(
     for t in range(0, num_block_tokens):
         token = (first_token + t).to(tl.int64)
         part = token * stride_part_tok + heads[:, None] * stride_part_head + segs[None, :]
-        weight, denom = _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sink, USE_SINKS)
-        result = _merge_partials(part_acc_ptr, part, valid, weight, denom, dims, dim_valid, HEAD_PAD)
+        weight, denom = _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sink, USE_SINKS, ".cg")
+        result = _merge_partials(part_acc_ptr, part, valid, weight, denom, dims, dim_valid, HEAD_PAD, ".cg")
         o_ptrs = out_ptr + token * stride_o_tok + heads[:, None] * stride_o_head + dims[None, :] * stride_o_dim
         _store_output(o_ptrs, result, head_valid[:, None] & dim_valid[None, :], output_scale_ptr, OUT_FP8, OUT_FP8_MAX)
 
@@ -776,9 +779,9 @@ def _reduce_segments_kernel(
         sink = tl.load(sinks_ptr + heads, mask=head_valid, other=float("-inf")).to(tl.float32) * LOG2E
     else:
         sink = tl.zeros([HEADS], tl.float32)  # unused
-    weight, denom = _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sink, USE_SINKS)
+    weight, denom = _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sink, USE_SINKS, "")
     dims = tl.program_id(2) * DIMS + tl.arange(0, DIMS)
     dim_valid = dims < HEAD_SIZE
-    result = _merge_partials(part_acc_ptr, part, valid, weight, denom, dims, dim_valid, HEAD_PAD)
+    result = _merge_partials(part_acc_ptr, part, valid, weight, denom, dims, dim_valid, HEAD_PAD, "")
     o_ptrs = out_ptr + token.to(tl.int64) * stride_o_tok + heads[:, None] * stride_o_head + dims[None, :] * stride_o_dim
     _store_output(o_ptrs, result, head_valid[:, None] & dim_valid[None, :], output_scale_ptr, OUT_FP8, OUT_FP8_MAX)
