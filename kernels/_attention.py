@@ -561,8 +561,9 @@ def _paged_attention_kernel(
     kv_head = tl.program_id(1)
     segment = tl.program_id(2)
     if SEQ_GRID:
-        # The narrow launch of a mixed batch: one program per (sequence, KV head), for the
-        # sequences of at most BLOCK_Q tokens (decodes); the wide launch owns the others.
+        # One program per (sequence, KV head) for the sequences of at most BLOCK_Q tokens: a decode
+        # launch (every sequence; one longer than its max_seqlen_q is bad metadata and gets no
+        # output), or a mixed batch's narrow launch (its decodes; the wide launch owns the others).
         seq = tl.program_id(0)
         q_start, q_len, seq_len = _sequence_extent(cu_seqlens_q_ptr, seqused_k_ptr, seq, num_tokens, kv_capacity)
         local_block = 0

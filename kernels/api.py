@@ -257,7 +257,7 @@ def unified_attention(
     narrow = plan.narrow
     _attention._paged_attention_kernel[plan.grid](
         *attention_args, BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q, TILE=plan.tile_size,
-        SEQ_GRID=False, NARROW_Q=0 if narrow is None else narrow.block_q, AWAIT_PRIMARY=False,
+        SEQ_GRID=plan.seq_grid, NARROW_Q=0 if narrow is None else narrow.block_q, AWAIT_PRIMARY=False,
         TABLE_AHEAD=plan.table_ahead,
         PROGRAMMATIC_LAUNCH=((split and not plan.fused_merge) or narrow is not None) and programmatic,
         num_warps=plan.num_warps, num_stages=plan.num_stages, **attention_flags,

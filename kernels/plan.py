@@ -93,6 +93,7 @@ class LaunchPlan:
     narrow: NarrowPlan | None = None  # 2D prefill/mixed batches: the decode-sized launch for short sequences
     table_ahead: bool = False  # block-table ids loaded one KV tile ahead, into registers (prefill-sized launches)
     fused_merge: bool = False  # 3D: the attention launch merges the segments itself (no reduce_grid launch)
+    seq_grid: bool = False  # grid axis 0 counts sequences, not query blocks (decode: no sequence search)
     merge_heads: int = 1  # fused merge: query heads per KV head, padded to a power of two
 
     @property
@@ -284,6 +285,14 @@ def plan_launch(
                                               shared_memory_per_block, one_byte_kv, kv_per_token_head)
     merge_heads = next_power_of_2(num_queries_per_kv)
     merge_lanes = merge_heads * next_power_of_2(segments) * head_pad
+    # Decode launches index programs by sequence (a block holds one token): no program searches
+    # cu_seqlens_q for its sequence, a chain of dependent loads before its first KV read (log2 of
+    # the batch deep), and no surplus programs exit. Batch-invariant launches keep one grid for all.
+    # H200 (block-indexed -> sequence-indexed, us): bs1 L510 6.46 -> 6.36, L3700 11.58 -> 11.39, bs4
+    # 25.22 -> 24.98, bs16 69.91 -> 69.52, bs64 255.65 -> 254.74, bs256 1002.5 -> 1000.0, heads of
+    # 256 bs16 145.4 -> 143.9, int8 per-token-head bs16 61.58 -> 60.90; fp8 bs1 L131072 94.43 -> 94.82.
+    seq_grid = decode and not batch_invariant
+    grid_rows = num_seqs if seq_grid else num_q_blocks
     # Decode only: there a query block holds one token, so the last program merges one token's heads.
     # H200, 32/8 heads of 128 (reduction launch -> fused, us): bs16 L4096 (2 segments) 71.2 -> 69.8,
     # fp8 KV bs16 53.7 -> 52.1, bs4 (8) 25.5 -> 25.3, 32/32 heads bs1 L13300 (8) 58.6 -> 58.3; one
@@ -291,7 +300,7 @@ def plan_launch(
     # L131072 131.5 -> 132.0, int8 per-token-head 112.1 -> 116.4 (7.2 at L510 with 16 segments);
     # heads of 256, bs16 (2 segments): 145.1 -> 151.0.
     fused_merge = (path == "3d" and decode and head_pad <= 128 and merge_lanes <= FUSED_MERGE_MAX_FLOATS
-                   and (merge_counters is None or num_q_blocks * num_kv_heads <= merge_counters))
+                   and (merge_counters is None or grid_rows * num_kv_heads <= merge_counters))
     # One head per reduction program keeps GPU registers small; the interpreter, which pays
     # per program, merges every head of a token at once.
     reduce_heads = next_power_of_2(num_q_heads) if interpreter else 1
@@ -305,7 +314,7 @@ def plan_launch(
         num_segments=segments,
         num_warps=num_warps,
         num_stages=num_stages,
-        grid=(num_q_blocks, num_kv_heads, segments),
+        grid=(grid_rows, num_kv_heads, segments),
         reduce_grid=(num_tokens, math.ceil(num_q_heads / reduce_heads), head_pad // reduce_dims)
         if path == "3d" and not fused_merge else None,
         reduce_heads=reduce_heads,
@@ -317,5 +326,6 @@ def plan_launch(
         narrow=narrow,
         table_ahead=not (decode and not batch_invariant),
         fused_merge=fused_merge,
+        seq_grid=seq_grid,
         merge_heads=merge_heads,
     )

@@ -246,3 +246,18 @@ def test_wide_merges_keep_the_reduction_launch(planner):
         assert plan.num_segments == 32 and not plan.fused_merge and plan.reduce_grid is not None, plan
     prefill = planner.plan_launch(**PREFILL_4X2048, split_kv=True)
     assert prefill.path == "3d" and not prefill.fused_merge
+
+
+@pytest.mark.dispatch
+@pytest.mark.quick
+def test_decode_launches_index_programs_by_sequence(planner):
+    """Decode grids count sequences, so no program searches cu_seqlens_q for its own (a chain of
+    dependent loads before its first KV read) and none is surplus; prefill, mixed and
+    batch-invariant grids count query blocks."""
+    for num_seqs, seq_len in ((1, 510), (4, 4096), (16, 4096), (256, 4096)):
+        plan = _decode(planner, num_seqs, seq_len)
+        assert plan.seq_grid and plan.grid[0] == num_seqs, plan
+    invariant = _decode(planner, 16, 4096, batch_invariant=True)
+    assert not invariant.seq_grid and invariant.grid[0] == 16 // invariant.block_q + 16
+    prefill = planner.plan_launch(**PREFILL_4X2048)
+    assert not prefill.seq_grid and prefill.grid[0] == 8192 // prefill.block_q + 4

@@ -157,6 +157,10 @@ CATALOG: tuple[Mutant, ...] = (
        "reduction reads every segment slot, including segments past `active` that were never written",
        ("segs = tl.arange(0, SEGMENTS_PAD)\n    valid = head_valid[:, None] & (segs < active)[None, :]",
         "segs = tl.arange(0, SEGMENTS_PAD)\n    valid = head_valid[:, None] & (segs < num_segments)[None, :]")),
+    _m("seq-grid-full-block-skipped",
+       "a sequence-indexed launch skips sequences of exactly BLOCK_Q tokens (decodes when BLOCK_Q is 1, "
+       "a mixed batch's narrow launch at its block size)",
+       ("        if (q_len == 0) | (q_len > BLOCK_Q):", "        if (q_len == 0) | (q_len >= BLOCK_Q):")),
     _m("fused-merge-all-segments",
        "the fused merge reads every padded segment slot, including segments past `active` never written",
        ("segs = tl.arange(0, MERGE_SEGMENTS)\n    valid = head_valid[:, None] & (segs < active)[None, :]",
@@ -226,6 +230,10 @@ CATALOG: tuple[Mutant, ...] = (
     _m("planner-mistuned",
        "split-KV planner aims at 8 programs per SM instead of the measured 2 (over-splits decode)",
        ("\nPROGRAMS_PER_SM = 2\n", "\nPROGRAMS_PER_SM = 8\n"), file="plan.py"),
+    _m("decode-grid-by-block",
+       "decode launches count query blocks again: every program searches cu_seqlens_q for its sequence "
+       "(dependent loads before its first KV read) and surplus programs exit",
+       ("    seq_grid = decode and not batch_invariant\n", "    seq_grid = False\n"), file="plan.py"),
     _m("fused-merge-never",
        "split decode always launches the reduction, small merges included (H200 bs16 L4096: 69.8 -> 71.2 us)",
        ("    fused_merge = (path == \"3d\" and decode", "    fused_merge = False and (path == \"3d\" and decode"),
