@@ -2,7 +2,7 @@
 
 import pytest
 
-from attention_suite import build, same_bits, run_case, slice_sequence, split_workspace, tables
+from attention_suite import build, run_case, same_bits, slice_sequence, split_workspace, tables
 
 CASES = [tables.composition_case(c) for c in ("mixed", "decode", "varlen")]
 # The quick tier's cross-section: "mixed" holds a decode and a prefill sequence, so alone each may
