@@ -159,7 +159,7 @@ def unified_attention(
     one behaves as 0. Checked mode, ``check_metadata=True`` or ``ATTN_CHECK_METADATA=1`` in the
     environment (read per call), runs ``validate_metadata`` first (a device sync; not for
     graph capture) and raises its ValueError, naming the argument, before anything is
-    launched or written.
+    launched or written; it also refuses a workspace whose merge counters are not zero.
 
     Keyword-only features (vLLM's names; the defaults compile the kernels without them):
       * ``k_descale``/``v_descale`` of an fp8 cache: one element, or ``[num_seqs, num_kv_heads]``
@@ -196,7 +196,8 @@ def unified_attention(
         kv_quant_mode=kv_quant_mode, k_scale_cache=k_scale_cache, v_scale_cache=v_scale_cache,
         split_kv=split_kv, batch_invariant=batch_invariant, check_metadata=check_metadata,
     )
-    if check_metadata or metadata_check_forced():
+    checked = check_metadata or metadata_check_forced()
+    if checked:
         validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table,
                           mm_prefix_range=mm_prefix_range)
     _check_backend(q, out)
@@ -213,6 +214,11 @@ def unified_attention(
     kv_capacity = min(block_table.shape[1] * k.shape[1], KV_CAPACITY_LIMIT)
     window_left, window_right = effective_window(window_size, causal)
     split = plan.path == "3d"
+    if checked and plan.fused_merge and workspace is not None and bool(workspace.merge_counters.any()):
+        # Only a launch that never finished (or one on another stream) leaves a counter non-zero; with
+        # one the fused merge would merge early or never. Checked mode may sync, so it looks.
+        raise ValueError("workspace: merge_counters are not all zero (a launch on this workspace did not "
+                         "finish, or another stream shares it); call workspace.reset_counters_()")
     if split and workspace is None:
         workspace = Workspace(num_tokens, num_q_heads, head_size, plan.num_segments, q.device, max_num_seqs=num_seqs)
     part_acc, part_max, part_sum = (workspace.acc, workspace.max, workspace.expsum) if split else (q, q, q)

@@ -51,6 +51,11 @@ class Workspace:
         if self.device != device:
             raise ValueError(f"workspace: on {self.device}, call is on {device}")
 
+    def reset_counters_(self) -> "Workspace":
+        """Zero the merge counters (needed only after a launch on this workspace failed mid-way)."""
+        self.merge_counters.zero_()
+        return self
+
     def fill_(self, value: float) -> "Workspace":
         """Poison the partials (tests use NaN to prove no unwritten entry is read); the counters
         are state, not scratch, and stay zero."""

@@ -147,3 +147,30 @@ def test_empty_batch_leaves_out_untouched(ctx):
     for call in (reference.unified_attention, ctx.impl.func):
         call(*args, **inputs.call_kwargs())
         assert same_bits(args[3], before), f"{getattr(call, '__module__', call)} wrote into out for an empty batch"
+
+
+@pytest.mark.bad_metadata
+@pytest.mark.quick
+def test_checked_mode_refuses_a_workspace_with_stale_merge_counters(ctx):
+    """A split decode that merges in the 3D launch counts arrivals in the workspace; a counter left
+    non-zero (a launch that never finished) would make it merge early or never. Checked mode refuses
+    such a workspace naming it, before writing; ``reset_counters_`` makes it usable again."""
+    if not ctx.impl.is_ours:
+        pytest.skip("merge counters are kernels.Workspace's")
+    import kernels
+
+    from attention_suite import compare, split_workspace
+
+    case = tables.find("quick-decode-window-sinks")
+    inputs = build(case, ctx.device, ctx.seed)
+    workspace = split_workspace(inputs, case.num_segments)
+    kwargs = dict(inputs.call_kwargs(), split_kv=True, num_segments=case.num_segments, workspace=workspace,
+                  check_metadata=True)
+    assert kernels.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.max_seqlen_k,
+                             split_kv=True, num_segments=case.num_segments, workspace=workspace).fused_merge
+    workspace.merge_counters[1] = 1
+    out = inputs.fresh_out()
+    _refused(kernels.unified_attention, inputs.call_args(out), kwargs, "workspace")
+    workspace.reset_counters_()
+    kernels.unified_attention(*inputs.call_args(out), **kwargs)
+    assert compare(inputs, out).passed

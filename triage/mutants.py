@@ -230,6 +230,11 @@ CATALOG: tuple[Mutant, ...] = (
     _m("planner-mistuned",
        "split-KV planner aims at 8 programs per SM instead of the measured 2 (over-splits decode)",
        ("\nPROGRAMS_PER_SM = 2\n", "\nPROGRAMS_PER_SM = 8\n"), file="plan.py"),
+    _m("stale-merge-counters-accepted",
+       "checked mode launches on a workspace whose merge counters are not zero (the fused merge then merges "
+       "early or never) instead of refusing it",
+       ("    if checked and plan.fused_merge and workspace is not None and bool(workspace.merge_counters.any()):",
+        "    if False:"), file="api.py"),
     _m("decode-grid-by-block",
        "decode launches count query blocks again: every program searches cu_seqlens_q for its sequence "
        "(dependent loads before its first KV read) and surplus programs exit",
@@ -313,7 +318,7 @@ CATALOG: tuple[Mutant, ...] = (
     _m("checked-mode-ignores-flag",
        "check_metadata=True is accepted but only the ATTN_CHECK_METADATA environment variable turns the "
        "metadata validation on",
-       ("if check_metadata or metadata_check_forced():", "if metadata_check_forced():"), file="api.py",
+       ("checked = check_metadata or metadata_check_forced()", "checked = metadata_check_forced()"), file="api.py",
        note="a checked-mode test: check_metadata=True with invalid metadata must raise the argument's "
             "ValueError and leave out untouched (bad_input / bad-metadata tier)"),
     _m("noncausal-full-tiles-past-seqlen",
