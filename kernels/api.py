@@ -144,9 +144,9 @@ def unified_attention(
     with a small merge (``LaunchPlan.fused_merge``) merges its segments in the 3D launch, counting
     arrivals in the workspace's ``merge_counters`` (left at zero by every call: calls sharing a
     workspace must be stream-ordered; a call without a workspace zeroes its own, one fill launch
-    where the reduction launch would have been). Otherwise, on CUDA devices of compute capability 9+, the
-    split path's reduction is a programmatic dependent launch of the 3D kernel (scheduled while
-    that kernel runs, it waits for it before reading a partial; CUDA graphs capture the
+    where the reduction launch would have been). Otherwise, on CUDA devices of compute capability
+    9+, the split path's reduction is a programmatic dependent launch of the 3D kernel (scheduled
+    while that kernel runs, it waits for it before reading a partial; CUDA graphs capture the
     dependency): H200, bs1 decode L510 7.6 -> 6.6 us.
 
     Metadata values (cu_seqlens_q, seqused_k, block_table) are not read on the host, so a call
