@@ -81,7 +81,11 @@ def _sequence_extent(cu_seqlens_q_ptr, seqused_k_ptr, seq, num_tokens, kv_capaci
     """
     q_start = tl.minimum(tl.maximum(tl.load(cu_seqlens_q_ptr + seq), 0), num_tokens)
     q_end = tl.minimum(tl.maximum(tl.load(cu_seqlens_q_ptr + seq + 1), q_start), num_tokens)
-    seq_len = tl.minimum(tl.maximum(tl.load(seqused_k_ptr + seq), 0), kv_capacity)
+    # volatile: otherwise the compiler sinks this load below the caller's early exit on q_len, and
+    # a decode program's first K/V load waits on one more dependent round trip (sm_90: cu_seqlens_q,
+    # then seqused_k, then the block table). H200 (us): bs1 L13300 22.82 -> 22.50, L131072 131.06
+    # -> 130.74, bs4 L4096 25.01 -> 24.87; bs1 L510 6.33 -> 6.30.
+    seq_len = tl.minimum(tl.maximum(tl.load(seqused_k_ptr + seq, volatile=True), 0), kv_capacity)
     return q_start, q_end - q_start, seq_len
 
 
@@ -347,8 +351,8 @@ def _attend_tiles(
                 # wait on no table copy of their own iteration: at three stages the loop keeps K/V
                 # copies in flight across iterations (sm_90 `wait 2`; `wait 0` with the ids copied in
                 # the loop). H200, bf16 prefill 4x2048 432.4 -> 392.1 us, 1x8192 1399.7 -> 1219.3,
-                # mixed 221.6 -> 209.8, fp8 q + fp8 KV prefill 373.1 -> 346.2. Decode keeps the ids
-                # in the loop: fp8 decode's five stages then took 137 KiB, one program per SM
+                # mixed 221.6 -> 209.8, fp8 q + fp8 KV prefill 373.1 -> 346.2. Five-stage (fp8)
+                # decode keeps the ids in the loop: ahead, it took 137 KiB, one program per SM
                 # (bs1 L131072 95.0 -> 151.9 us).
                 block_ids = ids_ahead
                 ids_ahead = _tile_block_ids(block_table_row, stride_bt_blk, tile + 1, tile_end, key_lo, key_hi,

@@ -91,7 +91,7 @@ class LaunchPlan:
     reduce_num_warps: int  # warps per reduction program
     reason: str
     narrow: NarrowPlan | None = None  # 2D prefill/mixed batches: the decode-sized launch for short sequences
-    table_ahead: bool = False  # block-table ids loaded one KV tile ahead, into registers (prefill-sized launches)
+    table_ahead: bool = False  # block-table ids loaded one KV tile ahead, into registers (all but fp8 decode)
     fused_merge: bool = False  # 3D: the attention launch merges the segments itself (no reduce_grid launch)
     seq_grid: bool = False  # grid axis 0 counts sequences, not query blocks (decode: no sequence search)
     merge_heads: int = 1  # fused merge: query heads per KV head, padded to a power of two
@@ -292,6 +292,12 @@ def plan_launch(
     # 25.22 -> 24.98, bs16 69.91 -> 69.52, bs64 255.65 -> 254.74, bs256 1002.5 -> 1000.0, heads of
     # 256 bs16 145.4 -> 143.9, int8 per-token-head bs16 61.58 -> 60.90; fp8 bs1 L131072 94.43 -> 94.82.
     seq_grid = decode and not batch_invariant
+    # Block-table ids a tile ahead, in registers (see _attend_tiles): every launch but five-stage
+    # (fp8) decode, where they cost the second program per SM. H200, decode of two stages (ids in
+    # the loop -> ahead, us): bs256 L4096 999.5 -> 984.8, bs64 254.8 -> 252.0, 32/32 heads bs16
+    # 254.7 -> 252.0, bs16 69.4 -> 68.9, heads of 256 bs16 143.9 -> 142.9, bs1 L131072 130.7 ->
+    # 129.9, L6900 15.65 -> 15.45; bs1 L510 6.30 -> 6.32, 32/32 heads bs1 L13300 57.7 -> 57.9.
+    table_ahead = not (decode and not batch_invariant) or num_stages <= 2
     grid_rows = num_seqs if seq_grid else num_q_blocks
     # Decode only: there a query block holds one token, so the last program merges one token's heads.
     # H200, 32/8 heads of 128 (reduction launch -> fused, us): bs16 L4096 (2 segments) 71.2 -> 69.8,
@@ -324,7 +330,7 @@ def plan_launch(
         reduce_num_warps=1 if interpreter else 4,
         reason=reason,
         narrow=narrow,
-        table_ahead=not (decode and not batch_invariant),
+        table_ahead=table_ahead,
         fused_merge=fused_merge,
         seq_grid=seq_grid,
         merge_heads=merge_heads,

@@ -250,10 +250,26 @@ CATALOG: tuple[Mutant, ...] = (
        "prefill reads the block-table ids in the loop again: at three stages each KV walk iteration waits "
        "for every copy in flight (H200: prefill 4x2048 575.7 us at three stages, 491.4 at five, 392.1 with the "
        "ids a tile ahead); outputs are unchanged, only the schedule",
-       ("table_ahead=not (decode and not batch_invariant),", "table_ahead=False,"), file="plan.py",
+       ("table_ahead = not (decode and not batch_invariant) or num_stages <= 2", "table_ahead = False"),
+       file="plan.py",
        note="a performance bug no output shows: killed by the sm_90 compile check "
             "test_prefill_keeps_kv_copies_in_flight_across_iterations (quick; needs Triton's cuobjdump) and the "
             "planner test test_prefill_sized_launches_load_the_block_table_one_tile_ahead"),
+    _m("decode-table-in-loop",
+       "two-stage decode copies each tile's block-table ids in the loop again instead of a tile ahead "
+       "(H200 bs256 L4096 984.8 -> 999.5 us, bs64 252.0 -> 254.8); outputs are unchanged, only the schedule",
+       ("table_ahead = not (decode and not batch_invariant) or num_stages <= 2",
+        "table_ahead = not (decode and not batch_invariant)"), file="plan.py",
+       note="a performance bug no output shows: killed by the planner test "
+            "test_prefill_sized_launches_load_the_block_table_one_tile_ahead"),
+    _m("metadata-load-sunk",
+       "seqused_k's load is left to the compiler, which sinks it below the early exit on the query length: "
+       "a decode program's first K/V copy waits on one more dependent load (H200 bs1 L13300 22.50 -> 22.82 us); "
+       "outputs are unchanged, only the schedule",
+       ("tl.load(seqused_k_ptr + seq, volatile=True), 0), kv_capacity)",
+        "tl.load(seqused_k_ptr + seq), 0), kv_capacity)"),
+       note="a performance bug no output shows: killed by the sm_90 compile check "
+            "test_decode_reads_all_its_metadata_before_its_first_exit (quick; needs Triton's cuobjdump)"),
     _m("one-byte-prefill-two-stages",
        "fp8 / int8 caches' 64-row prefill at two pipeline stages on cards with under 160 KiB per block, like "
        "16-bit caches (H200, fp8 q + fp8 KV prefill 4x2048 at two stages: 450.2 us instead of 373.9, measured "
@@ -311,8 +327,8 @@ CATALOG: tuple[Mutant, ...] = (
     _m("seqused-unclamped",
        "seqused_k is not bounded by the block table's capacity: keys past the row read the next row's entries "
        "(or past the table) and gather the blocks they name",
-       ("seq_len = tl.minimum(tl.maximum(tl.load(seqused_k_ptr + seq), 0), kv_capacity)",
-        "seq_len = tl.maximum(tl.load(seqused_k_ptr + seq), 0)"),
+       ("seq_len = tl.minimum(tl.maximum(tl.load(seqused_k_ptr + seq, volatile=True), 0), kv_capacity)",
+        "seq_len = tl.maximum(tl.load(seqused_k_ptr + seq, volatile=True), 0)"),
        note="bad-metadata tier: seqused_k past block_table.shape[1] * block_size, with the columns just past "
             "the row naming a NaN block; memcheck on a GPU (last row of an exactly-sized table)"),
     _m("checked-mode-ignores-flag",
