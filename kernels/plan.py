@@ -23,6 +23,9 @@ Heuristic (fitted to a segment-count sweep on an H100, benchmarks/results/*-tune
 - A split decode sequence with fewer 128-key tiles than wanted segments halves its tile (down to
   ``MIN_DECODE_TILE``) until it has enough: H200, bs1, 32/8 heads of 128: L510 7.6 us at 32 x 16
   keys vs 10.0 at 4 x 128 (vLLM 8.1), L1300 9.9 vs 12.3, L2100 11.5 vs 13.1; L >= 6900 unchanged.
+- A short split decode whose programs all fit one wave takes one tile per segment
+  (``DECODE_PROGRAMS_PER_SM``) instead of a power of two of segments: H200, bs1 L600 7.33 -> 6.80
+  us, L2100 9.45 -> 8.98.
 - A split decode whose merge is small (``FUSED_MERGE_MAX_FLOATS``) merges in the 3D launch's last
   program per (query block, KV head) instead of a reduction launch (``fused_merge``).
 """
@@ -42,6 +45,10 @@ MIN_TILES_PER_SEGMENT = 1
 MAX_SEGMENTS = 128
 # The interpreter has no multiprocessors; this nominal count makes small CPU batches split too.
 INTERPRETER_NUM_SMS = 8
+# Resident decode programs per SM by KV tile (sm_90, 16-bit caches, heads of <= 128 dims, two
+# stages: registers bound them; `python -m benchmarks.disasm`, bs1 decode): a short split decode
+# takes one tile per segment while its programs fit these slots.
+DECODE_PROGRAMS_PER_SM = {16: 6, 32: 5, 64: 3, 128: 2}
 # Short split decode: the KV tile may shrink down to this many keys so that a sequence with fewer
 # 128-key tiles than wanted segments still spreads over enough programs.
 MIN_DECODE_TILE = 16
@@ -235,6 +242,16 @@ def plan_launch(
         while tile > MIN_DECODE_TILE and math.ceil(span / tile) < wanted:
             tile //= 2
     heuristic_segments = choose_num_segments(programs_2d, span, tile, num_sms)
+    tiles = math.ceil(span / tile)
+    if (decode and not (batch_invariant or interpreter or one_byte_kv) and head_pad <= 128 and heuristic_segments > 1
+            and tiles <= MAX_SEGMENTS and tiles * programs_2d <= num_sms * DECODE_PROGRAMS_PER_SM.get(tile, 0)):
+        # One tile per segment where a power of two of segments would give some segments two tiles
+        # and leave others empty (bs1 L600: 38 tiles over 32 segments -> 19 active segments of 2 tiles,
+        # each a chain of two dependent tiles) and every program still fits one wave.
+        # H200, bs1, 32/8 heads of 128 (power of two -> one tile each, us): L600 7.33 -> 6.80, L700
+        # 7.44 -> 6.98, L900 7.71 -> 7.51, L1300 8.37 -> 8.11, L2100 9.45 -> 8.98; past one wave it
+        # lost: L3700 (58 x 64 keys, 464 programs on 396 slots) 11.36 -> 13.20, L6900 15.35 -> 18.88.
+        heuristic_segments = tiles
 
     if batch_invariant:
         # Nothing may depend on the rest of the batch: fixed tiles, fixed path.

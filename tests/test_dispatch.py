@@ -63,10 +63,13 @@ def test_prefill_is_2d_with_large_query_blocks(planner):
 @pytest.mark.quick
 @pytest.mark.parametrize("num_seqs, seq_len, segments, tile", [
     (1, 13_300, 32, 128), (1, 131_072, 32, 128), (4, 4096, 8, 128), (16, 4096, 2, 128),
-    (1, 510, 32, 16), (1, 2100, 32, 64)])
+    (1, 510, 32, 16), (1, 600, 38, 16), (1, 1300, 41, 32), (1, 2100, 33, 64), (1, 3700, 32, 64),
+    (1, 6900, 32, 128)])
 def test_documented_segment_counts(planner, num_seqs, seq_len, segments, tile):
-    """The counts the H100 sweep found fastest (benchmarks/results/*-tune.md), and the short-decode
-    tiles of the H200 (bs1 L510: 7.5 us at 32 segments of 16 keys, 10.0 us at 4 of 128)."""
+    """The counts the H100 sweep found fastest (benchmarks/results/*-tune.md), the short-decode
+    tiles of the H200 (bs1 L510: 7.5 us at 32 segments of 16 keys, 10.0 us at 4 of 128), and one
+    tile per segment while every program fits one wave (H200 bs1 L600: 6.80 us at 38 x 16 keys,
+    7.33 at 32 segments; L3700's 58 x 64 keys would be 464 programs on 396 slots: 13.20 vs 11.36)."""
     plan = _decode(planner, num_seqs, seq_len)
     assert (plan.path, plan.num_segments, plan.tile_size) == ("3d", segments, tile), plan
 

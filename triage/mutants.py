@@ -262,6 +262,17 @@ CATALOG: tuple[Mutant, ...] = (
         "table_ahead = not (decode and not batch_invariant)"), file="plan.py",
        note="a performance bug no output shows: killed by the planner test "
             "test_prefill_sized_launches_load_the_block_table_one_tile_ahead"),
+    _m("short-decode-power-of-two-segments",
+       "short split decode keeps a power of two of segments, leaving segments of two dependent tiles and "
+       "empty ones (H200 bs1 L600 6.80 -> 7.33 us, L2100 8.98 -> 9.45); outputs are unchanged, only the schedule",
+       ("DECODE_PROGRAMS_PER_SM.get(tile, 0)", "0"), file="plan.py",
+       note="a performance bug no output shows: killed by the planner test test_documented_segment_counts"),
+    _m("one-tile-segments-past-one-wave",
+       "one tile per segment even where the programs need a second wave (H200 bs1 L3700 11.36 -> 13.20 us, "
+       "L6900 15.35 -> 18.88); outputs are unchanged, only the schedule",
+       ("tiles * programs_2d <= num_sms * DECODE_PROGRAMS_PER_SM.get(tile, 0)", "tiles <= 2 * wanted"),
+       file="plan.py",
+       note="a performance bug no output shows: killed by the planner test test_documented_segment_counts"),
     _m("metadata-load-sunk",
        "seqused_k's load is left to the compiler, which sinks it below the early exit on the query length: "
        "a decode program's first K/V copy waits on one more dependent load (H200 bs1 L13300 22.50 -> 22.82 us); "
