@@ -84,7 +84,8 @@ def _sequence_extent(cu_seqlens_q_ptr, seqused_k_ptr, seq, num_tokens, kv_capaci
     # volatile: otherwise the compiler sinks this load below the caller's early exit on q_len, and
     # a decode program's first K/V load waits on one more dependent round trip (sm_90: cu_seqlens_q,
     # then seqused_k, then the block table). H200 (us): bs1 L13300 22.82 -> 22.50, L131072 131.06
-    # -> 130.74, bs4 L4096 25.01 -> 24.87; bs1 L510 6.33 -> 6.30.
+    # -> 130.74, bs4 L4096 25.01 -> 24.87; bs1 L510 6.33 -> 6.30. (A volatile load is sm_90
+    # `LDG.E.STRONG.SYS`: it skips L1, where nothing of seqused_k would be found anyway.)
     seq_len = tl.minimum(tl.maximum(tl.load(seqused_k_ptr + seq, volatile=True), 0), kv_capacity)
     return q_start, q_end - q_start, seq_len
 
