@@ -463,9 +463,11 @@ def _stage_tiles(STAGE: tl.constexpr, tile_a, tile_b, tile_c, tile_d):
 
 
 @triton.jit
-def _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sink, USE_SINKS: tl.constexpr, CACHE: tl.constexpr):
+def _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sinks_ptr, heads, head_valid, USE_SINKS: tl.constexpr,
+                     CACHE: tl.constexpr):
     """Each segment's weight ``exp2(m_s - top)`` and the merged normalizer, for ``[rows, segments]``
-    offsets ``part``; segments outside ``valid`` weigh 0. ``CACHE``: the partial loads' cache
+    offsets ``part`` whose rows are query heads ``heads`` (with ``USE_SINKS`` each row's sink logit
+    joins the normalizer); segments outside ``valid`` weigh 0. ``CACHE``: the partial loads' cache
     modifier: the fused merge reads partials other programs of the same launch wrote, with ``.cg``
     (L2, never an L1 line; sm_90 `LDG.E.STRONG.GPU`); the reduction launch, which reads them after
     the 3D launch is done, with plain loads (`LDG.E`), as it was timed before the fused merge."""
@@ -473,6 +475,7 @@ def _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sink, USE_SINKS: t
     seg_sum = tl.load(part_sum_ptr + part, mask=valid, other=0.0, cache_modifier=CACHE)
     top = tl.max(seg_max, 1)
     if USE_SINKS:
+        sink = tl.load(sinks_ptr + heads, mask=head_valid, other=float("-inf")).to(tl.float32) * LOG2E
         top = tl.maximum(top, sink)
     # All segments empty and no sink: shift by 0 so every weight is exp2(-inf) = 0, not NaN.
     top = tl.where(top == float("-inf"), 0.0, top)
@@ -517,17 +520,14 @@ def _merge_block_segments(
     head_valid = tl.arange(0, MERGE_HEADS) < NUM_QUERIES_PER_KV
     segs = tl.arange(0, MERGE_SEGMENTS)
     valid = head_valid[:, None] & (segs < active)[None, :]
-    if USE_SINKS:
-        sink = tl.load(sinks_ptr + heads, mask=head_valid, other=float("-inf")).to(tl.float32) * LOG2E
-    else:
-        sink = tl.zeros([MERGE_HEADS], tl.float32)  # unused
     dims = tl.arange(0, HEAD_PAD)
     dim_valid = dims < HEAD_SIZE
     # Decode blocks hold one token; the loop keeps any other block (bad metadata) memory-safe.
     for t in range(0, num_block_tokens):
         token = (first_token + t).to(tl.int64)
         part = token * stride_part_tok + heads[:, None] * stride_part_head + segs[None, :]
-        weight, denom = _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sink, USE_SINKS, ".cg")
+        weight, denom = _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sinks_ptr, heads, head_valid,
+                                         USE_SINKS, ".cg")
         result = _merge_partials(part_acc_ptr, part, valid, weight, denom, dims, dim_valid, HEAD_PAD, ".cg")
         o_ptrs = out_ptr + token * stride_o_tok + heads[:, None] * stride_o_head + dims[None, :] * stride_o_dim
         _store_output(o_ptrs, result, head_valid[:, None] & dim_valid[None, :], output_scale_ptr, OUT_FP8, OUT_FP8_MAX)
@@ -781,11 +781,8 @@ def _reduce_segments_kernel(
     segs = tl.arange(0, SEGMENTS_PAD)
     valid = head_valid[:, None] & (segs < active)[None, :]
     part = token.to(tl.int64) * stride_part_tok + heads[:, None] * stride_part_head + segs[None, :]
-    if USE_SINKS:
-        sink = tl.load(sinks_ptr + heads, mask=head_valid, other=float("-inf")).to(tl.float32) * LOG2E
-    else:
-        sink = tl.zeros([HEADS], tl.float32)  # unused
-    weight, denom = _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sink, USE_SINKS, "")
+    weight, denom = _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sinks_ptr, heads, head_valid,
+                                     USE_SINKS, "")
     dims = tl.program_id(2) * DIMS + tl.arange(0, DIMS)
     dim_valid = dims < HEAD_SIZE
     result = _merge_partials(part_acc_ptr, part, valid, weight, denom, dims, dim_valid, HEAD_PAD, "")

@@ -179,12 +179,10 @@ CATALOG: tuple[Mutant, ...] = (
             "than one sequence in the quick and numerics tiers"),
     _m("fused-merge-no-sink",
        "the fused merge forgets the sink logit in the normalizer (the reduction launch keeps it)",
-       ("""        sink = tl.load(sinks_ptr + heads, mask=head_valid, other=float("-inf")).to(tl.float32) * LOG2E
-    else:
-        sink = tl.zeros([MERGE_HEADS], tl.float32)  # unused""",
-        """        sink = tl.full([MERGE_HEADS], float("-inf"), tl.float32)
-    else:
-        sink = tl.zeros([MERGE_HEADS], tl.float32)  # unused""")),
+       ("""part, valid, sinks_ptr, heads, head_valid,
+                                         USE_SINKS, ".cg")""",
+        """part, valid, sinks_ptr, heads, head_valid,
+                                         False, ".cg")""")),
     _m("gqa-interleaved",
        "GQA head mapping interleaved (query head h uses KV head h % num_kv_heads, not h // group)",
        ("row_head = kv_head * NUM_QUERIES_PER_KV + rows % NUM_QUERIES_PER_KV",
