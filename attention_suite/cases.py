@@ -88,6 +88,8 @@ class Case:
     sink_scale: float = 1.0
     logit_scale: float = 1.0  # multiplies q: large values give extreme logits
     value_scale: float = 1.0  # multiplies V: large values give large per-token-head V scales
+    # softmax_scale = softmax_scale_factor / sqrt(head_size): negative or zero scales are valid input too.
+    softmax_scale_factor: float = 1.0
     layout: str = "contiguous"
     pad_tokens: int = 0  # q/out rows past the last sequence (padded CUDA-graph batches)
     num_segments: int | None = None  # force a segment count on the 3D path
@@ -149,6 +151,8 @@ class Case:
             parts.append(f"logits{self.logit_scale:g}")
         if self.value_scale != 1.0:
             parts.append(f"values{self.value_scale:g}")
+        if self.softmax_scale_factor != 1.0:
+            parts.append(f"scale{self.softmax_scale_factor:g}")
         if self.layout != "contiguous":
             parts.append(self.layout.replace("_", "-"))
         if self.pad_tokens:
@@ -469,7 +473,7 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
         case=case, q=q, k=k, v=v, out=out, cu_seqlens_q=cu.to(device),
         seqused_k=torch.tensor(case.seq_lens, dtype=torch.int32, device=device),
         block_table=block_table.to(device) if case.layout != "bt_strided" else table.to(device)[:, :width],
-        softmax_scale=1.0 / math.sqrt(case.head_size), k_descale=to_dev(k_descale), v_descale=to_dev(v_descale),
+        softmax_scale=case.softmax_scale_factor / math.sqrt(case.head_size), k_descale=to_dev(k_descale), v_descale=to_dev(v_descale),
         alibi_slopes=slopes, sinks=sinks, output_scale=output_scale, seed=seed,
         mm_prefix_range=to_dev(prefix_range_tensor(case)), k_scale_cache=to_dev(k_scales),
         v_scale_cache=to_dev(v_scales), q_descale=to_dev(q_descale),

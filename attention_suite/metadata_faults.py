@@ -88,6 +88,10 @@ def _max_q_short(m: Metadata, seq: int, amount: int) -> None:
     m.max_seqlen_q = max(0, longest - amount)
 
 
+def _max_q_zero(m: Metadata, seq: int, amount: int) -> None:
+    m.max_seqlen_q = 0  # a decode plan for a batch holding prefill sequences
+
+
 def _max_k_short(m: Metadata, seq: int, amount: int) -> None:
     m.max_seqlen_k = max(0, int(m.seqused_k.max()) - amount)
 
@@ -117,6 +121,7 @@ FAULTS = (
     Fault("seqused-negative", "seqused_k", _seqused_negative, seq=3, amount=5),
     Fault("q-longer-than-kv", "seqused_k", _q_longer_than_kv, seq=1, amount=1),
     Fault("max-seqlen-q-short", "max_seqlen_q", _max_q_short),
+    Fault("max-seqlen-q-zero", "max_seqlen_q", _max_q_zero),
     Fault("max-seqlen-k-short", "max_seqlen_k", _max_k_short),
 )
 BY_NAME = {f.name: f for f in FAULTS}

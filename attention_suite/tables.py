@@ -151,6 +151,13 @@ def edge_cases() -> list[Case]:
         _case("qlen0-decode-padded", seq_lens=(30, 40, 17), query_lens=(1, 0, 1), pad_tokens=2),
         _case("extreme-logits-fp32", dtype="float32", logit_scale=40.0),
         _case("extreme-logits-fp16", logit_scale=12.0),
+        # A negative scale with logits spanning more than float32's exponent range: a softmax that
+        # takes the max of unscaled scores as if the scale were positive overflows exp2.
+        _case("negative-scale-extreme-logits", logit_scale=40.0, softmax_scale_factor=-1.0),
+        _case("negative-scale-extreme-logits-decode", "decode", logit_scale=40.0, softmax_scale_factor=-1.0),
+        # A zero scale (uniform weights over the visible keys): masked scores must not become -inf x 0.
+        _case("zero-scale", softmax_scale_factor=0.0),
+        _case("zero-scale-decode", "decode", softmax_scale_factor=0.0, window=(20, -1)),
         _case("tiny-softcap", softcap=0.02, logit_scale=8.0),
         _case("huge-softcap", softcap=5000.0, logit_scale=8.0),
         _case("large-alibi", alibi=True, alibi_scale=60.0),
@@ -307,6 +314,10 @@ def quick_cases() -> list[Case]:
         _case("quick-fp8kv-descale-seqhead", "decode", kv_dtype="float8_e4m3fn", descale_per_head=True,
               num_segments=2),
         _case("quick-prefix-ranges-unclamped", "chunked", window=(5, -1), prefix_ranges=((0, 40, 53), (1, 30, 38))),
+        # A negative scale: the kernels' scale folding (scores unscaled until exp2) needs a positive one.
+        _case("quick-negative-scale", "chunked", logit_scale=40.0, softmax_scale_factor=-1.0, window=(19, -1)),
+        # A zero scale: uniform weights, and masked scores that a folded scale would turn into -inf x 0.
+        _case("quick-zero-scale-decode", "decode", softmax_scale_factor=0.0, window=(20, -1), num_segments=2),
     ]
 
 

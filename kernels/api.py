@@ -17,6 +17,8 @@ from .workspace import Workspace
 FP8_E4M3_MAX = 448.0
 # Kernel-side lengths are int32.
 KV_CAPACITY_LIMIT = 2**31 - 1
+# The smallest normal float32.
+FLOAT32_TINY = 2.0**-126
 
 
 def interpreting() -> bool:
@@ -234,6 +236,13 @@ def unified_attention(
     prefix_args = ((*mm_prefix_range.stride(), mm_prefix_range.shape[1]) if use_prefix else (0, 0, 0, 0))
     prefix_flags = dict(USE_PREFIX=use_prefix, PREFIX_CLAMP=use_prefix and mm_prefix_clamp_sliding_window)
     out_fp8 = out.dtype in FP8_CACHE_DTYPES
+    q_fp8 = q.dtype in FP8_CACHE_DTYPES
+    qk_scale = softmax_scale * _attention.LOG2E.value
+    # Scores may stay unscaled until exp2 (see _attend_tiles) where the scale is known positive here
+    # (normal in float32: a flushed subnormal would make masked scores -inf x 0); fp8 descales are
+    # device values, and softcap, ALiBi and per-key scales act on scaled scores.
+    fold_scale = (qk_scale >= FLOAT32_TINY and softcap == 0 and alibi_slopes is None
+                  and not (per_token_head or kv_fp8 or q_fp8))
     programmatic = _programmatic_launch(q.device)
     common = dict(
         HEAD_SIZE=head_size, HEAD_PAD=next_power_of_2(head_size),
@@ -247,7 +256,7 @@ def unified_attention(
         _or(k_scale_cache, q), _or(v_scale_cache, q), merge_counters,
         *q.stride(), *out.stride(), *k.stride(), *v.stride(), *block_table.stride(), *part_strides,
         num_seqs, num_tokens, k.shape[0], kv_capacity,
-        softmax_scale * _attention.LOG2E.value, softcap * _attention.LOG2E.value,
+        qk_scale, softcap * _attention.LOG2E.value,
         window_left, window_right, plan.num_segments, chunk_size, lookback, *prefix_args,
         *_descale_strides(k_descale, per_head), *_descale_strides(v_descale, per_head),
         *(k_scale_cache.stride() if per_token_head else (0, 0, 0)),
@@ -258,7 +267,7 @@ def unified_attention(
         BLOCK_SIZE=k.shape[1], USE_SOFTCAP=softcap > 0, USE_ALIBI=alibi_slopes is not None,
         KV_FP8=kv_fp8, SPLIT_KV=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         CHUNKED=chunked, **prefix_flags, DESCALE_PER_HEAD=per_head, KV_PER_TOKEN_HEAD=per_token_head,
-        Q_FP8=q.dtype in FP8_CACHE_DTYPES, PV_F16=fp8_cache and q.dtype != torch.float32,
+        Q_FP8=q_fp8, PV_F16=fp8_cache and q.dtype != torch.float32, FOLD_SCALE=fold_scale,
         FUSED_MERGE=plan.fused_merge, MERGE_HEADS=plan.merge_heads, MERGE_SEGMENTS=plan.segments_pad, **common,
     )
     narrow = plan.narrow
@@ -287,6 +296,7 @@ def unified_attention(
             SEGMENTS_PAD=plan.segments_pad, HEADS=plan.reduce_heads, DIMS=plan.reduce_dims,
             TILE=plan.tile_size, num_warps=plan.reduce_num_warps, CHUNKED=chunked, **prefix_flags, **common,
             PROGRAMMATIC_LAUNCH=programmatic, **({"launch_pdl": True} if programmatic else {}),
+            SEQ_GRID_BLOCK_Q=plan.block_q if plan.seq_grid else 0,
         )
     return out
 

@@ -48,7 +48,7 @@ def test_reference_refuses(ctx, fault):
     _refused(reference.unified_attention, args, extra, fault.arg)
 
 
-def _unchecked_stays_inside(ctx, fault, path, seq=None, amount=None):
+def _unchecked_stays_inside(ctx, fault, path, seq=None, amount=None, **call_kwargs):
     """Run the faulty call unchecked twice, its tensors inside guard buffers of different contents:
     equal outputs mean no guard byte was read, unchanged guards mean none was written. A crash
     fails the xdist worker running it."""
@@ -63,7 +63,7 @@ def _unchecked_stays_inside(ctx, fault, path, seq=None, amount=None):
         args, extra = break_metadata(boxed.inputs, fault, seq, amount, in_place=True)
         if "split_kv" in ctx.impl.params and path != "auto":
             extra["split_kv"] = path == "3d"
-        ctx.impl.func(*args, **extra)
+        ctx.impl.func(*args, **extra, **call_kwargs)
         if ctx.device == "cuda":
             torch.cuda.synchronize()  # an illegal address surfaces here
         for name, guard in before.items():
@@ -116,6 +116,17 @@ def test_quick_bad_metadata(ctx, label, path):
     if "check_metadata" in ctx.impl.params:
         _refused(ctx.impl.func, args, {**extra, "check_metadata": True}, fault.arg)
     _unchecked_stays_inside(ctx, fault, path)
+
+
+@pytest.mark.bad_metadata
+@pytest.mark.quick
+@pytest.mark.parametrize("num_segments", (2, 32), ids=("fused-merge", "reduction-launch"))
+def test_decode_plan_of_a_prefill_batch_stays_inside(ctx, num_segments):
+    """max_seqlen_q = 0 on a batch with prefill sequences gets a decode plan, whose per-sequence split
+    grid skips the longer sequences: neither merge may read the partials they never wrote."""
+    if "num_segments" not in ctx.impl.params:
+        pytest.skip(f"{ctx.impl.spec} has no 'num_segments' argument")
+    _unchecked_stays_inside(ctx, BY_NAME["max-seqlen-q-zero"], "3d", num_segments=num_segments)
 
 
 @pytest.mark.bad_metadata

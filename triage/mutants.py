@@ -340,6 +340,26 @@ CATALOG: tuple[Mutant, ...] = (
         "seq_len = tl.maximum(tl.load(seqused_k_ptr + seq, volatile=True), 0)"),
        note="bad-metadata tier: seqused_k past block_table.shape[1] * block_size, with the columns just past "
             "the row naming a NaN block; memcheck on a GPU (last row of an exactly-sized table)"),
+    _m("fold-scale-any-sign",
+       "scores stay unscaled until exp2 whatever the scale's sign: with a negative scale the tile's 'max' is the "
+       "smallest scaled score and exp2 overflows on wide logits",
+       ("fold_scale = (qk_scale >= FLOAT32_TINY and", "fold_scale = (qk_scale != 0 and"), file="api.py",
+       note="negative-scale cases with logits spanning more than float32's exponent range (edge, quick)"),
+    _m("fold-scale-zero",
+       "a zero scale also takes the folded softmax: masked scores become -inf x 0 = NaN",
+       ("fold_scale = (qk_scale >= FLOAT32_TINY and", "fold_scale = (qk_scale >= 0 and"), file="api.py",
+       note="zero-scale cases (edge): rows with a fully masked tile"),
+    _m("fold-scale-unscaled-max",
+       "the folded softmax takes the row max of unscaled scores without the scale",
+       ("m_new = tl.maximum(m_i, tl.max(scores, 1) * qk_scale)", "m_new = tl.maximum(m_i, tl.max(scores, 1))"),
+       note="any case with logits large enough that max(raw) and max(raw) x scale differ by float32's range: "
+            "extreme-logits, negative-scale (edge); else alpha and p drift together and cancel"),
+    _m("reduce-reads-skipped-sequences",
+       "the reduction merges every token, also those of sequences a per-sequence (decode) split grid skipped "
+       "(longer than its block: max_seqlen_q too small), whose partials were never written",
+       ("        if q_len > SEQ_GRID_BLOCK_Q:", "        if q_len > SEQ_GRID_BLOCK_Q + (1 << 30):"),
+       note="test_decode_plan_of_a_prefill_batch_stays_inside[reduction-launch]: max_seqlen_q = 0 on a mixed "
+            "batch, unchecked, with guard fills of different contents (bad-metadata tier, quick)"),
     _m("checked-mode-ignores-flag",
        "check_metadata=True is accepted but only the ATTN_CHECK_METADATA environment variable turns the "
        "metadata validation on",
