@@ -160,7 +160,7 @@ CATALOG: tuple[Mutant, ...] = (
     _m("seq-grid-full-block-skipped",
        "a sequence-indexed launch skips sequences of exactly BLOCK_Q tokens (decodes when BLOCK_Q is 1, "
        "a mixed batch's narrow launch at its block size)",
-       ("        if (q_len == 0) | (q_len > BLOCK_Q):", "        if (q_len == 0) | (q_len >= BLOCK_Q):")),
+       ("    return (q_len == 0) | (q_len > BLOCK_Q)", "    return (q_len == 0) | (q_len >= BLOCK_Q)")),
     _m("fused-merge-all-segments",
        "the fused merge reads every padded segment slot, including segments past `active` never written",
        ("segs = tl.arange(0, MERGE_SEGMENTS)\n    valid = head_valid[:, None] & (segs < active)[None, :]",
@@ -348,16 +348,16 @@ CATALOG: tuple[Mutant, ...] = (
     _m("fold-scale-zero",
        "a zero scale also takes the folded softmax: masked scores become -inf x 0 = NaN",
        ("fold_scale = (qk_scale >= FLOAT32_TINY and", "fold_scale = (qk_scale >= 0 and"), file="api.py",
-       note="zero-scale cases (edge): rows with a fully masked tile"),
+       note="zero-scale cases (quick-zero-scale-decode; edge): rows with a fully masked tile"),
     _m("fold-scale-unscaled-max",
        "the folded softmax takes the row max of unscaled scores without the scale",
        ("m_new = tl.maximum(m_i, tl.max(scores, 1) * qk_scale)", "m_new = tl.maximum(m_i, tl.max(scores, 1))"),
-       note="any case with logits large enough that max(raw) and max(raw) x scale differ by float32's range: "
-            "extreme-logits, negative-scale (edge); else alpha and p drift together and cancel"),
+       note="cases whose unscaled row max exceeds exp2's range (p underflows to 0): most quick cases on CPU, "
+            "extreme-logits (edge)"),
     _m("reduce-reads-skipped-sequences",
        "the reduction merges every token, also those of sequences a per-sequence (decode) split grid skipped "
        "(longer than its block: max_seqlen_q too small), whose partials were never written",
-       ("        if q_len > SEQ_GRID_BLOCK_Q:", "        if q_len > SEQ_GRID_BLOCK_Q + (1 << 30):"),
+       ("        if _seq_grid_skips(q_len, SEQ_GRID_BLOCK_Q):", "        if _seq_grid_skips(q_len, 1 << 30):"),
        note="test_decode_plan_of_a_prefill_batch_stays_inside[reduction-launch]: max_seqlen_q = 0 on a mixed "
             "batch, unchecked, with guard fills of different contents (bad-metadata tier, quick)"),
     _m("checked-mode-ignores-flag",
