@@ -3,7 +3,7 @@ the pluggable-implementation adapter, reproducers, and the two commands built on
 (``python -m attention_suite.verify``, the main job; ``python -m attention_suite.memsafety``).
 
 Every tool imports these public names: the tests, ``triage``, ``eval`` and ``benchmarks``.
-It imports ``kernels`` and ``reference``; nothing here imports ``tests``.
+It imports ``paged_kernels`` and ``reference``; nothing here imports ``tests``.
 
 Triton decides when a kernel is decorated whether it is interpreted, so the device must be
 chosen (``attention_suite.device.setup``) before anything imports triton. Importing this

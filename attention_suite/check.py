@@ -110,18 +110,18 @@ def check_against_reference(ctx: Context, case: Case, path: str = "auto", *, poi
 
 def split_workspace(inputs: Inputs, num_segments: int | None = None, fill: float | None = float("nan"),
                     max_num_tokens: int | None = None):
-    """A ``kernels.Workspace`` for the 3D path of ``inputs``: ``num_segments`` (default: the planner's
+    """A ``paged_kernels.Workspace`` for the 3D path of ``inputs``: ``num_segments`` (default: the planner's
     choice for this call), at least ``max_num_tokens`` rows, filled with ``fill`` (NaN by default,
     so a read of a segment nobody wrote fails every time; None leaves it uninitialized, for the
     sanitizer's initcheck)."""
-    import kernels
+    import paged_kernels
 
     if num_segments is None:
-        num_segments = kernels.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q,
+        num_segments = paged_kernels.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q,
                                          inputs.max_seqlen_k, split_kv=True).num_segments
     case = inputs.case
     tokens = max(max_num_tokens or 0, inputs.q.shape[0])
-    workspace = kernels.Workspace(tokens, case.num_q_heads, case.head_size, num_segments, inputs.q.device)
+    workspace = paged_kernels.Workspace(tokens, case.num_q_heads, case.head_size, num_segments, inputs.q.device)
     return workspace if fill is None else workspace.fill_(fill)
 
 

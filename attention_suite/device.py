@@ -1,10 +1,10 @@
 """Choosing the device, once per process, before anything imports triton.
 
 Triton decides when a kernel is decorated whether it runs compiled or in the interpreter, so
-``TRITON_INTERPRET`` must be set before ``kernels`` (or anything else that imports triton) is
+``TRITON_INTERPRET`` must be set before ``paged_kernels`` (or anything else that imports triton) is
 imported. ``setup`` does that for every entry point (the pytest conftest, the main job, the
 memsafety driver, triage and eval), installs the interpreter fixes on CPU, and can put a
-mutant's copy of ``kernels`` first on ``sys.path``.
+mutant's copy of ``paged_kernels`` first on ``sys.path``.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def resolve(requested: str = "auto") -> str:
 
 
 def setup(requested: str = "auto", kernels_root: Path | str | None = None) -> str:
-    """Pick the device, set the interpreter up for CPU, and fix where ``kernels`` comes from.
+    """Pick the device, set the interpreter up for CPU, and fix where ``paged_kernels`` comes from.
 
-    ``kernels_root``: a folder holding a ``kernels`` package (a mutant's copy) that must shadow
+    ``kernels_root``: a folder holding a ``paged_kernels`` package (a mutant's copy) that must shadow
     the installed one. Returns "cpu" or "cuda". A second call with the same outcome is a no-op;
     one that would change the device or the kernels after triton was loaded raises.
     """
@@ -48,7 +48,7 @@ def setup(requested: str = "auto", kernels_root: Path | str | None = None) -> st
             raise RuntimeError(f"the device was set up as {_state['key']}; it cannot become {key} in this process")
         return device
     if kernels_root is not None:
-        if "kernels" in sys.modules:
+        if "paged_kernels" in sys.modules:
             raise RuntimeError("kernels was imported before the mutant's copy could be put first on sys.path")
         sys.path.insert(0, key[1])
     wanted = "1" if device == "cpu" else "0"
@@ -64,9 +64,9 @@ def setup(requested: str = "auto", kernels_root: Path | str | None = None) -> st
         from . import interpreter_fix, interpreter_speed
 
         status = f"{interpreter_fix.install()}; {interpreter_speed.install()}"
-    import kernels
+    import paged_kernels
 
-    _state.update(key=key, device=device, interpreter=status, kernels_file=kernels.__file__)
+    _state.update(key=key, device=device, interpreter=status, kernels_file=paged_kernels.__file__)
     return device
 
 

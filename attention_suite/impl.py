@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_SPEC = "kernels:unified_attention"
+DEFAULT_SPEC = "paged_kernels:unified_attention"
 
 
 class VllmKVQuantMode(enum.IntEnum):

@@ -7,7 +7,7 @@
    and rounds ties away from even. The fix does that one conversion through torch, which
    rounds to nearest-even like the GPU's ``cvt.rn``.
 
-Each fix is installed only when its probe (``kernels._interpreter_probe``) shows the bug, only
+Each fix is installed only when its probe (``paged_kernels._interpreter_probe``) shows the bug, only
 on builders whose method has the known signature, and it checks itself: after installing, the
 probe must pass, or the fix is removed again and the kernels keep refusing that dtype.
 """
@@ -27,7 +27,7 @@ class _Fix:
     name: str
     method: str
     signature: tuple[str, ...]
-    probe: str  # name of the probe in kernels._interpreter_probe
+    probe: str  # name of the probe in paged_kernels._interpreter_probe
     make: Callable  # original method -> replacement
 
 
@@ -74,7 +74,7 @@ def _builder():
 
 
 def _probe(fix: _Fix) -> bool:
-    from kernels import _interpreter_probe
+    from paged_kernels import _interpreter_probe
 
     _interpreter_probe.reset()
     return getattr(_interpreter_probe, fix.probe)()
@@ -112,7 +112,7 @@ def uninstall(name: str | None = None) -> None:
         if original is not None:
             setattr(builder, fix.method, original)
         _installed.discard(fix.name)
-    from kernels import _interpreter_probe
+    from paged_kernels import _interpreter_probe
 
     _interpreter_probe.reset()
 

@@ -41,7 +41,7 @@ def run_cases(selected: list[str] | None = None, with_faults: bool = False) -> N
     """Driver, run inside the sanitizer: launches every case through both paths."""
     import torch
 
-    import kernels
+    import paged_kernels
 
     from .cases import build
     from .check import split_workspace
@@ -57,7 +57,7 @@ def run_cases(selected: list[str] | None = None, with_faults: bool = False) -> N
                 # Exactly sized and never initialized: initcheck reports a read of a segment nobody wrote.
                 workspace = split_workspace(inputs, case.num_segments, fill=None)
                 kwargs.update(workspace=workspace, num_segments=workspace.num_segments)
-            kernels.unified_attention(*inputs.call_args(inputs.out), **kwargs, split_kv=path == "3d")
+            paged_kernels.unified_attention(*inputs.call_args(inputs.out), **kwargs, split_kv=path == "3d")
             torch.cuda.synchronize()
     if with_faults:
         run_metadata_faults(selected)
@@ -70,7 +70,7 @@ def run_metadata_faults(selected: list[str] | None = None) -> None:
     reduction may legitimately combine segments the kernel skipped, which initcheck would flag."""
     import torch
 
-    import kernels
+    import paged_kernels
 
     from .cases import build
     from .check import split_workspace
@@ -86,7 +86,7 @@ def run_metadata_faults(selected: list[str] | None = None) -> None:
             if path == "3d":
                 workspace = split_workspace(inputs, 4, fill=None)
                 kwargs.update(workspace=workspace, num_segments=4)
-            kernels.unified_attention(*args, **kwargs, split_kv=path == "3d")
+            paged_kernels.unified_attention(*args, **kwargs, split_kv=path == "3d")
             torch.cuda.synchronize()
 
 
@@ -125,7 +125,7 @@ def first_report(log: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attention_suite.memsafety", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tool", default="all", choices=("memcheck", "initcheck", "all"))
-    parser.add_argument("--kernels", default=None, help="folder holding a 'kernels' package to check instead")
+    parser.add_argument("--kernels", default=None, help="folder holding a 'paged_kernels' package to check instead")
     parser.add_argument("--cases", default=None, help="comma-separated case names or labels (default: all)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--driver", action="store_true", help=argparse.SUPPRESS)
@@ -139,9 +139,9 @@ def main(argv=None) -> int:
         from . import device
 
         device.setup("cuda", os.environ.get("MEMSAFETY_KERNELS_DIR") or None)
-        import kernels
+        import paged_kernels
 
-        print(f"{MARKER} kernels from {kernels.__file__}", flush=True)
+        print(f"{MARKER} kernels from {paged_kernels.__file__}", flush=True)
         run_cases(selected, with_faults=args.faults)
         return 0
     failed = 0

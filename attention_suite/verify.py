@@ -34,7 +34,7 @@ def _tier_list(text: str) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m attention_suite.verify", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--impl", default="kernels:unified_attention",
+    parser.add_argument("--impl", default="paged_kernels:unified_attention",
                         help="implementation under test, MODULE:FUNC or path/to/file.py:FUNC")
     parser.add_argument("--tiers", type=_tier_list, default=",".join(DEFAULT_TIERS),
                         help="comma-separated case tables: quick, numerics, features (every semantic feature on "

@@ -9,7 +9,7 @@ On the same q/K/V values, in interleaved rounds of CUDA-graph replays (``benchma
   online softmax, a masked diagonal walk after an unmasked one) on contiguous K/V, with pointer
   loads (cp.async) or TMA descriptors, at a few tile / warp / stage shapes: what Triton reaches on
   this card without paging and without any of our features;
-- ours (``kernels.unified_attention``) and every ``--impl`` peer on paged caches of several block
+- ours (``paged_kernels.unified_attention``) and every ``--impl`` peer on paged caches of several block
   sizes (scattered blocks; the largest holds a whole sequence in one block): what paging costs.
 Prints microseconds, TFLOP/s over the visible (query, key) pairs and max |diff| against SDPA flash.
 The minimal kernel is a yardstick, not a product: bf16/f16 only, no varlen, head size a power of two.
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
             out = torch.empty_like(q)
             name = f"flash-contiguous-{'tma' if tma else 'ptr'}-m{block_m}-t{tile}-w{warps}-s{stages}"
             columns[name] = (flash_causal(q, k, v, out, seq_len, block_m, tile, warps, stages, tma), out)
-    peers = [("ours", Peer.load(PeerSpec("ours", "kernels:unified_attention")))]
+    peers = [("ours", Peer.load(PeerSpec("ours", "paged_kernels:unified_attention")))]
     peers += [(spec.name, Peer.load(spec)) for spec in args.impl_specs]
     keep = []
     for block_size, inputs in zip(args.block_list, paged):

@@ -172,12 +172,12 @@ def analyze(name: str, grid: tuple, kernel, limits: sass.SmLimits, num_sms: int,
 
 def point_columns(point, peers, columns) -> list[tuple[str, object, object]]:
     """(column, zero-argument call, module of its implementation) for our columns and each peer."""
-    import kernels
+    import paged_kernels
     from .inputs import build_inputs
     from .sweep import _ours
 
     inputs = build_inputs(point, 1, "cpu", fill=False)
-    ours_module = sys.modules[kernels.unified_attention.__module__]
+    ours_module = sys.modules[paged_kernels.unified_attention.__module__]
     out = [(c, _ours(inputs, None, **OUR_COLUMNS[c])[0], ours_module) for c in columns]
     for peer in peers:
         if peer.impl is None:

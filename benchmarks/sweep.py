@@ -76,11 +76,11 @@ def _ws_bytes(num_tokens: int, num_q_heads: int, head_size: int, segments: int) 
 
 
 def _ours(inputs, ws, **kw) -> list[Callable[[], object]]:
-    import kernels
+    import paged_kernels
 
     def make(c: int):
         def call():
-            return kernels.unified_attention(
+            return paged_kernels.unified_attention(
                 inputs.q[c], inputs.k_cache, inputs.v_cache, inputs.out[c], inputs.cu_seqlens_q,
                 inputs.max_seqlen_q, inputs.seqused_k, inputs.max_seqlen_k, inputs.softmax_scale, True, (-1, -1),
                 inputs.block_tables[c], 0.0, **inputs.quant_kwargs(), workspace=ws, **kw)
@@ -252,7 +252,7 @@ def _quantized_reference(name: str, inputs, results: dict, outputs: dict, rec: d
 
 def run_point(point: Point, ctx: Context, log=print) -> dict:
     """Time heuristic, forced 2D, forced 3D and the SDPA baselines on one point; check outputs agree."""
-    import kernels
+    import paged_kernels
     from .baselines import BaselineUnavailable, build_sdpa
     from .inputs import build_inputs
     from .timing import rotation_copies
@@ -272,18 +272,18 @@ def run_point(point: Point, ctx: Context, log=print) -> dict:
         q0, k0, cu = inputs.q[0], inputs.k_cache, inputs.cu_seqlens_q
         mq, mk = inputs.max_seqlen_q, inputs.max_seqlen_k
         quant = {"kv_quant_mode": inputs.quant_kwargs().get("kv_quant_mode")}  # per-token-head plans differ
-        heur = kernels.make_plan(q0, k0, cu, mq, mk, **quant)
-        forced3 = kernels.make_plan(q0, k0, cu, mq, mk, split_kv=True, **quant)
+        heur = paged_kernels.make_plan(q0, k0, cu, mq, mk, **quant)
+        forced3 = paged_kernels.make_plan(q0, k0, cu, mq, mk, split_kv=True, **quant)
         ws_segments = forced3.num_segments
         while ws_segments > 2 and _ws_bytes(point.num_tokens, point.num_q_heads, point.head_size, ws_segments) > WORKSPACE_BUDGET_BYTES:
             ws_segments //= 2
         if heur.path == "3d":
             ws_segments = max(ws_segments, heur.num_segments)
-        ws = kernels.Workspace(point.num_tokens, point.num_q_heads, point.head_size, ws_segments, ctx.device)
+        ws = paged_kernels.Workspace(point.num_tokens, point.num_q_heads, point.head_size, ws_segments, ctx.device)
         plans = {
-            "heuristic": kernels.make_plan(q0, k0, cu, mq, mk, workspace=ws, **quant),
-            "2d": kernels.make_plan(q0, k0, cu, mq, mk, split_kv=False, workspace=ws, **quant),
-            "3d": kernels.make_plan(q0, k0, cu, mq, mk, split_kv=True, workspace=ws, **quant),
+            "heuristic": paged_kernels.make_plan(q0, k0, cu, mq, mk, workspace=ws, **quant),
+            "2d": paged_kernels.make_plan(q0, k0, cu, mq, mk, split_kv=False, workspace=ws, **quant),
+            "3d": paged_kernels.make_plan(q0, k0, cu, mq, mk, split_kv=True, workspace=ws, **quant),
         }
         rec["plans"] = {k: _plan_dict(v) for k, v in plans.items()}
         rec["heuristic_path"], rec["heuristic_segments"] = heur.path, heur.num_segments
@@ -359,7 +359,7 @@ def run_point(point: Point, ctx: Context, log=print) -> dict:
 
 def run_tune(point: Point, ctx: Context, log=print) -> dict:
     """Forced 2D and forced 3D at each segment count in TUNE_SEGMENTS (plus the heuristic)."""
-    import kernels
+    import paged_kernels
     from .inputs import build_inputs
     from .timing import rotation_copies
 
@@ -370,9 +370,9 @@ def run_tune(point: Point, ctx: Context, log=print) -> dict:
     t_start = time.time()
     try:
         inputs = build_inputs(point, copies, ctx.device, ctx.dtype, ctx.seed)
-        ws = kernels.Workspace(point.num_tokens, point.num_q_heads, point.head_size, max(TUNE_SEGMENTS), ctx.device)
+        ws = paged_kernels.Workspace(point.num_tokens, point.num_q_heads, point.head_size, max(TUNE_SEGMENTS), ctx.device)
         q0, k0, cu = inputs.q[0], inputs.k_cache, inputs.cu_seqlens_q
-        heur = kernels.make_plan(q0, k0, cu, inputs.max_seqlen_q, inputs.max_seqlen_k, workspace=ws,
+        heur = paged_kernels.make_plan(q0, k0, cu, inputs.max_seqlen_q, inputs.max_seqlen_k, workspace=ws,
                                  kv_quant_mode=inputs.quant_kwargs().get("kv_quant_mode"))
         rec["heuristic_plan"] = _plan_dict(heur)
         tiles = math.ceil(point.max_seqlen_k / heur.tile_size)
@@ -476,7 +476,7 @@ def _fake_results(data: dict) -> dict:
 
 def dry_run(args) -> int:
     """Build every point small on CPU, plan it (CPU and an H100 preview), render a fake report."""
-    import kernels
+    import paged_kernels
     from .timing import environment
 
     interpret = args.interpret
@@ -492,11 +492,11 @@ def dry_run(args) -> int:
             "flex": {"enabled": ctx.flex, "compiled": False}}
     failures = 0
     for point in points:
-        h100 = kernels.plan_launch(
+        h100 = paged_kernels.plan_launch(
             num_tokens=point.num_tokens, num_seqs=point.num_seqs, max_seqlen_q=point.max_seqlen_q,
             max_seqlen_k=point.max_seqlen_k, num_q_heads=point.num_q_heads, num_kv_heads=point.num_kv_heads,
             head_size=point.head_size, num_sms=H100_SMS)
-        h100_split = kernels.plan_launch(
+        h100_split = paged_kernels.plan_launch(
             num_tokens=point.num_tokens, num_seqs=point.num_seqs, max_seqlen_q=point.max_seqlen_q,
             max_seqlen_k=point.max_seqlen_k, num_q_heads=point.num_q_heads, num_kv_heads=point.num_kv_heads,
             head_size=point.head_size, num_sms=H100_SMS, split_kv=True)

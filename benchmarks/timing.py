@@ -266,7 +266,7 @@ def floor_gbps(bandwidths: dict[str, dict], choice: str = "max") -> tuple[float,
 
 def _git_commit() -> str | None:
     """$BENCH_GIT_COMMIT when set (a copied working tree may carry stale git metadata: the device
-    tool's copy reported an older HEAD), else HEAD with '+dirty-kernels' if kernels/ has local edits."""
+    tool's copy reported an older HEAD), else HEAD with '+dirty-kernels' if paged_kernels/ has local edits."""
     import os
 
     if os.environ.get("BENCH_GIT_COMMIT"):
@@ -277,7 +277,7 @@ def _git_commit() -> str | None:
         sha = out.stdout.strip()
         if out.returncode != 0 or len(sha) != 40:
             return os.environ.get("BENCH_GIT_COMMIT") or None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "kernels"],
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "paged_kernels"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return sha + ("+dirty-kernels" if dirty else "")
     except Exception:
@@ -285,10 +285,10 @@ def _git_commit() -> str | None:
 
 
 def kernels_digest() -> str | None:
-    """sha256 (first 16 hex) over kernels/*.py: which kernel sources ran, even without git."""
+    """sha256 (first 16 hex) over paged_kernels/*.py: which kernel sources ran, even without git."""
     import hashlib
 
-    root = Path(__file__).resolve().parent.parent / "kernels"
+    root = Path(__file__).resolve().parent.parent / "paged_kernels"
     files = sorted(root.glob("*.py"))
     if not files:
         return None

@@ -82,9 +82,9 @@ _ACTIVE = _Active()
 def _kernel_fn():
     # Imported late: the kernels package is optional for the sdpa/reference backends, and on CPU
     # TRITON_INTERPRET must be in the environment before triton is first imported.
-    import kernels
+    import paged_kernels
 
-    return kernels.unified_attention
+    return paged_kernels.unified_attention
 
 
 def _reference_fn(precision: str):

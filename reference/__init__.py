@@ -1,6 +1,6 @@
 """Pure-PyTorch paged attention: the golden every kernel is judged against.
 
-Never imports ``kernels``: the reference must stay independent of what it checks.
+Never imports ``paged_kernels``: the reference must stay independent of what it checks.
 """
 
 from .checks import KV_QUANT_MODES

@@ -59,10 +59,10 @@ def _narrow_heads(args, kwargs, inputs):
 
 
 def _small_workspace(args, kwargs, inputs):
-    import kernels
+    import paged_kernels
 
     kwargs["split_kv"] = True
-    kwargs["workspace"] = kernels.Workspace(1, inputs.q.shape[1], inputs.q.shape[2], 2, inputs.q.device)
+    kwargs["workspace"] = paged_kernels.Workspace(1, inputs.q.shape[1], inputs.q.shape[2], 2, inputs.q.device)
 
 
 ERROR_INPUTS = [
@@ -120,7 +120,7 @@ def test_bad_input_raises_and_writes_nothing(ctx, bad):
     if bad.gpu_only and ctx.device == "cpu":
         pytest.skip("needs two devices")
     if bad.name in OURS_ONLY and not ctx.impl.is_ours:
-        pytest.skip("argument specific to kernels.unified_attention")
+        pytest.skip("argument specific to paged_kernels.unified_attention")
     inputs = build(tables.composition_case("mixed"), ctx.device, ctx.seed)
     out = inputs.fresh_out()
     args, kwargs = list(inputs.call_args(out)), dict(inputs.call_kwargs())
@@ -149,7 +149,7 @@ METADATA_ERRORS = {
 def test_validate_metadata(ctx, name):
     if not ctx.impl.is_ours:
         pytest.skip("validate_metadata belongs to kernels")
-    from kernels import validate_metadata
+    from paged_kernels import validate_metadata
 
     inputs = build(tables.composition_case("mixed"), ctx.device, ctx.seed)
     args = _metadata_args(inputs)

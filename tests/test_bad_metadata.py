@@ -167,8 +167,8 @@ def test_checked_mode_refuses_a_workspace_with_stale_merge_counters(ctx):
     non-zero (a launch that never finished) would make it merge early or never. Checked mode refuses
     such a workspace naming it, before writing; ``reset_counters_`` makes it usable again."""
     if not ctx.impl.is_ours:
-        pytest.skip("merge counters are kernels.Workspace's")
-    import kernels
+        pytest.skip("merge counters are paged_kernels.Workspace's")
+    import paged_kernels
 
     from attention_suite import compare, split_workspace
 
@@ -177,11 +177,11 @@ def test_checked_mode_refuses_a_workspace_with_stale_merge_counters(ctx):
     workspace = split_workspace(inputs, case.num_segments)
     kwargs = dict(inputs.call_kwargs(), split_kv=True, num_segments=case.num_segments, workspace=workspace,
                   check_metadata=True)
-    assert kernels.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.max_seqlen_k,
+    assert paged_kernels.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.max_seqlen_k,
                              split_kv=True, num_segments=case.num_segments, workspace=workspace).fused_merge
     workspace.merge_counters[1] = 1
     out = inputs.fresh_out()
-    _refused(kernels.unified_attention, inputs.call_args(out), kwargs, "workspace")
+    _refused(paged_kernels.unified_attention, inputs.call_args(out), kwargs, "workspace")
     workspace.reset_counters_()
-    kernels.unified_attention(*inputs.call_args(out), **kwargs)
+    paged_kernels.unified_attention(*inputs.call_args(out), **kwargs)
     assert compare(inputs, out).passed

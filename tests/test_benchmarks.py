@@ -137,7 +137,7 @@ def test_bench_split_kv_peer_gets_its_own_preallocated_workspace():
     """A copy of our kernels timed as a peer (``--impl NAME=kernels_x:unified_attention``) runs with
     a workspace of its own package, built before timing, as the heuristic column does: without one
     each timed call would allocate its partials and zero its merge counters."""
-    import kernels
+    import paged_kernels
     from benchmarks.peers import Peer, parse_impl
 
     peer = Peer.load(parse_impl("copy=kernels:unified_attention"))
@@ -145,8 +145,8 @@ def test_bench_split_kv_peer_gets_its_own_preallocated_workspace():
     inputs = build_inputs(_point("decode-bs16-L4096").scaled(64), 2, "cpu", torch.float32, fill=False)
     calls = peer.build(inputs)
     workspace = calls.buffers.get("workspace")
-    assert isinstance(workspace, kernels.Workspace), calls.buffers
-    plan = kernels.make_plan(inputs.q[0], inputs.k_cache, inputs.cu_seqlens_q, inputs.max_seqlen_q,
+    assert isinstance(workspace, paged_kernels.Workspace), calls.buffers
+    plan = paged_kernels.make_plan(inputs.q[0], inputs.k_cache, inputs.cu_seqlens_q, inputs.max_seqlen_q,
                              inputs.max_seqlen_k)
     assert workspace.num_segments == plan.num_segments and workspace.max_num_tokens == inputs.q[0].shape[0]
     assert "preallocated workspace" in calls.config

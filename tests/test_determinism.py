@@ -43,13 +43,13 @@ def test_fused_merge_workspace_reused_across_calls(ctx):
     call must leave the counters at zero, so repeated calls on one workspace (what a replayed CUDA
     graph does) give the same bits."""
     if not ctx.impl.is_ours:
-        pytest.skip("the workspace's merge counters are kernels.Workspace's")
-    import kernels
+        pytest.skip("the workspace's merge counters are paged_kernels.Workspace's")
+    import paged_kernels
 
     case = tables.find("quick-decode-window-sinks")
     inputs = build(case, ctx.device, ctx.seed)
     workspace = split_workspace(inputs, case.num_segments)
-    plan = kernels.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.max_seqlen_k,
+    plan = paged_kernels.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.max_seqlen_k,
                              split_kv=True, num_segments=case.num_segments, workspace=workspace)
     assert plan.fused_merge, f"{case.name} no longer takes the fused merge: pick a case that does"
     # On a GPU the programs of a (query block, KV head) finish in any order: repeat enough to see a race.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import sass, shapes
-from kernels.plan import plan_launch
+from paged_kernels.plan import plan_launch
 
 pytestmark = pytest.mark.harness
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def test_prefill_keeps_kv_copies_in_flight_across_iterations(tmp_path, impl):
     copies in flight (392.1 us).
     """
     if not impl.is_ours:
-        pytest.skip("compiles kernels.unified_attention's prefill: not the implementation under test")
+        pytest.skip("compiles paged_kernels.unified_attention's prefill: not the implementation under test")
     out = tmp_path / "disasm.json"
     res = _run_disasm("--points", "prefill-4x2048", "--columns", "2d", "--json", str(out))
     assert res.returncode == 0, res.stderr[-2000:]
@@ -154,7 +154,7 @@ def test_decode_reads_all_its_metadata_before_its_first_exit(tmp_path, impl):
     L13300: 22.82 us sunk, 22.50 not).
     """
     if not impl.is_ours:
-        pytest.skip("compiles kernels.unified_attention's decode: not the implementation under test")
+        pytest.skip("compiles paged_kernels.unified_attention's decode: not the implementation under test")
     res = _run_disasm("--points", "decode-bs1-L13300", "--columns", "heuristic", "--dump", str(tmp_path))
     assert res.returncode == 0, res.stderr[-2000:]
     (path,) = tmp_path.glob("*_paged_attention_kernel.sass")

@@ -14,8 +14,8 @@ PREFILL_4X2048 = dict(LLAMA, num_tokens=8192, num_seqs=4, max_seqlen_q=2048, max
 @pytest.fixture
 def planner(impl):
     if not impl.is_ours:
-        pytest.skip("planner tests apply to kernels.unified_attention only")
-    from kernels import plan
+        pytest.skip("planner tests apply to paged_kernels.unified_attention only")
+    from paged_kernels import plan
 
     return plan
 
@@ -115,13 +115,13 @@ def test_argument_checks_and_planning_read_no_tensor_values(planner, label):
     """The per-call checks and the planner look at shapes, dtypes and host ints only: on tensors on
     the meta device, which hold no values, any read (``.item()``, ``.tolist()``, a comparison turned
     into a Python bool) raises. That is what keeps a call sync-free and CUDA-graph capturable."""
-    import kernels
+    import paged_kernels
 
     inputs = build(tables.find(label), "meta", seed=0)
     args = inputs.call_args(inputs.out)
-    kernels.check_arguments(*args, *inputs.call_kwargs().values(), None, None)
+    paged_kernels.check_arguments(*args, *inputs.call_kwargs().values(), None, None)
     for split_kv in (None, False, True):
-        kernels.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.max_seqlen_k,
+        paged_kernels.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.max_seqlen_k,
                           split_kv=split_kv)
 
 
@@ -182,12 +182,12 @@ def test_fp8_caches_decode_at_five_stages(planner, num_seqs, seq_len):
 def test_make_plan_tells_the_planner_the_kv_quant_mode(planner, monkeypatch, mode, per_token_head):
     """``make_plan`` (what ``unified_attention`` launches) passes ``kv_quant_mode`` on, so a
     per-token-head cache is not planned like a per-tensor one."""
-    import kernels.api
+    import paged_kernels.api
 
     seen = {}
-    monkeypatch.setattr(kernels.api, "plan_launch", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(paged_kernels.api, "plan_launch", lambda **kw: seen.update(kw))
     inputs = build(tables.find("quick-fp8kv"), "meta", seed=0)
-    kernels.api.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.max_seqlen_k,
+    paged_kernels.api.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.max_seqlen_k,
                           kv_quant_mode=mode)
     assert seen["one_byte_kv"] and seen["kv_per_token_head"] == per_token_head
 

@@ -1,4 +1,4 @@
-"""Keyword-only features of ``kernels.unified_attention`` (vLLM's 2026 arguments): their argument
+"""Keyword-only features of ``paged_kernels.unified_attention`` (vLLM's 2026 arguments): their argument
 checks (named errors, nothing written, no tensor values read) and a few direct kernel checks
 the case tables cannot express. Numerics, edges and poison live in the tables."""
 
@@ -183,15 +183,15 @@ def test_feature_checks_read_no_values(ctx, bad):
         pytest.skip("check_arguments belongs to kernels")
     import inspect
 
-    import kernels
+    import paged_kernels
 
     args, kwargs = _feature_call(ctx, bad)
     meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
     kw = {k: (v.to("meta") if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
-    names = list(inspect.signature(kernels.check_arguments).parameters)
+    names = list(inspect.signature(paged_kernels.check_arguments).parameters)
     positional = meta + [kw.pop(n, None) for n in names[16:21]]  # alibi .. workspace
     with pytest.raises(bad.error, match=bad.regex):
-        kernels.check_arguments(*positional, **kw)
+        paged_kernels.check_arguments(*positional, **kw)
 
 
 @pytest.mark.bad_input
@@ -210,10 +210,10 @@ def test_prefix_range_values_are_metadata(ctx):
     with pytest.raises(ValueError, match=r"^mm_prefix_range: sequence 0 has a range \[-3, 50\]"):
         reference.unified_attention(*inputs.call_args(inputs.fresh_out()), **kwargs)
     if ctx.impl.is_ours:
-        import kernels
+        import paged_kernels
 
         with pytest.raises(ValueError, match=r"^mm_prefix_range: sequence 0 has a range \[-3, 50\]"):
-            kernels.validate_metadata(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.seqused_k,
+            paged_kernels.validate_metadata(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.seqused_k,
                                       inputs.max_seqlen_k, inputs.block_table, mm_prefix_range=ranges)
     if "check_metadata" in ctx.impl.params:
         out = inputs.fresh_out()
@@ -241,7 +241,7 @@ def test_kv_quant_mode_forms_agree(ctx, form):
     """vLLM's KVQuantMode IntEnum and the mode's name give the same output, bit for bit; so do None
     and "fp8_per_tensor" for a per-tensor fp8 cache."""
     if not ctx.impl.is_ours:
-        pytest.skip("the accepted forms of kernels.unified_attention's kv_quant_mode")
+        pytest.skip("the accepted forms of paged_kernels.unified_attention's kv_quant_mode")
     inputs = build(tables.find("quick-int8-pertokenhead"), ctx.device, ctx.seed)
     runs = []
     for mode in ("int8_per_token_head", KVQuantMode.INT8_PER_TOKEN_HEAD if form == "enum" else "int8_per_token_head"):
@@ -262,7 +262,7 @@ def test_kv_quant_mode_forms_agree(ctx, form):
 def test_fp8_query_with_per_token_head_cache_is_refused(ctx):
     """A limit of these kernels (the reference supports it): named NotImplementedError, nothing written."""
     if not ctx.impl.is_ours:
-        pytest.skip("a limit of kernels.unified_attention")
+        pytest.skip("a limit of paged_kernels.unified_attention")
     inputs = build(tables.composition_case("mixed"), ctx.device, ctx.seed)
     args, kwargs = list(inputs.call_args(inputs.fresh_out())), dict(inputs.call_kwargs())
     _fp8_query(args, torch.ones(1))

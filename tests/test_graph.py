@@ -12,17 +12,17 @@ CAPACITY_LEN = 1200 if tables.ON_GPU else 64
 @pytest.mark.parametrize("num_seqs", [1, 4])
 def test_split_kv_graph_replay(ctx, num_seqs):
     if not ctx.impl.is_ours:
-        pytest.skip("graph capture needs kernels.Workspace")
-    import kernels
+        pytest.skip("graph capture needs paged_kernels.Workspace")
+    import paged_kernels
 
     case = tables.composition_case("decode").with_(
         label=f"graph-{num_seqs}seqs", seq_lens=(CAPACITY_LEN,) * num_seqs, query_lens=(1,) * num_seqs, num_segments=8)
     static = build(case, ctx.device, ctx.seed)
-    workspace = kernels.Workspace(num_seqs, case.num_q_heads, case.head_size, 8, ctx.device).fill_(float("nan"))
+    workspace = paged_kernels.Workspace(num_seqs, case.num_q_heads, case.head_size, 8, ctx.device).fill_(float("nan"))
     out = static.fresh_out()
 
     def call():
-        kernels.unified_attention(*static.call_args(out), **static.call_kwargs(), split_kv=True, num_segments=8,
+        paged_kernels.unified_attention(*static.call_args(out), **static.call_kwargs(), split_kv=True, num_segments=8,
                                   workspace=workspace)
 
     call()  # compile outside the capture

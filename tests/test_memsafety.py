@@ -43,7 +43,7 @@ def test_kernels_are_clean_under_sanitizer(tool):
 @pytest.mark.parametrize("name", list(BREAKAGES))
 def test_tier_reports_broken_kernels(name, tmp_path):
     tool, probes = BREAKAGES[name]
-    target = mutants.materialize(mutants.BY_NAME[name], tmp_path) / "kernels"
+    target = mutants.materialize(mutants.BY_NAME[name], tmp_path) / "paged_kernels"
     ok, report, log = memsafety.sanitize(tool, kernels_dir=str(tmp_path), selected=probes)
     assert f"kernels from {target}" in log, "the broken copy was not the one imported"
     assert not ok, f"{tool} did not report the '{name}' breakage"

@@ -48,27 +48,27 @@ def test_catalog_holds_the_issue_bugs_and_unique_names():
 @pytest.mark.harness
 def test_target_must_occur_exactly_once(tmp_path):
     copy = mutants.materialize(None, tmp_path)
-    source = copy / "kernels" / "_attention.py"
+    source = copy / "paged_kernels" / "_attention.py"
     text = source.read_text()
     mutant = mutants.BY_NAME["no-rescale"]
     target = mutant.edits[0].target
     source.write_text(text + "\n# " + target + "\n")  # now twice
     with pytest.raises(mutants.CatalogError, match="occurs 2 times"):
-        mutant.sources(copy / "kernels")
+        mutant.sources(copy / "paged_kernels")
     source.write_text(text.replace(target, "acc = acc * alpha[:, None]  +  tl.dot("))  # now never
     with pytest.raises(mutants.CatalogError, match="occurs 0 times"):
-        mutant.sources(copy / "kernels")
+        mutant.sources(copy / "paged_kernels")
 
 
 @pytest.mark.harness
 def test_materialize_mutates_only_the_copy(tmp_path):
-    shipped = {p.name: p.read_bytes() for p in (ROOT / "kernels").glob("*.py")}
+    shipped = {p.name: p.read_bytes() for p in (ROOT / "paged_kernels").glob("*.py")}
     mutant = mutants.BY_NAME["scale-not-log2"]
-    copy = mutants.materialize(mutant, tmp_path) / "kernels"
-    assert {p.name: p.read_bytes() for p in (ROOT / "kernels").glob("*.py")} == shipped
+    copy = mutants.materialize(mutant, tmp_path) / "paged_kernels"
+    assert {p.name: p.read_bytes() for p in (ROOT / "paged_kernels").glob("*.py")} == shipped
     changed = {p.name for p in copy.glob("*.py") if p.read_bytes() != shipped[p.name]}
     assert changed == {"api.py"}
-    assert mutants.fingerprint(copy) != mutants.fingerprint(ROOT / "kernels")
+    assert mutants.fingerprint(copy) != mutants.fingerprint(ROOT / "paged_kernels")
 
 
 @pytest.mark.harness
@@ -76,9 +76,9 @@ def test_the_copy_is_the_kernels_python_imports(tmp_path):
     """What the runner relies on: cwd + PYTHONPATH at the copy shadow the repository's kernels."""
     root = mutants.materialize(mutants.BY_NAME["no-rescale"], tmp_path)
     env = {**os.environ, "PYTHONPATH": str(root), "TRITON_INTERPRET": "1"}
-    code = "import kernels, pathlib; print(pathlib.Path(kernels.__file__).resolve().parent)"
+    code = "import paged_kernels, pathlib; print(pathlib.Path(paged_kernels.__file__).resolve().parent)"
     found = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
-    assert Path(found.stdout.strip()) == (root / "kernels").resolve()
+    assert Path(found.stdout.strip()) == (root / "paged_kernels").resolve()
 
 
 # --------------------------------------------------------------------------------------------

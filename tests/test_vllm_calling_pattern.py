@@ -121,7 +121,7 @@ def vllm_inputs(call: VllmCall, device: str, seed: int = 0) -> dict:
 @pytest.mark.parametrize("call", CALLS, ids=lambda c: c.id)
 def test_vllm_fp8_calling_pattern(ctx, call, path):
     if not ctx.impl.is_ours:
-        pytest.skip("vLLM's calling pattern against kernels.unified_attention")
+        pytest.skip("vLLM's calling pattern against paged_kernels.unified_attention")
     kwargs = vllm_inputs(call, ctx.device)
     split_kv = {"2d": False, "3d": True, "auto": None}[path]
     out = ctx.impl.func(**{**kwargs, "out": kwargs["out"].clone()}, split_kv=split_kv)

@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=15)
 
     p = sub.add_parser("mutants", help="kill matrix: the quick tiers against every catalog mutant",
-                       description="Copy the suite and kernels/ into a temp folder per mutant, apply the mutant to "
+                       description="Copy the suite and paged_kernels/ into a temp folder per mutant, apply the mutant to "
                                    "the copy, run pytest there, and print which tests caught which mutant. An "
                                    "unmutated control must pass. Exit 0: every mutant detectable on this device "
                                    "killed; 1: a survivor; 2: invalid run (control failed, mutant not imported).")

@@ -207,7 +207,7 @@ def minimize(*, device: str, impl_spec: str | None, file: str | None = None, cas
         nodeid = payload.get("nodeid") or file
     else:
         start = Trial(tables.find(case_name), path)
-        impl = Implementation.load(impl_spec or "kernels:unified_attention")
+        impl = Implementation.load(impl_spec or "paged_kernels:unified_attention")
         nodeid = f"table case {case_name}"
     probe = make_predicate(impl, device, seed, poison, workspace, poison_workspace, batch_invariant, None)
     if not probe(start):

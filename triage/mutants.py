@@ -1,4 +1,4 @@
-"""The mutation catalog: realistic kernel bugs, declared as data, applied to a *copy* of ``kernels/``.
+"""The mutation catalog: realistic kernel bugs, declared as data, applied to a *copy* of ``paged_kernels/``.
 
 Each mutant is one bug made of one or more exact textual edits. An edit's target must occur
 exactly once in its file, so a kernel change that moves or rewrites the code fails the
@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-KERNELS_DIR = REPO_ROOT / "kernels"
+KERNELS_DIR = REPO_ROOT / "paged_kernels"
 
 
 @dataclass(frozen=True)
 class Edit:
-    file: str  # relative to kernels/
+    file: str  # relative to paged_kernels/
     target: str  # exact text, must occur exactly once in the file
     replacement: str
 
@@ -55,7 +55,7 @@ class Mutant:
                 text = (kernels_dir / edit.file).read_text()
             count = text.count(edit.target)
             if count != 1:
-                raise CatalogError(f"mutant {self.name!r}: target occurs {count} times in kernels/{edit.file} "
+                raise CatalogError(f"mutant {self.name!r}: target occurs {count} times in paged_kernels/{edit.file} "
                                    f"(expected exactly 1; the kernel changed, update the catalog):\n{edit.target}")
             texts[edit.file] = text.replace(edit.target, edit.replacement)
         return texts
@@ -464,11 +464,11 @@ def check_catalog(kernels_dir: Path = KERNELS_DIR) -> list[str]:
             continue
         for file, text in texts.items():
             if text == (kernels_dir / file).read_text():
-                problems.append(f"mutant {mutant.name!r}: changes nothing in kernels/{file}")
+                problems.append(f"mutant {mutant.name!r}: changes nothing in paged_kernels/{file}")
             try:
                 ast.parse(text)
             except SyntaxError as exc:
-                problems.append(f"mutant {mutant.name!r}: kernels/{file} no longer parses: {exc}")
+                problems.append(f"mutant {mutant.name!r}: paged_kernels/{file} no longer parses: {exc}")
     return problems
 
 
@@ -479,13 +479,13 @@ def ignore_copies(directory, names):
 
 
 def materialize(mutant: Mutant | None, root: Path | None = None, kernels_dir: Path = KERNELS_DIR) -> Path:
-    """Copy ``kernels/`` to ``root/kernels`` (a fresh temp dir by default) and apply ``mutant``.
+    """Copy ``paged_kernels/`` to ``root/kernels`` (a fresh temp dir by default) and apply ``mutant``.
 
-    Returns ``root``: put it first on ``sys.path`` / ``PYTHONPATH`` so ``import kernels``
+    Returns ``root``: put it first on ``sys.path`` / ``PYTHONPATH`` so ``import paged_kernels``
     resolves to the copy. ``mutant=None`` makes the unmutated control copy.
     """
     root = Path(tempfile.mkdtemp(prefix=f"mutant-{mutant.name if mutant else 'control'}-")) if root is None else root
-    target = root / "kernels"
+    target = root / "paged_kernels"
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(kernels_dir, target, ignore=ignore_copies)

@@ -1,10 +1,10 @@
 """Run the suite against every mutant of the catalog and print the kill matrix.
 
 For each mutant (and an unmutated control) the suite is copied into a fresh temp folder with
-the mutated ``kernels/`` beside it, and ``pytest -m <tiers>`` runs there as a subprocess with
-that folder as working directory and first on ``PYTHONPATH``, so ``import kernels`` (the
+the mutated ``paged_kernels/`` beside it, and ``pytest -m <tiers>`` runs there as a subprocess with
+that folder as working directory and first on ``PYTHONPATH``, so ``import paged_kernels`` (the
 default ``--attn-impl``, the harness's Workspace/planner imports and the interpreter probe)
-resolves to the copy. A guard plugin records which ``kernels`` the run imported and its
+resolves to the copy. A guard plugin records which ``paged_kernels`` the run imported and its
 source digest; a run that imported anything else is reported as invalid rather than counted.
 The control must pass, or no kill means anything.
 """
@@ -61,11 +61,11 @@ def pytest_runtest_protocol(item, nextitem):
 def pytest_sessionstart(session):
     if hasattr(session.config, "workerinput"):  # an xdist worker of this run: the controller records
         return
-    import kernels
+    import paged_kernels
 
-    where = Path(kernels.__file__).resolve().parent
+    where = Path(paged_kernels.__file__).resolve().parent
     Path(os.environ["ATTN_TRIAGE_IMPORTED"]).write_text(
-        json.dumps({"kernels": str(where), "fingerprint": fingerprint(where)}))
+        json.dumps({"paged_kernels": str(where), "fingerprint": fingerprint(where)}))
 
 
 def pytest_report_header(config):
@@ -197,7 +197,7 @@ def run_one(mutant: catalog.Mutant | None, *, tiers: str, device: str, timeout: 
     start = time.monotonic()
     try:
         prepare_tree(mutant, root)
-        expected = catalog.fingerprint(root / "kernels")
+        expected = catalog.fingerprint(root / "paged_kernels")
         env = child_environment(os.environ)
         env.update(
             PYTHONPATH=os.pathsep.join([str(root)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]),
@@ -231,7 +231,7 @@ def run_one(mutant: catalog.Mutant | None, *, tiers: str, device: str, timeout: 
         imported_file = root / "imported.json"
         imported = json.loads(imported_file.read_text()) if imported_file.exists() else None
         if imported is not None:
-            imported["inside_copy"] = Path(imported["kernels"]).resolve() == (root / "kernels").resolve()
+            imported["inside_copy"] = Path(imported["paged_kernels"]).resolve() == (root / "paged_kernels").resolve()
             if not imported["inside_copy"]:
                 imported["fingerprint"] = "imported-from-elsewhere"
         tests = parse_junit(root / "junit.xml")
@@ -240,7 +240,7 @@ def run_one(mutant: catalog.Mutant | None, *, tiers: str, device: str, timeout: 
                 if "crashed" in t.message or "Timeout" in t.message:
                     t.outcome, t.message = "failed", "crashed: " + t.message
         return MutantResult(
-            name=name, description=mutant.description if mutant else "unmutated copy of kernels/",
+            name=name, description=mutant.description if mutant else "unmutated copy of paged_kernels/",
             gpu_only=bool(mutant and mutant.gpu_only), note=mutant.note if mutant else "",
             returncode=returncode, seconds=time.monotonic() - start, tests=tests,
             imported=imported, expected_fingerprint=expected, log_tail=log[-3000:], died=crashed,
