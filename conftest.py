@@ -29,7 +29,7 @@ settings.register_profile("noshrink", max_examples=10, derandomize=True, databas
                           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 settings.load_profile("cpu" if DEVICE == "cpu" else "gpu")
 
-from attention_suite import Context, DEFAULT_SPEC, Implementation  # noqa: E402
+from attention_suite import Context, DEFAULT_SPEC, Implementation, ImplSpecError  # noqa: E402
 from attention_suite import gpus  # noqa: E402
 
 TIERS = {
@@ -69,6 +69,11 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     for name, text in TIERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    spec = config.getoption("--attn-impl")
+    try:
+        config._attn_impl = Implementation.load(spec)
+    except ImplSpecError as exc:
+        raise pytest.UsageError(f"--attn-impl {spec}: {exc}") from None
     if DEVICE == "cuda":
         config._attn_gpu = gpus.pin_current_worker()
 
@@ -110,7 +115,7 @@ def device() -> str:
 
 @pytest.fixture(scope="session")
 def impl(request) -> Implementation:
-    return Implementation.load(request.config.getoption("--attn-impl"))
+    return request.config._attn_impl
 
 
 @pytest.fixture

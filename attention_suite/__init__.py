@@ -25,7 +25,7 @@ _PUBLIC = {
     "run_case": "check", "check_against_reference": "check", "check_poison_free": "check", "same_bits": "check",
     "skip_if_unsupported": "check", "split_workspace": "check", "assert_untouched_padding": "check",
     # the implementation under test
-    "Implementation": "impl", "DEFAULT_SPEC": "impl", "load_function": "impl", "VllmKVQuantMode": "impl",
+    "Implementation": "impl", "ImplSpecError": "impl", "DEFAULT_SPEC": "impl", "load_function": "impl", "VllmKVQuantMode": "impl",
 }
 __all__ = sorted(_PUBLIC)
 

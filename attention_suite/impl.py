@@ -27,8 +27,6 @@ import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 DEFAULT_SPEC = "paged_kernels:unified_attention"
 
 
@@ -45,18 +43,44 @@ VLLM_3D_ARGS = ("seq_threshold_3D", "num_par_softmax_segments", "softmax_segm_ou
 VLLM_DEFAULT_SEGMENTS = 16
 
 
-def load_function(spec: str):
+class ImplSpecError(ValueError):
+    """A spec that names no loadable function; the message says what was wrong, in one line."""
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """(module or file, function name) of ``MODULE:FUNC`` / ``path/to/file.py:FUNC``, checked cheaply:
+    the form, the file's existence, the top-level module's existence (nothing is imported)."""
     target, _, name = spec.rpartition(":")
-    if not target or not name:
-        raise ValueError(f"--attn-impl: expected MODULE:FUNC or path/to/file.py:FUNC, got {spec!r}")
+    if not target or not name.isidentifier():
+        raise ImplSpecError(f"expected MODULE:FUNC or path/to/file.py:FUNC, got {spec!r}")
+    if target.endswith(".py"):
+        if not Path(target).is_file():
+            raise ImplSpecError(f"file {target!r} not found")
+    elif importlib.util.find_spec(target.split(".")[0]) is None:
+        raise ImplSpecError(f"module {target!r} not found")
+    return target, name
+
+
+def load_function(spec: str):
+    target, name = split_spec(spec)
     if target.endswith(".py"):
         path = Path(target).resolve()
         module_spec = importlib.util.spec_from_file_location(f"attn_impl_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
     else:
-        module = importlib.import_module(target)
-    return getattr(module, name)
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            if exc.name and (target == exc.name or target.startswith(exc.name + ".")):
+                raise ImplSpecError(f"module {target!r} not found") from None
+            raise ImplSpecError(f"module {target!r} needs {exc.name!r}, which is not installed") from None
+    func = getattr(module, name, None)
+    if func is None:
+        raise ImplSpecError(f"{target!r} has no function {name!r}")
+    if not callable(func):
+        raise ImplSpecError(f"{target}:{name} is not callable")
+    return func
 
 
 @dataclass
@@ -124,7 +148,7 @@ class Implementation:
         if "kv_quant_mode" not in self.params:
             return kwargs
         mode = kwargs.get("kv_quant_mode")
-        if mode is None and inputs.k.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        if mode is None and inputs.k.dtype.is_floating_point and inputs.k.dtype.itemsize == 1:
             mode = "fp8_per_tensor"
         if isinstance(mode, str):
             enum_type = type(self.signature.parameters["kv_quant_mode"].default)
@@ -166,6 +190,8 @@ class Implementation:
         return out
 
     def _vllm_3d_args(self, inputs, path, segments, poison):
+        import torch
+
         num_tokens, num_heads, head_size = inputs.q.shape
         head_pad = 1 << (head_size - 1).bit_length()
         fill = float("nan") if poison else 0.0

@@ -24,8 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-from . import tables
-
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "MEMSAFETY-CASE"
 # Tails, segments, windows, GQA, strides: every code path the edge, layout, quick and poison tables build.
@@ -33,6 +31,8 @@ CURATED_TABLES = ("edge", "layout", "quick", "poison")
 
 
 def curated_cases():
+    from . import tables  # imports torch: after argument parsing
+
     # head_padded views read inside their padding by design: that is slack, not an out-of-bounds read.
     return [c for c in tables.all_cases(CURATED_TABLES) if c.layout != "head_padded"]
 

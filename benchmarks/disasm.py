@@ -43,7 +43,7 @@ from unittest import mock
 from . import sass, shapes
 
 DEFAULT_ARCH = 90
-DEFAULT_SMS = 132  # H200 (and H100 SXM)
+PROG = "python -m benchmarks.disasm"
 OUR_COLUMNS = {"heuristic": {}, "2d": {"split_kv": False}, "3d": {"split_kv": True}}
 LOOP_CATEGORIES = ("mma", "gload", "shared", "convert", "fp32", "mufu", "int", "sync")
 
@@ -180,13 +180,11 @@ def point_columns(point, peers, columns) -> list[tuple[str, object, object]]:
     ours_module = sys.modules[paged_kernels.unified_attention.__module__]
     out = [(c, _ours(inputs, None, **OUR_COLUMNS[c])[0], ours_module) for c in columns]
     for peer in peers:
-        if peer.impl is None:
-            raise DisasmError(f"peer {peer.spec.name}: {peer.error}")
         out.append((peer.spec.name, peer.build(inputs).calls[0], sys.modules.get(peer.impl.func.__module__)))
     return out
 
 
-def disasm_point(point, peers=(), columns=tuple(OUR_COLUMNS), arch=DEFAULT_ARCH, num_sms=DEFAULT_SMS,
+def disasm_point(point, peers=(), columns=tuple(OUR_COLUMNS), arch=DEFAULT_ARCH, num_sms=shapes.H100_SMS,
                  dump: Path | None = None) -> dict:
     limits = sass.ARCH_LIMITS[arch]
     record = {"point": point.name, "describe": point.describe(), "columns": {}}
@@ -253,7 +251,7 @@ def render(records: list[dict], all_loops: bool = False) -> str:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.disasm", description=__doc__,
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--points", default=None, help="comma-separated point names; 'prefix*' selects by prefix "
                                                    "(default: the quick subset)")
@@ -264,7 +262,8 @@ def parse_args(argv=None):
                     help="a peer implementation as the sweep takes it ('vllm': vLLM's kernel with its backend's settings)")
     ap.add_argument("--arch", type=int, default=DEFAULT_ARCH, choices=sorted(sass.ARCH_LIMITS),
                     help="compute capability to compile for (default 90: H100/H200)")
-    ap.add_argument("--sms", type=int, default=DEFAULT_SMS, help="SMs of the card the planner plans for (default 132)")
+    ap.add_argument("--sms", type=int, default=shapes.H100_SMS,
+                    help=f"SMs of the card the planner plans for (default {shapes.H100_SMS})")
     ap.add_argument("--dump", default=None, help="folder for each launch's SASS, PTX and TTGIR")
     ap.add_argument("--json", default=None, help="write the records as JSON here")
     ap.add_argument("--all-loops", action="store_true",
@@ -291,9 +290,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import triton
 
-    from .peers import Peer
+    from .peers import load_or_exit
 
-    peers = [Peer.load(spec) for spec in args.impl_specs]
+    peers = load_or_exit(PROG, args.impl_specs)
     print(f"triton {triton.__version__} ({Path(triton.__file__).parent}), sm_{args.arch}, {args.sms} SMs", flush=True)
     records = []
     try:

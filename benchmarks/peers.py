@@ -12,25 +12,29 @@ How a peer is called depends on what its signature offers, as in the suite:
   settings: a decode-only batch of at most ``128 // num_kv_heads`` sequences gets the 3D split-KV
   path with 16 segments and float32 segment buffers allocated once, outside the timed region;
   any other batch gets the 2D path (the buffers omitted, which is how the function picks 2D);
-- anything else (ours included, through ``kernels:unified_attention``): the positional arguments
+- anything else (ours included, through ``paged_kernels:unified_attention``): the positional arguments
   only, i.e. the implementation's own choice of path.
 
 Quantized points (``Peer.quant_args``): fp8 descales positionally (vLLM: expanded to
 ``[num_seqs, num_kv_heads]`` with ``kv_quant_mode=KVQuantMode.FP8_PER_TENSOR``); an int8 per
 token-head cache needs ``kv_quant_mode``, ``k_scale_cache`` and ``v_scale_cache`` in the
 signature, else the peer is recorded n/a with the reason.
+
+A bad ``--impl`` (malformed; no such module, file or function; an import that fails) is the
+command's one-line usage error, exit 2: the form and the module or file are checked while parsing,
+before anything heavy is imported; the function, when the peers load.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import inspect
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import torch
+from typing import Callable, NoReturn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VLLM_SHORTCUT = "vllm"
@@ -45,7 +49,7 @@ RESERVED_NAMES = ("heuristic", "2d", "3d", "sdpa-flash", "sdpa-cudnn", "flex", "
 
 
 class PeerError(ValueError):
-    """A bad ``--impl`` value (raised while parsing arguments, before anything runs)."""
+    """A bad ``--impl`` value; the message names it and says what is wrong, in one line."""
 
 
 class PeerUnsupported(RuntimeError):
@@ -61,6 +65,13 @@ class PeerSpec:
     def to_dict(self) -> dict:
         return {"name": self.name, "spec": self.target, "import_dir": self.import_dir}
 
+    @property
+    def flag(self) -> str:
+        """The ``--impl`` value as the user gave it, for error messages."""
+        if self.name == VLLM_SHORTCUT and self.target == VLLM_FUNC:
+            return f"--impl {VLLM_SHORTCUT}"
+        return f"--impl {self.name}={self.target}"
+
 
 def vllm_dir() -> Path:
     """The unmodified vLLM copy: ``$VLLM_PEER_DIR``, else ``<repo root>/../shared/peers/vllm``."""
@@ -72,16 +83,40 @@ def parse_impl(value: str) -> PeerSpec:
     """``vllm`` or ``NAME=MODULE:FUNC`` / ``NAME=path/to/file.py:FUNC`` -> PeerSpec."""
     value = value.strip()
     if value == VLLM_SHORTCUT:
-        return PeerSpec(VLLM_SHORTCUT, VLLM_FUNC, str(vllm_dir()))
+        spec = PeerSpec(VLLM_SHORTCUT, VLLM_FUNC, str(vllm_dir()))
+        check_target(spec)
+        return spec
     name, sep, target = value.partition("=")
     name, target = name.strip(), target.strip()
-    if not sep or not name or ":" not in target:
+    where, _, func = target.rpartition(":")
+    if not sep or not name or not where or not func.isidentifier():
         raise PeerError(f"--impl: expected 'vllm' or NAME=MODULE:FUNC or NAME=path/to/file.py:FUNC, got {value!r}")
     if name in RESERVED_NAMES:
         raise PeerError(f"--impl: the name {name!r} is taken by a built-in column ({', '.join(RESERVED_NAMES)})")
     if not all(c.isalnum() or c in "-_." for c in name):
         raise PeerError(f"--impl: name {name!r} may hold only letters, digits, '-', '_' and '.'")
-    return PeerSpec(name, target)
+    spec = PeerSpec(name, target)
+    check_target(spec)
+    return spec
+
+
+def check_target(spec: PeerSpec) -> None:
+    """What can be known without importing anything: that the target's file or top-level module
+    exists (in ``import_dir`` when it has one). A missing function shows only on load."""
+    where = spec.target.rpartition(":")[0]
+    if spec.import_dir and not Path(spec.import_dir).is_dir():
+        raise PeerError(f"{spec.flag}: folder {spec.import_dir} not found (set ${VLLM_DIR_ENV})")
+    if where.endswith(".py"):
+        if not Path(where).is_file():
+            raise PeerError(f"{spec.flag}: file {where!r} not found")
+        return
+    top = where.split(".")[0]
+    if not top.isidentifier():
+        raise PeerError(f"{spec.flag}: {where!r} is neither a module name nor a .py file")
+    found = (importlib.machinery.PathFinder.find_spec(top, [spec.import_dir]) if spec.import_dir
+             else importlib.util.find_spec(top))
+    if found is None:
+        raise PeerError(f"{spec.flag}: module {top!r} not found")
 
 
 def parse_all(values: list[str] | None) -> list[PeerSpec]:
@@ -93,54 +128,64 @@ def parse_all(values: list[str] | None) -> list[PeerSpec]:
     return specs
 
 
+def usage_error(prog: str, message: str) -> NoReturn:
+    """argparse's error line without the usage text above it: a bad ``--impl`` reads as one line."""
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    raise SystemExit(2)
+
+
 def specs_or_exit(parser, values: list[str] | None) -> list[PeerSpec]:
-    """``parse_all`` for a command line: a bad ``--impl`` is the parser's usage error (exit 2)."""
+    """``parse_all`` for a command line: a bad ``--impl`` is a usage error (exit 2)."""
     try:
         return parse_all(values)
     except PeerError as exc:
-        parser.error(str(exc))
+        usage_error(parser.prog, str(exc))
+
+
+def load_or_exit(prog: str, specs) -> tuple["Peer", ...]:
+    """Every peer loaded, or a usage error (exit 2) naming the ``--impl`` that failed to load."""
+    try:
+        return tuple(Peer.load(spec) for spec in specs)
+    except PeerError as exc:
+        usage_error(prog, str(exc))
 
 
 @dataclass
 class Peer:
-    """A loaded peer: the suite's Implementation (function + signature), or why it failed to load."""
+    """A loaded peer: the suite's Implementation (function + signature)."""
 
     spec: PeerSpec
-    impl: object = None  # attention_suite.impl.Implementation
-    error: str | None = None
+    impl: object  # attention_suite.impl.Implementation
 
     @classmethod
     def load(cls, spec: PeerSpec) -> "Peer":
-        try:
-            if spec.import_dir:
-                if not Path(spec.import_dir).is_dir():
-                    raise FileNotFoundError(f"{spec.import_dir} does not exist (set ${VLLM_DIR_ENV})")
-                if spec.import_dir not in sys.path:
-                    sys.path.insert(0, spec.import_dir)
-            from attention_suite.impl import Implementation
+        """Import the peer's function; PeerError (one line, naming the ``--impl``) if it cannot be."""
+        check_target(spec)
+        if spec.import_dir and spec.import_dir not in sys.path:
+            sys.path.insert(0, spec.import_dir)
+        from attention_suite.impl import Implementation
 
+        try:
             return cls(spec, Implementation.load(spec.target))
-        except Exception as exc:  # noqa: BLE001 - a peer that cannot load is a recorded reason, not a crash
+        except Exception as exc:  # noqa: BLE001 - whatever stops the import, the --impl value is what to fix
             text = str(exc).strip().splitlines()
-            return cls(spec, error=f"load failed: {type(exc).__name__}: {text[0] if text else ''}"[:600])
+            first = text[0] if text else ""
+            # The suite's loader says what was wrong in a ValueError; anything else is named by its type.
+            reason = first if isinstance(exc, ValueError) else f"{type(exc).__name__}: {first}"
+            raise PeerError(f"{spec.flag}: {reason}"[:600]) from None
 
     @property
-    def style(self) -> str | None:
-        return None if self.impl is None else self.impl.style
+    def style(self) -> str:
+        return self.impl.style
 
     def describe(self) -> dict:
         d = self.spec.to_dict()
         d["style"] = self.style
-        if self.impl is not None:
-            d["file"] = getattr(sys.modules.get(getattr(self.impl.func, "__module__", ""), None), "__file__", None)
-        if self.error:
-            d["error"] = self.error
+        d["file"] = getattr(sys.modules.get(getattr(self.impl.func, "__module__", ""), None), "__file__", None)
         return d
 
     def build(self, inputs) -> "PeerCalls":
         """One call per rotated input copy, with any buffers the peer needs allocated now (untimed)."""
-        if self.impl is None:
-            raise RuntimeError(self.error or "peer not loaded")
         point = inputs.point
         extra: dict = {}
         config = "own choice (positional arguments only)"
@@ -216,11 +261,14 @@ def vllm_backend_args(point, device) -> tuple[dict, str]:
     decode-only batch (max_seqlen_q == 1) of at most seq_threshold_3D sequences. Outside that
     range the buffers are left out, which makes the function take its 2D path.
     """
+    import torch
+    import triton
+
     threshold = VLLM_MIN_LAUNCH_GRID_SIZE_2D // point.num_kv_heads
     if point.max_seqlen_q > 1 or point.num_seqs > threshold:
         why = "not decode-only" if point.max_seqlen_q > 1 else f"{point.num_seqs} seqs > seq_threshold_3D {threshold}"
         return {}, f"2D (vLLM backend: {why})"
-    head_pad = 1 << (point.head_size - 1).bit_length()
+    head_pad = triton.next_power_of_2(point.head_size)  # as vLLM's backend pads the head
     shape = (point.num_tokens, point.num_q_heads, VLLM_NUM_SEGMENTS)
     args = {
         "seq_threshold_3D": threshold,

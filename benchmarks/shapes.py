@@ -12,6 +12,9 @@ from dataclasses import dataclass, replace
 
 # Llama-3.1-8B attention: 32 query heads, 8 KV heads, head 128.
 LLAMA = dict(num_q_heads=32, num_kv_heads=8, head_size=128)
+# Multiprocessors of an H100 SXM (and an H200): the card the dry run's plans and disasm's target
+# stand for when no GPU is present.
+H100_SMS = 132
 BLOCK_SIZE = 16
 DTYPE = "bfloat16"
 ELEMENT_BYTES = 2  # bf16: queries, outputs and the unquantized cache

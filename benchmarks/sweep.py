@@ -21,12 +21,15 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
+# Light imports only up to argument parsing (torch, triton and the kernels load inside the
+# functions that run), so --help and usage errors answer at once.
 from . import report, shapes
-from .shapes import TUNE_SEGMENTS, Point
+from .shapes import H100_SMS, TUNE_SEGMENTS, Point
+
+if TYPE_CHECKING:
+    import torch
 
 # Runs land outside the committed benchmarks/results/ (copy a run there on purpose), so a GPU
 # run never overwrites the recorded results.
@@ -44,7 +47,7 @@ FLOAT32_TOLERANCE = 1e-3  # the same in float32 (dry runs under the interpreter)
 FP8_P_TOLERANCE = 0.1
 OURS_P_TOLERANCE = 2.0 ** -11 * 5.0  # f16 P (the kernel's PV_F16 path)
 OURS = ("heuristic", "2d", "3d")  # our columns (and "3d/<segments>" in tuning)
-H100_SMS = 132
+PROG = "python -m benchmarks.sweep"
 
 
 @dataclasses.dataclass
@@ -70,9 +73,12 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:600]
 
 
-def _ws_bytes(num_tokens: int, num_q_heads: int, head_size: int, segments: int) -> int:
-    head_pad = 1 << max(head_size - 1, 0).bit_length()
-    return num_tokens * num_q_heads * segments * (head_pad + 2) * 4
+def _workspace_bytes(num_tokens: int, num_q_heads: int, head_size: int, segments: int) -> int:
+    """What ``paged_kernels.Workspace`` allocates for these sizes (built on the meta device: no memory)."""
+    import paged_kernels
+
+    ws = paged_kernels.Workspace(num_tokens, num_q_heads, head_size, segments, "meta")
+    return sum(t.nbytes for t in (ws.acc, ws.max, ws.expsum, ws.merge_counters))
 
 
 def _ours(inputs, ws, **kw) -> list[Callable[[], object]]:
@@ -98,6 +104,8 @@ def _poison(inputs) -> None:
 
 def _compare(out: torch.Tensor, ref: torch.Tensor, tolerance: float) -> tuple[float | None, str | None]:
     """Max |out - ref| (None if not finite) and the mismatch, if any, in words."""
+    import torch
+
     finite = torch.isfinite(out)
     if not bool(finite.all()):
         bad = int((~finite).sum())
@@ -118,7 +126,7 @@ def _time_peers(ctx: Context, inputs, runners: dict, results: dict, outputs: dic
             results[name] = {"us": None, "error": str(exc), "unavailable": True}
             continue
         except Exception as exc:  # noqa: BLE001
-            results[name] = {"us": None, "error": _reason(exc) if peer.impl is not None else peer.error}
+            results[name] = {"us": None, "error": _reason(exc)}
             _cleanup(ctx)
             continue
         results[name] = {"config": built.config, "spec": peer.spec.target}
@@ -167,6 +175,8 @@ def _prepare(ctx: Context, runners: dict, results: dict, name: str, calls) -> bo
         return True
     except Exception as exc:  # noqa: BLE001 - one implementation failing must not stop the point
         if ctx.device.type == "cuda":
+            import torch
+
             torch.cuda.synchronize()
         results[name] = {"us": None, "error": _reason(exc)}
         return False
@@ -208,6 +218,8 @@ def _point_header(point: Point, ctx: Context, copies: int) -> dict:
 def _free_memory(ctx: Context) -> int | None:
     if ctx.device.type != "cuda":
         return None
+    import torch
+
     free, _ = torch.cuda.mem_get_info(ctx.device)
     return free
 
@@ -217,6 +229,8 @@ def _cleanup(ctx: Context) -> None:
 
     gc.collect()
     if ctx.device.type == "cuda":
+        import torch
+
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
 
@@ -275,7 +289,7 @@ def run_point(point: Point, ctx: Context, log=print) -> dict:
         heur = paged_kernels.make_plan(q0, k0, cu, mq, mk, **quant)
         forced3 = paged_kernels.make_plan(q0, k0, cu, mq, mk, split_kv=True, **quant)
         ws_segments = forced3.num_segments
-        while ws_segments > 2 and _ws_bytes(point.num_tokens, point.num_q_heads, point.head_size, ws_segments) > WORKSPACE_BUDGET_BYTES:
+        while ws_segments > 2 and _workspace_bytes(point.num_tokens, point.num_q_heads, point.head_size, ws_segments) > WORKSPACE_BUDGET_BYTES:
             ws_segments //= 2
         if heur.path == "3d":
             ws_segments = max(ws_segments, heur.num_segments)
@@ -476,6 +490,8 @@ def _fake_results(data: dict) -> dict:
 
 def dry_run(args) -> int:
     """Build every point small on CPU, plan it (CPU and an H100 preview), render a fake report."""
+    import torch
+
     import paged_kernels
     from .timing import environment
 
@@ -547,19 +563,19 @@ def dry_run(args) -> int:
 
 
 def _load_peers(args) -> tuple:
-    """Load every --impl peer once (importing its module); a peer that fails to load keeps its reason."""
-    from .peers import Peer
+    """Load every --impl peer once (importing its module); one that cannot load is a usage error."""
+    from .peers import load_or_exit
 
-    peers = tuple(Peer.load(spec) for spec in args.impl_specs)
+    peers = load_or_exit(PROG, args.impl_specs)
     for p in peers:
         print(f"peer {p.spec.name}: {p.spec.target}" + (f" (from {p.spec.import_dir})" if p.spec.import_dir else "")
-              + (f": {p.error}" if p.error else f", style {p.style}"), flush=True)
+              + f", style {p.style}", flush=True)
     return peers
 
 
 # -- main ------------------------------------------------------------------------------------
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__,
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the quick subset (every target point; about 1 min)")
     ap.add_argument("--out", default=None, help=f"output folder (default {DEFAULT_OUT})")
@@ -616,13 +632,15 @@ def main(argv=None) -> int:
             suite_device.setup("cpu")
         return dry_run(args)
 
+    import torch
+
     from .timing import card_slug, environment, floor_gbps as pick_floor, l2_bytes, measure_bandwidths, \
         require_cuda, Replayer, time_interleaved
 
+    peers = () if args.tune_segments else _load_peers(args)  # a bad --impl fails before any GPU work
     device = require_cuda()
     env = environment(device)
     target_s = args.target_s if args.target_s is not None else (0.1 if args.quick else 0.2)
-    peers = () if args.tune_segments else _load_peers(args)
     flex = args.flex and not args.tune_segments
     # flex compiles once per point (tens of seconds): give a run with it (or peers) more time.
     budget = args.budget_s if args.budget_s is not None else \

