@@ -80,7 +80,7 @@ class Case:
     out_dtype: str | None = None  # None: same as dtype; "float8_e4m3fn" for fp8 output
     output_scale: float = 0.05  # fp8 output only: out = attention / output_scale, saturating at 448
     causal: bool = True
-    window: tuple[int, int] = (-1, -1)
+    window_size: tuple[int, int] = (-1, -1)
     softcap: float = 0.0
     alibi: bool = False
     alibi_scale: float = 1.0
@@ -94,84 +94,59 @@ class Case:
     pad_tokens: int = 0  # q/out rows past the last sequence (padded CUDA-graph batches)
     num_segments: int | None = None  # force a segment count on the 3D path
     table_slack: int = 1  # block-table columns past the longest sequence's last block (0: exact fit)
-    # Keyword-only features; each is passed to the implementation only when it differs from its default.
-    chunk_lookback: int = -1  # chunked attention (needs causal and window[0] >= 0); -1 off
-    # Bidirectional prefix ranges as (seq, start, end) triples, inclusive; built into mm_prefix_range
-    # [num_seqs, max_ranges + 1, 2], every row padded with an unused (start >= end) entry.
-    prefix_ranges: tuple = ()
-    prefix_clamp: bool = False  # mm_prefix_clamp_sliding_window
+    # Keyword-only features, named as the API names them; each is passed to the implementation only
+    # when it differs from its default.
+    chunk_lookback: int = -1  # chunked attention (needs causal and window_size[0] >= 0); -1 off
+    # Bidirectional prefix ranges as (seq, start, end) triples, inclusive; built into the int32 tensor
+    # [num_seqs, max_ranges + 1, 2] the API takes, every row padded with an unused (start >= end) entry.
+    mm_prefix_range: tuple = ()
+    mm_prefix_clamp_sliding_window: bool = False
     # fp8 cache only: k/v descales of shape [num_seqs, num_kv_heads]; each (sequence, KV head) is
     # scaled by its own factor before quantization, so the descales differ.
     descale_per_head: bool = False
     # Per-token-head quantized cache: "int8_per_token_head" (kv_dtype "int8") or "fp8_per_token_head"
     # (kv_dtype "float8_e4m3fn"), with float32 scale caches [num_blocks, block_size, num_kv_heads].
-    kv_quant: str | None = None
+    kv_quant_mode: str | None = None
 
     def __post_init__(self):
         assert len(self.seq_lens) == len(self.query_lens), self.label
         assert all(0 <= q <= k for q, k in zip(self.query_lens, self.seq_lens)), self.label
         assert self.layout in LAYOUTS, self.layout
         assert self.table_slack >= 0, self.label
-        assert all(0 <= r[0] < len(self.seq_lens) for r in self.prefix_ranges), self.label
+        assert all(0 <= r[0] < len(self.seq_lens) for r in self.mm_prefix_range), self.label
         assert not self.descale_per_head or self.kv_dtype == "float8_e4m3fn", self.label
-        assert self.kv_quant in (None, "int8_per_token_head", "fp8_per_token_head"), self.kv_quant
-        assert (self.kv_dtype == "int8") <= (self.kv_quant == "int8_per_token_head"), self.label
-        assert self.kv_quant != "fp8_per_token_head" or self.kv_dtype == "float8_e4m3fn", self.label
-        assert self.kv_quant != "int8_per_token_head" or self.kv_dtype == "int8", self.label
-        assert not self.kv_quant or not self.descale_per_head, self.label
+        assert self.kv_quant_mode in (None, "int8_per_token_head", "fp8_per_token_head"), self.kv_quant_mode
+        assert (self.kv_dtype == "int8") <= (self.kv_quant_mode == "int8_per_token_head"), self.label
+        assert self.kv_quant_mode != "fp8_per_token_head" or self.kv_dtype == "float8_e4m3fn", self.label
+        assert self.kv_quant_mode != "int8_per_token_head" or self.kv_dtype == "int8", self.label
+        assert not self.kv_quant_mode or not self.descale_per_head, self.label
         # fp8 queries need a quantized cache and a 16/32-bit or fp8 output named explicitly.
         assert self.dtype != "float8_e4m3fn" or (self.kv_dtype and self.out_dtype), self.label
 
     def ranges_of(self, seq: int) -> list[tuple[int, int]]:
         """Sequence ``seq``'s prefix ranges as (start, end) pairs."""
-        return [(a, b) for q, a, b in self.prefix_ranges if q == seq]
+        return [(a, b) for q, a, b in self.mm_prefix_range if q == seq]
 
     @property
     def name(self) -> str:
-        """The label, then every field that differs from the defaults that matter for an id."""
+        """The label, then a tag for every field that differs from its default (``ID_TAGS``)."""
         parts = [self.label] if self.label else []
-        parts.append(_DTYPE_TAGS[self.dtype])
-        if self.kv_dtype:
-            parts.append(f"kv{_DTYPE_TAGS[self.kv_dtype]}")
-        if self.out_dtype:
-            parts.append(f"out{_DTYPE_TAGS[self.out_dtype]}" + (f"x{self.output_scale:g}" if self.output_scale != 0.05 else ""))
-        parts += [f"d{self.head_size}", f"g{self.num_q_heads // self.num_kv_heads}", f"b{self.block_size}"]
-        if not self.causal:
-            parts.append("noncausal")
-        if self.window != (-1, -1):
-            left, right = self.window
-            parts.append(f"w{left}" if right == -1 else f"w{left}.{right}")
-        if self.softcap:
-            parts.append(f"softcap{self.softcap:g}")
-        if self.alibi:
-            parts.append("alibi" + (f"x{self.alibi_scale:g}" if self.alibi_scale != 1.0 else ""))
-        if self.sinks:
-            parts.append("sinks" + (f"x{self.sink_scale:g}" if self.sink_scale != 1.0 else ""))
-        if self.logit_scale != 1.0:
-            parts.append(f"logits{self.logit_scale:g}")
-        if self.value_scale != 1.0:
-            parts.append(f"values{self.value_scale:g}")
-        if self.softmax_scale_factor != 1.0:
-            parts.append(f"scale{self.softmax_scale_factor:g}")
-        if self.layout != "contiguous":
-            parts.append(self.layout.replace("_", "-"))
-        if self.pad_tokens:
-            parts.append(f"pad{self.pad_tokens}")
-        if self.num_segments is not None:
-            parts.append(f"seg{self.num_segments}")
-        if self.table_slack != 1:
-            parts.append(f"slack{self.table_slack}")
-        if self.chunk_lookback >= 0:
-            parts.append(f"chunk{self.chunk_lookback}")
-        if self.prefix_ranges:
-            parts.append("ranges" + "_".join(f"{q}.{a}.{b}" for q, a, b in self.prefix_ranges))
-        if self.prefix_clamp:
-            parts.append("clamp")
-        if self.descale_per_head:
-            parts.append("descale-seqhead")
-        if self.kv_quant:
-            parts.append("pertokenhead")
+        for field, tag in ID_TAGS.items():
+            if field in ALWAYS_IN_ID or getattr(self, field) != _DEFAULTS[field]:
+                parts.append(tag(self))
         return "-".join(parts)
+
+    @property
+    def arguments_used(self) -> tuple[str, ...]:
+        """The API's optional arguments this case passes a non-default value to (an implementation
+        without one of them cannot run the case)."""
+        per_token_head = self.kv_quant_mode is not None
+        used = {"q_descale": self.dtype == "float8_e4m3fn", "alibi_slopes": self.alibi, "sinks": self.sinks,
+                "output_scale": self.out_dtype is not None, "chunk_lookback": self.chunk_lookback != -1,
+                "mm_prefix_range": bool(self.mm_prefix_range),
+                "mm_prefix_clamp_sliding_window": self.mm_prefix_clamp_sliding_window,
+                "kv_quant_mode": per_token_head, "k_scale_cache": per_token_head, "v_scale_cache": per_token_head}
+        return tuple(name for name, on in used.items() if on)
 
     @property
     def is_decode(self) -> bool:
@@ -185,8 +160,56 @@ class Case:
         return replace(self, **changes)
 
 
+def _times(case: Case, field: str) -> str:
+    """``x<value>`` when a companion scale differs from its default."""
+    value = getattr(case, field)
+    return f"x{value:g}" if value != _DEFAULTS[field] else ""
+
+
+def _window_tag(case: Case) -> str:
+    left, right = case.window_size
+    return f"w{left}" if right == -1 else f"w{left}.{right}"
+
+
+_DEFAULTS = {f.name: f.default for f in fields(Case)}
+# How each field shows in a case id (the pytest id), in id order. A field shows when it differs from
+# its default, or always (ALWAYS_IN_ID); companions ride with the field they qualify (COMPANIONS).
+ID_TAGS = {
+    "dtype": lambda c: _DTYPE_TAGS[c.dtype],
+    "kv_dtype": lambda c: f"kv{_DTYPE_TAGS[c.kv_dtype]}",
+    "out_dtype": lambda c: f"out{_DTYPE_TAGS[c.out_dtype]}" + _times(c, "output_scale"),
+    "head_size": lambda c: f"d{c.head_size}",
+    "num_q_heads": lambda c: f"g{c.num_q_heads // c.num_kv_heads}",
+    "block_size": lambda c: f"b{c.block_size}",
+    "causal": lambda c: "noncausal",
+    "window_size": _window_tag,
+    "softcap": lambda c: f"softcap{c.softcap:g}",
+    "alibi": lambda c: "alibi" + _times(c, "alibi_scale"),
+    "sinks": lambda c: "sinks" + _times(c, "sink_scale"),
+    "logit_scale": lambda c: f"logits{c.logit_scale:g}",
+    "value_scale": lambda c: f"values{c.value_scale:g}",
+    "softmax_scale_factor": lambda c: f"scale{c.softmax_scale_factor:g}",
+    "layout": lambda c: c.layout.replace("_", "-"),
+    "pad_tokens": lambda c: f"pad{c.pad_tokens}",
+    "num_segments": lambda c: f"seg{c.num_segments}",
+    "table_slack": lambda c: f"slack{c.table_slack}",
+    "chunk_lookback": lambda c: f"chunk{c.chunk_lookback}",
+    "mm_prefix_range": lambda c: "ranges" + "_".join(f"{q}.{a}.{b}" for q, a, b in c.mm_prefix_range),
+    "mm_prefix_clamp_sliding_window": lambda c: "clamp",
+    "descale_per_head": lambda c: "descale-seqhead",
+    "kv_quant_mode": lambda c: "pertokenhead",
+}
+ALWAYS_IN_ID = frozenset({"dtype", "head_size", "num_q_heads", "block_size"})
+# Fields an id shows through another tag (or through the label, which names the composition).
+COMPANIONS = {"output_scale": "out_dtype", "alibi_scale": "alibi", "sink_scale": "sinks",
+              "num_kv_heads": "num_q_heads", "label": None, "seq_lens": None, "query_lens": None}
+# Fields renamed to the API's argument names: reproducer files written before still load.
+_RENAMED = {"window": "window_size", "kv_quant": "kv_quant_mode", "prefix_ranges": "mm_prefix_range",
+            "prefix_clamp": "mm_prefix_clamp_sliding_window"}
+
+
 _TUPLE_FIELDS = {f.name for f in fields(Case) if "tuple" in str(f.type)}
-_NESTED_TUPLE_FIELDS = {"prefix_ranges"}
+_NESTED_TUPLE_FIELDS = {"mm_prefix_range"}
 
 
 def case_from_dict(data: dict) -> Case:
@@ -194,6 +217,9 @@ def case_from_dict(data: dict) -> Case:
     data = dict(data)
     if "label" not in data and "name" in data:
         data["label"] = data.pop("name")
+    for old, new in _RENAMED.items():
+        if old in data:
+            data[new] = data.pop(old)
     known = {f.name for f in fields(Case)}
     values = {k: (tuple(v) if k in _TUPLE_FIELDS and v is not None else v) for k, v in data.items() if k in known}
     for k in _NESTED_TUPLE_FIELDS & set(values):
@@ -247,22 +273,19 @@ class Inputs:
         """Positional arguments in the shared calling convention."""
         c = self.case
         return (self.q, self.k, self.v, out, self.cu_seqlens_q, self.max_seqlen_q, self.seqused_k,
-                self.max_seqlen_k, self.softmax_scale, c.causal, c.window, self.block_table, c.softcap,
+                self.max_seqlen_k, self.softmax_scale, c.causal, c.window_size, self.block_table, c.softcap,
                 self.q_descale, self.k_descale, self.v_descale)
 
     def call_kwargs(self) -> dict:
         """Keywords of the call: the three optional tensors always, a newer feature's keyword only
         when the case uses it (so implementations without it still run every other case)."""
         c = self.case
+        values = {"chunk_lookback": c.chunk_lookback, "mm_prefix_range": self.mm_prefix_range,
+                  "mm_prefix_clamp_sliding_window": c.mm_prefix_clamp_sliding_window,
+                  "kv_quant_mode": c.kv_quant_mode, "k_scale_cache": self.k_scale_cache,
+                  "v_scale_cache": self.v_scale_cache}
         kwargs = {"alibi_slopes": self.alibi_slopes, "sinks": self.sinks, "output_scale": self.output_scale}
-        if c.chunk_lookback != -1:
-            kwargs["chunk_lookback"] = c.chunk_lookback
-        if self.mm_prefix_range is not None:
-            kwargs["mm_prefix_range"] = self.mm_prefix_range
-        if c.prefix_clamp:
-            kwargs["mm_prefix_clamp_sliding_window"] = True
-        if c.kv_quant:
-            kwargs.update(kv_quant_mode=c.kv_quant, k_scale_cache=self.k_scale_cache, v_scale_cache=self.v_scale_cache)
+        kwargs.update((name, values[name]) for name in c.arguments_used if name in values)
         return kwargs
 
 
@@ -326,8 +349,8 @@ def visible_slots(case: Case, block_table: torch.Tensor, num_blocks: int) -> tor
     for seq, (seq_len, q_len) in enumerate(zip(case.seq_lens, case.query_lens)):
         if q_len == 0 or seq_len == 0:
             continue
-        keys = visibility(seq_len, q_len, case.causal, case.window, "cpu", chunk_lookback=case.chunk_lookback,
-                          prefix_ranges=case.ranges_of(seq), clamp_ranges_to_window=case.prefix_clamp)
+        keys = visibility(seq_len, q_len, case.causal, case.window_size, "cpu", chunk_lookback=case.chunk_lookback,
+                          prefix_ranges=case.ranges_of(seq), clamp_ranges_to_window=case.mm_prefix_clamp_sliding_window)
         keys = keys.any(dim=0).nonzero().flatten()
         seen[block_table[seq, keys // case.block_size].long(), keys % case.block_size] = True
     return seen
@@ -345,11 +368,11 @@ def scatter_block_table(blocks_needed, block_ids: torch.Tensor, width: int, fill
 
 
 def prefix_range_tensor(case: Case) -> torch.Tensor | None:
-    """int32 ``[num_seqs, max_ranges + 1, 2]`` from ``case.prefix_ranges`` (None without ranges).
+    """int32 ``[num_seqs, max_ranges + 1, 2]`` from ``case.mm_prefix_range`` (None without ranges).
 
     Every row ends in unused entries, (5, 2) past a sequence's own ranges: start >= end must be
     skipped whatever the values."""
-    if not case.prefix_ranges:
+    if not case.mm_prefix_range:
         return None
     num_seqs = len(case.seq_lens)
     width = max(len(case.ranges_of(s)) for s in range(num_seqs)) + 1
@@ -412,7 +435,7 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
     num_tokens = sum(case.query_lens) + case.pad_tokens
     q_vals = _randn((num_tokens, case.num_q_heads, case.head_size), gen) * case.logit_scale
     k_descale = v_descale = k_scales = v_scales = None
-    if case.kv_quant:  # per-token-head: every cached row quantized with its own scale
+    if case.kv_quant_mode:  # per-token-head: every cached row quantized with its own scale
         k_vals, k_scales = per_token_head_quantize(k_vals, case.kv_dtype)
         v_vals, v_scales = per_token_head_quantize(v_vals, case.kv_dtype)
     elif kv_dtype is not dtype or dtype is DTYPES["float8_e4m3fn"]:  # fp8 cache: quantize with a per-tensor scale
@@ -437,7 +460,7 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
         else:
             k_vals = torch.where(mask, fill, k_vals)
             v_vals = torch.where(mask, -fill, v_vals)
-        if case.kv_quant:
+        if case.kv_quant_mode:
             scale_fill = poison_values[..., None].expand(k_scales.shape)
             scale_mask = hidden[..., None].expand(k_scales.shape)
             k_scales = torch.where(scale_mask, scale_fill, k_scales)
@@ -488,7 +511,7 @@ def slice_sequence(inputs: Inputs, seq: int) -> tuple[Inputs, slice]:
     case = c.with_(label=f"{c.label}-seq{seq}", seq_lens=(c.seq_lens[seq],), query_lens=(c.query_lens[seq],),
                    pad_tokens=0)
     dev = inputs.q.device
-    case = case.with_(prefix_ranges=tuple((0, a, b) for a, b in c.ranges_of(seq)))
+    case = case.with_(mm_prefix_range=tuple((0, a, b) for a, b in c.ranges_of(seq)))
     ranges = None if inputs.mm_prefix_range is None else inputs.mm_prefix_range[seq:seq + 1]
     alone = replace(
         inputs, case=case, q=inputs.q[rows], out=inputs.out[rows], mm_prefix_range=ranges,

@@ -112,13 +112,8 @@ class Implementation:
 
     def missing_feature(self, case) -> str | None:
         """Why this implementation cannot run ``case`` (None when it can)."""
-        needs = {"sinks": case.sinks, "alibi_slopes": case.alibi, "output_scale": case.out_dtype is not None,
-                 "chunk_lookback": case.chunk_lookback != -1, "mm_prefix_range": bool(case.prefix_ranges),
-                 "mm_prefix_clamp_sliding_window": case.prefix_clamp, "kv_quant_mode": case.kv_quant is not None}
-        if case.dtype == "float8_e4m3fn" and not self.is_ours and "q_descale" not in self.params:
-            return f"{self.spec} has no 'q_descale' argument"
-        for param, needed in needs.items():
-            if needed and param not in self.params:
+        for param in case.arguments_used:
+            if param not in self.params:
                 return f"{self.spec} has no '{param}' argument"
         return self.vllm_unsupported(case) if self.style == "vllm" else None
 
@@ -137,7 +132,7 @@ class Implementation:
     def vllm_unsupported(self, case) -> str | None:
         """Cases outside vLLM's calling contract (its kernel does not check them: it would return
         a wrong result, which is not a bug of that kernel)."""
-        if not case.causal and case.window[1] >= 0:
+        if not case.causal and case.window_size[1] >= 0:
             return f"{self.spec} reads window_size[0] only (a right window of a non-causal call is ignored)"
         if case.descale_per_head:
             return f"{self.spec} reads k_descale[0, 0] / v_descale[0, 0] only (per-tensor scales, expanded)"

@@ -83,8 +83,8 @@ def numerics_cases() -> list[Case]:
 def feature_cases() -> list[Case]:
     """Every semantic feature on mixed and decode batches."""
     features = {
-        "window": dict(window=(19, -1)),
-        "window-noncausal": dict(causal=False, window=(13, 5)),
+        "window": dict(window_size=(19, -1)),
+        "window-noncausal": dict(causal=False, window_size=(13, 5)),
         "noncausal": dict(causal=False),
         "softcap": dict(softcap=3.0, logit_scale=4.0),
         "alibi": dict(alibi=True),
@@ -93,22 +93,22 @@ def feature_cases() -> list[Case]:
         "fp8kv-fp32q": dict(kv_dtype="float8_e4m3fn", dtype="float32"),
         "fp8kv-bf16q": dict(kv_dtype="float8_e4m3fn", dtype="bfloat16"),
         "fp8out": dict(out_dtype="float8_e4m3fn"),
-        "all": dict(window=(25, -1), softcap=5.0, alibi=True, sinks=True),
+        "all": dict(window_size=(25, -1), softcap=5.0, alibi=True, sinks=True),
         # Chunks of (23 + 1) // 2 = 12 keys, the own chunk and one before it.
-        "chunked-attn": dict(window=(23, -1), chunk_lookback=1),
+        "chunked-attn": dict(window_size=(23, -1), chunk_lookback=1),
         "fp8kv-descale-seqhead": dict(kv_dtype="float8_e4m3fn", descale_per_head=True),
-        "int8kv-pertokenhead": dict(kv_dtype="int8", kv_quant="int8_per_token_head"),
+        "int8kv-pertokenhead": dict(kv_dtype="int8", kv_quant_mode="int8_per_token_head"),
         # fp8 queries against an fp8 cache: bf16 or fp8 output.
         "fp8q-bf16out": dict(dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="bfloat16"),
         "fp8q-fp8out": dict(dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="float8_e4m3fn", sinks=True),
-        "int8kv-pertokenhead-window": dict(kv_dtype="int8", kv_quant="int8_per_token_head", window=(19, -1),
+        "int8kv-pertokenhead-window": dict(kv_dtype="int8", kv_quant_mode="int8_per_token_head", window_size=(19, -1),
                                            alibi=True),
-        "fp8kv-pertokenhead": dict(kv_dtype="float8_e4m3fn", kv_quant="fp8_per_token_head"),
-        "fp8kv-pertokenhead-f32": dict(kv_dtype="float8_e4m3fn", kv_quant="fp8_per_token_head", dtype="float32",
+        "fp8kv-pertokenhead": dict(kv_dtype="float8_e4m3fn", kv_quant_mode="fp8_per_token_head"),
+        "fp8kv-pertokenhead-f32": dict(kv_dtype="float8_e4m3fn", kv_quant_mode="fp8_per_token_head", dtype="float32",
                                        sinks=True),
         "fp8kv-descale-seqhead-f32": dict(kv_dtype="float8_e4m3fn", dtype="float32", descale_per_head=True,
                                           sinks=True),
-        "chunked-attn-sinks": dict(window=(15, -1), chunk_lookback=0, sinks=True, alibi=True),
+        "chunked-attn-sinks": dict(window_size=(15, -1), chunk_lookback=0, sinks=True, alibi=True),
     }
     # The fields name the feature (Case.name), so the composition is the whole label.
     cases = [_case(comp, comp, **fields) for fields in features.values() for comp in ("mixed", "decode")]
@@ -121,9 +121,9 @@ def feature_cases() -> list[Case]:
         mixed_ranges = tuple((q, a * SCALE, b * SCALE) for q, a, b in mixed_ranges)
         decode_ranges = tuple((q, a * SCALE, b * SCALE) for q, a, b in decode_ranges)
     for clamp in (False, True):
-        cases.append(_case("mixed", "mixed", window=(7, -1), prefix_ranges=mixed_ranges, prefix_clamp=clamp))
-        cases.append(_case("decode", "decode", window=(7, -1), prefix_ranges=decode_ranges, prefix_clamp=clamp))
-    cases.append(_case("mixed", "mixed", prefix_ranges=mixed_ranges, sinks=True, softcap=4.0))
+        cases.append(_case("mixed", "mixed", window_size=(7, -1), mm_prefix_range=mixed_ranges, mm_prefix_clamp_sliding_window=clamp))
+        cases.append(_case("decode", "decode", window_size=(7, -1), mm_prefix_range=decode_ranges, mm_prefix_clamp_sliding_window=clamp))
+    cases.append(_case("mixed", "mixed", mm_prefix_range=mixed_ranges, sinks=True, softcap=4.0))
     return cases
 
 
@@ -142,10 +142,10 @@ def edge_cases() -> list[Case]:
         _case("kv-len-1", seq_lens=(1, 1), query_lens=(1, 1)),
         _case("kv-len-1-prefill", seq_lens=(1, 2), query_lens=(1, 2)),
         _case("window-outside-segments-decode", seq_lens=(10 * t, 7 * t + 3), query_lens=(1, 1),
-              window=(t // 2, -1), num_segments=8),
-        _case("window-outside-segments-chunked", seq_lens=(10 * t,), query_lens=(t + 5,), window=(t // 2, -1),
+              window_size=(t // 2, -1), num_segments=8),
+        _case("window-outside-segments-chunked", seq_lens=(10 * t,), query_lens=(t + 5,), window_size=(t // 2, -1),
               num_segments=6),
-        _case("window-0", seq_lens=(3 * t, 40), query_lens=(1, 7), window=(0, -1)),
+        _case("window-0", seq_lens=(3 * t, 40), query_lens=(1, 7), window_size=(0, -1)),
         _case("masked-rows-in-segments", seq_lens=(6 * t,), query_lens=(3 * t,), num_segments=5),
         _case("qlen0-in-batch", seq_lens=(30, 40, 17, 52), query_lens=(0, 5, 0, 1), pad_tokens=3),
         _case("qlen0-decode-padded", seq_lens=(30, 40, 17), query_lens=(1, 0, 1), pad_tokens=2),
@@ -157,7 +157,7 @@ def edge_cases() -> list[Case]:
         _case("negative-scale-extreme-logits-decode", "decode", logit_scale=40.0, softmax_scale_factor=-1.0),
         # A zero scale (uniform weights over the visible keys): masked scores must not become -inf x 0.
         _case("zero-scale", softmax_scale_factor=0.0),
-        _case("zero-scale-decode", "decode", softmax_scale_factor=0.0, window=(20, -1)),
+        _case("zero-scale-decode", "decode", softmax_scale_factor=0.0, window_size=(20, -1)),
         _case("tiny-softcap", softcap=0.02, logit_scale=8.0),
         _case("huge-softcap", softcap=5000.0, logit_scale=8.0),
         _case("large-alibi", alibi=True, alibi_scale=60.0),
@@ -171,46 +171,46 @@ def edge_cases() -> list[Case]:
         # Chunked attention, chunks of C = 16 (window 31, lookback 1): decode queries at positions
         # C*k - 1, C*k, C*k + 1 (the last key of a chunk, the first, the second).
         _case("chunk-boundaries-decode", seq_lens=(3 * t, 3 * t + 1, 3 * t + 2, 2 * t), query_lens=(1, 1, 1, 1),
-              window=(2 * t - 1, -1), chunk_lookback=1, num_segments=3),
+              window_size=(2 * t - 1, -1), chunk_lookback=1, num_segments=3),
         _case("chunk-boundaries-prefill", seq_lens=(3 * t + 1, 2 * t - 1), query_lens=(3 * t + 1, t + 2),
-              window=(2 * t - 1, -1), chunk_lookback=1),
+              window_size=(2 * t - 1, -1), chunk_lookback=1),
         # C = 5: smaller than a tile and not dividing the block size; lookback 2.
-        _case("chunk-small", "chunked", window=(14, -1), chunk_lookback=2),
-        _case("chunk-small-decode", "decode", window=(14, -1), chunk_lookback=2, num_segments=4),
+        _case("chunk-small", "chunked", window_size=(14, -1), chunk_lookback=2),
+        _case("chunk-small-decode", "decode", window_size=(14, -1), chunk_lookback=2, num_segments=4),
         # Lookback 0 (only the own chunk), and chunks wider than the keys (chunk 0 holds everything).
-        _case("chunk-own-only", "chunked", window=(6, -1), chunk_lookback=0),
-        _case("chunk-wider-than-seq", "mixed", window=(1000, -1), chunk_lookback=3),
+        _case("chunk-own-only", "chunked", window_size=(6, -1), chunk_lookback=0),
+        _case("chunk-wider-than-seq", "mixed", window_size=(1000, -1), chunk_lookback=3),
         # Long decode context: segments wholly before the lookback chunks must not exist.
         _case("chunk-outside-segments-decode", seq_lens=(10 * t, 7 * t + 3), query_lens=(1, 1),
-              window=(t - 1, -1), chunk_lookback=1, num_segments=8),
+              window_size=(t - 1, -1), chunk_lookback=1, num_segments=8),
         # Prefix ranges at the sequence's start and at its end (the end range holds the last query).
-        _case("ranges-start-end", "prefill", window=(4, -1), prefix_ranges=((0, 0, 5), (1, 30, 36))),
+        _case("ranges-start-end", "prefill", window_size=(4, -1), mm_prefix_range=((0, 0, 5), (1, 30, 36))),
         # A range crossing tile boundaries (3t, 4t) and a segment boundary (tiles 2 per segment: 4t),
         # starting left of the window and ending right of the first queries' diagonal.
-        _case("range-across-tiles-segments", seq_lens=(6 * t,), query_lens=(3 * t,), window=(t // 2, -1),
-              prefix_ranges=((0, 2 * t + 3, 4 * t + 7),), num_segments=5),
-        _case("range-across-segments-decode", seq_lens=(6 * t, 5 * t), query_lens=(1, 1), window=(3, -1),
-              prefix_ranges=((0, t - 2, 6 * t - 1), (1, 2 * t + 1, 5 * t - 1)), num_segments=4),
+        _case("range-across-tiles-segments", seq_lens=(6 * t,), query_lens=(3 * t,), window_size=(t // 2, -1),
+              mm_prefix_range=((0, 2 * t + 3, 4 * t + 7),), num_segments=5),
+        _case("range-across-segments-decode", seq_lens=(6 * t, 5 * t), query_lens=(1, 1), window_size=(3, -1),
+              mm_prefix_range=((0, t - 2, 6 * t - 1), (1, 2 * t + 1, 5 * t - 1)), num_segments=4),
         # Ranges partly outside the window, with and without the clamp.
-        _case("range-past-window", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40))),
-        _case("range-past-window", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40)),
-              prefix_clamp=True),
+        _case("range-past-window", "chunked", window_size=(5, -1), mm_prefix_range=((0, 44, 58), (1, 28, 40))),
+        _case("range-past-window", "chunked", window_size=(5, -1), mm_prefix_range=((0, 44, 58), (1, 28, 40)),
+              mm_prefix_clamp_sliding_window=True),
         # Every query inside one range: bidirectional attention over the whole sequence.
-        _case("queries-in-one-range", "prefill", window=(3, -1), prefix_ranges=((0, 0, 23), (1, 0, 36))),
+        _case("queries-in-one-range", "prefill", window_size=(3, -1), mm_prefix_range=((0, 0, 23), (1, 0, 36))),
         # Overlapping ranges (their union around a query is one interval), and ranges with chunks.
-        _case("ranges-overlapping", "chunked", window=(2, -1), prefix_ranges=((0, 45, 52), (0, 50, 57), (1, 33, 38))),
-        _case("ranges-with-chunks", "chunked", window=(9, -1), chunk_lookback=1,
-              prefix_ranges=((0, 47, 59), (1, 25, 36))),
+        _case("ranges-overlapping", "chunked", window_size=(2, -1), mm_prefix_range=((0, 45, 52), (0, 50, 57), (1, 33, 38))),
+        _case("ranges-with-chunks", "chunked", window_size=(9, -1), chunk_lookback=1,
+              mm_prefix_range=((0, 47, 59), (1, 25, 36))),
     ]
     return cases
 
 
 def poison_cases() -> list[Case]:
     return [
-        _case("poison-mixed", window=(-1, -1)),
+        _case("poison-mixed", window_size=(-1, -1)),
         _case("poison-decode", "decode"),
-        _case("poison-window", window=(11, -1)),
-        _case("poison-window-decode", "decode", window=(9, -1), num_segments=4),
+        _case("poison-window", window_size=(11, -1)),
+        _case("poison-window-decode", "decode", window_size=(9, -1), num_segments=4),
         _case("poison-varlen", "varlen", block_size=48),
         _case("poison-head-padded", layout="head_padded", head_size=40),
         _case("poison-fp8", kv_dtype="float8_e4m3fn"),
@@ -218,29 +218,29 @@ def poison_cases() -> list[Case]:
         # Non-causal attention sees keys right of the diagonal: on lengths that end mid-block the
         # tail slots past seq_len are the first thing an unbounded tile would read.
         _case("poison-noncausal", causal=False),
-        _case("poison-noncausal-window", causal=False, window=(9, 4)),
+        _case("poison-noncausal-window", causal=False, window_size=(9, 4)),
         _case("poison-noncausal-decode", "decode", causal=False, num_segments=3),
         _case("poison-exact-fit", "varlen", table_slack=0),
         # Chunked attention: keys before the lookback chunks are poisoned (window 23 alone would see some).
-        _case("poison-chunked-attn", window=(23, -1), chunk_lookback=1),
-        _case("poison-chunked-attn-decode", "decode", window=(11, -1), chunk_lookback=2, num_segments=4),
+        _case("poison-chunked-attn", window_size=(23, -1), chunk_lookback=1),
+        _case("poison-chunked-attn-decode", "decode", window_size=(11, -1), chunk_lookback=2, num_segments=4),
         # Per-token-head caches: NaN/Inf in the scale-cache entries (and fp8 rows) of every hidden slot.
-        _case("poison-int8-pertokenhead", kv_dtype="int8", kv_quant="int8_per_token_head", window=(11, -1)),
-        _case("poison-fp8-pertokenhead-decode", "decode", kv_dtype="float8_e4m3fn", kv_quant="fp8_per_token_head",
-              window=(9, -1), num_segments=4),
-        _case("poison-int8-pertokenhead-ranges", "chunked", kv_dtype="int8", kv_quant="int8_per_token_head",
-              window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40))),
+        _case("poison-int8-pertokenhead", kv_dtype="int8", kv_quant_mode="int8_per_token_head", window_size=(11, -1)),
+        _case("poison-fp8-pertokenhead-decode", "decode", kv_dtype="float8_e4m3fn", kv_quant_mode="fp8_per_token_head",
+              window_size=(9, -1), num_segments=4),
+        _case("poison-int8-pertokenhead-ranges", "chunked", kv_dtype="int8", kv_quant_mode="int8_per_token_head",
+              window_size=(5, -1), mm_prefix_range=((0, 44, 58), (1, 28, 40))),
         _case("poison-fp8q", "chunked", dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="bfloat16",
-              window=(7, -1)),
+              window_size=(7, -1)),
         _case("poison-fp8-descale-seqhead", "decode", kv_dtype="float8_e4m3fn", descale_per_head=True,
-              window=(9, -1), num_segments=3),
+              window_size=(9, -1), num_segments=3),
         # Prefix ranges: slots outside both the window and every range a query is in are poisoned,
         # including the keys the clamp excludes and those past a range end or past seq_len.
-        _case("poison-prefix-ranges", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40))),
-        _case("poison-prefix-ranges", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40)),
-              prefix_clamp=True),
-        _case("poison-prefix-ranges-decode", "decode", window=(3, -1),
-              prefix_ranges=((0, 3, 16), (2, 50, 79), (3, 0, 40)), num_segments=4),
+        _case("poison-prefix-ranges", "chunked", window_size=(5, -1), mm_prefix_range=((0, 44, 58), (1, 28, 40))),
+        _case("poison-prefix-ranges", "chunked", window_size=(5, -1), mm_prefix_range=((0, 44, 58), (1, 28, 40)),
+              mm_prefix_clamp_sliding_window=True),
+        _case("poison-prefix-ranges-decode", "decode", window_size=(3, -1),
+              mm_prefix_range=((0, 3, 16), (2, 50, 79), (3, 0, 40)), num_segments=4),
         # On Hopper+ the reduction is a programmatic dependent of the 3D kernel, scheduled while that
         # kernel runs: a long walk (2 segments of 8,192 keys, ~20 us) into the NaN workspace shows a
         # reduction that reads before the 3D kernel is done. Heads of 256: a merge the planner leaves
@@ -261,10 +261,10 @@ def quick_cases() -> list[Case]:
     """A one-minute cross-section: together these cover every class ``coverage`` finds in any table
     (``tests/test_harness.py`` checks it), so each case carries several features and one layout."""
     return [
-        _case("quick-decode-window-sinks", "decode", window=(20, -1), sinks=True, num_segments=3, layout="kv_combined"),
+        _case("quick-decode-window-sinks", "decode", window_size=(20, -1), sinks=True, num_segments=3, layout="kv_combined"),
         # The window makes later segments empty for earlier queries (3D) and leaves rows with no
         # visible key in the first tiles they meet (2D): both need the -inf guards.
-        _case("quick-chunked-window-softcap-alibi", "chunked", window=(19, -1), softcap=4.0, alibi=True,
+        _case("quick-chunked-window-softcap-alibi", "chunked", window_size=(19, -1), softcap=4.0, alibi=True,
               layout="head_major"),
         _case("quick-tiny-softcap-decode", "decode", softcap=0.02, logit_scale=8.0, layout="fused_qkv"),
         _case("quick-varlen", "varlen", dtype="bfloat16", block_size=48, layout="bt_strided", **_gqa(5)),
@@ -280,7 +280,7 @@ def quick_cases() -> list[Case]:
         _case("quick-qlen0-padded", seq_lens=(30, 40, 17), query_lens=(0, 5, 1), pad_tokens=2, layout="head_padded",
               head_size=40, table_slack=0),
         # Cache blocks smaller than the tile (8 keys; the interpreter's tile is 16): a tile spans blocks.
-        _case("quick-block8-window", window=(21, -1), block_size=8),
+        _case("quick-block8-window", window_size=(21, -1), block_size=8),
         # Query lengths around the narrow launch's block (4 tokens at 4 queries per KV head): sequences
         # of 1 and 4 tokens go to the decode-sized launch, 5 and 30 to the wide one.
         _case("quick-mixed-narrow-boundary", seq_lens=(40, 33, 29, 60), query_lens=(1, 4, 5, 30), sinks=True),
@@ -288,36 +288,36 @@ def quick_cases() -> list[Case]:
         _case("quick-unlike-strides", "decode", layout="kv_unlike", softcap=1e5),
         # Non-causal with a two-sided window on lengths that end mid-block: tiles past the diagonal
         # must still stop at seq_len (the bug of vLLM PR #47305).
-        _case("quick-noncausal-window", causal=False, window=(13, 5), alibi=True, sinks=True),
+        _case("quick-noncausal-window", causal=False, window_size=(13, 5), alibi=True, sinks=True),
         # Chunked attention with chunks of 5 keys (under a tile, not dividing the block size).
-        _case("quick-chunked-attn", "chunked", window=(9, -1), chunk_lookback=1),
+        _case("quick-chunked-attn", "chunked", window_size=(9, -1), chunk_lookback=1),
         # Prefix ranges running past the queries' diagonal and past the window, one of them clamped.
-        _case("quick-prefix-ranges", "chunked", window=(5, -1), prefix_ranges=((0, 44, 58), (1, 28, 40)),
-              prefix_clamp=True, num_segments=3),
+        _case("quick-prefix-ranges", "chunked", window_size=(5, -1), mm_prefix_range=((0, 44, 58), (1, 28, 40)),
+              mm_prefix_clamp_sliding_window=True, num_segments=3),
         # Per-token-head quantized caches, int8 and fp8.
-        _case("quick-int8-pertokenhead", "chunked", kv_dtype="int8", kv_quant="int8_per_token_head", window=(19, -1),
+        _case("quick-int8-pertokenhead", "chunked", kv_dtype="int8", kv_quant_mode="int8_per_token_head", window_size=(19, -1),
               layout="kv_combined"),
-        _case("quick-fp8-pertokenhead-decode", "decode", kv_dtype="float8_e4m3fn", kv_quant="fp8_per_token_head",
+        _case("quick-fp8-pertokenhead-decode", "decode", kv_dtype="float8_e4m3fn", kv_quant_mode="fp8_per_token_head",
               dtype="bfloat16", num_segments=3),
         # fp8 queries (fp8 x fp8 QK^T, f16 P x V) with bf16 output, and with fp8 output.
         _case("quick-fp8q-bf16out", "chunked", dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="bfloat16",
-              window=(19, -1)),
+              window_size=(19, -1)),
         _case("quick-fp8q-fp8out-decode", "decode", dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn",
               out_dtype="float8_e4m3fn", sinks=True, descale_per_head=True, num_segments=3),
         # bf16 queries past f16's range against an fp8 cache: the kernels' f16 operands must rescale them.
         _case("quick-fp8kv-huge-bf16-queries", "decode", kv_dtype="float8_e4m3fn", dtype="bfloat16",
               logit_scale=2.0 ** 17, num_segments=2),
         # Per-token-head fp8 V scales of ~70: P x V's f16 operands hold p * scale only normalized per tile.
-        _case("quick-fp8-pertokenhead-large-values", "decode", kv_dtype="float8_e4m3fn", kv_quant="fp8_per_token_head",
+        _case("quick-fp8-pertokenhead-large-values", "decode", kv_dtype="float8_e4m3fn", kv_quant_mode="fp8_per_token_head",
               dtype="bfloat16", value_scale=2.0 ** 12, num_segments=2),
         # fp8 cache with one descale per (sequence, KV head).
         _case("quick-fp8kv-descale-seqhead", "decode", kv_dtype="float8_e4m3fn", descale_per_head=True,
               num_segments=2),
-        _case("quick-prefix-ranges-unclamped", "chunked", window=(5, -1), prefix_ranges=((0, 40, 53), (1, 30, 38))),
+        _case("quick-prefix-ranges-unclamped", "chunked", window_size=(5, -1), mm_prefix_range=((0, 40, 53), (1, 30, 38))),
         # A negative scale: the kernels' scale folding (scores unscaled until exp2) needs a positive one.
-        _case("quick-negative-scale", "chunked", logit_scale=40.0, softmax_scale_factor=-1.0, window=(19, -1)),
+        _case("quick-negative-scale", "chunked", logit_scale=40.0, softmax_scale_factor=-1.0, window_size=(19, -1)),
         # A zero scale: uniform weights, and masked scores that a folded scale would turn into -inf x 0.
-        _case("quick-zero-scale-decode", "decode", softmax_scale_factor=0.0, window=(20, -1), num_segments=2),
+        _case("quick-zero-scale-decode", "decode", softmax_scale_factor=0.0, window_size=(20, -1), num_segments=2),
     ]
 
 
@@ -346,9 +346,9 @@ def coverage(case: Case) -> frozenset[str]:
             tags.add(f"{f.name}={value}")
         elif f.name not in _SIZE_FIELDS | _MAGNITUDE_FIELDS and value != f.default:
             tags.add(f.name)
-    if case.window[0] >= 0:
+    if case.window_size[0] >= 0:
         tags.add("window-left")
-    if case.window[1] >= 0 and not case.causal:
+    if case.window_size[1] >= 0 and not case.causal:
         tags.add("window-right")
     if case.alibi and case.sinks:
         tags.add("alibi+sinks")

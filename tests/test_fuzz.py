@@ -33,7 +33,7 @@ def cases(draw):
         head_size=draw(st.sampled_from([16, 32, 40, 64] + ([128, 256] if tables.ON_GPU else []))),
         block_size=draw(st.sampled_from([1, 8, 16, 48])),
         dtype=draw(st.sampled_from(["float16", "float32", "bfloat16"])),
-        window=(left, -1), softcap=draw(st.sampled_from([0.0, 0.0, 2.5])),
+        window_size=(left, -1), softcap=draw(st.sampled_from([0.0, 0.0, 2.5])),
         alibi=draw(st.booleans()), sinks=draw(st.booleans()),
         num_segments=draw(st.sampled_from([None, 1, 3, 16])), pad_tokens=draw(st.integers(0, 2)),
     )

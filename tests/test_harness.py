@@ -71,7 +71,7 @@ def test_interpreter_speedup_keeps_every_bit(device):
 
     if not interpreter_speed.installed():
         pytest.skip("interpreter speed-up not installed on this Triton")
-    case = tables.composition_case("mixed", sinks=True, window=(30, -1), softcap=4.0)
+    case = tables.composition_case("mixed", sinks=True, window_size=(30, -1), softcap=4.0)
     inputs = build(case, device, 0)
 
     def outputs():
@@ -185,3 +185,17 @@ def test_vllm_dialect_passes_its_own_quant_mode(device, label, expected):
     assert _vllm_style.seen is expected
     descale_case = next(c for c in tables.all_cases() if c.descale_per_head)
     assert "k_descale[0, 0]" in impl.missing_feature(descale_case)
+
+
+@pytest.mark.harness
+@pytest.mark.quick
+def test_every_case_field_shows_in_the_id():
+    """A new Case field must say how it shows in a case id, or two cases could share one id."""
+    from dataclasses import fields
+
+    from attention_suite.cases import COMPANIONS, ID_TAGS, Case
+
+    untagged = [f.name for f in fields(Case) if f.name not in ID_TAGS and f.name not in COMPANIONS]
+    assert not untagged, f"Case fields with no id tag (attention_suite.cases.ID_TAGS): {untagged}"
+    names = collections.Counter(c.name for c in tables.all_cases())
+    assert not [n for n, count in names.items() if count > 1], "two cases share an id"

@@ -177,7 +177,7 @@ def test_compare_keeps_the_worst_of_repeated_records_and_sets_exit_status(tmp_pa
 def test_shrink_finds_the_smallest_failing_case():
     """A synthetic bug: any sequence of >= 37 keys with ALiBi fails, on either path."""
     start = minimize.Trial(Case(label="big", seq_lens=(50, 23, 70, 9), query_lens=(1, 23, 10, 1), num_q_heads=8,
-                                num_kv_heads=2, head_size=64, alibi=True, sinks=True, window=(30, -1)), "auto")
+                                num_kv_heads=2, head_size=64, alibi=True, sinks=True, window_size=(30, -1)), "auto")
 
     def fails(trial):
         return trial.case.alibi and max(trial.case.seq_lens) >= 37
@@ -186,7 +186,7 @@ def test_shrink_finds_the_smallest_failing_case():
     c = result.trial.case
     assert not result.exhausted
     assert (c.seq_lens, c.query_lens, c.num_q_heads, c.num_kv_heads, c.head_size) == ((37,), (1,), 1, 1, 16)
-    assert c.alibi and not c.sinks and c.window == (-1, -1) and result.trial.path == "2d"
+    assert c.alibi and not c.sinks and c.window_size == (-1, -1) and result.trial.path == "2d"
     assert minimize.shrink(start, fails, max_trials=3).exhausted
 
 

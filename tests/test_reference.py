@@ -10,7 +10,7 @@ from attention_suite import build, tables
 
 # The reference runs on the CPU at one size everywhere: it checks semantics, not the device.
 SELF_CASES = [tables.composition_case(c, scale=1, dtype="float32") for c in tables.COMPOSITIONS] + [
-    tables.composition_case("mixed", scale=1, dtype="float32", window=(9, -1)).with_(label="mixed-window"),
+    tables.composition_case("mixed", scale=1, dtype="float32", window_size=(9, -1)).with_(label="mixed-window"),
     tables.composition_case("chunked", scale=1, dtype="float32", causal=False).with_(label="chunked-noncausal"),
     tables.composition_case("decode", scale=1, dtype="float32", **tables._gqa(5)).with_(label="decode-g5"),
 ]
@@ -43,7 +43,7 @@ def test_reference_matches_sdpa_math(case, seed):
         if n_q == 0:
             continue
         q, k, v, rows = _dense(inputs, seq)
-        mask = reference.visibility(n_k, n_q, case.causal, case.window, "cpu")
+        mask = reference.visibility(n_k, n_q, case.causal, case.window_size, "cpu")
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
             expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=inputs.softmax_scale)
         torch.testing.assert_close(out[rows], expected.transpose(0, 1), rtol=0, atol=1e-12)
@@ -51,7 +51,7 @@ def test_reference_matches_sdpa_math(case, seed):
 
 @pytest.mark.reference
 @pytest.mark.quick
-@pytest.mark.parametrize("features", [{}, {"sinks": True}, {"window": (6, -1)}, {"softcap": 2.0, "alibi": True}])
+@pytest.mark.parametrize("features", [{}, {"sinks": True}, {"window_size": (6, -1)}, {"softcap": 2.0, "alibi": True}])
 @pytest.mark.parametrize("num_segments", [1, 2, 3, 7, 64, 200])  # 200: more segments than the 150-key sequence has keys
 def test_segment_merge_equals_single_pass(num_segments, features, seed):
     """Including segments past the sequence end (empty) and segments outside the window."""

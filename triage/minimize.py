@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 HEAD_SIZES = (16, 32, 40, 64, 80, 128, 256)
 FEATURE_DEFAULTS = (  # field, simpler value
-    ("sinks", False), ("alibi", False), ("softcap", 0.0), ("window", (-1, -1)), ("causal", True),
+    ("sinks", False), ("alibi", False), ("softcap", 0.0), ("window_size", (-1, -1)), ("causal", True),
     ("layout", "contiguous"), ("pad_tokens", 0), ("logit_scale", 1.0), ("alibi_scale", 1.0), ("sink_scale", 1.0),
     ("softmax_scale_factor", 1.0),
     ("out_dtype", None), ("kv_dtype", None), ("block_size", 16),
