@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NoReturn
 
+from .records import PeerInfo
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VLLM_SHORTCUT = "vllm"
 VLLM_FUNC = "vllm.v1.attention.ops.triton_unified_attention:unified_attention"
@@ -61,9 +63,6 @@ class PeerSpec:
     name: str  # the column name in the JSON, table and plot
     target: str  # MODULE:FUNC or path/to/file.py:FUNC, as --attn-impl takes it
     import_dir: str | None = None  # put first on sys.path before loading (the vLLM copy's folder)
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "spec": self.target, "import_dir": self.import_dir}
 
     @property
     def flag(self) -> str:
@@ -178,11 +177,10 @@ class Peer:
     def style(self) -> str:
         return self.impl.style
 
-    def describe(self) -> dict:
-        d = self.spec.to_dict()
-        d["style"] = self.style
-        d["file"] = getattr(sys.modules.get(getattr(self.impl.func, "__module__", ""), None), "__file__", None)
-        return d
+    def describe(self) -> PeerInfo:
+        module = sys.modules.get(getattr(self.impl.func, "__module__", ""), None)
+        return PeerInfo(name=self.spec.name, spec=self.spec.target, import_dir=self.spec.import_dir, style=self.style,
+                        file=getattr(module, "__file__", None))
 
     def build(self, inputs) -> "PeerCalls":
         """One call per rotated input copy, with any buffers the peer needs allocated now (untimed)."""

@@ -11,12 +11,12 @@ the table.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
-from .shapes import Target
+from . import records
+from .records import PointRecord, Result, Run
 
 IMPLS = ("heuristic", "2d", "3d", "sdpa-flash", "sdpa-cudnn")
 LABELS = {
@@ -34,101 +34,55 @@ MISMATCH_MARK = "!"  # the output failed the check: the time is shown but not co
 
 
 # -- derived numbers -------------------------------------------------------------------------
-def peer_names(data: dict) -> list[str]:
+def peer_names(run: Run) -> list[str]:
     """Columns beyond ours and SDPA, in run order: every --impl peer, then flex if it was on."""
-    names = [p["name"] for p in data.get("peers") or []]
-    flex_on = (data.get("flex") or {}).get("enabled") or any("flex" in (r.get("results") or {})
-                                                             for r in data.get("points", []))
-    return names + (["flex"] if flex_on else [])
+    flex_on = run.flex or any("flex" in r.results for r in run.points)
+    return [p.name for p in run.peers] + (["flex"] if flex_on else [])
 
 
 def label(impl: str) -> str:
     return LABELS.get(impl) or (FLEX_LABEL if impl == "flex" else f"peer {impl}")
 
 
-def us(rec: dict, impl: str) -> float | None:
-    r = rec.get("results", {}).get(impl) or {}
-    v = r.get("us")
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
-def pct_of_floor(rec: dict, impl: str) -> float | None:
-    """Floor time over measured time, in percent: 100% means the call ran at the HBM roofline."""
-    t, floor = us(rec, impl), rec.get("floor_us")
-    return None if t is None or not floor else 100.0 * floor / t
-
-
-def mark_above_floor(rec: dict) -> list[str]:
-    """Flag (in rec's results) and list the implementations that ran faster than the floor allows."""
-    floor, above = rec.get("floor_us"), []
-    for impl, r in (rec.get("results") or {}).items():
-        t = us(rec, impl)
-        if floor and t is not None and t < floor:
-            r["above_floor"] = True
-            above.append(impl)
-        else:
-            r.pop("above_floor", None)
-    return above
-
-
-def mismatched(rec: dict, impl: str) -> bool:
-    return impl in ((rec.get("check") or {}).get("mismatch") or {})
-
-
-def fastest_peer(rec: dict, peers: list[str]) -> tuple[str | None, float | None]:
+def fastest_peer(rec: PointRecord, peers: list[str]) -> tuple[str | None, float | None]:
     """The fastest peer whose output passed the check (a wrong answer's speed is not a comparison)."""
-    timed = {p: us(rec, p) for p in peers if us(rec, p) is not None and not mismatched(rec, p)}
+    timed = {p: rec.us(p) for p in peers if rec.us(p) is not None and not rec.mismatched(p)}
     if not timed:
         return None, None
     best = min(timed, key=timed.get)
     return best, timed[best]
 
 
-def speedup_vs_2d(rec: dict, impl: str) -> float | None:
-    t, t2 = us(rec, impl), us(rec, "2d")
-    return None if t is None or t2 is None else t2 / t
-
-
-def tflops(rec: dict, impl: str) -> float | None:
-    t = us(rec, impl)
-    return None if t is None or not rec.get("flops") else rec["flops"] / (t * 1e-6) / 1e12
-
-
-def target_status(rec: dict, data: dict | None = None) -> tuple[str, bool | None]:
+def target_status(rec: PointRecord, run: Run | None = None) -> tuple[str, bool | None]:
     """The point's target, judged: "us" at most, "tflops" / "pct_floor" at least ``value``; a
-    ``relative_to`` target is ``value`` times that point's heuristic TFLOP/s in ``data``."""
-    tgt = rec.get("target")
+    ``relative_to`` target is ``value`` times that point's heuristic TFLOP/s in ``run``."""
+    tgt = rec.point.target
     if not tgt:
         return "", None
-    impl, metric, goal = tgt.get("impl", "heuristic"), tgt["metric"], tgt["value"]
-    measured = {"us": us, "tflops": tflops, "pct_floor": pct_of_floor}[metric](rec, impl)
-    ref_name = tgt.get("relative_to")
-    if ref_name:
-        ref = next((r for r in (data or {}).get("points", []) if r.get("name") == ref_name), None)
-        ref_value = None if ref is None else tflops(ref, "heuristic")
+    goal = tgt.value
+    measured = {"us": rec.us, "tflops": rec.tflops, "pct_floor": rec.pct_of_floor}[tgt.metric](tgt.impl)
+    if tgt.relative_to:
+        ref = run.point(tgt.relative_to) if run else None
+        ref_value = None if ref is None else ref.tflops("heuristic")
         if ref_value is None:
-            return f"{_target_text(tgt)}: not measured ({ref_name} not measured in this run)", None
+            return f"{tgt.describe()}: not measured ({tgt.relative_to} not measured in this run)", None
         goal *= ref_value
     if measured is None:
-        return f"{_target_text(tgt)}: not measured", None
-    lower_is_better = metric == "us"
+        return f"{tgt.describe()}: not measured", None
+    lower_is_better = tgt.metric == "us"
     met = measured <= goal if lower_is_better else measured >= goal
-    unit = {"us": " us", "tflops": " TFLOP/s", "pct_floor": "% of floor"}[metric]
-    got = f"{measured:.1f}{unit}" + (f" vs goal {goal:.1f}" if ref_name else "")
+    unit = {"us": " us", "tflops": " TFLOP/s", "pct_floor": "% of floor"}[tgt.metric]
+    got = f"{measured:.1f}{unit}" + (f" vs goal {goal:.1f}" if tgt.relative_to else "")
     if met:
-        return f"{_target_text(tgt)}: met ({got})", True
+        return f"{tgt.describe()}: met ({got})", True
     gap = measured / goal if lower_is_better else goal / measured
-    return f"{_target_text(tgt)}: MISSED ({got}, {gap:.2f}x off)", False
+    return f"{tgt.describe()}: MISSED ({got}, {gap:.2f}x off)", False
 
 
-def _target_text(tgt: dict) -> str:
-    return Target(**tgt).describe()
-
-
-def heuristic_vs_forced(rec: dict) -> tuple[float | None, bool | None]:
+def heuristic_vs_forced(rec: PointRecord) -> tuple[float | None, bool | None]:
     """Heuristic time over the better forced path's (<= 1 + tolerance passes)."""
-    h = us(rec, "heuristic")
-    forced = [t for t in (us(rec, "2d"), us(rec, "3d")) if t is not None]
+    h = rec.us("heuristic")
+    forced = [t for t in (rec.us("2d"), rec.us("3d")) if t is not None]
     if h is None or not forced:
         return None, None
     ratio = h / min(forced)
@@ -140,24 +94,24 @@ def _f(v, fmt="{:.1f}", missing="n/a") -> str:
     return missing if v is None else fmt.format(v)
 
 
-def _plan_text(rec: dict) -> str:
-    path, segs = rec.get("heuristic_path"), rec.get("heuristic_segments")
-    if path is None:
+def _plan_text(plan: dict) -> str:
+    if plan.get("path") is None:
         return "?"
-    return f"3D/{segs}" if path == "3d" else "2D"
+    return "2D" if plan["path"] == "2d" else f"3D/{plan.get('num_segments')}"
 
 
-def _time_cell(rec: dict, impl: str, suffix: str = "") -> str:
-    t = us(rec, impl)
+def _time_cell(rec: PointRecord, impl: str, suffix: str = "") -> str:
+    t = rec.us(impl)
     if t is None:
         return "n/a"
-    mark = ABOVE_FLOOR_MARK if rec.get("floor_us") and t < rec["floor_us"] else ""
-    mark += MISMATCH_MARK if mismatched(rec, impl) else ""
+    floor = rec.point.floor_us
+    mark = ABOVE_FLOOR_MARK if floor and t < floor else ""
+    mark += MISMATCH_MARK if rec.mismatched(impl) else ""
     return f"{t:.1f}{mark}{suffix}"
 
 
-def sweep_table(data: dict) -> str:
-    peers = peer_names(data)
+def sweep_table(run: Run) -> str:
+    peers = peer_names(run)
     peer_heads = "".join(f" {'flex' if p == 'flex' else p} us |" for p in peers)
     vs_peer = " heuristic vs fastest peer |" if peers else ""
     head = ("| point | heuristic plan | heuristic us | 2D us | 3D us (segs) | SDPA flash us | SDPA cuDNN us |"
@@ -165,143 +119,140 @@ def sweep_table(data: dict) -> str:
             "TFLOP/s (heuristic) | target |")
     cols = head.count("|") - 1
     lines = [head, "|" + "|".join(["---"] * cols) + "|"]
-    for rec in data.get("points", []):
-        if rec.get("error") and not rec.get("results"):
-            lines.append(f"| {rec['name']} | error: {rec['error'][:120]} |" + " |" * (cols - 2))
+    for rec in run.points:
+        name = rec.point.name
+        if rec.error and not rec.results:
+            lines.append(f"| {name} | error: {rec.error[:120]} |" + " |" * (cols - 2))
             continue
-        seg3 = rec.get("forced3d_segments")
-        tf = _f(tflops(rec, "heuristic")) if rec.get("kind") != "decode" else ""
-        tgt_text, _ = target_status(rec, data)
-        cells = [rec["name"], _plan_text(rec), _time_cell(rec, "heuristic"), _time_cell(rec, "2d"),
+        seg3 = (rec.plans.get("3d") or {}).get("num_segments")
+        tf = _f(rec.tflops("heuristic")) if rec.point.kind != "decode" else ""
+        tgt_text, _ = target_status(rec, run)
+        cells = [name, _plan_text(rec.heuristic_plan), _time_cell(rec, "heuristic"), _time_cell(rec, "2d"),
                  _time_cell(rec, "3d", f" ({seg3})"), _time_cell(rec, "sdpa-flash"), _time_cell(rec, "sdpa-cudnn")]
         cells += [_time_cell(rec, p) for p in peers]
-        cells += [_f(rec.get("floor_us")), _f(pct_of_floor(rec, "heuristic"), "{:.0f}%"),
-                  _f(speedup_vs_2d(rec, "heuristic"), "{:.2f}x"), _f(speedup_vs_2d(rec, "3d"), "{:.2f}x")]
+        cells += [_f(rec.point.floor_us), _f(rec.pct_of_floor("heuristic"), "{:.0f}%"),
+                  _f(rec.speedup_vs_2d("heuristic"), "{:.2f}x"), _f(rec.speedup_vs_2d("3d"), "{:.2f}x")]
         if peers:
             best, t_best = fastest_peer(rec, peers)
-            h = us(rec, "heuristic")
+            h = rec.us("heuristic")
             cells.append("n/a" if best is None or h is None else f"{t_best / h:.2f}x ({best})")
         cells += [tf, tgt_text]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _tolerance(chk: dict, impl: str) -> float:
-    """The check's tolerance for ``impl``: per implementation, or one number in older results."""
-    tol = chk.get("tolerance", 0.05)
-    return tol.get(impl, 0.05) if isinstance(tol, dict) else tol
+def _notes(rec: PointRecord) -> list[str]:
+    """Unavailable implementations, fallbacks, failed checks and the point's own failure."""
+    name, out = rec.point.name, []
+    for impl, r in rec.results.items():
+        if r.us is None and r.error:
+            out.append(f"- {name} / {impl}: n/a: {r.error[:300]}")
+        elif r.note:
+            out.append(f"- {name} / {impl}: {r.note[:300]}")
+    for impl, r in rec.checked().items():
+        if r.mismatch is not None:
+            out.append(f"- {name} / {impl}: OUTPUT MISMATCH vs {rec.reference}: {r.mismatch}")
+        elif r.max_abs_diff is not None and r.max_abs_diff > r.tolerance:
+            out.append(f"- {name} / {impl}: output differs from {rec.reference} by {r.max_abs_diff:.3g} "
+                       f"(tolerance {r.tolerance:g})")
+    if rec.error:
+        out.append(f"- {name}: {rec.error[:300]}")
+    return out
 
 
-def checks_text(data: dict) -> str:
+def checks_text(run: Run) -> str:
     out = ["Targets:"]
     any_target = False
-    for rec in data.get("points", []):
-        text, _ = target_status(rec, data)
+    for rec in run.points:
+        text, _ = target_status(rec, run)
         if text:
             any_target = True
-            out.append(f"- {rec['name']}: heuristic {text}")
+            out.append(f"- {rec.point.name}: heuristic {text}")
     if not any_target:
         out.append("- (no target point in this run)")
-    bs1 = [r for r in data.get("points", []) if r.get("series") == "bs1"]
+    bs1 = [r for r in run.points if r.point.series == "bs1"]
     if bs1:
         out.append(f"Heuristic vs the better forced path on the batch-1 sweep (passes at <= {1 + HEURISTIC_TOLERANCE:.2f}x):")
         for rec in bs1:
             ratio, ok = heuristic_vs_forced(rec)
             if ratio is None:
-                out.append(f"- {rec['name']}: not measured")
+                out.append(f"- {rec.point.name}: not measured")
             else:
-                best = "2D" if (us(rec, "2d") or math.inf) <= (us(rec, "3d") or math.inf) else "3D"
-                out.append(f"- {rec['name']}: {ratio:.3f}x the better forced path ({best}) -> {'ok' if ok else 'SLOWER'}")
-    peers = peer_names(data)
+                best = "2D" if (rec.us("2d") or math.inf) <= (rec.us("3d") or math.inf) else "3D"
+                out.append(f"- {rec.point.name}: {ratio:.3f}x the better forced path ({best}) -> {'ok' if ok else 'SLOWER'}")
+    peers = peer_names(run)
     if peers:
         out.append("Heuristic vs every peer (" + ", ".join(peers) + "; ratio = fastest peer's time / ours, "
                    "above 1x = ours faster):")
-        for rec in data.get("points", []):
+        for rec in run.points:
             best, t_best = fastest_peer(rec, peers)
-            h = us(rec, "heuristic")
+            h = rec.us("heuristic")
             if best is None or h is None:
-                out.append(f"- {rec['name']}: not measured")
+                out.append(f"- {rec.point.name}: not measured")
             else:
                 verdict = "ours faster" if h < t_best else f"SLOWER than {best}"
-                out.append(f"- {rec['name']}: {t_best / h:.2f}x vs {best} ({t_best:.1f} us) -> {verdict}")
-    above = [(rec["name"], impl) for rec in data.get("points", []) for impl in (rec.get("above_floor") or [])]
+                out.append(f"- {rec.point.name}: {t_best / h:.2f}x vs {best} ({t_best:.1f} us) -> {verdict}")
+    above = [(rec.point.name, impl) for rec in run.points for impl in rec.above_floor]
     if above:
         out.append(f"Faster than the floor (marked {ABOVE_FLOOR_MARK}; the floor's measured bandwidth is below what "
                    "these reads achieved): " + ", ".join(f"{n} / {i}" for n, i in above))
-    problems = []
-    for rec in data.get("points", []):
-        for impl, r in (rec.get("results") or {}).items():
-            if r.get("us") is None and r.get("error"):
-                problems.append(f"- {rec['name']} / {impl}: n/a: {r['error'][:300]}")
-            elif r.get("note"):
-                problems.append(f"- {rec['name']} / {impl}: {r['note'][:300]}")
-        chk = rec.get("check") or {}
-        mismatch = chk.get("mismatch") or {}
-        for impl, d in (chk.get("max_abs_diff") or {}).items():
-            if impl in mismatch:
-                problems.append(f"- {rec['name']} / {impl}: OUTPUT MISMATCH vs {chk.get('reference')}: {mismatch[impl]}")
-            elif d is not None and d > (tol := _tolerance(chk, impl)):
-                problems.append(f"- {rec['name']} / {impl}: output differs from {chk.get('reference')} by {d:.3g} (tolerance {tol:g})")
-        if rec.get("error"):
-            problems.append(f"- {rec['name']}: {rec['error'][:300]}")
+    problems = [line for rec in run.points for line in _notes(rec)]
     if problems:
         out.append("Notes (unavailable implementations, fallbacks, failed checks):")
         out.extend(problems)
     return "\n".join(out)
 
 
-def tune_table(data: dict) -> str:
-    rows = data.get("tune") or []
-    if not rows:
+def tune_table(run: Run) -> str:
+    if not run.tune:
         return ""
-    segs = sorted({int(s) for r in rows for s in (r.get("3d") or {})})
+    segs = sorted({s for r in run.tune for s in r.segments})
     head = "| point | heuristic plan | heuristic us | 2D us | " + " | ".join(f"S={s}" for s in segs) + " | best | heuristic / best |"
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
-    for r in rows:
-        if r.get("error") and not r.get("2d"):
-            lines.append(f"| {r['name']} | error: {r['error'][:120]} |" + " |" * (head.count("|") - 3))
+    for r in run.tune:
+        if r.error and r.forced_2d is None:
+            lines.append(f"| {r.name} | error: {r.error[:120]} |" + " |" * (head.count("|") - 3))
             continue
-        threed = r.get("3d") or {}
-        cells = [("skip" if (threed.get(str(s)) or {}).get("skipped") else _f((threed.get(str(s)) or {}).get("us")))
-                 for s in segs]
-        best = r.get("best") or {}
-        h = (r.get("heuristic") or {}).get("us")
-        ratio = None if h is None or not best.get("us") else h / best["us"]
-        plan = r.get("heuristic_plan") or {}
-        plan_txt = "2D" if plan.get("path") == "2d" else f"3D/{plan.get('num_segments')}"
+        cells = ["skip" if x.skipped else _f(x.us) for x in (r.segments.get(s) or Result() for s in segs)]
+        best, best_us = r.best()
+        h = (r.heuristic or Result()).us
+        ratio = None if h is None or not best_us else h / best_us
         lines.append("| " + " | ".join([
-            r["name"], plan_txt, _f(h), _f((r.get("2d") or {}).get("us")), *cells,
-            f"{best.get('config', '?')} ({_f(best.get('us'))})", _f(ratio, "{:.2f}x"),
+            r.name, _plan_text(r.heuristic_plan), _f(h), _f((r.forced_2d or Result()).us), *cells,
+            f"{best or '?'} ({_f(best_us)})", _f(ratio, "{:.2f}x"),
         ]) + " |")
     return "\n".join(lines)
 
 
-def header_text(data: dict) -> str:
-    env = data.get("env", {})
-    bw = data.get("copy_bandwidth") or {}
+def _bandwidth_line(run: Run) -> str | None:
+    bws = run.bandwidths
+    if not bws:
+        return None
+    if run.floor_source is None:  # a run from before the floor named its source: a copy and torch.sum only
+        copy, read = bws.get("copy"), bws.get("torch_sum")
+        return (f"Bandwidth (medians): D2D copy {(copy.gbps if copy else None) or 0:.0f} GB/s (read+write counted), "
+                f"read-only {(read.gbps if read else None) or 0:.0f} GB/s; floors use {run.floor_gbps or 0:.0f} GB/s "
+                f"({run.floor_bandwidth})")
+    parts = [f"{n} {b.gbps:.0f}" if b.gbps else f"{n} failed ({str(b.error)[:80]})" for n, b in bws.items()]
+    return (f"Bandwidth (medians, GB/s): {', '.join(parts)} (copy counts read+write); floors use "
+            f"{run.floor_gbps or 0:.0f} GB/s, the best of {run.floor_bandwidth} ({run.floor_source})")
+
+
+def header_text(run: Run) -> str:
+    env = run.env
     lines = [
-        f"Device: {env.get('device_name')} ({env.get('num_sms')} SMs, L2 {_mib(env.get('l2_bytes'))}); "
-        f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda_runtime')}, cuDNN {env.get('cudnn')}",
-        f"Date (UTC): {env.get('date_utc')}; command: `{env.get('command')}`; seed {data.get('seed')}; "
-        f"commit {env.get('git_commit') or 'n/a'}; kernels sha256 {env.get('kernels_sha256_16')}",
+        f"Device: {env.device_name} ({env.num_sms} SMs, L2 {_mib(env.l2_bytes)}); "
+        f"torch {env.torch}, triton {env.triton}, CUDA {env.cuda_runtime}, cuDNN {env.cudnn}",
+        f"Date (UTC): {env.date_utc}; command: `{env.command}`; seed {run.seed}; "
+        f"commit {env.git_commit or 'n/a'}; kernels sha256 {env.kernels_sha256_16}",
     ]
-    rbw = data.get("read_bandwidth") or {}
-    bws = data.get("bandwidths")
-    if bws:
-        parts = [f"{n} {b['gbps']:.0f}" if b.get("gbps") else f"{n} failed ({str(b.get('error'))[:80]})"
-                 for n, b in bws.items()]
-        lines.append(f"Bandwidth (medians, GB/s): {', '.join(parts)} (copy counts read+write); floors use "
-                     f"{data.get('floor_gbps', 0):.0f} GB/s, the best of {data.get('floor_bandwidth', 'max')} "
-                     f"({data.get('floor_source')})")
-    elif bw:
-        lines.append(f"Bandwidth (medians): D2D copy {bw.get('gbps', 0):.0f} GB/s (read+write counted), "
-                     f"read-only {rbw.get('gbps', 0):.0f} GB/s; floors use {data.get('floor_gbps', 0):.0f} GB/s "
-                     f"({data.get('floor_bandwidth', 'copy')})")
-    for p in data.get("peers") or []:
-        lines.append(f"Peer `{p['name']}`: `{p.get('spec')}`" + (f" from {p['import_dir']}" if p.get("import_dir") else "")
-                     + (f" - {p['error']}" if p.get("error") else ""))
-    if data.get("elapsed_s") is not None:
-        lines.append(f"Sweep wall time: {data['elapsed_s']:.0f} s")
+    bandwidth = _bandwidth_line(run)
+    if bandwidth:
+        lines.append(bandwidth)
+    for p in run.peers:
+        lines.append(f"Peer `{p.name}`: `{p.spec}`" + (f" from {p.import_dir}" if p.import_dir else ""))
+    if run.elapsed_s is not None:
+        lines.append(f"Sweep wall time: {run.elapsed_s:.0f} s")
     return "\n".join(lines)
 
 
@@ -309,12 +260,12 @@ def _mib(b) -> str:
     return "?" if not b else f"{b / 2**20:.0f} MiB"
 
 
-def render_markdown(data: dict) -> str:
-    parts = [f"# Paged-attention benchmark ({data.get('mode', 'sweep')})", "", header_text(data), ""]
-    if data.get("points"):
-        parts += [sweep_table(data), "", checks_text(data), ""]
-    if data.get("tune"):
-        parts += ["## Segment-count tuning (median us per call)", "", tune_table(data), "",
+def render_markdown(run: Run) -> str:
+    parts = [f"# Paged-attention benchmark ({run.mode})", "", header_text(run), ""]
+    if run.points:
+        parts += [sweep_table(run), "", checks_text(run), ""]
+    if run.tune:
+        parts += ["## Segment-count tuning (median us per call)", "", tune_table(run), "",
                   "S=N: forced 3D with N KV segments per sequence; skip: more segments than KV tiles. "
                   "best: the fastest of 2D and every S.", ""]
     parts += [LEGEND]
@@ -339,7 +290,7 @@ query heads per pair."""
 
 
 # -- plot ------------------------------------------------------------------------------------
-def render_png(data: dict, path: Path) -> Path | None:
+def render_png(run: Run, path: Path) -> Path | None:
     try:
         import matplotlib
 
@@ -347,31 +298,31 @@ def render_png(data: dict, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    recs = data.get("points") or []
     panels = [("bs1", "batch 1, Llama-3.1-8B heads (32/8x128)", "KV length (keys)"),
               ("bs@4k", "KV length 4,096, Llama-3.1-8B heads", "batch size (sequences)")]
-    panels = [p for p in panels if any(r.get("series") == p[0] for r in recs)]
+    panels = [p for p in panels if any(r.point.series == p[0] for r in run.points)]
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5.5), squeeze=False)
     styles = {"heuristic": ("C0", "o", "-"), "2d": ("C1", "s", "--"), "3d": ("C2", "^", "--"),
               "sdpa-flash": ("C3", "v", ":"), "sdpa-cudnn": ("C4", "D", ":")}
-    peers = peer_names(data)
+    peers = peer_names(run)
     for i, p in enumerate(peers):
         styles[p] = (f"C{5 + i % 5}", "PXhd*"[i % 5], "-.")
     for ax, (series, title, xlabel) in zip(axes[0], panels):
-        rs = sorted((r for r in recs if r.get("series") == series), key=lambda r: r["x"])
+        rs = sorted((r for r in run.points if r.point.series == series), key=lambda r: r.point.x)
         for impl in (*IMPLS, *peers):
-            pts = [(r["x"], us(r, impl)) for r in rs if us(r, impl) is not None]
+            pts = [(r.point.x, r.us(impl)) for r in rs if r.us(impl) is not None]
             if pts:
                 color, marker, ls = styles[impl]
                 ax.plot(*zip(*pts), color=color, marker=marker, linestyle=ls, label=label(impl), markersize=4)
-        floor = [(r["x"], r["floor_us"]) for r in rs if r.get("floor_us")]
+        floor = [(r.point.x, r.point.floor_us) for r in rs if r.point.floor_us]
         if floor:
             ax.plot(*zip(*floor), color="black", linewidth=2, label="HBM floor (measured bandwidth)")
-        tg = [(r["x"], r["target"]["value"]) for r in rs if r.get("target") and r["target"]["metric"] == "us"]
-        if tg:
-            ax.scatter(*zip(*tg), color="red", marker="x", s=60, zorder=5, label="target")
+        targets = [r.point for r in rs if r.point.target and r.point.target.metric == "us"]
+        if targets:
+            ax.scatter([p.x for p in targets], [p.target.value for p in targets], color="red", marker="x", s=60,
+                       zorder=5, label="target")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
@@ -379,9 +330,9 @@ def render_png(data: dict, path: Path) -> Path | None:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    env = data.get("env", {})
-    fig.suptitle(f"Paged-attention decode, bf16, block 16 - {env.get('device_name')}, torch {env.get('torch')}, "
-                 f"triton {env.get('triton')}, {str(env.get('date_utc', ''))[:10]}", fontsize=10)
+    env = run.env
+    fig.suptitle(f"Paged-attention decode, bf16, block 16 - {env.device_name}, torch {env.torch}, "
+                 f"triton {env.triton}, {str(env.date_utc or '')[:10]}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -391,12 +342,12 @@ def render_png(data: dict, path: Path) -> Path | None:
 def write_all(json_path: Path, png: bool = True) -> dict:
     """Re-render the markdown table (and PNG) next to ``json_path``; returns what was written."""
     json_path = Path(json_path)
-    data = json.loads(json_path.read_text())
+    run = records.load(json_path)
     md = json_path.with_suffix(".md")
-    md.write_text(render_markdown(data) + "\n")
+    md.write_text(render_markdown(run) + "\n")
     written = {"markdown": str(md)}
-    if png and data.get("points"):
-        out = render_png(data, json_path.with_suffix(".png"))
+    if png and run.points:
+        out = render_png(run, json_path.with_suffix(".png"))
         written["png"] = str(out) if out else "skipped: matplotlib not importable (re-render with python -m benchmarks.report)"
     return written
 
@@ -408,8 +359,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     for path in args.json:
         written = write_all(path, png=not args.no_png)
-        data = json.loads(path.read_text())
-        print(render_markdown(data))
+        print(render_markdown(records.load(path)))
         print(f"\nwrote {', '.join(f'{k}: {v}' for k, v in written.items())}", file=sys.stderr)
     return 0
 

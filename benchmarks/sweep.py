@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 import tempfile
@@ -25,7 +24,8 @@ from typing import TYPE_CHECKING, Callable
 
 # Light imports only up to argument parsing (torch, triton and the kernels load inside the
 # functions that run), so --help and usage errors answer at once.
-from . import report, shapes
+from . import records, report, shapes
+from .records import DryRun, PointInfo, PointRecord, Result, Run, TuneRecord
 from .shapes import H100_SMS, TUNE_SEGMENTS, Point
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ FLOAT32_TOLERANCE = 1e-3  # the same in float32 (dry runs under the interpreter)
 FP8_P_TOLERANCE = 0.1
 OURS_P_TOLERANCE = 2.0 ** -11 * 5.0  # f16 P (the kernel's PV_F16 path)
 OURS = ("heuristic", "2d", "3d")  # our columns (and "3d/<segments>" in tuning)
+NOT_RUN = "not run (no GPU and no interpreter)"
 PROG = "python -m benchmarks.sweep"
 
 
@@ -114,7 +115,7 @@ def _compare(out: torch.Tensor, ref: torch.Tensor, tolerance: float) -> tuple[fl
     return diff, (f"max |diff| {diff:.3g} > tolerance {tolerance:g}" if diff > tolerance else None)
 
 
-def _time_peers(ctx: Context, inputs, runners: dict, results: dict, outputs: dict) -> None:
+def _time_peers(ctx: Context, inputs, runners: dict, results: dict[str, Result], outputs: dict) -> None:
     """Build and capture every --impl peer on this point; a peer that fails is recorded with its reason."""
     from .peers import PeerUnsupported
 
@@ -123,22 +124,22 @@ def _time_peers(ctx: Context, inputs, runners: dict, results: dict, outputs: dic
         try:
             built = peer.build(inputs)
         except PeerUnsupported as exc:
-            results[name] = {"us": None, "error": str(exc), "unavailable": True}
+            results[name] = Result(error=str(exc), unavailable=True)
             continue
         except Exception as exc:  # noqa: BLE001
-            results[name] = {"us": None, "error": _reason(exc)}
+            results[name] = Result(error=_reason(exc))
             _cleanup(ctx)
             continue
-        results[name] = {"config": built.config, "spec": peer.spec.target}
+        results[name] = Result(config=built.config)
         if not ctx.run_ours:
-            results[name].update({"us": None, "error": "not run (no GPU and no interpreter)"})
+            results[name].error = NOT_RUN
             continue
         _poison(inputs)
         if _prepare(ctx, runners, results, name, built.calls):  # the calls hold their buffers
             outputs[name] = inputs.out[0].float().clone()
 
 
-def _time_flex(ctx: Context, inputs, runners: dict, results: dict, outputs: dict) -> None:
+def _time_flex(ctx: Context, inputs, runners: dict, results: dict[str, Result], outputs: dict) -> None:
     """The paged FlexAttention baseline, or the reason it cannot run here."""
     from .flex import FlexUnavailable, build_flex, reset_compile_cache
 
@@ -147,18 +148,18 @@ def _time_flex(ctx: Context, inputs, runners: dict, results: dict, outputs: dict
             reset_compile_cache()
         base = build_flex(inputs, compile=ctx.flex_compile)
     except FlexUnavailable as exc:
-        results["flex"] = {"us": None, "error": str(exc), "unavailable": True}
+        results["flex"] = Result(error=str(exc), unavailable=True)
         return
     except Exception as exc:  # noqa: BLE001
-        results["flex"] = {"us": None, "error": f"building the flex call failed: {_reason(exc)}"}
+        results["flex"] = Result(error=f"building the flex call failed: {_reason(exc)}")
         _cleanup(ctx)
         return
-    results["flex"] = {"config": base.config}
+    results["flex"] = Result(config=base.config)
     if _prepare(ctx, runners, results, "flex", base.calls()):
         try:
             outputs["flex"] = base.output(0).float()
         except Exception as exc:  # noqa: BLE001
-            results["flex"]["note"] = f"output check skipped: {_reason(exc)}"
+            results["flex"].add_note(f"output check skipped: {_reason(exc)}")
 
 
 def _plan_dict(plan) -> dict:
@@ -168,7 +169,7 @@ def _plan_dict(plan) -> dict:
     return d
 
 
-def _prepare(ctx: Context, runners: dict, results: dict, name: str, calls) -> bool:
+def _prepare(ctx: Context, runners: dict, results: dict[str, Result], name: str, calls) -> bool:
     """Warm up and capture ``calls`` as ``runners[name]``; on failure record the reason instead."""
     try:
         runners[name] = ctx.replayer(calls)
@@ -178,41 +179,27 @@ def _prepare(ctx: Context, runners: dict, results: dict, name: str, calls) -> bo
             import torch
 
             torch.cuda.synchronize()
-        results[name] = {"us": None, "error": _reason(exc)}
+        results[name] = Result(error=_reason(exc))
         return False
 
 
-def _measure_all(ctx: Context, runners: dict, results: dict) -> None:
+def _measure_all(ctx: Context, runners: dict, results: dict[str, Result]) -> None:
     """Interleaved timing of every captured runner; results[name] gets us, timing and any note."""
     try:
         timings = ctx.measure(runners, target_s=ctx.target_s)
         for name, t in timings.items():
-            r = results.setdefault(name, {})
-            r.update({"us": t.median_us, "timing": t.to_dict()})
+            r = results.setdefault(name, Result())
+            r.us, r.timing = t.median_us, t
             if t.note:
-                r["note"] = (r["note"] + "; " if r.get("note") else "") + t.note
+                r.add_note(t.note)
     except Exception as exc:  # noqa: BLE001
         for name in runners:
-            results.setdefault(name, {}).update({"us": None, "error": f"interleaved timing failed: {_reason(exc)}"})
+            r = results.setdefault(name, Result())
+            r.us, r.error = None, f"interleaved timing failed: {_reason(exc)}"
     finally:
         for r in runners.values():
             r.close()
         runners.clear()
-
-
-def _point_header(point: Point, ctx: Context, copies: int) -> dict:
-    return {
-        "name": point.name, "kind": point.kind, "series": point.series, "describe": point.describe(),
-        "note": point.note, "x": point.x_value, "num_seqs": point.num_seqs, "num_tokens": point.num_tokens,
-        "max_seqlen_q": point.max_seqlen_q, "max_seqlen_k": point.max_seqlen_k,
-        "num_q_heads": point.num_q_heads, "num_kv_heads": point.num_kv_heads, "head_size": point.head_size,
-        "block_size": point.block_size, "kv_format": point.kv_format, "q_format": point.q_format,
-        "quantized": point.quantized, "kv_bytes": point.kv_bytes(), "floor_bytes": point.floor_bytes(),
-        "cache_copy_bytes": point.cache_bytes(), "copies": copies, "visible_pairs": point.visible_pairs(),
-        "flops": point.flops(), "floor_us": point.floor_bytes() / (ctx.floor_gbps * 1e9) * 1e6,
-        "target": dataclasses.asdict(point.target) if point.target else None,
-        "results": {},
-    }
 
 
 def _free_memory(ctx: Context) -> int | None:
@@ -247,24 +234,24 @@ def check_tolerance(point: Point, impl: str, float32: bool = False) -> float:
     return base + (OURS_P_TOLERANCE if ours else FP8_P_TOLERANCE)
 
 
-def _quantized_reference(name: str, inputs, results: dict, outputs: dict, rec: dict) -> None:
+def _quantized_reference(name: str, inputs, results: dict[str, Result], outputs: dict, rec: PointRecord) -> None:
     """SDPA cannot take a quantized point: record it n/a, and (the first backend that runs) compute
     the check's reference output on the dequantized values, untimed."""
     from .baselines import build_sdpa
 
     point = inputs.point
-    results[name] = {"us": None, "unavailable": True, "error": f"SDPA takes no {point.formats} inputs; not timed"}
+    r = results[name] = Result(unavailable=True, error=f"SDPA takes no {point.formats} inputs; not timed")
     if "reference" in outputs:
         return
     try:
         outputs["reference"] = build_sdpa(name, inputs, copies=1).output(0).float()
-        rec.setdefault("check", {})["reference"] = f"{name} on the dequantized inputs (untimed)"
-        results[name]["error"] += "; its output on the dequantized inputs is the check's reference"
+        rec.reference = f"{name} on the dequantized inputs (untimed)"
+        r.error += "; its output on the dequantized inputs is the check's reference"
     except Exception as exc:  # noqa: BLE001 - no reference: the check falls back to forced 2D
-        results[name]["error"] += f"; reference failed: {_reason(exc)}"
+        r.error += f"; reference failed: {_reason(exc)}"
 
 
-def run_point(point: Point, ctx: Context, log=print) -> dict:
+def run_point(point: Point, ctx: Context, log=print) -> PointRecord:
     """Time heuristic, forced 2D, forced 3D and the SDPA baselines on one point; check outputs agree."""
     import paged_kernels
     from .baselines import BaselineUnavailable, build_sdpa
@@ -272,7 +259,7 @@ def run_point(point: Point, ctx: Context, log=print) -> dict:
     from .timing import rotation_copies
 
     copies = rotation_copies(point.cache_bytes(), ctx.l2_bytes, max_copies=ctx.max_copies)
-    rec = _point_header(point, ctx, copies)
+    rec = PointRecord(point=PointInfo.of(point, ctx.floor_gbps), copies=copies)
     t_start = time.time()
     inputs = None
     outputs: dict[str, torch.Tensor] = {}
@@ -280,8 +267,7 @@ def run_point(point: Point, ctx: Context, log=print) -> dict:
         free = _free_memory(ctx)
         need = copies * (point.cache_bytes() + point.qo_bytes()) * 2  # ours + the baselines' dense copies
         if free is not None and need > 0.9 * free:
-            copies = max(1, int(copies * 0.9 * free / need))
-            rec["copies"] = copies
+            rec.copies = copies = max(1, int(copies * 0.9 * free / need))
         inputs = build_inputs(point, copies, ctx.device, ctx.dtype, ctx.seed)
         q0, k0, cu = inputs.q[0], inputs.k_cache, inputs.cu_seqlens_q
         mq, mk = inputs.max_seqlen_q, inputs.max_seqlen_k
@@ -299,25 +285,21 @@ def run_point(point: Point, ctx: Context, log=print) -> dict:
             "2d": paged_kernels.make_plan(q0, k0, cu, mq, mk, split_kv=False, workspace=ws, **quant),
             "3d": paged_kernels.make_plan(q0, k0, cu, mq, mk, split_kv=True, workspace=ws, **quant),
         }
-        rec["plans"] = {k: _plan_dict(v) for k, v in plans.items()}
-        rec["heuristic_path"], rec["heuristic_segments"] = heur.path, heur.num_segments
-        rec["heuristic_reason"] = heur.reason
-        rec["forced3d_segments"] = plans["3d"].num_segments
-        if plans["3d"].num_segments < forced3.num_segments:
-            rec["forced3d_note"] = (f"planner wants {forced3.num_segments} segments for a forced split; capped at "
-                                    f"{plans['3d'].num_segments} by the {WORKSPACE_BUDGET_BYTES >> 30} GiB workspace budget")
-        results: dict[str, dict] = {}
+        rec.plans = {k: _plan_dict(v) for k, v in plans.items()}
+        results: dict[str, Result] = {}
         runners: dict = {}
         bases = []
         for impl, kw in (("heuristic", {}), ("2d", {"split_kv": False}), ("3d", {"split_kv": True})):
             if not ctx.run_ours:
-                results[impl] = {"us": None, "error": "not run (no GPU and no interpreter)"}
+                results[impl] = Result(error=NOT_RUN)
                 continue
             _poison(inputs)
             if _prepare(ctx, runners, results, impl, _ours(inputs, ws, **kw)):
                 outputs[impl] = inputs.out[0].float().clone()  # the warm-up computed copy 0
-        if rec.get("forced3d_note"):
-            results.setdefault("3d", {})["note"] = rec["forced3d_note"]
+        if plans["3d"].num_segments < forced3.num_segments:
+            results.setdefault("3d", Result()).add_note(
+                f"planner wants {forced3.num_segments} segments for a forced split; capped at "
+                f"{plans['3d'].num_segments} by the {WORKSPACE_BUDGET_BYTES >> 30} GiB workspace budget")
         for name in ctx.baselines:
             if point.quantized:
                 _quantized_reference(name, inputs, results, outputs, rec)
@@ -325,61 +307,57 @@ def run_point(point: Point, ctx: Context, log=print) -> dict:
             try:
                 base = build_sdpa(name, inputs)
             except BaselineUnavailable as exc:
-                results[name] = {"us": None, "error": str(exc)}
+                results[name] = Result(error=str(exc))
                 continue
             except Exception as exc:  # noqa: BLE001
-                results[name] = {"us": None, "error": _reason(exc)}
+                results[name] = Result(error=_reason(exc))
                 _cleanup(ctx)
                 continue
             bases.append(base)
-            results[name] = {"config": base.note, **({"note": base.note} if base.expanded else {})}
+            results[name] = Result(config=base.note, note=base.note if base.expanded else None)
             if _prepare(ctx, runners, results, name, base.calls()) and "reference" not in outputs:
                 outputs["reference"] = base.output(0).float()
-                rec.setdefault("check", {})["reference"] = name
+                rec.reference = name
         _time_peers(ctx, inputs, runners, results, outputs)
         if ctx.flex:
             _time_flex(ctx, inputs, runners, results, outputs)
         _measure_all(ctx, runners, results)
         del bases
         order = ("heuristic", "2d", "3d", *ctx.baselines, *(p.spec.name for p in ctx.peers), "flex")
-        rec["results"] = {k: results[k] for k in order if k in results}
-        rec["above_floor"] = report.mark_above_floor(rec)
-        for name, r in rec["results"].items():
+        rec.results = {k: results[k] for k in order if k in results}
+        rec.mark_above_floor()
+        for name, r in rec.results.items():
             log(f"  {point.name:28s} {name:11s} {_fmt(r)}")
 
         ref_name = "reference" if "reference" in outputs else ("2d" if "2d" in outputs else None)
         if ref_name:
-            chk = rec.setdefault("check", {})
-            chk.setdefault("reference", ref_name)
-            chk["tolerance"], chk["max_abs_diff"], chk["mismatch"] = {}, {}, {}
+            if rec.reference is None:
+                rec.reference = ref_name
             for impl, o in outputs.items():
                 if impl == ref_name:
                     continue
-                chk["tolerance"][impl] = tol = check_tolerance(point, impl)
-                chk["max_abs_diff"][impl], problem = _compare(o, outputs[ref_name], tol)
-                if problem:
-                    chk["mismatch"][impl] = problem
-                    results[impl]["mismatch"] = f"vs {chk['reference']}: {problem}"
+                r = rec.results.setdefault(impl, Result())
+                r.tolerance = check_tolerance(point, impl)
+                r.max_abs_diff, r.mismatch = _compare(o, outputs[ref_name], r.tolerance)
     except Exception as exc:  # noqa: BLE001 - the point fails, the sweep goes on
-        rec["error"] = _reason(exc)
-        rec["traceback"] = traceback.format_exc()[-2000:]
-        log(f"  {point.name}: FAILED {rec['error']}")
+        rec.error = _reason(exc)
+        rec.traceback = traceback.format_exc()[-2000:]
+        log(f"  {point.name}: FAILED {rec.error}")
     finally:
         del inputs, outputs
         _cleanup(ctx)
-    rec["elapsed_s"] = round(time.time() - t_start, 2)
+    rec.elapsed_s = round(time.time() - t_start, 2)
     return rec
 
 
-def run_tune(point: Point, ctx: Context, log=print) -> dict:
+def run_tune(point: Point, ctx: Context, log=print) -> TuneRecord:
     """Forced 2D and forced 3D at each segment count in TUNE_SEGMENTS (plus the heuristic)."""
     import paged_kernels
     from .inputs import build_inputs
     from .timing import rotation_copies
 
     copies = rotation_copies(point.cache_bytes(), ctx.l2_bytes, max_copies=ctx.max_copies)
-    rec = {"name": point.name, "describe": point.describe(), "series": point.series, "x": point.x_value,
-           "copies": copies, "3d": {}}
+    rec = TuneRecord(name=point.name, description=point.describe(), series=point.series, x=point.x_value, copies=copies)
     inputs = None
     t_start = time.time()
     try:
@@ -388,10 +366,10 @@ def run_tune(point: Point, ctx: Context, log=print) -> dict:
         q0, k0, cu = inputs.q[0], inputs.k_cache, inputs.cu_seqlens_q
         heur = paged_kernels.make_plan(q0, k0, cu, inputs.max_seqlen_q, inputs.max_seqlen_k, workspace=ws,
                                  kv_quant_mode=inputs.quant_kwargs().get("kv_quant_mode"))
-        rec["heuristic_plan"] = _plan_dict(heur)
+        rec.heuristic_plan = _plan_dict(heur)
         tiles = math.ceil(point.max_seqlen_k / heur.tile_size)
         runners: dict = {}
-        results: dict[str, dict] = {}
+        results: dict[str, Result] = {}
         if ctx.run_ours:
             _prepare(ctx, runners, results, "heuristic", _ours(inputs, ws))
             _prepare(ctx, runners, results, "2d", _ours(inputs, ws, split_kv=False))
@@ -399,41 +377,35 @@ def run_tune(point: Point, ctx: Context, log=print) -> dict:
                 if s <= tiles:
                     _prepare(ctx, runners, results, f"3d/{s}", _ours(inputs, ws, split_kv=True, num_segments=s))
             _measure_all(ctx, runners, results)
-        rec["heuristic"] = results.get("heuristic")
-        rec["2d"] = results.get("2d")
+        rec.heuristic, rec.forced_2d = results.get("heuristic"), results.get("2d")
         for s in TUNE_SEGMENTS:
             if s > tiles:
-                rec["3d"][str(s)] = {"us": None, "skipped": f"{s} segments > {tiles} KV tiles"}
+                rec.segments[s] = Result(skipped=f"{s} segments > {tiles} KV tiles")
             elif f"3d/{s}" in results:
-                rec["3d"][str(s)] = results[f"3d/{s}"]
-        candidates = {k: v for k, v in results.items() if k != "heuristic"}
-        timed = {k: v["us"] for k, v in candidates.items() if v.get("us") is not None}
-        if timed:
-            best = min(timed, key=timed.get)
-            rec["best"] = {"config": best, "us": timed[best]}
-        line = "  ".join(f"{k}={v:.1f}" for k, v in timed.items())
-        log(f"  {point.name:28s} heuristic={_fmt(rec.get('heuristic') or {})} {line}")
+                rec.segments[s] = results[f"3d/{s}"]
+        line = "  ".join(f"{k}={v.us:.1f}" for k, v in results.items() if k != "heuristic" and v.us is not None)
+        log(f"  {point.name:28s} heuristic={_fmt(rec.heuristic or Result())} {line}")
     except Exception as exc:  # noqa: BLE001
-        rec["error"] = _reason(exc)
-        rec["traceback"] = traceback.format_exc()[-2000:]
-        log(f"  {point.name}: FAILED {rec['error']}")
+        rec.error = _reason(exc)
+        rec.traceback = traceback.format_exc()[-2000:]
+        log(f"  {point.name}: FAILED {rec.error}")
     finally:
         del inputs
         _cleanup(ctx)
-    rec["elapsed_s"] = round(time.time() - t_start, 2)
+    rec.elapsed_s = round(time.time() - t_start, 2)
     return rec
 
 
-def _gbps(b: dict) -> str:
-    return f"{b['gbps']:.0f} GB/s" if b.get("gbps") else "failed"
+def _gbps(b) -> str:
+    return f"{b.gbps:.0f} GB/s" if b.gbps else "failed"
 
 
-def _fmt(r: dict) -> str:
-    if r.get("us") is None:
-        return f"n/a ({r.get('error', r.get('skipped', '?'))[:150]})"
-    t = r.get("timing") or {}
-    extra = f" [{t.get('mode')}, {t.get('copies')} copies, {t.get('replays')} replays]" if t else ""
-    return f"{r['us']:9.2f} us{extra}"
+def _fmt(r: Result) -> str:
+    if r.us is None:
+        return f"n/a ({(r.error or r.skipped or '?')[:150]})"
+    t = r.timing
+    extra = f" [{t.mode}, {t.copies} copies, {t.replays} replays]" if t else ""
+    return f"{r.us:9.2f} us{extra}"
 
 
 # -- dry run ---------------------------------------------------------------------------------
@@ -459,33 +431,46 @@ def _fake_measure(runners: dict, target_s: float = 0.0) -> dict:
             for n, r in runners.items()}
 
 
-def _fake_results(data: dict) -> dict:
+def _fake_results(run: Run) -> Run:
     """Plausible numbers in place of the dry run's placeholder timings, so the report has content."""
     rng = __import__("random").Random(0)
-    for rec in data["points"]:
-        floor = rec["floor_us"] or 1.0
-        base = max(floor, rec["flops"] / 400e12 * 1e6) + 4.0
-        for impl, factor in (("heuristic", 1.2), ("2d", 2.5 if rec["kind"] == "decode" else 1.2), ("3d", 1.3),
+    for rec in run.points:
+        info = rec.point
+        base = max(info.floor_us or 1.0, info.flops / 400e12 * 1e6) + 4.0
+        for impl, factor in (("heuristic", 1.2), ("2d", 2.5 if info.kind == "decode" else 1.2), ("3d", 1.3),
                              ("sdpa-flash", 1.6), ("sdpa-cudnn", 1.5)):
-            r = rec["results"].setdefault(impl, {})
-            if r.get("unavailable") or (rec.get("quantized") and impl.startswith("sdpa")):
+            r = rec.results.setdefault(impl, Result())
+            if r.unavailable or (info.quantized and impl.startswith("sdpa")):
                 continue  # SDPA cannot run a quantized point: its n/a (and reason) show
-            r["us"] = base * factor * (1 + 0.05 * rng.random())
-            r.pop("error", None)
+            r.us, r.error = base * factor * (1 + 0.05 * rng.random()), None
         # Peers and flex get a placeholder time unless they really failed (then the reason shows).
-        for impl in [p["name"] for p in data.get("peers", [])] + ["flex"]:
-            r = rec["results"].get(impl)
-            if r is not None and (r.get("us") is not None or str(r.get("error", "")).startswith("not run")):
-                r["us"] = base * (0.9 + rng.random())
-                r.pop("error", None)
-        rec["above_floor"] = report.mark_above_floor(rec)
-    for rec in data.get("tune", []):
-        rec["heuristic"] = {"us": 10.0}
-        rec["2d"] = {"us": 20.0}
+        for impl in [p.name for p in run.peers] + ["flex"]:
+            r = rec.results.get(impl)
+            if r is not None and (r.us is not None or r.error == NOT_RUN):
+                r.us, r.error = base * (0.9 + rng.random()), None
+        rec.mark_above_floor()
+    for rec in run.tune:
+        rec.heuristic, rec.forced_2d = Result(us=10.0), Result(us=20.0)
         for s in TUNE_SEGMENTS:
-            rec["3d"].setdefault(str(s), {})["us"] = 10.0 + abs(math.log2(s) - 4)
-        rec["best"] = {"config": "3d/16", "us": 10.0}
-    return data
+            rec.segments.setdefault(s, Result()).us = 10.0 + abs(math.log2(s) - 4)
+    return run
+
+
+def _dry_run_failures(rec: PointRecord, point: Point, peers: tuple, interpret: bool) -> list[str]:
+    """What went wrong at a dry-run point."""
+    failures = [f"FAILED: {rec.error}"] if rec.error else []
+    # float32 on both sides: a correct implementation agrees far below the bf16 tolerance
+    bad = {k: (r.mismatch if r.max_abs_diff is None else r.max_abs_diff) for k, r in rec.checked().items()
+           if r.max_abs_diff is None or r.max_abs_diff > check_tolerance(point, k, float32=True)}
+    if bad:
+        failures.append(f"MISMATCH vs {rec.reference}: {bad}")
+    failures += [f"{impl} failed: {r.error}" for impl, r in rec.results.items()
+                 if r.us is None and not r.unavailable and (interpret or impl == "flex")]
+    for peer in peers:
+        r = rec.results.get(peer.spec.name) or Result()
+        if not interpret and not r.unavailable and r.error != NOT_RUN:
+            failures.append(f"{peer.spec.name} adapter failed: {r.error}")
+    return failures
 
 
 def dry_run(args) -> int:
@@ -503,9 +488,8 @@ def dry_run(args) -> int:
     points = shapes.select(args.points, args.quick)
     print(f"dry run: {len(points)} points, CPU, float32, interpreter={'on' if interpret else 'off'}, "
           f"peers {[p.spec.name for p in ctx.peers] or 'none'}, flex {'on (eager)' if ctx.flex else 'off'}")
-    data = {"mode": "dry-run", "seed": args.seed, "env": environment(None), "floor_gbps": ctx.floor_gbps,
-            "copy_bandwidth": None, "points": [], "tune": [], "peers": [p.describe() for p in ctx.peers],
-            "flex": {"enabled": ctx.flex, "compiled": False}}
+    run = Run(mode="dry-run", seed=args.seed, env=environment(None), floor_gbps=ctx.floor_gbps,
+              peers=[p.describe() for p in ctx.peers], flex=ctx.flex)
     failures = 0
     for point in points:
         h100 = paged_kernels.plan_launch(
@@ -521,43 +505,28 @@ def dry_run(args) -> int:
         if interpret and small.num_seqs > 16:  # the interpreter pays per program: keep the grid small
             small = dataclasses.replace(small, seqs=small.seqs[-16:])
         rec = run_point(small, ctx, log=lambda *_: None)
-        full = _point_header(point, ctx, rec["copies"])  # plot and floors at full scale
-        rec.update({k: v for k, v in full.items() if k != "results"})
-        rec["h100_preview"] = {"path": h100.path, "num_segments": h100.num_segments,
-                               "forced3d_segments": h100_split.num_segments, "reason": h100.reason}
-        rec["dry_run_scale"] = {"divided_by": factor, "seqs": small.describe()}
-        status = "ok"
-        if rec.get("error"):
-            status, failures = f"FAILED: {rec['error']}", failures + 1
-        chk = (rec.get("check") or {}).get("max_abs_diff") or {}
-        # float32 on both sides: a correct implementation agrees far below the bf16 tolerance
-        bad = {k: (rec["check"]["mismatch"].get(k) if v is None else v) for k, v in chk.items()
-               if v is None or v > check_tolerance(point, k, float32=True)}
-        if bad:
-            status, failures = f"MISMATCH vs {rec['check']['reference']}: {bad}", failures + 1
-        for impl, r in rec["results"].items():
-            if r.get("us") is None and not r.get("unavailable") and (interpret or impl == "flex"):
-                status, failures = f"{impl} failed: {r.get('error')}", failures + 1
-        for peer in ctx.peers:
-            r = rec["results"].get(peer.spec.name) or {}
-            if not interpret and not r.get("unavailable") and r.get("error") != "not run (no GPU and no interpreter)":
-                status, failures = f"{peer.spec.name} adapter failed: {r.get('error')}", failures + 1
-        diffs = {k: ("nan" if v is None else f"{v:.1e}") for k, v in chk.items()}
+        rec.point = PointInfo.of(point, ctx.floor_gbps)  # plot and floors at full scale
+        rec.dry_run = DryRun(h100_path=h100.path, h100_segments=h100.num_segments,
+                             h100_forced3d_segments=h100_split.num_segments, h100_reason=h100.reason,
+                             divided_by=factor, small=small.describe())
+        problems = _dry_run_failures(rec, point, ctx.peers, interpret)
+        failures += len(problems)
+        diffs = {k: ("nan" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}") for k, r in rec.checked().items()}
         print(f"  {point.name:28s} H100 plan {h100.path}/{h100.num_segments:<3d} (forced 3D {h100_split.num_segments:3d}) "
-              f"small {small.describe()[:60]:60s} diffs {diffs} {status}")
+              f"small {small.describe()[:60]:60s} diffs {diffs} {problems[-1] if problems else 'ok'}")
         for name in [p.spec.name for p in ctx.peers] + (["flex"] if ctx.flex else []):
-            r = rec["results"].get(name) or {}
-            print(f"  {'':28s} {name}: {r.get('config') or ''} {('[' + r['error'] + ']') if r.get('error') else ''}")
-        data["points"].append(rec)
+            r = rec.results.get(name) or Result()
+            print(f"  {'':28s} {name}: {r.config or ''} {('[' + r.error + ']') if r.error else ''}")
+        run.points.append(rec)
     if args.tune_segments:
         for point in [p for p in points if p.kind == "decode"][:2]:
-            data["tune"].append(run_tune(point.scaled(max(1, point.max_seqlen_k // 256)), ctx, log=lambda *_: None))
+            run.tune.append(run_tune(point.scaled(max(1, point.max_seqlen_k // 256)), ctx, log=lambda *_: None))
     out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-dry-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "dry-run.json"
-    path.write_text(json.dumps(_fake_results(data), indent=1, default=str))
+    _fake_results(run).save(path)
     written = report.write_all(path)
-    print(report.render_markdown(json.loads(path.read_text())))
+    print(report.render_markdown(records.load(path)))
     print(f"\ndry run wrote {path} and {written}; {failures} failure(s)")
     return 1 if failures else 0
 
@@ -646,12 +615,11 @@ def main(argv=None) -> int:
     budget = args.budget_s if args.budget_s is not None else \
         (110.0 if args.quick else 540.0) * (3 if flex or peers else 1)
     t0 = time.time()
-    print(f"{env['device_name']}: torch {env['torch']}, triton {env['triton']}, {env['date_utc']}", flush=True)
+    print(f"{env.device_name}: torch {env.torch}, triton {env.triton}, {env.date_utc}", flush=True)
     bws = measure_bandwidths(device)
     floor_gbps, floor_source = pick_floor(bws, args.floor_bandwidth)
-    bw, rbw = bws["copy"], bws["torch_sum"]
     print("bandwidths (medians): " + "; ".join(
-        f"{n} {b['gbps']:.0f} GB/s" if b.get("gbps") else f"{n} failed ({b.get('error')})" for n, b in bws.items())
+        f"{n} {b.gbps:.0f} GB/s" if b.gbps else f"{n} failed ({b.error})" for n, b in bws.items())
           + f"; floor uses {floor_gbps:.0f} GB/s ({floor_source}, --floor-bandwidth {args.floor_bandwidth})", flush=True)
     ctx = Context(device=device, dtype=torch.bfloat16, seed=args.seed, replayer=Replayer, measure=time_interleaved,
                   floor_gbps=floor_gbps,
@@ -662,36 +630,33 @@ def main(argv=None) -> int:
                                            "points" if args.points else "") if t)
     out_dir = Path(args.out) if args.out else DEFAULT_OUT
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / (card_slug(env["device_name"]) + (f"-{tag}" if tag else "") + ".json")
-    data = {"mode": "tune-segments" if args.tune_segments else ("quick" if args.quick else "sweep"),
-            "seed": args.seed, "env": env, "copy_bandwidth": bw, "read_bandwidth": rbw, "bandwidths": bws,
-            "floor_gbps": floor_gbps, "floor_bandwidth": args.floor_bandwidth, "floor_source": floor_source,
-            "peers": [p.describe() for p in peers], "flex": {"enabled": flex, "compiled": True},
-            "target_s": target_s, "points": [], "tune": [], "skipped": []}
+    path = out_dir / (card_slug(env.device_name) + (f"-{tag}" if tag else "") + ".json")
+    run = Run(mode="tune-segments" if args.tune_segments else ("quick" if args.quick else "sweep"),
+              seed=args.seed, env=env, floor_gbps=floor_gbps, floor_bandwidth=args.floor_bandwidth,
+              floor_source=floor_source, bandwidths=bws, peers=[p.describe() for p in peers], flex=flex,
+              flex_compiled=True, target_s=target_s)
 
     def save():
-        data["elapsed_s"] = time.time() - t0
-        path.write_text(json.dumps(data, indent=1, default=str))
+        run.elapsed_s = time.time() - t0
+        run.save(path)
 
-    kinds, key, runner, label = (("decode",), "tune", run_tune, "tune ") if args.tune_segments \
-        else (None, "points", run_point, "")
+    kinds, collected, runner, label = (("decode",), run.tune, run_tune, "tune ") if args.tune_segments \
+        else (None, run.points, run_point, "")
     points = shapes.select(args.points, args.quick, kinds=kinds) if kinds else shapes.select(args.points, args.quick)
     for point in points:
         if time.time() - t0 > budget:
-            data["skipped"].append(point.name)
+            run.skipped.append(point.name)
             continue
         print(f"[{time.time() - t0:6.1f}s] {label}{point.name}: {point.describe()}", flush=True)
-        data[key].append(runner(point, ctx, log=lambda s: print(s, flush=True)))
+        collected.append(runner(point, ctx, log=lambda s: print(s, flush=True)))
         save()
-    data["bandwidths_end"] = bws_end = measure_bandwidths(device)
-    data["copy_bandwidth_end"] = bw_end = bws_end["copy"]
-    data["read_bandwidth_end"] = rbw_end = bws_end["torch_sum"]
+    run.bandwidths_end = bws_end = measure_bandwidths(device)
     save()
     written = report.write_all(path)
     print()
-    print(report.render_markdown(data))
-    if data["skipped"]:
-        print(f"\nSKIPPED (time budget {budget:.0f}s): {', '.join(data['skipped'])}")
+    print(report.render_markdown(run))
+    if run.skipped:
+        print(f"\nSKIPPED (time budget {budget:.0f}s): {', '.join(run.skipped)}")
     print("\nbandwidth at the end (start): " + "; ".join(
         f"{n} {_gbps(bws_end[n])} ({_gbps(bws[n])})" for n in bws))
     print(f"wrote {path}; {written}; total {time.time() - t0:.0f} s")

@@ -15,29 +15,14 @@ import platform
 import statistics
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
+from .records import Bandwidth, Environment, Timing
+
 H100_L2_BYTES = 50 * 1024 * 1024
-
-
-@dataclass
-class Timing:
-    median_us: float  # median over replays of (replay time / calls per replay)
-    p20_us: float
-    p80_us: float
-    min_us: float
-    calls_per_replay: int
-    copies: int  # distinct input copies cycled within one replay
-    replays: int
-    mode: str  # "graph" or "eager"
-    note: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def require_cuda() -> torch.device:
@@ -181,24 +166,23 @@ def time_calls(calls: Sequence[Callable[[], object]], *, min_calls: int = 8, tar
         rep.close()
 
 
-def _bandwidth(size_key: str, nbytes: int, moved_bytes: int, timing: Timing) -> dict:
-    """A bandwidth result: the buffer size under ``size_key``, GB/s at the median and the fastest
-    call (``moved_bytes`` per call) and the timing."""
-    return {size_key: nbytes, "gbps": moved_bytes / (timing.median_us * 1e-6) / 1e9,
-            "best_gbps": moved_bytes / (timing.min_us * 1e-6) / 1e9, "timing": timing.to_dict()}
+def _bandwidth(nbytes: int, moved_bytes: int, timing: Timing) -> Bandwidth:
+    """GB/s at the median and the fastest call of ``timing`` (``moved_bytes`` per call) over a buffer of ``nbytes``."""
+    return Bandwidth(bytes=nbytes, gbps=moved_bytes / (timing.median_us * 1e-6) / 1e9,
+                     best_gbps=moved_bytes / (timing.min_us * 1e-6) / 1e9, timing=timing)
 
 
-def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: float = 0.2) -> dict:
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: float = 0.2) -> Bandwidth:
     """Device-to-device copy bandwidth in GB/s (read + write bytes counted) and its timing."""
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 255)
     dst = torch.empty_like(src)
     timing = time_calls([lambda: dst.copy_(src)], min_calls=4, target_s=target_s)
     del src, dst
     torch.cuda.empty_cache()
-    return _bandwidth("bytes_per_copy", nbytes, 2 * nbytes, timing)
+    return _bandwidth(nbytes, 2 * nbytes, timing)
 
 
-def read_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: float = 0.2) -> dict:
+def read_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: float = 0.2) -> Bandwidth:
     """Read-only streaming bandwidth in GB/s: ``torch.sum`` over a bf16 buffer several times the L2.
 
     Attention reads K/V and writes almost nothing; on an H100 a read-only stream sustains about
@@ -209,10 +193,10 @@ def read_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: float 
     timing = time_calls([lambda: src.sum()], min_calls=4, target_s=target_s)
     del src
     torch.cuda.empty_cache()
-    return _bandwidth("bytes_per_read", nbytes, nbytes, timing)
+    return _bandwidth(nbytes, nbytes, timing)
 
 
-def stream_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: float = 0.2) -> dict:
+def stream_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: float = 0.2) -> Bandwidth:
     """Read-only bandwidth in GB/s of a plain streaming Triton kernel (``read_kernel.stream_sum``)."""
     from .read_kernel import partials_for, stream_sum
 
@@ -221,7 +205,7 @@ def stream_bandwidth(device: torch.device, nbytes: int = 1 << 30, target_s: floa
     timing = time_calls([lambda: stream_sum(src, partials)], min_calls=4, target_s=target_s)
     del src, partials
     torch.cuda.empty_cache()
-    return _bandwidth("bytes_per_read", nbytes, nbytes, timing)
+    return _bandwidth(nbytes, nbytes, timing)
 
 
 # What each bandwidth measures; the floor takes the best of the ones that ran.
@@ -233,25 +217,26 @@ BANDWIDTH_MEASUREMENTS = {
 READ_MEASUREMENTS = ("torch_sum", "triton_stream")
 
 
-def measure_bandwidths(device: torch.device, target_s: float = 0.2) -> dict[str, dict]:
+def measure_bandwidths(device: torch.device, target_s: float = 0.2) -> dict[str, Bandwidth]:
     """Every bandwidth measurement by name; one that fails holds its reason instead of ``gbps``."""
     out = {}
     for name, (what, measure) in BANDWIDTH_MEASUREMENTS.items():
         try:
-            out[name] = {"what": what, **measure(device, target_s=target_s)}
+            out[name] = measure(device, target_s=target_s)
         except Exception as exc:  # noqa: BLE001 - a failed measurement is recorded; the others set the floor
             torch.cuda.empty_cache()
-            out[name] = {"what": what, "gbps": None, "error": f"{type(exc).__name__}: {str(exc).strip()[:300]}"}
+            out[name] = Bandwidth(error=f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+        out[name].what = what
     return out
 
 
-def floor_gbps(bandwidths: dict[str, dict], choice: str = "max") -> tuple[float, str]:
+def floor_gbps(bandwidths: dict[str, Bandwidth], choice: str = "max") -> tuple[float, str]:
     """The floor's bandwidth and which measurement gave it: the best copy, read, or either ("max")."""
     names = {"copy": ("copy",), "read": READ_MEASUREMENTS, "max": ("copy", *READ_MEASUREMENTS)}[choice]
-    got = {n: bandwidths[n]["gbps"] for n in names if (bandwidths.get(n) or {}).get("gbps")}
+    got = {n: bandwidths[n].gbps for n in names if n in bandwidths and bandwidths[n].gbps}
     if not got:
         raise RuntimeError(f"no bandwidth measurement for --floor-bandwidth {choice} succeeded: "
-                           + "; ".join(f"{n}: {(bandwidths.get(n) or {}).get('error')}" for n in names))
+                           + "; ".join(f"{n}: {getattr(bandwidths.get(n), 'error', None)}" for n in names))
     best = max(got, key=got.get)
     return got[best], best
 
@@ -291,33 +276,30 @@ def kernels_digest() -> str | None:
     return h.hexdigest()[:16]
 
 
-def environment(device: torch.device | None) -> dict:
+def environment(device: torch.device | None) -> Environment:
     """Device name, versions and date: what the results file must say about where it came from."""
     import triton
 
-    env = {
-        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda_runtime": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "git_commit": _git_commit(),
-        "kernels_sha256_16": kernels_digest(),
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.sweep", *sys.argv[1:]]),
-        "host": platform.node(),
-    }
+    env = Environment(
+        date_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        cuda_runtime=torch.version.cuda,
+        cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        git_commit=_git_commit(),
+        kernels_sha256_16=kernels_digest(),
+        command=" ".join([Path(sys.executable).name, "-m", "benchmarks.sweep", *sys.argv[1:]]),
+        host=platform.node(),
+        device_name="cpu (dry run)",
+    )
     if device is not None and device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update({
-            "device_name": props.name,
-            "num_sms": props.multi_processor_count,
-            "l2_bytes": l2_bytes(device),
-            "total_memory_bytes": props.total_memory,
-            "compute_capability": f"{props.major}.{props.minor}",
-        })
-    else:
-        env.update({"device_name": "cpu (dry run)", "num_sms": None, "l2_bytes": None})
+        env.device_name = props.name
+        env.num_sms = props.multi_processor_count
+        env.l2_bytes = l2_bytes(device)
+        env.total_memory_bytes = props.total_memory
+        env.compute_capability = f"{props.major}.{props.minor}"
     return env
 
 

@@ -1,12 +1,15 @@
-"""harness tier: the benchmark sweep's quantized points (bytes, selection, targets, inputs), on CPU."""
+"""harness tier: the benchmark sweep on CPU: quantized points, targets, inputs and the results records."""
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks import report, shapes
+from benchmarks import records, report, shapes
 from benchmarks.inputs import build_inputs
+from benchmarks.records import PointInfo, PointRecord, Result, Run
 
 pytestmark = pytest.mark.harness
 
@@ -37,21 +40,64 @@ def test_bench_quantized_points_quick_and_selection():
 
 
 def _rec(name, us, floor_us=None, flops=None, target=None):
-    return {"name": name, "floor_us": floor_us, "flops": flops, "target": target, "results": {"heuristic": {"us": us}}}
+    info = dataclasses.replace(PointInfo.of(_point("decode-bs1-L510"), 3000.0), name=name, floor_us=floor_us,
+                               flops=flops, target=target)
+    return PointRecord(point=info, copies=1, results={"heuristic": Result(us=us)})
 
 
 def test_bench_floor_and_relative_targets():
-    floor = {"metric": "pct_floor", "value": 90.0, "impl": "heuristic", "relative_to": None}
+    floor = shapes.Target("pct_floor", 90.0)
     assert report.target_status(_rec("a", 100.0, floor_us=95.0, target=floor))[1] is True
     text, met = report.target_status(_rec("a", 100.0, floor_us=80.0, target=floor))
     assert met is False and "80.0% of floor" in text
-    rel = {"metric": "tflops", "value": 1.5, "impl": "heuristic", "relative_to": "base"}
+    rel = shapes.Target("tflops", 1.5, relative_to="base")
     base = _rec("base", 1.0, flops=200e6)  # 200 TFLOP/s
-    data = {"points": [base, _rec("q", 1.0, flops=290e6, target=rel)]}
-    assert report.target_status(data["points"][1], data)[1] is False  # 290 < 1.5 x 200
-    data["points"][1]["flops"] = 310e6
-    assert report.target_status(data["points"][1], data)[1] is True
-    assert "not measured" in report.target_status(data["points"][1], {"points": data["points"][1:]})[0]
+    run = Run(points=[base, _rec("q", 1.0, flops=290e6, target=rel)])
+    assert report.target_status(run.points[1], run)[1] is False  # 290 < 1.5 x 200
+    run.points[1].point.flops = 310e6
+    assert report.target_status(run.points[1], run)[1] is True
+    assert "not measured" in report.target_status(run.points[1], Run(points=run.points[1:]))[0]
+
+
+RESULTS = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=[p.name for p in RESULTS])
+def test_bench_committed_results_survive_a_round_trip(path):
+    """Every committed results file loads into records; written in the records' JSON and read back it
+    is the same run and renders the same report."""
+    run = records.load(path)
+    assert run.points or run.tune
+    again = Run.from_json(json.loads(json.dumps(run.to_json(), default=str)))
+    assert again == run
+    assert report.render_markdown(again) == report.render_markdown(run)
+
+
+def test_bench_a_misspelled_field_fails_on_load():
+    with pytest.raises(TypeError, match="eror"):
+        Result.from_json({"us": None, "eror": "typo"})
+
+
+def test_bench_old_check_keys_land_on_each_result():
+    """A file from before the records keeps its output check per point (one tolerance for all, or
+    one per implementation); loading puts each implementation's part on its result."""
+    point = json.loads(json.dumps(PointInfo.of(_point("decode-bs1-L510"), 3000.0).to_json()))
+    point["describe"] = point.pop("description")
+    old = {"mode": "sweep", "points": [{
+        **point, "copies": 2, "above_floor": ["2d"], "heuristic_path": "2d",
+        "results": {"heuristic": {"us": 1.0},
+                    "2d": {"us": 0.1, "mismatch": "vs sdpa-flash: 3 of 8 outputs are NaN/inf"},
+                    "sdpa-flash": {"us": 2.0, "config": "enable_gqa=True"}},
+        "check": {"reference": "sdpa-flash", "tolerance": 0.05, "max_abs_diff": {"heuristic": 0.07, "2d": None},
+                  "mismatch": {"2d": "3 of 8 outputs are NaN/inf"}}}]}
+    rec = Run.from_json(old).points[0]
+    assert rec.reference == "sdpa-flash" and rec.above_floor == ["2d"] and rec.point.name == "decode-bs1-L510"
+    assert rec.results["2d"].mismatch == "3 of 8 outputs are NaN/inf" and rec.mismatched("2d")
+    assert (rec.results["heuristic"].tolerance, rec.results["heuristic"].max_abs_diff) == (0.05, 0.07)
+    assert set(rec.checked()) == {"heuristic", "2d"}
+    notes = report.checks_text(Run(points=[rec]))
+    assert "decode-bs1-L510 / heuristic: output differs from sdpa-flash by 0.07 (tolerance 0.05)" in notes
+    assert "decode-bs1-L510 / 2d: OUTPUT MISMATCH vs sdpa-flash: 3 of 8 outputs are NaN/inf" in notes
 
 
 @pytest.mark.parametrize("name", ["decode-fp8kv-bs16-L4096", "decode-int8pth-bs16-L4096", "prefill-fp8q-fp8kv-4x2048"])
