@@ -42,9 +42,11 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-# log2(e): scores, softcap, ALiBi slopes and sink logits are converted to log2 units with it.
-# A constexpr because @triton.jit code may only read constexpr globals; host code uses .value.
-LOG2E = tl.constexpr(1.4426950408889634)
+from . import spec
+
+# Constexprs because @triton.jit code may only read constexpr globals.
+LOG2E = tl.constexpr(spec.LOG2E)
+INT32_MAX = tl.constexpr(spec.INT32_MAX)
 
 
 @triton.jit
@@ -81,11 +83,8 @@ def _sequence_extent(cu_seqlens_q_ptr, seqused_k_ptr, seq, num_tokens, kv_capaci
     """
     q_start = tl.minimum(tl.maximum(tl.load(cu_seqlens_q_ptr + seq), 0), num_tokens)
     q_end = tl.minimum(tl.maximum(tl.load(cu_seqlens_q_ptr + seq + 1), q_start), num_tokens)
-    # volatile: otherwise the compiler sinks this load below the caller's early exit on q_len, and
-    # a decode program's first K/V load waits on one more dependent round trip (sm_90: cu_seqlens_q,
-    # then seqused_k, then the block table). H200 (us): bs1 L13300 22.82 -> 22.50, L131072 131.06
-    # -> 130.74, bs4 L4096 25.01 -> 24.87; bs1 L510 6.33 -> 6.30. (A volatile load is sm_90
-    # `LDG.E.STRONG.SYS`: it skips L1, where nothing of seqused_k would be found anyway.)
+    # volatile: otherwise the compiler sinks this load below the caller's early exit on q_len, one
+    # more dependent round trip before a decode's first K/V load. Decision [Volatile seqused_k load].
     seq_len = tl.minimum(tl.maximum(tl.load(seqused_k_ptr + seq, volatile=True), 0), kv_capacity)
     return q_start, q_end - q_start, seq_len
 
@@ -106,7 +105,7 @@ def _first_key(pos, window_left, chunk_size, chunk_lookback, CHUNKED: tl.constex
     Sliding window: ``pos - window_left``. Chunked attention: the start of the chunk
     ``chunk_lookback`` chunks before the query's own (``pos // chunk_size - chunk_lookback``),
     computed as ``max(chunk index - lookback, 0) * chunk_size`` so it stays in int32 (the host
-    bounds ``chunk_size`` by the int32 range and ``chunk_lookback`` by ``plan.UNLIMITED``).
+    bounds ``chunk_size`` by the int32 range and ``chunk_lookback`` by ``spec.UNLIMITED``).
     Non-decreasing in ``pos`` either way, so a block's first and last rows bound it.
     """
     if CHUNKED:
@@ -127,7 +126,7 @@ def _row_extra_keys(range_row_ptr, stride_range, stride_end, num_ranges, row_pos
     clipped to ``[0, seq_len)``, so range values (metadata) cannot make a key past the sequence
     visible, whatever they hold.
     """
-    lo = tl.full([BLOCK_M], 2147483647, tl.int32)
+    lo = tl.full([BLOCK_M], INT32_MAX, tl.int32)
     hi = tl.full([BLOCK_M], -1, tl.int32)
     for r in range(num_ranges):
         start = tl.load(range_row_ptr + r * stride_range)
@@ -151,7 +150,7 @@ def _prefix_first_key(range_row_ptr, stride_range, stride_end, num_ranges, conte
     smallest added key is its start (with PREFIX_CLAMP: no earlier than its first query's
     window). Both the 3D kernel and the reduction compute it, for the same segment layout.
     """
-    first = tl.full([], 2147483647, tl.int32)
+    first = tl.full([], INT32_MAX, tl.int32)
     for r in range(num_ranges):
         start = tl.load(range_row_ptr + r * stride_range)
         end = tl.load(range_row_ptr + r * stride_range + stride_end)
@@ -205,13 +204,11 @@ def _visible(row_pos, key, seq_len, window_left, window_right, row_first, extra_
     return seen
 
 
-# Below this |x| tanh comes from a polynomial: there 1 - 2 / (e^{2|x|} + 1) cancels (the
-# subtraction loses log2(1 / tanh(x)) bits: 23 at x = 1e-7), above it the cancellation costs
-# under one bit (2 / (e^1.1 + 1) = 0.4995).
+# Below this |x| tanh comes from a polynomial: 1 - 2 / (e^{2|x|} + 1) loses log2(1 / tanh(x))
+# bits to cancellation there (23 at x = 1e-7), under one above it.
 TANH_POLY_BOUND = tl.constexpr(0.55)
-# One-byte fp8 caches take f16 dot operands (see _f16_operand). Their probabilities (<= 1) are
-# computed times 2^P_F16_LOG2 (in the exp2's shift, no extra multiply), so values down to 2^-38
-# keep f16's full precision; l_i stays unscaled and acc is scaled back once, after the KV walk.
+# fp8 caches' f16 probabilities are computed times 2^P_F16_LOG2 (in exp2's shift) so that values
+# down to 2^-38 keep f16's precision; acc is scaled back once, after the KV walk.
 P_F16_LOG2 = tl.constexpr(14.0)
 P_F16_SCALE = tl.constexpr(2.0 ** P_F16_LOG2.value)
 
@@ -244,8 +241,8 @@ def _f16_operand(x, scale):
     """``x`` (16-bit floats) as an f16 dot operand, and ``scale`` times the factor it was scaled by.
 
     e4m3 values convert to f16 in one instruction per two values, to bf16 in three (through f16),
-    and the bf16 conversions bound one-byte decode (sm_90 SASS: 256 of 1388 instructions per tile of
-    the unmasked loop, on a quarter-rate pipe). So with an fp8 cache bf16 queries become f16: scaled
+    and the bf16 conversions, on a quarter-rate pipe, bound one-byte decode (Decision [f16 operands
+    for fp8 caches]). So with an fp8 cache bf16 queries become f16: scaled
     by the power of two that puts their largest magnitude in [2^14, 2^15), where f16 holds every
     bf16 value of the block down to 2^-28 of it exactly (bf16: 8 significant bits, f16: 11). Zero,
     subnormal, inf or NaN maxima are not scaled (inf/NaN then propagate as they would in bf16).
@@ -263,9 +260,8 @@ def _load_kv_tile(base_ptr, phys_block, slot, stride_blk, stride_slot, stride_di
                   TRANSPOSED: tl.constexpr, MASKED: tl.constexpr):
     """Gather a tile of cache rows: ``[HEAD_PAD, TILE]`` when TRANSPOSED (keys), else ``[TILE, HEAD_PAD]``.
 
-    Unmasked (tiles every row sees, whole heads) the loads carry no predicate: on the H200 the
-    predicated form cost prefill 20% (4x2048: 589 -> 710 us). The caller then guarantees every
-    ``phys_block`` is a real block.
+    Unmasked (tiles every row sees, whole heads) the loads carry no predicate (Decision [Unmasked
+    KV loads]); the caller then guarantees every ``phys_block`` is a real block.
     """
     row_off = phys_block * stride_blk + slot.to(tl.int64) * stride_slot
     if TRANSPOSED:
@@ -327,8 +323,7 @@ def _attend_tiles(
     offs = tl.arange(0, TILE)
     POW2_BLOCK: tl.constexpr = (BLOCK_SIZE & (BLOCK_SIZE - 1)) == 0
     # Power-of-two blocks and tiles: a tile covers whole blocks, or lies inside one. Per-token-head
-    # scales are read per key anyway: there the per-block ids lost (H200, int8 per token-head:
-    # bs1 L131072 111.8 -> 115.2 us, bs16 L4096 60.8 -> 62.0), so those caches keep one id per key.
+    # caches read scales per key anyway and keep one id per key. Decision [Block-table ids per block].
     PER_BLOCK_IDS: tl.constexpr = POW2_BLOCK and not KV_PER_TOKEN_HEAD
     BLOCKS_PER_TILE: tl.constexpr = TILE // BLOCK_SIZE if POW2_BLOCK and BLOCK_SIZE < TILE else 1
     IDS_AHEAD: tl.constexpr = TABLE_AHEAD and PER_BLOCK_IDS
@@ -339,11 +334,7 @@ def _attend_tiles(
         key = tile * TILE + offs
         if POW2_BLOCK:
             # Keys are >= 0, so unsigned: one shift and one mask per key, where a signed division
-            # and remainder by the block size also fix up negatives (sm_90, unmasked loop per tile:
-            # prefill-4x2048 524 -> 419 instructions; H200: bs1 L13300 decode 25.1 -> 23.1 us,
-            # int8 per-token-head bs1 L131072 121.6 -> 112.2 us, bs16 L4096 73.2 -> 74.0 us).
-            # Precomputing a tile's blocks and slots as loop invariants saved as much but hoisted
-            # a whole [TILE, HEAD] offset tile out of the loop: 255 registers, bs256 decode +4%.
+            # and remainder also fix up negatives. Decision [Unsigned key split].
             key_u = key.to(tl.uint32, bitcast=True)
             block_index = (key_u // BLOCK_SIZE).to(tl.int32, bitcast=True)
             slot = (key_u % BLOCK_SIZE).to(tl.int32, bitcast=True)
@@ -353,27 +344,17 @@ def _attend_tiles(
         if MASKED:
             key_valid = (key >= key_lo) & (key < key_hi)
         if PER_BLOCK_IDS:
-            # One table entry per cache block the tile covers, broadcast to its keys, instead of
-            # one per key: the table's cp.async copies 4 entries per 64-key tile instead of 64
-            # (sm_90, unmasked prefill loop 422 -> 403 instructions, shared-memory ops 11 -> 4,
-            # registers 190 -> 214). H200, 16-key blocks: prefill 4x2048 491.5 -> 433.3 us,
-            # 1x8192 1525.3 -> 1358.1, mixed 229.0 -> 218.5, decode bs16 L4096 73.1 -> 70.0, head
-            # 256 bs16 154.0 -> 142.8, fp8 KV bs16 56.1 -> 54.0; 64-key blocks: prefill 4x2048
-            # 544.8 -> 409.3.
+            # One table entry per cache block the tile covers, broadcast to its keys: far fewer
+            # table copies than one per key. Decision [Block-table ids per block].
             if IDS_AHEAD:
-                # This tile's ids were loaded one iteration earlier into registers, so its K/V copies
-                # wait on no table copy of their own iteration: at three stages the loop keeps K/V
-                # copies in flight across iterations (sm_90 `wait 2`; `wait 0` with the ids copied in
-                # the loop). H200, bf16 prefill 4x2048 432.4 -> 392.1 us, 1x8192 1399.7 -> 1219.3,
-                # mixed 221.6 -> 209.8, fp8 q + fp8 KV prefill 373.1 -> 346.2. Five-stage (fp8)
-                # decode keeps the ids in the loop: ahead, it took 137 KiB, one program per SM
-                # (bs1 L131072 95.0 -> 151.9 us).
+                # Loaded one iteration earlier, so this tile's K/V copies wait on no table copy and
+                # stay in flight across iterations. Decision [Block-table ids a tile ahead].
                 block_ids = ids_ahead
                 ids_ahead = _tile_block_ids(block_table_row, stride_bt_blk, tile + 1, tile_end, key_lo, key_hi,
                                             TILE, BLOCK_SIZE, BLOCKS_PER_TILE, MASKED)
             else:
-                # Inline rather than through _tile_block_ids: decode's masked walks compiled 4-7
-                # instructions longer per tile through the helper (sm_90).
+                # Inline rather than through _tile_block_ids: decode's masked walks compiled longer
+                # through the helper (sm_90).
                 table_col = (tile * TILE) // BLOCK_SIZE + tl.arange(0, BLOCKS_PER_TILE)
                 if MASKED:
                     # Entries of blocks holding no key of [key_lo, key_hi) stay unread.
@@ -387,13 +368,8 @@ def _attend_tiles(
             phys_block = tl.load(block_table_row + block_index * stride_bt_blk, mask=key_valid, other=0)
         else:
             phys_block = tl.load(block_table_row + block_index * stride_bt_blk)
-        # An out-of-range block id (bad metadata) is never dereferenced: it is clamped to the last
-        # block, real memory of the cache, so the K/V loads keep the masks they had before the
-        # table load returned (H200: predicating them on the id cost prefill 8%). Read as unsigned
-        # a negative id is huge, so one 32-bit umin covers both ends, and the clamped id widens by
-        # zero-extension: a select on the id instead compiled (sm_90) to two compares and four
-        # 64-bit-half selects per id between the table's shared-memory load and the next tile's
-        # cp.async, +9.7% SASS instructions in the unmasked loop.
+        # An out-of-range id (bad metadata) is clamped to the last block, so the K/V loads keep their
+        # masks; as unsigned one umin covers both ends. Decision [Block id clamp].
         block_u = phys_block.to(tl.uint32, bitcast=True)
         # (+ an int32 zero: num_blocks == 1 arrives as a specialized constexpr int)
         num_blocks_u = (num_blocks + tl.zeros([], tl.int32)).to(tl.uint32, bitcast=True)
@@ -405,12 +381,8 @@ def _attend_tiles(
         v_tile = _load_kv_tile(v_base, phys_block, slot, stride_v_blk, stride_v_slot, stride_v_dim, dims,
                                key_valid, dim_valid, False, MASKED or HEAD_PADDED)
         if KV_PER_TOKEN_HEAD:
-            # Each cached row by its own scale, under the same key mask as the rows in masked
-            # tiles, so the scale of a slot no row may see is never read (0 instead): NaN/Inf there
-            # cannot reach a product. The scales multiply the scores' and the probabilities'
-            # columns, not the tiles: int8/fp8 values convert to q's dtype exactly, and the
-            # conversions, not the bytes, bound one-byte decode (H200, int8 per token-head,
-            # bs1 L131072: 146.7 us dequantizing tiles in float32, 119.6 us scaling columns).
+            # Under the rows' key mask: a scale no row may see is never read (NaN there cannot reach
+            # a product). They scale columns, not tiles: Decision [Per-token-head scales on columns].
             ks_ptrs = ks_base + phys_block * stride_ks_blk + slot.to(tl.int64) * stride_ks_slot
             vs_ptrs = vs_base + phys_block * stride_vs_blk + slot.to(tl.int64) * stride_vs_slot
             if MASKED:
@@ -421,7 +393,7 @@ def _attend_tiles(
                 v_row_scale = tl.load(vs_ptrs)
         k_tile = k_tile.to(q.dtype)
         # fp8 queries: fp8 x fp8 for QK^T only; P x V in f16: fp8 wgmma wants V's keys contiguous,
-        # the cache stores each key's dims contiguous (H200 prefill 4x2048: 805 us fp8, 588 us bf16).
+        # the cache stores each key's dims contiguous. Decision [fp8 queries' P x V in f16].
         v_tile = v_tile.to(tl.float16 if PV_F16 else q.dtype)
 
         scores = tl.dot(q, k_tile, input_precision=DOT_PRECISION)
@@ -434,16 +406,14 @@ def _attend_tiles(
         if USE_ALIBI:
             scores += alibi_slope[:, None] * (key[None, :] - row_pos[:, None]).to(tl.float32)
         if MASKED:
-            # The stand-in block's keys stay visible, here as in unmasked tiles: hiding them (the
-            # ids again in the score layout: a third table buffer, +10 registers) cost prefill 10%
-            # on the H200 (4x2048: 639 vs 581 us), and with invalid metadata the output is
-            # unspecified anyway.
+            # The stand-in block's keys stay visible, as in unmasked tiles: with invalid metadata the
+            # output is unspecified, and hiding them costs. Decision [Block id clamp].
             visible = _visible(row_pos, key, seq_len, window_left, window_right, row_first, extra_lo, extra_hi,
                                CHUNKED, USE_PREFIX) & key_valid[None, :]
             scores = tl.where(visible, scores, float("-inf"))
 
         if FOLD_SCALE:
-            # sm_90, bf16 prefill, unmasked loop per 64-key tile: 399 -> 369 instructions.
+            # The scaled row max without scaling every score. Decision [Folded softmax scale].
             m_new = tl.maximum(m_i, tl.max(scores, 1) * qk_scale)
         else:
             m_new = tl.maximum(m_i, tl.max(scores, 1))
@@ -493,7 +463,7 @@ def _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sinks_ptr, heads, 
     joins the normalizer); segments outside ``valid`` weigh 0. ``CACHE``: the partial loads' cache
     modifier: the fused merge reads partials other programs of the same launch wrote, with ``.cg``
     (L2, never an L1 line; sm_90 `LDG.E.STRONG.GPU`); the reduction launch, which reads them after
-    the 3D launch is done, with plain loads (`LDG.E`), as it was timed before the fused merge."""
+    the 3D launch is done, with plain loads (`LDG.E`)."""
     seg_max = tl.load(part_max_ptr + part, mask=valid, other=float("-inf"), cache_modifier=CACHE)
     seg_sum = tl.load(part_sum_ptr + part, mask=valid, other=0.0, cache_modifier=CACHE)
     top = tl.max(seg_max, 1)
@@ -589,9 +559,8 @@ def _paged_attention_kernel(
     kv_head = tl.program_id(1)
     segment = tl.program_id(2)
     if SEQ_GRID:
-        # One program per (sequence, KV head) for the sequences of at most BLOCK_Q tokens: a decode
-        # launch (every sequence; one longer than its max_seqlen_q is bad metadata and gets no
-        # output), or a mixed batch's narrow launch (its decodes; the wide launch owns the others).
+        # One program per (sequence, KV head) for sequences of at most BLOCK_Q tokens: a decode launch
+        # (a longer sequence is bad metadata: no output) or a mixed batch's narrow launch.
         seq = tl.program_id(0)
         q_start, q_len, seq_len = _sequence_extent(cu_seqlens_q_ptr, seqused_k_ptr, seq, num_tokens, kv_capacity)
         local_block = 0
@@ -643,7 +612,7 @@ def _paged_attention_kernel(
         extra_lo, extra_hi = _row_extra_keys(range_row_ptr, stride_pr_range, stride_pr_end, num_ranges, row_pos,
                                              seq_len, window_left, BLOCK_M, PREFIX_CLAMP)
         has_extra = row_valid & (extra_lo <= extra_hi)
-        key_lo = tl.minimum(key_lo, tl.min(tl.where(has_extra, extra_lo, 2147483647), 0))
+        key_lo = tl.minimum(key_lo, tl.min(tl.where(has_extra, extra_lo, INT32_MAX), 0))
         key_hi = tl.maximum(key_hi, tl.max(tl.where(has_extra, extra_hi + 1, 0), 0))
     else:
         extra_lo = row_pos  # unused
@@ -709,9 +678,8 @@ def _paged_attention_kernel(
     ks_base = k_scale_ptr + kv_head.to(tl.int64) * stride_ks_head
     vs_base = v_scale_ptr + kv_head.to(tl.int64) * stride_vs_head
 
-    # Three phases over [tile_a, tile_d): the masked tiles at the window's/sequence's left edge,
-    # the tiles every row sees whole (no masking), the masked tiles at the right edge. Unrolled at
-    # compile time, so each phase is its own loop specialized on MASKED.
+    # Masked left-edge tiles, tiles every row sees whole, masked right-edge tiles: unrolled at compile
+    # time, so each phase is its own loop specialized on MASKED.
     for stage in tl.static_range(3):
         tile_begin, tile_end = _stage_tiles(stage, tile_a, tile_b, tile_c, tile_d)
         acc, m_i, l_i = _attend_tiles(
@@ -738,11 +706,8 @@ def _paged_attention_kernel(
         acc_ptrs = part_acc_ptr + part[:, None] * HEAD_PAD + dims[None, :]
         tl.store(acc_ptrs, acc, mask=row_valid[:, None])
         if FUSED_MERGE:
-            # The last program of this (query block, KV head) to store its partials merges them all,
-            # so no second launch is needed. Counters are indexed by grid position, not metadata, so
-            # whatever the metadata holds every program of a row agrees on `active` and the count
-            # returns to zero. The barrier orders every thread's partial stores before the counter's
-            # release (gpu scope); the last program's acquire orders its reads after every other's.
+            # The last program of this (query block, KV head) to arrive merges (grid-indexed counters: back
+            # to zero whatever the metadata); the barrier and acq_rel order every partial before its read.
             tl.debug_barrier()
             counter_ptr = merge_counter_ptr + (tl.program_id(0) * tl.num_programs(1) + kv_head)
             arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")

@@ -9,16 +9,12 @@ import torch
 import triton
 
 from . import _attention
-from .plan import (HOPPER_SHARED_PER_BLOCK, INTERPRETER_NUM_SMS, UNLIMITED, LaunchPlan, effective_window,
-                   next_power_of_2, plan_launch)
-from .validate import FP8_CACHE_DTYPES, PER_TOKEN_HEAD_MODES, check_arguments, kv_quant_mode_name, validate_metadata
+from .plan import HOPPER_SHARED_PER_BLOCK, INTERPRETER_NUM_SMS, LaunchPlan, plan_call
+from .spec import CallSpec
+from .validate import FP8_CACHE_DTYPES, check_arguments, describe_call, validate_metadata
 from .workspace import Workspace
 
 FP8_E4M3_MAX = 448.0
-# Kernel-side lengths are int32.
-KV_CAPACITY_LIMIT = 2**31 - 1
-# The smallest normal float32.
-FLOAT32_TINY = 2.0**-126
 
 
 def interpreting() -> bool:
@@ -85,43 +81,20 @@ def _check_backend(q: torch.Tensor, out: torch.Tensor) -> None:
             "run on a GPU, or install the test harness's interpreter fix first")
 
 
-def _chunk_params(window_size, chunk_lookback) -> tuple[int, int]:
-    """(chunk size, lookback) as the kernels take them (int32); (1, 0) when chunking is off (unused).
-
-    A chunk of ``KV_CAPACITY_LIMIT`` or more keys holds every position a kernel can see, so the
-    size is capped there; a lookback past ``UNLIMITED`` chunks reaches every chunk, so it is capped
-    there (both keep the kernels' chunk arithmetic in int32 without changing the mask).
-    """
-    if chunk_lookback < 0:
-        return 1, 0
-    size = (int(window_size[0]) + 1) // (chunk_lookback + 1)
-    return min(size, KV_CAPACITY_LIMIT), min(chunk_lookback, UNLIMITED)
-
-
-def visible_key_span(max_seqlen_q, max_seqlen_k, window_size, chunk_lookback=-1) -> int:
-    """Most keys one sequence's queries can see together (what the split-KV layout covers)."""
-    if chunk_lookback < 0:
-        return max_seqlen_k
-    size, lookback = _chunk_params(window_size, chunk_lookback)
-    # The first query's chunk start is at most (lookback + 1) * size - 1 keys before it.
-    return min(max_seqlen_k, (lookback + 1) * size + max(max_seqlen_q, 1) - 1)
+def _plan(spec: CallSpec, device: torch.device) -> LaunchPlan:
+    """The plan of ``spec`` on ``device`` (its SM count and shared memory are cached host values)."""
+    return plan_call(spec, num_sms=_num_sms(device), interpreter=interpreting(),
+                     shared_memory_per_block=_shared_memory_per_block(device))
 
 
 def make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, *, split_kv=None, num_segments=None,
               workspace=None, batch_invariant=False, chunk_lookback=-1, window_size=None,
               kv_quant_mode=None) -> LaunchPlan:
     """The plan ``unified_attention`` would launch for these arguments (no device reads)."""
-    return plan_launch(
-        num_tokens=q.shape[0], num_seqs=cu_seqlens_q.shape[0] - 1, max_seqlen_q=max_seqlen_q,
-        max_seqlen_k=max_seqlen_k, num_q_heads=q.shape[1], num_kv_heads=k.shape[2], head_size=q.shape[2],
-        num_sms=_num_sms(q.device), interpreter=interpreting(), split_kv=split_kv, num_segments=num_segments,
-        batch_invariant=batch_invariant, max_segments=None if workspace is None else workspace.num_segments,
-        fp32=q.dtype == torch.float32, one_byte_kv=k.element_size() == 1,
-        kv_per_token_head=kv_quant_mode_name(kv_quant_mode, k.dtype) in PER_TOKEN_HEAD_MODES,
-        max_visible_keys=visible_key_span(max_seqlen_q, max_seqlen_k, window_size, chunk_lookback),
-        shared_memory_per_block=_shared_memory_per_block(q.device),
-        merge_counters=None if workspace is None else workspace.merge_counters.numel(),
-    )
+    spec = describe_call(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, kv_quant_mode=kv_quant_mode,
+                         window_size=window_size, chunk_lookback=chunk_lookback, split_kv=split_kv,
+                         num_segments=num_segments, batch_invariant=batch_invariant, workspace=workspace)
+    return _plan(spec, q.device)
 
 
 def unified_attention(
@@ -149,7 +122,7 @@ def unified_attention(
     where the reduction launch would have been). Otherwise, on CUDA devices of compute capability
     9+, the split path's reduction is a programmatic dependent launch of the 3D kernel (scheduled
     while that kernel runs, it waits for it before reading a partial; CUDA graphs capture the
-    dependency): H200, bs1 decode L510 7.6 -> 6.6 us.
+    dependency).
 
     Metadata values (cu_seqlens_q, seqused_k, block_table) are not read on the host, so a call
     never syncs and can be captured in a CUDA graph. With invalid metadata the output is
@@ -190,7 +163,7 @@ def unified_attention(
         extra keys. Range values are metadata: never read on the host, bounds-safe when invalid
         (a range past the sequence adds no key past it), checked by ``validate_metadata``.
     """
-    check_arguments(
+    spec = check_arguments(
         q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
         window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
         output_scale, num_segments, workspace, chunk_lookback=chunk_lookback, mm_prefix_range=mm_prefix_range,
@@ -203,18 +176,9 @@ def unified_attention(
         validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table,
                           mm_prefix_range=mm_prefix_range)
     _check_backend(q, out)
-    chunked = chunk_lookback >= 0
-    chunk_size, lookback = _chunk_params(window_size, chunk_lookback)
-    plan = make_plan(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, split_kv=split_kv,
-                     num_segments=num_segments, workspace=workspace, batch_invariant=batch_invariant,
-                     chunk_lookback=chunk_lookback, window_size=window_size, kv_quant_mode=kv_quant_mode)
-    num_tokens, num_q_heads, head_size = q.shape
-    num_seqs = cu_seqlens_q.shape[0] - 1
-    if num_tokens == 0 or num_seqs == 0:
+    plan = _plan(spec, q.device)
+    if spec.empty:
         return out  # nothing to attend: launch nothing, leave out as it is
-    # Keys a sequence can address through its block-table row; the kernels clamp seqused_k to it.
-    kv_capacity = min(block_table.shape[1] * k.shape[1], KV_CAPACITY_LIMIT)
-    window_left, window_right = effective_window(window_size, causal)
     split = plan.path == "3d"
     if checked and plan.fused_merge and workspace is not None and bool(workspace.merge_counters.any()):
         # Only a launch that never finished (or one on another stream) leaves a counter non-zero; with
@@ -222,93 +186,81 @@ def unified_attention(
         raise ValueError("workspace: merge_counters are not all zero (a launch on this workspace did not "
                          "finish, or another stream shares it); call workspace.reset_counters_()")
     if split and workspace is None:
-        workspace = Workspace(num_tokens, num_q_heads, head_size, plan.num_segments, q.device, max_num_seqs=num_seqs)
-    part_acc, part_max, part_sum = (workspace.acc, workspace.max, workspace.expsum) if split else (q, q, q)
-    merge_counters = workspace.merge_counters if plan.fused_merge else cu_seqlens_q
-    part_strides = (part_max.stride(0), part_max.stride(1)) if split else (0, 0)
-    softcap = float(softcap or 0.0)
-    per_token_head = kv_quant_mode_name(kv_quant_mode, k.dtype) in PER_TOKEN_HEAD_MODES
-    fp8_cache = k.dtype in FP8_CACHE_DTYPES  # per tensor or per token-head: f16 dot operands
-    kv_fp8 = fp8_cache and not per_token_head  # per-tensor descales
-    # Descales per (sequence, KV head) when either is [num_seqs, num_kv_heads] with more than one element.
-    per_head = kv_fp8 and any(t.numel() != 1 for t in (k_descale, v_descale))
-    use_prefix = mm_prefix_range is not None and mm_prefix_range.shape[1] > 0
-    prefix_args = ((*mm_prefix_range.stride(), mm_prefix_range.shape[1]) if use_prefix else (0, 0, 0, 0))
-    prefix_flags = dict(USE_PREFIX=use_prefix, PREFIX_CLAMP=use_prefix and mm_prefix_clamp_sliding_window)
-    out_fp8 = out.dtype in FP8_CACHE_DTYPES
-    q_fp8 = q.dtype in FP8_CACHE_DTYPES
-    qk_scale = softmax_scale * _attention.LOG2E.value
-    # Scores may stay unscaled until exp2 (see _attend_tiles) where the scale is known positive here
-    # (normal in float32: a flushed subnormal would make masked scores -inf x 0); fp8 descales are
-    # device values, and softcap, ALiBi and per-key scales act on scaled scores.
-    fold_scale = (qk_scale >= FLOAT32_TINY and softcap == 0 and alibi_slopes is None
-                  and not (per_token_head or kv_fp8 or q_fp8))
+        workspace = Workspace(spec.num_tokens, spec.num_q_heads, spec.head_size, plan.num_segments, q.device,
+                              max_num_seqs=spec.num_seqs)
     programmatic = _programmatic_launch(q.device)
-    common = dict(
-        HEAD_SIZE=head_size, HEAD_PAD=next_power_of_2(head_size),
-        USE_SINKS=sinks is not None, OUT_FP8=out_fp8, OUT_FP8_MAX=FP8_E4M3_MAX,
+    pdl = {"launch_pdl": True} if programmatic else {}
+    partials = workspace if split else None
+    ranges = mm_prefix_range if spec.use_prefix else None
+    # Parameters both kernels take, under the same names.
+    shared = dict(
+        out_ptr=out, part_acc_ptr=q if partials is None else partials.acc,
+        part_max_ptr=q if partials is None else partials.max, part_sum_ptr=q if partials is None else partials.expsum,
+        cu_seqlens_q_ptr=cu_seqlens_q, seqused_k_ptr=seqused_k, sinks_ptr=_or(sinks, q),
+        output_scale_ptr=_or(output_scale, q), prefix_ptr=_or(mm_prefix_range, cu_seqlens_q),
+        **_strides("o", out, "tok", "head", "dim"),
+        **_strides("part", None if partials is None else partials.max, "tok", "head"),
+        num_seqs=spec.num_seqs, num_tokens=spec.num_tokens, kv_capacity=spec.kv_capacity,
+        window_left=spec.window_left, num_segments=plan.num_segments, chunk_size=spec.chunk_size,
+        chunk_lookback=spec.chunk_lookback, **_strides("pr", ranges, "seq", "range", "end"),
+        num_ranges=0 if ranges is None else ranges.shape[1],
+        HEAD_SIZE=spec.head_size, HEAD_PAD=spec.head_pad, USE_SINKS=spec.use_sinks, OUT_FP8=spec.out_fp8,
+        OUT_FP8_MAX=FP8_E4M3_MAX, CHUNKED=spec.chunked, USE_PREFIX=spec.use_prefix, PREFIX_CLAMP=spec.prefix_clamp,
     )
-    attention_args = (
-        q, k, v, out, block_table, cu_seqlens_q, seqused_k,
-        _or(alibi_slopes, q), _or(sinks, q), _or(k_descale, q), _or(v_descale, q), _or(output_scale, q),
-        _or(q_descale, q),
-        part_acc, part_max, part_sum, _or(mm_prefix_range, cu_seqlens_q),
-        _or(k_scale_cache, q), _or(v_scale_cache, q), merge_counters,
-        *q.stride(), *out.stride(), *k.stride(), *v.stride(), *block_table.stride(), *part_strides,
-        num_seqs, num_tokens, k.shape[0], kv_capacity,
-        qk_scale, softcap * _attention.LOG2E.value,
-        window_left, window_right, plan.num_segments, chunk_size, lookback, *prefix_args,
-        *_descale_strides(k_descale, per_head), *_descale_strides(v_descale, per_head),
-        *(k_scale_cache.stride() if per_token_head else (0, 0, 0)),
-        *(v_scale_cache.stride() if per_token_head else (0, 0, 0)),
-    )
-    attention_flags = dict(
-        NUM_QUERIES_PER_KV=num_q_heads // k.shape[2],
-        BLOCK_SIZE=k.shape[1], USE_SOFTCAP=softcap > 0, USE_ALIBI=alibi_slopes is not None,
-        KV_FP8=kv_fp8, SPLIT_KV=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        CHUNKED=chunked, **prefix_flags, DESCALE_PER_HEAD=per_head, KV_PER_TOKEN_HEAD=per_token_head,
-        Q_FP8=q_fp8, PV_F16=fp8_cache and q.dtype != torch.float32, FOLD_SCALE=fold_scale,
-        FUSED_MERGE=plan.fused_merge, MERGE_HEADS=plan.merge_heads, MERGE_SEGMENTS=plan.segments_pad, **common,
+    attention = dict(
+        shared, q_ptr=q, k_ptr=k, v_ptr=v, block_table_ptr=block_table, alibi_ptr=_or(alibi_slopes, q),
+        k_descale_ptr=_or(k_descale, q), v_descale_ptr=_or(v_descale, q), q_descale_ptr=_or(q_descale, q),
+        k_scale_ptr=_or(k_scale_cache, q), v_scale_ptr=_or(v_scale_cache, q),
+        merge_counter_ptr=workspace.merge_counters if plan.fused_merge else cu_seqlens_q,
+        **_strides("q", q, "tok", "head", "dim"), **_strides("k", k, "blk", "slot", "head", "dim"),
+        **_strides("v", v, "blk", "slot", "head", "dim"), **_strides("bt", block_table, "seq", "blk"),
+        num_blocks=spec.num_blocks, qk_scale=spec.qk_scale, softcap=spec.softcap, window_right=spec.window_right,
+        **_strides("kds", _per_head(k_descale, spec), "seq", "head"),
+        **_strides("vds", _per_head(v_descale, spec), "seq", "head"),
+        **_strides("ks", k_scale_cache, "blk", "slot", "head"), **_strides("vs", v_scale_cache, "blk", "slot", "head"),
+        NUM_QUERIES_PER_KV=spec.queries_per_kv, BLOCK_SIZE=spec.block_size, USE_SOFTCAP=spec.softcap > 0,
+        USE_ALIBI=spec.use_alibi, KV_FP8=spec.kv_quant.per_tensor_fp8, SPLIT_KV=split,
+        DOT_PRECISION=spec.dot_precision, DESCALE_PER_HEAD=spec.descale_per_head,
+        KV_PER_TOKEN_HEAD=spec.kv_quant.per_token_head, Q_FP8=spec.q_fp8, PV_F16=spec.pv_f16,
+        FOLD_SCALE=spec.fold_scale, FUSED_MERGE=plan.fused_merge, MERGE_HEADS=plan.merge_heads,
+        MERGE_SEGMENTS=plan.segments_pad,
     )
     narrow = plan.narrow
     _attention._paged_attention_kernel[plan.grid](
-        *attention_args, BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q, TILE=plan.tile_size,
-        SEQ_GRID=plan.seq_grid, NARROW_Q=0 if narrow is None else narrow.block_q, AWAIT_PRIMARY=False,
-        TABLE_AHEAD=plan.table_ahead,
+        **attention, BLOCK_M=plan.block_m, BLOCK_Q=plan.block_q, TILE=plan.tile_size, SEQ_GRID=plan.seq_grid,
+        NARROW_Q=0 if narrow is None else narrow.block_q, AWAIT_PRIMARY=False, TABLE_AHEAD=plan.table_ahead,
         PROGRAMMATIC_LAUNCH=((split and not plan.fused_merge) or narrow is not None) and programmatic,
-        num_warps=plan.num_warps, num_stages=plan.num_stages, **attention_flags,
+        num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     if narrow is not None:
         # A programmatic dependent of the wide launch where supported: its programs take the SMs the
         # wide grid's last wave leaves idle (the two write disjoint rows of out).
         _attention._paged_attention_kernel[narrow.grid](
-            *attention_args, BLOCK_M=narrow.block_m, BLOCK_Q=narrow.block_q, TILE=narrow.tile_size,
-            SEQ_GRID=True, NARROW_Q=0, AWAIT_PRIMARY=programmatic, PROGRAMMATIC_LAUNCH=False, TABLE_AHEAD=False,
-            num_warps=narrow.num_warps, num_stages=narrow.num_stages, **attention_flags,
-            **({"launch_pdl": True} if programmatic else {}),
+            **attention, BLOCK_M=narrow.block_m, BLOCK_Q=narrow.block_q, TILE=narrow.tile_size, SEQ_GRID=True,
+            NARROW_Q=0, AWAIT_PRIMARY=programmatic, TABLE_AHEAD=False, PROGRAMMATIC_LAUNCH=False,
+            num_warps=narrow.num_warps, num_stages=narrow.num_stages, **pdl,
         )
     if split and not plan.fused_merge:
         _attention._reduce_segments_kernel[plan.reduce_grid](
-            out, part_acc, part_max, part_sum, cu_seqlens_q, seqused_k, _or(sinks, q), _or(output_scale, q),
-            _or(mm_prefix_range, cu_seqlens_q),
-            *out.stride(), *part_strides, num_seqs, num_tokens, kv_capacity, num_q_heads, window_left,
-            plan.num_segments, chunk_size, lookback, *prefix_args,
-            SEGMENTS_PAD=plan.segments_pad, HEADS=plan.reduce_heads, DIMS=plan.reduce_dims,
-            TILE=plan.tile_size, num_warps=plan.reduce_num_warps, CHUNKED=chunked, **prefix_flags, **common,
-            PROGRAMMATIC_LAUNCH=programmatic, **({"launch_pdl": True} if programmatic else {}),
-            SEQ_GRID_BLOCK_Q=plan.block_q if plan.seq_grid else 0,
+            **shared, num_q_heads=spec.num_q_heads, TILE=plan.tile_size, SEGMENTS_PAD=plan.segments_pad,
+            HEADS=plan.reduce_heads, DIMS=plan.reduce_dims, PROGRAMMATIC_LAUNCH=programmatic,
+            SEQ_GRID_BLOCK_Q=plan.block_q if plan.seq_grid else 0, num_warps=plan.reduce_num_warps, **pdl,
         )
     return out
 
 
-def _descale_strides(descale, per_head: bool) -> tuple[int, int]:
-    """(sequence, KV head) strides of a per-head descale; (0, 0) for a one-element one or when unused."""
-    if not per_head or descale.numel() == 1:
-        return 0, 0
-    return descale.stride(0), descale.stride(1)
+def _strides(name: str, tensor, *dims: str) -> dict:
+    """The kernels' ``stride_<name>_<dim>`` arguments: ``tensor``'s leading strides, or zeros for an
+    unused one (None), which also broadcasts a one-element descale."""
+    strides = (0,) * len(dims) if tensor is None else tensor.stride()[:len(dims)]
+    return {f"stride_{name}_{dim}": stride for dim, stride in zip(dims, strides)}
+
+
+def _per_head(descale, spec: CallSpec):
+    """A descale with one value per (sequence, KV head), else None."""
+    return descale if spec.descale_per_head and descale.numel() != 1 else None
 
 
 def _or(tensor, fallback):
     """Unused pointer arguments still need a tensor; the constexpr switches keep them unread."""
     return fallback if tensor is None else tensor
-

@@ -2,9 +2,10 @@
 
 ``plan_launch`` is a pure function of shapes, host integers and the device's multiprocessor
 count, so it never syncs the device, gives the same answer on every replay of a captured CUDA
-graph, and can be unit-tested without a GPU.
+graph, and can be unit-tested without a GPU; ``plan_call`` feeds it a call's ``CallSpec``.
+The measurements behind each choice are in the decisions record, under the names cited here.
 
-Heuristic (fitted to a segment-count sweep on an H100, benchmarks/results/*-tune.md):
+Heuristic:
 - Prefill or mixed batches take the 2D path: a query block already gives every program a
   tensor-core sized tile of work.
 - Decode-only batches (max_seqlen_q == 1) have one query block per (sequence, KV head); a
@@ -12,28 +13,27 @@ Heuristic (fitted to a segment-count sweep on an H100, benchmarks/results/*-tune
   holds fewer than ``SPLIT_BELOW_PROGRAMS_PER_SM`` programs per multiprocessor, the split-KV
   path wins: it splits each sequence into the power of two of segments that brings the grid
   closest to ``PROGRAMS_PER_SM`` x num_sms programs (at least 2, at most one per KV tile and
-  ``MAX_SEGMENTS``). Measured: the best count kept ~2 programs per SM from 500 to 131k keys
-  and from 1 to 16 sequences; 1 tile per segment beat 2 on short sequences; at 64 sequences
-  (512 programs) the 2D path with 128-key tiles beat every split.
+  ``MAX_SEGMENTS``). Decision [Split-KV segment count].
 - A 2D prefill/mixed batch of two or more sequences also gets a narrow launch (``NarrowPlan``):
   one decode-sized program per (sequence, KV head) for the sequences of at most its block's
   tokens, which the wide launch skips; in prefill-sized blocks a decode fills 4 of 128 rows of
-  every tile's matrix work. H200, 512 new tokens on 4096 + 32 decodes: 421 -> 270 us (cuDNN on
-  contiguous KV 251); prefill 4x2048 (four long sequences, an empty narrow grid) 584.1 -> 584.3 us.
+  every tile's matrix work. Decision [Narrow launch for a mixed batch's decodes].
 - A split decode sequence with fewer 128-key tiles than wanted segments halves its tile (down to
-  ``MIN_DECODE_TILE``) until it has enough: H200, bs1, 32/8 heads of 128: L510 7.6 us at 32 x 16
-  keys vs 10.0 at 4 x 128 (vLLM 8.1), L1300 9.9 vs 12.3, L2100 11.5 vs 13.1; L >= 6900 unchanged.
+  ``MIN_DECODE_TILE``) until it has enough. Decision [Short decode tiles].
 - A short split decode whose programs all fit one wave takes one tile per segment
-  (``DECODE_PROGRAMS_PER_SM``) instead of a power of two of segments: H200, bs1 L600 7.33 -> 6.80
-  us, L2100 9.45 -> 8.98.
+  (``DECODE_PROGRAMS_PER_SM``) instead of a power of two of segments. Decision [One tile per
+  segment within one wave].
 - A split decode whose merge is small (``FUSED_MERGE_MAX_FLOATS``) merges in the 3D launch's last
-  program per (query block, KV head) instead of a reduction launch (``fused_merge``).
+  program per (query block, KV head) instead of a reduction launch (``fused_merge``). Decision
+  [Fused merge].
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from .spec import CallSpec, next_power_of_2
 
 # Programs per multiprocessor the split decode grid aims at.
 PROGRAMS_PER_SM = 2
@@ -46,25 +46,16 @@ MAX_SEGMENTS = 128
 # The interpreter has no multiprocessors; this nominal count makes small CPU batches split too.
 INTERPRETER_NUM_SMS = 8
 # Resident decode programs per SM by KV tile (sm_90, 16-bit caches, heads of <= 128 dims, two
-# stages: registers bound them; `python -m benchmarks.disasm`, bs1 decode): a short split decode
-# takes one tile per segment while its programs fit these slots.
+# stages; registers bound them, as `python -m benchmarks.disasm` reports for bs1 decode).
 DECODE_PROGRAMS_PER_SM = {16: 6, 32: 5, 64: 3, 128: 2}
 # Short split decode: the KV tile may shrink down to this many keys so that a sequence with fewer
 # 128-key tiles than wanted segments still spreads over enough programs.
 MIN_DECODE_TILE = 16
 # Head-dim lanes per reduction program on GPUs.
 REDUCE_DIM_BLOCK = 32
-# Window bound standing for "unlimited": larger than any sequence the kernels accept.
-UNLIMITED = 1 << 30
-# Split decode merges its segments in the attention launch (the last program of each query block
-# and KV head to finish) while one program's share, heads x segments x head dims, stays within this
-# many floats (16 KiB of partials), for heads of up to 128 dims; other splits keep the reduction
-# launch, which spreads a merge over heads and head-dim slices.
+# Split decode merges in the attention launch while one program's share (heads x segments x head
+# dims) stays within this many floats; larger merges keep the reduction launch. Decision [Fused merge].
 FUSED_MERGE_MAX_FLOATS = 4096
-
-
-def next_power_of_2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
 
 
 @dataclass(frozen=True)
@@ -108,19 +99,10 @@ class LaunchPlan:
         return next_power_of_2(self.num_segments)
 
 
-def effective_window(window_size, causal: bool) -> tuple[int, int]:
-    """(left, right) as non-negative bounds; causal is right = 0, -1 becomes UNLIMITED."""
-    left, right = (-1, -1) if window_size is None else (int(window_size[0]), int(window_size[1]))
-    # Bounds past UNLIMITED mean the same and would make the kernels' window arithmetic int64.
-    left = UNLIMITED if left < 0 else min(left, UNLIMITED)
-    right = 0 if causal else (UNLIMITED if right < 0 else min(right, UNLIMITED))
-    return left, right
-
-
-# Shared memory one program may use (the opt-in maximum): H100 / H200 227 KiB, A100 163 KiB,
-# sm_86 / sm_89 99 KiB. Three prefill stages take 129 KiB on sm_90 (bf16, 128 rows of head 128),
-# five fp8 decode stages 73 KiB; under DEEP_PIPELINE_SHARED both take fewer.
+# Shared memory one program may use (the opt-in maximum) on an H100 / H200.
 HOPPER_SHARED_PER_BLOCK = 227 * 1024
+# Cards with less per program than this (sm_86 / sm_89) pipeline fewer stages: three prefill or
+# five fp8 decode stages would not fit. Decision [Pipeline stages].
 DEEP_PIPELINE_SHARED = 160 * 1024
 
 
@@ -131,10 +113,8 @@ def _tile_size(head_pad: int, interpreter: bool, fp32: bool, decode_sized: bool)
         return 32  # fp32 dots run on FMA units: big tiles only bloat code and compile time
     if head_pad > 128:
         return 32  # K and V tiles of 256-wide heads fill shared memory fast
-    # Decode is a chain of dependent tile loads per program: fewer, larger tiles shorten it
-    # (H100: 128-key tiles beat 64 by 7-25% on decode; prefill prefers 64 with 8 warps). One-byte
-    # caches too: 256-key tiles were slower on the H200 (fp8 bs1 L131072: 161 vs 139 us) and a
-    # third stage changed nothing.
+    # Decode is a chain of dependent tile loads per program: fewer, larger tiles shorten it.
+    # Decision [KV tile size].
     return 128 if decode_sized else 64
 
 
@@ -146,10 +126,8 @@ def _block_m(num_queries_per_kv: int, max_seqlen_q: int, head_pad: int, decode: 
         return max(16 if interpreter else 64, group)
     if decode:
         return max(16, group)
-    # The interpreter pays per program and per op, not per element: fewer, larger blocks.
-    # One-byte caches: 64-row blocks of 4 warps, two programs per SM where 128 rows of 8 warps fit
-    # one (sm_90: 178 vs 168 registers). H200, fp8 q + fp8 KV prefill 4x2048: 512 -> 486 us; bf16
-    # caches stay at 128 (at 64: 4x2048 584 -> 591, 1x8192 1944 -> 2018 us).
+    # The interpreter pays per program and per op, not per element: fewer, larger blocks. One-byte
+    # caches fit two 64-row programs per SM where 128 rows fit one. Decision [One-byte prefill block].
     cap = 64 if interpreter or head_pad > 128 or one_byte_kv else (32 if fp32 else 128)
     return max(group, min(cap, max(16, next_power_of_2(max_seqlen_q * num_queries_per_kv))))
 
@@ -160,24 +138,8 @@ def _warps_and_stages(block_m: int, head_pad: int, decode_sized: bool, interpret
     if interpreter:
         return 1, 1
     big = block_m * head_pad >= 128 * 128
-    # Two stages measured best for decode (more stages cost shared memory, hence occupancy).
-    # Prefill: three, with the block-table ids loaded one tile ahead into registers
-    # (``table_ahead``). With the ids copied in the loop like K/V, a tile's K/V copies waited on
-    # its table copy of one stage earlier, so at three or four stages the loop waited at its top
-    # for every copy in flight (ttgir async_wait num=0, SASS DEPBAR.LE SB0, 0x0) and five were
-    # needed (130 KiB, H200: 4x2048 575.7 -> 491.4 us). With the ids ahead, three stages keep K/V
-    # copies in flight (`wait 2`, 129 KiB at 128 bf16 rows; 1 program of 8 warps per SM either
-    # way). H200, 4x2048 / 1x8192 / mixed: five stages 432.4 / 1399.7 / 221.6 us, ids ahead at
-    # five 424.0 / 1249.8 / 212.0, at three 392.1 / 1219.3 / 209.8; 64 rows of 4 warps at three
-    # (2 per SM) 405.6 / 1280.7 / 214.5. Cards with under 160 KiB per block (sm_86 / sm_89: 99
-    # KiB) take two stages (sm_86: 64 KiB). One-byte caches' 64-row programs take three on every
-    # card (sm_90: 65 KiB, three programs per SM; before the ids went ahead: 417.9 us at five
-    # stages, 373.9 at three, 375.1 at four, 450.2 at two, fp8 queries only; with them 346.2).
-    # fp8 caches with one scale per tensor decode at five stages where shared memory allows: the
-    # loop then waits leaving later tiles' copies in flight instead of none (sm_90: `wait 3` vs
-    # `wait 0`, 73 vs 41 KiB shared, 255 registers and 2 programs per SM either way). H200, fp8
-    # KV decode bs1 L131072 98.7 -> 94.7 us, bs16 L4096 54.5 -> 53.9. Per-token-head caches keep
-    # two: each tile also waits on its scales (int8 bs16 L4096 61.1 -> 63.9 at five).
+    # Decode: two stages (more cost occupancy), five for per-tensor fp8 caches, whose loop then keeps
+    # later tiles' copies in flight. Prefill: three where they fit. Decision [Pipeline stages].
     if decode_sized:
         fp8_decode = (one_byte_kv and not kv_per_token_head and head_pad <= 128
                       and shared_memory_per_block >= DEEP_PIPELINE_SHARED)
@@ -218,7 +180,7 @@ def plan_launch(
     """Plan a launch from shapes and host integers only (no device reads).
 
     ``shared_memory_per_block``: the device's opt-in shared memory per program in bytes (default:
-    an H100 / H200's); below ``DEEP_PIPELINE_SHARED`` prefill pipelines three stages, not five.
+    an H100 / H200's); below ``DEEP_PIPELINE_SHARED`` launches pipeline fewer stages.
 
     ``max_visible_keys``: the most keys one sequence's queries see together (chunked attention
     bounds it below ``max_seqlen_k``); the segment count is chosen for that span. None: max_seqlen_k.
@@ -245,12 +207,8 @@ def plan_launch(
     tiles = math.ceil(span / tile)
     if (decode and not (batch_invariant or interpreter or one_byte_kv) and head_pad <= 128 and heuristic_segments > 1
             and tiles <= MAX_SEGMENTS and tiles * programs_2d <= num_sms * DECODE_PROGRAMS_PER_SM.get(tile, 0)):
-        # One tile per segment where a power of two of segments would give some segments two tiles
-        # and leave others empty (bs1 L600: 38 tiles over 32 segments -> 19 active segments of 2 tiles,
-        # each a chain of two dependent tiles) and every program still fits one wave.
-        # H200, bs1, 32/8 heads of 128 (power of two -> one tile each, us): L600 7.33 -> 6.80, L700
-        # 7.44 -> 6.98, L900 7.71 -> 7.51, L1300 8.37 -> 8.11, L2100 9.45 -> 8.98; past one wave it
-        # lost: L3700 (58 x 64 keys, 464 programs on 396 slots) 11.36 -> 13.20, L6900 15.35 -> 18.88.
+        # A power of two of segments would give some segments two dependent tiles and leave others
+        # empty. Decision [One tile per segment within one wave].
         heuristic_segments = tiles
 
     if batch_invariant:
@@ -272,16 +230,12 @@ def plan_launch(
 
     segments = 1
     if path == "3d":
+        # A given num_segments is in [1, MAX_SEGMENTS] (check_arguments); the heuristic's is too.
         segments = num_segments if num_segments is not None else max(heuristic_segments, 2)
-        if segments > MAX_SEGMENTS:
-            # The reduction merges every segment of a row at once; the grid's z is capped too (65,535 on CUDA).
-            raise ValueError(f"num_segments: expected at most {MAX_SEGMENTS} (MAX_SEGMENTS), got {segments}")
         if max_segments is not None:
             if num_segments is not None and num_segments > max_segments:
                 raise ValueError(f"num_segments: {num_segments} exceeds the workspace's {max_segments} segments")
             segments = min(segments, max_segments)
-        if segments < 1:
-            raise ValueError(f"num_segments must be >= 1, got {segments}")
 
     narrow = None
     narrow_block_m = _block_m(num_queries_per_kv, 1, head_pad, True, False, interpreter, fp32)
@@ -289,8 +243,7 @@ def plan_launch(
     if path == "2d" and not decode and not batch_invariant and num_seqs >= 2 and block_q > narrow_block_q \
             and max_seqlen_q > narrow_block_q:
         # A mixed batch's decodes in prefill-sized blocks waste nearly every row of each tile's
-        # matrix work (H200, 512-on-4096 + 32 decodes: 421 us, cuDNN 251); the narrow launch gives
-        # each such sequence one decode-sized program per KV head instead.
+        # matrix work; the narrow launch gives each one decode-sized program per KV head instead.
         narrow_warps, narrow_stages = _warps_and_stages(narrow_block_m, head_pad, True, interpreter,
                                                         shared_memory_per_block, one_byte_kv, kv_per_token_head)
         narrow = NarrowPlan(
@@ -302,26 +255,14 @@ def plan_launch(
                                               shared_memory_per_block, one_byte_kv, kv_per_token_head)
     merge_heads = next_power_of_2(num_queries_per_kv)
     merge_lanes = merge_heads * next_power_of_2(segments) * head_pad
-    # Decode launches index programs by sequence (a block holds one token): no program searches
-    # cu_seqlens_q for its sequence, a chain of dependent loads before its first KV read (log2 of
-    # the batch deep), and no surplus programs exit. Batch-invariant launches keep one grid for all.
-    # H200 (block-indexed -> sequence-indexed, us): bs1 L510 6.46 -> 6.36, L3700 11.58 -> 11.39, bs4
-    # 25.22 -> 24.98, bs16 69.91 -> 69.52, bs64 255.65 -> 254.74, bs256 1002.5 -> 1000.0, heads of
-    # 256 bs16 145.4 -> 143.9, int8 per-token-head bs16 61.58 -> 60.90; fp8 bs1 L131072 94.43 -> 94.82.
+    # Decode programs index by sequence: no cu_seqlens_q search before the first KV read, no surplus
+    # programs; batch-invariant launches keep one grid. Decision [Sequence-indexed decode grid].
     seq_grid = decode and not batch_invariant
     # Block-table ids a tile ahead, in registers (see _attend_tiles): every launch but five-stage
-    # (fp8) decode, where they cost the second program per SM. H200, decode of two stages (ids in
-    # the loop -> ahead, us): bs256 L4096 999.5 -> 984.8, bs64 254.8 -> 252.0, 32/32 heads bs16
-    # 254.7 -> 252.0, bs16 69.4 -> 68.9, heads of 256 bs16 143.9 -> 142.9, bs1 L131072 130.7 ->
-    # 129.9, L6900 15.65 -> 15.45; bs1 L510 6.30 -> 6.32, 32/32 heads bs1 L13300 57.7 -> 57.9.
+    # (fp8) decode, where they cost the second program per SM. Decision [Block-table ids a tile ahead].
     table_ahead = not (decode and not batch_invariant) or num_stages <= 2
     grid_rows = num_seqs if seq_grid else num_q_blocks
     # Decode only: there a query block holds one token, so the last program merges one token's heads.
-    # H200, 32/8 heads of 128 (reduction launch -> fused, us): bs16 L4096 (2 segments) 71.2 -> 69.8,
-    # fp8 KV bs16 53.7 -> 52.1, bs4 (8) 25.5 -> 25.3, 32/32 heads bs1 L13300 (8) 58.6 -> 58.3; one
-    # program merging 32 segments of 4 heads loses to the reduction's 128: bs1 L510 6.5 -> 7.3,
-    # L131072 131.5 -> 132.0, int8 per-token-head 112.1 -> 116.4 (7.2 at L510 with 16 segments);
-    # heads of 256, bs16 (2 segments): 145.1 -> 151.0.
     fused_merge = (path == "3d" and decode and head_pad <= 128 and merge_lanes <= FUSED_MERGE_MAX_FLOATS
                    and (merge_counters is None or grid_rows * num_kv_heads <= merge_counters))
     # One head per reduction program keeps GPU registers small; the interpreter, which pays
@@ -351,4 +292,17 @@ def plan_launch(
         fused_merge=fused_merge,
         seq_grid=seq_grid,
         merge_heads=merge_heads,
+    )
+
+
+def plan_call(spec: CallSpec, *, num_sms: int, interpreter: bool, shared_memory_per_block: int) -> LaunchPlan:
+    """The plan of the call ``spec`` describes, on a device with ``num_sms`` multiprocessors."""
+    return plan_launch(
+        num_tokens=spec.num_tokens, num_seqs=spec.num_seqs, max_seqlen_q=spec.max_seqlen_q,
+        max_seqlen_k=spec.max_seqlen_k, num_q_heads=spec.num_q_heads, num_kv_heads=spec.num_kv_heads,
+        head_size=spec.head_size, num_sms=num_sms, interpreter=interpreter, fp32=spec.q_fp32,
+        split_kv=spec.split_kv, num_segments=spec.num_segments, batch_invariant=spec.batch_invariant,
+        max_segments=spec.workspace_segments, max_visible_keys=spec.visible_key_span,
+        one_byte_kv=spec.one_byte_kv, kv_per_token_head=spec.kv_quant.per_token_head,
+        shared_memory_per_block=shared_memory_per_block, merge_counters=spec.workspace_counters,
     )

@@ -1,7 +1,8 @@
-"""Argument checks.
+"""Argument checks, and the description of a call they establish.
 
 ``check_arguments`` runs on every call: it looks only at shapes, dtypes, strides and devices,
-never at tensor contents, so it costs no device sync and is safe inside CUDA-graph capture.
+never at tensor contents, so it costs no device sync and is safe inside CUDA-graph capture. It
+returns the call's ``CallSpec`` (``describe_call`` builds one for ``make_plan``).
 ``validate_metadata`` reads the metadata (it syncs) and is meant for tests, debugging and
 users who want to check a batch before launching it.
 """
@@ -14,18 +15,18 @@ import math
 import torch
 
 from .plan import MAX_SEGMENTS
+from .spec import INT32_MAX, LOG2E, UNLIMITED, CallSpec, KVQuant
 
 QUERY_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8_CACHE_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn",) if hasattr(torch, n))
 MIN_HEAD_SIZE, MAX_HEAD_SIZE = 16, 512
-# KV-cache quantization modes, in the order of vLLM's KVQuantMode values (0, 1, 2, 3).
-KV_QUANT_MODES = ("none", "fp8_per_tensor", "int8_per_token_head", "fp8_per_token_head")
-PER_TOKEN_HEAD_MODES = ("int8_per_token_head", "fp8_per_token_head")
-# The kernels take softmax_scale and softcap as float32, in log2 units (times log2(e)): values
-# outside this range would reach them as inf, or softcap as 0 (then 0 / 0 = NaN).
-LOG2E = 1.4426950408889634  # the value of _attention.LOG2E, without importing triton here
-FLOAT32_MAX = float(torch.finfo(torch.float32).max) / LOG2E
-FLOAT32_TINY = float(torch.finfo(torch.float32).tiny) / LOG2E
+# kv_quant_mode's string forms: KVQuant's member names.
+KV_QUANT_MODES = tuple(mode.label for mode in KVQuant)
+FLOAT32_MIN_NORMAL = float(torch.finfo(torch.float32).tiny)
+# softmax_scale and softcap reach the kernels as float32 in log2 units: magnitudes outside this
+# range would arrive as inf, or a softcap as 0 (then 0 / 0 = NaN).
+LOG2_UNITS_MAX = float(torch.finfo(torch.float32).max) / LOG2E
+LOG2_UNITS_MIN_NORMAL = FLOAT32_MIN_NORMAL / LOG2E
 
 
 def _fail(arg: str, message: str, exc=ValueError):
@@ -98,37 +99,38 @@ def _check_counts(cu_seqlens_q, seqused_k, block_table) -> int:
                           f"{from_seqused} entries and block_table's {from_table} rows")
 
 
-def kv_quant_mode_name(mode, k_dtype) -> str:
-    """``kv_quant_mode`` as one of ``KV_QUANT_MODES``: None infers it from the cache (fp8 ->
-    "fp8_per_tensor", else "none"); an IntEnum (vLLM's KVQuantMode) is taken by member name and
+def _kv_quant(mode, k_dtype) -> KVQuant:
+    """``kv_quant_mode`` as a KVQuant: None infers it from the cache (fp8 -> FP8_PER_TENSOR, else
+    NONE); a str by its lower-case member name; an IntEnum (vLLM's KVQuantMode) by member name and
     value; a plain int is refused (a bare number says nothing about intent)."""
     if mode is None:
-        return "fp8_per_tensor" if k_dtype in FP8_CACHE_DTYPES else "none"
+        return KVQuant.FP8_PER_TENSOR if k_dtype in FP8_CACHE_DTYPES else KVQuant.NONE
     if isinstance(mode, enum.IntEnum):
         name = mode.name.lower()
         if name not in KV_QUANT_MODES or KV_QUANT_MODES.index(name) != int(mode):
             _fail("kv_quant_mode", f"{mode!r} is not one of NONE=0, FP8_PER_TENSOR=1, INT8_PER_TOKEN_HEAD=2, "
                                    "FP8_PER_TOKEN_HEAD=3")
-        return name
+        return KVQuant[name.upper()]
     if not isinstance(mode, str):
         _fail("kv_quant_mode", f"expected None, a str or a KVQuantMode IntEnum, got {type(mode).__name__}", TypeError)
     if mode not in KV_QUANT_MODES:
         _fail("kv_quant_mode", f"expected one of {KV_QUANT_MODES}, got {mode!r}")
-    return mode
+    return KVQuant[mode.upper()]
 
 
-def _check_quant_cache(q, k, mode, k_scale_cache, v_scale_cache) -> None:
+def _check_quant_cache(q, k, quant: KVQuant, k_scale_cache, v_scale_cache) -> None:
     """The cache dtype the mode needs, and its per-token-head scale caches (shapes only)."""
-    if mode == "none":
+    mode = quant.label
+    if quant is KVQuant.NONE:
         if k.dtype != q.dtype:
             _fail("k", f"expected dtype {q.dtype} (q's) for an unquantized cache, got {k.dtype}", TypeError)
-    elif mode in ("fp8_per_tensor", "fp8_per_token_head"):
+    elif quant.fp8_cache:
         if k.dtype not in FP8_CACHE_DTYPES:
             _fail("k", f"expected an fp8 e4m3 cache for kv_quant_mode {mode!r}, got {k.dtype}", TypeError)
     elif k.dtype != torch.int8:
         _fail("k", f"expected a torch.int8 cache for kv_quant_mode {mode!r}, got {k.dtype}", TypeError)
     for name, t in (("k_scale_cache", k_scale_cache), ("v_scale_cache", v_scale_cache)):
-        if mode not in PER_TOKEN_HEAD_MODES:
+        if not quant.per_token_head:
             if t is not None:
                 _fail(name, f"only used with a per-token-head kv_quant_mode (mode is {mode!r}); pass None")
             continue
@@ -143,22 +145,40 @@ def _check_quant_cache(q, k, mode, k_scale_cache, v_scale_cache) -> None:
             _fail(name, f"expected device {q.device}, got {t.device}")
 
 
-def _check_chunking(causal, window_size, chunk_lookback) -> None:
-    """Chunked attention: the lookback's form, and a window that gives chunks of at least one key."""
+def _check_chunk_lookback(chunk_lookback) -> None:
+    """The lookback's form (what it asks of the window: ``_mask_geometry``)."""
     if isinstance(chunk_lookback, bool) or not isinstance(chunk_lookback, int):
         _fail("chunk_lookback", f"expected an int (-1 = off), got {type(chunk_lookback).__name__}", TypeError)
     if chunk_lookback < -1:
         _fail("chunk_lookback", f"expected -1 (off) or a lookback >= 0, got {chunk_lookback}")
+
+
+def _mask_geometry(window_size, causal: bool, chunk_lookback: int) -> dict:
+    """The CallSpec's window_left, window_right, chunked, chunk_size and chunk_lookback: the window
+    and chunks as the kernels take them.
+
+    Window bounds are non-negative: causal is right = 0, -1 is UNLIMITED, and bounds past
+    UNLIMITED are capped there (they mean the same, and would make the window arithmetic int64).
+    Chunked attention (lookback >= 0) needs a causal call and a left window w, and has chunks of
+    ``(w + 1) // (lookback + 1)`` keys, capped at INT32_MAX (a chunk that large holds every key),
+    with the lookback capped at UNLIMITED; unchunked, the kernels get size 1 and lookback 0, unused.
+    """
+    left, right = (-1, -1) if window_size is None else (int(window_size[0]), int(window_size[1]))
+    window_left = UNLIMITED if left < 0 else min(left, UNLIMITED)
+    window_right = 0 if causal else (UNLIMITED if right < 0 else min(right, UNLIMITED))
+    bounds = dict(window_left=window_left, window_right=window_right)
     if chunk_lookback < 0:
-        return
-    left = -1 if window_size is None else window_size[0]
+        return dict(bounds, chunked=False, chunk_size=1, chunk_lookback=0)
     if not causal:
         _fail("chunk_lookback", "chunked attention is causal; got causal=False")
     if left < 0:
         _fail("chunk_lookback", f"needs a left window (window_size[0] >= 0) to size the chunks, got {window_size!r}")
-    if (left + 1) // (chunk_lookback + 1) == 0:
+    chunk_size = (left + 1) // (chunk_lookback + 1)
+    if chunk_size == 0:
         _fail("chunk_lookback", f"chunk size (window_size[0] + 1) // (chunk_lookback + 1) is 0 for "
                                 f"window {left} and lookback {chunk_lookback}")
+    return dict(bounds, chunked=True, chunk_size=min(chunk_size, INT32_MAX),
+                chunk_lookback=min(chunk_lookback, UNLIMITED))
 
 
 def check_arguments(
@@ -167,8 +187,9 @@ def check_arguments(
     output_scale, num_segments, workspace, *, chunk_lookback=-1, mm_prefix_range=None,
     mm_prefix_clamp_sliding_window=False, split_kv=None, batch_invariant=False,
     check_metadata=False, kv_quant_mode=None, k_scale_cache=None, v_scale_cache=None,
-) -> None:
+) -> CallSpec:
     """Cheap checks; raises ValueError/TypeError naming the argument before anything is written.
+    Returns the call's description.
 
     Shapes, dtypes, strides, devices and host scalars only: never a tensor's contents, so it
     works on ``meta`` tensors and inside CUDA-graph capture.
@@ -186,14 +207,14 @@ def check_arguments(
         _expect_scale("q_descale", q_descale, q.device)
     elif q_descale is not None:
         _fail("q_descale", f"only used with fp8 queries (q is {q.dtype}); pass None")
-    mode = kv_quant_mode_name(kv_quant_mode, k.dtype)
-    if q_fp8 and mode == "none":
+    quant = _kv_quant(kv_quant_mode, k.dtype)
+    if q_fp8 and quant is KVQuant.NONE:
         _fail("kv_quant_mode", "fp8 queries need a quantized KV cache (fp8 or int8), got mode 'none'")
-    if q_fp8 and mode in PER_TOKEN_HEAD_MODES:
-        _fail("kv_quant_mode", f"fp8 queries with a per-token-head cache ({mode!r}) are not supported by these "
-                               "kernels; use a per-tensor fp8 cache", NotImplementedError)
+    if q_fp8 and quant.per_token_head:
+        _fail("kv_quant_mode", f"fp8 queries with a per-token-head cache ({quant.label!r}) are not supported "
+                               "by these kernels; use a per-tensor fp8 cache", NotImplementedError)
     for name, cache in (("k", k), ("v", v)):
-        quantized = cache.dtype in FP8_CACHE_DTYPES or (cache.dtype == torch.int8 and mode in PER_TOKEN_HEAD_MODES)
+        quantized = cache.dtype in FP8_CACHE_DTYPES or (cache.dtype == torch.int8 and quant.per_token_head)
         if cache.dtype != q.dtype and not quantized:
             _fail(name, f"expected dtype {q.dtype} (q's) or an fp8 e4m3 cache, got {cache.dtype}", TypeError)
     if v.dtype != k.dtype:
@@ -235,8 +256,8 @@ def check_arguments(
     _expect_float("softmax_scale", softmax_scale)
     if not math.isfinite(softmax_scale):
         _fail("softmax_scale", f"expected a finite float, got {softmax_scale!r}", TypeError)
-    if abs(softmax_scale) > FLOAT32_MAX:
-        _fail("softmax_scale", f"{softmax_scale!r} overflows float32 in log2 units (|scale| <= {FLOAT32_MAX:.3g})")
+    if abs(softmax_scale) > LOG2_UNITS_MAX:
+        _fail("softmax_scale", f"{softmax_scale!r} overflows float32 in log2 units (|scale| <= {LOG2_UNITS_MAX:.3g})")
     _expect_bool("causal", causal)
     if window_size is not None:
         if not isinstance(window_size, (tuple, list)):
@@ -253,10 +274,11 @@ def check_arguments(
             _fail("softcap", f"expected a float >= 0 (0 disables it), got {softcap!r}", TypeError)
         if not math.isfinite(softcap) or softcap < 0:
             _fail("softcap", f"expected a finite float >= 0 (0 disables it), got {softcap!r}")
-        if softcap > 0 and not FLOAT32_TINY <= softcap <= FLOAT32_MAX:
+        if softcap > 0 and not LOG2_UNITS_MIN_NORMAL <= softcap <= LOG2_UNITS_MAX:
             _fail("softcap", f"{softcap!r} is outside the float32 range the kernels use "
-                             f"([{FLOAT32_TINY:.3g}, {FLOAT32_MAX:.3g}], or 0 to disable)")
-    _check_chunking(causal, window_size, chunk_lookback)
+                             f"([{LOG2_UNITS_MIN_NORMAL:.3g}, {LOG2_UNITS_MAX:.3g}], or 0 to disable)")
+    _check_chunk_lookback(chunk_lookback)
+    geometry = _mask_geometry(window_size, causal, chunk_lookback)
     _expect_bool("mm_prefix_clamp_sliding_window", mm_prefix_clamp_sliding_window)
     if mm_prefix_range is not None:
         _expect_tensor("mm_prefix_range", mm_prefix_range, 3)
@@ -286,11 +308,11 @@ def check_arguments(
             _fail(name, f"expected a floating dtype, got {t.dtype}", TypeError)
         if t.device != device:
             _fail(name, f"expected device {device}, got {t.device}")
-    _check_quant_cache(q, k, mode, k_scale_cache, v_scale_cache)
-    if mode in PER_TOKEN_HEAD_MODES:
+    _check_quant_cache(q, k, quant, k_scale_cache, v_scale_cache)
+    if quant.per_token_head:
         for name, t in (("k_descale", k_descale), ("v_descale", v_descale)):
             if t is not None:
-                _fail(name, f"only used with a per-tensor fp8 cache (mode is {mode!r}); pass None")
+                _fail(name, f"only used with a per-tensor fp8 cache (mode is {quant.label!r}); pass None")
     elif k.dtype in FP8_CACHE_DTYPES:
         for name, t in (("k_descale", k_descale), ("v_descale", v_descale)):
             if t is None:
@@ -307,6 +329,53 @@ def check_arguments(
         _fail("num_segments", f"expected at most {MAX_SEGMENTS} (the planner's MAX_SEGMENTS), got {num_segments}")
     if workspace is not None:
         workspace.check_fits(num_tokens, num_q_heads, head_size, device)
+    return _describe(
+        q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, quant, geometry, out=out, block_table=block_table,
+        softmax_scale=softmax_scale, softcap=softcap, k_descale=k_descale, v_descale=v_descale,
+        alibi_slopes=alibi_slopes, sinks=sinks, mm_prefix_range=mm_prefix_range,
+        mm_prefix_clamp_sliding_window=mm_prefix_clamp_sliding_window, split_kv=split_kv,
+        num_segments=num_segments, batch_invariant=batch_invariant, workspace=workspace)
+
+
+def describe_call(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, *, kv_quant_mode=None, causal=True,
+                  window_size=None, chunk_lookback=-1, split_kv=None, num_segments=None, batch_invariant=False,
+                  workspace=None) -> CallSpec:
+    """The description of a call with these arguments (what ``make_plan`` plans), the features
+    it does not name left off. Unchecked, but for kv_quant_mode and chunking (named errors)."""
+    return _describe(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, _kv_quant(kv_quant_mode, k.dtype),
+                     _mask_geometry(window_size, causal, chunk_lookback), split_kv=split_kv,
+                     num_segments=num_segments, batch_invariant=batch_invariant, workspace=workspace)
+
+
+def _describe(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, quant: KVQuant, geometry: dict, *, out=None,
+              block_table=None, softmax_scale=1.0, softcap=None, k_descale=None, v_descale=None, alibi_slopes=None,
+              sinks=None, mm_prefix_range=None, mm_prefix_clamp_sliding_window=False, split_kv=None,
+              num_segments=None, batch_invariant=False, workspace=None) -> CallSpec:
+    num_tokens, num_q_heads, head_size = q.shape
+    num_blocks, block_size, num_kv_heads = k.shape[:3]
+    q_fp8 = q.dtype in FP8_CACHE_DTYPES
+    qk_scale = softmax_scale * LOG2E
+    softcap = float(softcap or 0.0)
+    # Descales per (sequence, KV head) when either is [num_seqs, num_kv_heads] with more than one element.
+    descale_per_head = quant.per_tensor_fp8 and any(t is not None and t.numel() != 1 for t in (k_descale, v_descale))
+    use_prefix = mm_prefix_range is not None and mm_prefix_range.shape[1] > 0
+    return CallSpec(
+        num_tokens=num_tokens, num_q_heads=num_q_heads, head_size=head_size, num_seqs=cu_seqlens_q.shape[0] - 1,
+        num_blocks=num_blocks, block_size=block_size, num_kv_heads=num_kv_heads, max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k,
+        kv_capacity=None if block_table is None else min(block_table.shape[1] * block_size, INT32_MAX),
+        kv_quant=quant, one_byte_kv=k.element_size() == 1, q_fp32=q.dtype == torch.float32, q_fp8=q_fp8,
+        out_fp8=out is not None and out.dtype in FP8_CACHE_DTYPES, descale_per_head=descale_per_head,
+        qk_scale=qk_scale, softcap=softcap * LOG2E, use_alibi=alibi_slopes is not None, use_sinks=sinks is not None,
+        # Scores stay unscaled until exp2 only where the scale is known positive and normal here (fp8
+        # descales are device values; softcap, ALiBi and per-key scales act on scaled scores).
+        fold_scale=(qk_scale >= FLOAT32_MIN_NORMAL and softcap == 0 and alibi_slopes is None
+                    and not (quant.per_token_head or quant.per_tensor_fp8 or q_fp8)),
+        **geometry, use_prefix=use_prefix, prefix_clamp=use_prefix and mm_prefix_clamp_sliding_window,
+        split_kv=split_kv, num_segments=num_segments, batch_invariant=batch_invariant,
+        workspace_segments=None if workspace is None else workspace.num_segments,
+        workspace_counters=None if workspace is None else workspace.merge_counters.numel(),
+    )
 
 
 def validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table, *,

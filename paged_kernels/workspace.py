@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .plan import next_power_of_2
+from .spec import next_power_of_2
 
 
 class Workspace:

@@ -129,9 +129,8 @@ def test_prefill_keeps_kv_copies_in_flight_across_iterations(tmp_path, impl):
     """No prefill KV walk drains its copies each tile.
 
     With the block-table ids copied in the loop, a tile's K/V copies wait on them, so at three
-    stages the loop's wait let nothing stay in flight (H200 prefill 4x2048: 575.7 us; five
-    stages 491.4); with the ids loaded a tile ahead (the plan's ``table_ahead``) three keep K/V
-    copies in flight (392.1 us).
+    stages the loop's wait let nothing stay in flight; with the ids loaded a tile ahead (the plan's
+    ``table_ahead``) three keep K/V copies in flight. Decision [Block-table ids a tile ahead].
     """
     if not impl.is_ours:
         pytest.skip("compiles paged_kernels.unified_attention's prefill: not the implementation under test")
@@ -150,8 +149,8 @@ def test_decode_reads_all_its_metadata_before_its_first_exit(tmp_path, impl):
     """A decode program issues its three metadata loads (cu_seqlens_q twice, seqused_k) together.
 
     Sunk below the early exit on the query length, seqused_k's load waited for cu_seqlens_q's,
-    one more dependent round trip before the block table and the first K/V copy (H200, bs1
-    L13300: 22.82 us sunk, 22.50 not).
+    one more dependent round trip before the block table and the first K/V copy. Decision
+    [Volatile seqused_k load].
     """
     if not impl.is_ours:
         pytest.skip("compiles paged_kernels.unified_attention's decode: not the implementation under test")

@@ -66,10 +66,8 @@ def test_prefill_is_2d_with_large_query_blocks(planner):
     (1, 510, 32, 16), (1, 600, 38, 16), (1, 1300, 41, 32), (1, 2100, 33, 64), (1, 3700, 32, 64),
     (1, 6900, 32, 128)])
 def test_documented_segment_counts(planner, num_seqs, seq_len, segments, tile):
-    """The counts the H100 sweep found fastest (benchmarks/results/*-tune.md), the short-decode
-    tiles of the H200 (bs1 L510: 7.5 us at 32 segments of 16 keys, 10.0 us at 4 of 128), and one
-    tile per segment while every program fits one wave (H200 bs1 L600: 6.80 us at 38 x 16 keys,
-    7.33 at 32 segments; L3700's 58 x 64 keys would be 464 programs on 396 slots: 13.20 vs 11.36)."""
+    """The counts of Decisions [Split-KV segment count] (benchmarks/results/*-tune.md), [Short decode
+    tiles] and [One tile per segment within one wave] (L3700's 58 x 64 keys would need a second wave)."""
     plan = _decode(planner, num_seqs, seq_len)
     assert (plan.path, plan.num_segments, plan.tile_size) == ("3d", segments, tile), plan
 
@@ -182,13 +180,13 @@ def test_fp8_caches_decode_at_five_stages(planner, num_seqs, seq_len):
 def test_make_plan_tells_the_planner_the_kv_quant_mode(planner, monkeypatch, mode, per_token_head):
     """``make_plan`` (what ``unified_attention`` launches) passes ``kv_quant_mode`` on, so a
     per-token-head cache is not planned like a per-tensor one."""
-    import paged_kernels.api
+    import paged_kernels
 
     seen = {}
-    monkeypatch.setattr(paged_kernels.api, "plan_launch", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(planner, "plan_launch", lambda **kw: seen.update(kw))
     inputs = build(tables.find("quick-fp8kv"), "meta", seed=0)
-    paged_kernels.api.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.max_seqlen_k,
-                          kv_quant_mode=mode)
+    paged_kernels.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.max_seqlen_k,
+                            kv_quant_mode=mode)
     assert seen["one_byte_kv"] and seen["kv_per_token_head"] == per_token_head
 
 
@@ -196,9 +194,9 @@ def test_make_plan_tells_the_planner_the_kv_quant_mode(planner, monkeypatch, mod
 @pytest.mark.quick
 def test_prefill_sized_launches_load_the_block_table_one_tile_ahead(planner):
     """Prefill, mixed, batch-invariant and two-stage decode launches read each KV tile's
-    block-table ids one tile ahead (what lets three prefill stages keep copies in flight; decode
-    bs256 L4096 on the H200: 999.5 -> 984.8 us); five-stage fp8 decode reads them in the loop
-    (ahead, its five stages no longer fit two programs per SM)."""
+    block-table ids one tile ahead (what lets three prefill stages keep copies in flight); five-stage
+    fp8 decode reads them in the loop (ahead, its five stages no longer fit two programs per SM).
+    Decision [Block-table ids a tile ahead]."""
     assert planner.plan_launch(**PREFILL_4X2048).table_ahead
     assert planner.plan_launch(**PREFILL_4X2048, one_byte_kv=True).table_ahead
     assert _decode(planner, 16, 4096, batch_invariant=True).table_ahead
@@ -247,7 +245,7 @@ def test_small_split_decode_merges_in_the_attention_launch(planner, num_seqs, se
 @pytest.mark.quick
 def test_wide_merges_keep_the_reduction_launch(planner):
     """bs1 decode splits 32 ways: one program merging 4 heads x 32 segments lost to the reduction's
-    128 programs (H200 L510: 7.3 vs 6.5 us)."""
+    128 programs (Decision [Fused merge])."""
     for seq_len in (510, 13_300, 131_072):
         plan = _decode(planner, 1, seq_len)
         assert plan.num_segments == 32 and not plan.fused_merge and plan.reduce_grid is not None, plan

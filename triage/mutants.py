@@ -69,6 +69,12 @@ def _m(name, description, *edits, file="_attention.py", **kw) -> Mutant:
     return Mutant(name, description, tuple(Edit(file, t, r) for t, r in edits), **kw)
 
 
+def _schedule(name, description, *edits, killed_by: str, file="plan.py") -> Mutant:
+    """A performance bug: outputs stay bit-identical, so only a planner or compile check can kill it."""
+    return _m(name, f"{description}; outputs are unchanged, only the schedule", *edits, file=file,
+              note=f"a performance bug no output shows: killed by {killed_by}")
+
+
 CATALOG: tuple[Mutant, ...] = (
     _m("pth-f16-values-unnormalized",
        "per-token-head fp8 V: p * scale goes to f16 without the tile's largest scale divided out (overflow)",
@@ -223,7 +229,7 @@ CATALOG: tuple[Mutant, ...] = (
         "_store_output(o_ptrs, result, dim_valid[None, :],")),
     _m("scale-not-log2",
        "softmax scale passed in natural-log units to an exp2 softmax",
-       ("softmax_scale * _attention.LOG2E.value", "softmax_scale"), file="api.py"),
+       ("    qk_scale = softmax_scale * LOG2E\n", "    qk_scale = softmax_scale\n"), file="validate.py"),
     # Beyond the kernels: the planner and the argument checks are shipped code too.
     _m("planner-mistuned",
        "split-KV planner aims at 8 programs per SM instead of the measured 2 (over-splits decode)",
@@ -238,67 +244,61 @@ CATALOG: tuple[Mutant, ...] = (
        "(dependent loads before its first KV read) and surplus programs exit",
        ("    seq_grid = decode and not batch_invariant\n", "    seq_grid = False\n"), file="plan.py"),
     _m("fused-merge-never",
-       "split decode always launches the reduction, small merges included (H200 bs16 L4096: 69.8 -> 71.2 us)",
+       "split decode always launches the reduction, small merges included (Decision [Fused merge])",
        ("    fused_merge = (path == \"3d\" and decode", "    fused_merge = False and (path == \"3d\" and decode"),
        file="plan.py"),
     _m("fused-merge-wide",
-       "one program merges 32 segments of 4 heads (bs1 decode) instead of the reduction launch (H200 L510: 6.5 -> 7.3 us)",
+       "one program merges 32 segments of 4 heads (bs1 decode) instead of the reduction launch, which was "
+       "faster there (Decision [Fused merge])",
        ("\nFUSED_MERGE_MAX_FLOATS = 4096\n", "\nFUSED_MERGE_MAX_FLOATS = 16384\n"), file="plan.py"),
-    _m("prefill-pipeline-shallow",
-       "prefill reads the block-table ids in the loop again: at three stages each KV walk iteration waits "
-       "for every copy in flight (H200: prefill 4x2048 575.7 us at three stages, 491.4 at five, 392.1 with the "
-       "ids a tile ahead); outputs are unchanged, only the schedule",
-       ("table_ahead = not (decode and not batch_invariant) or num_stages <= 2", "table_ahead = False"),
-       file="plan.py",
-       note="a performance bug no output shows: killed by the sm_90 compile check "
-            "test_prefill_keeps_kv_copies_in_flight_across_iterations (quick; needs Triton's cuobjdump) and the "
-            "planner test test_prefill_sized_launches_load_the_block_table_one_tile_ahead"),
-    _m("decode-table-in-loop",
-       "two-stage decode copies each tile's block-table ids in the loop again instead of a tile ahead "
-       "(H200 bs256 L4096 984.8 -> 999.5 us, bs64 252.0 -> 254.8); outputs are unchanged, only the schedule",
-       ("table_ahead = not (decode and not batch_invariant) or num_stages <= 2",
-        "table_ahead = not (decode and not batch_invariant)"), file="plan.py",
-       note="a performance bug no output shows: killed by the planner test "
-            "test_prefill_sized_launches_load_the_block_table_one_tile_ahead"),
-    _m("short-decode-power-of-two-segments",
-       "short split decode keeps a power of two of segments, leaving segments of two dependent tiles and "
-       "empty ones (H200 bs1 L600 6.80 -> 7.33 us, L2100 8.98 -> 9.45); outputs are unchanged, only the schedule",
-       ("DECODE_PROGRAMS_PER_SM.get(tile, 0)", "0"), file="plan.py",
-       note="a performance bug no output shows: killed by the planner test test_documented_segment_counts"),
-    _m("one-tile-segments-past-one-wave",
-       "one tile per segment even where the programs need a second wave (H200 bs1 L3700 11.36 -> 13.20 us, "
-       "L6900 15.35 -> 18.88); outputs are unchanged, only the schedule",
-       ("tiles * programs_2d <= num_sms * DECODE_PROGRAMS_PER_SM.get(tile, 0)", "tiles <= 2 * wanted"),
-       file="plan.py",
-       note="a performance bug no output shows: killed by the planner test test_documented_segment_counts"),
-    _m("metadata-load-sunk",
-       "seqused_k's load is left to the compiler, which sinks it below the early exit on the query length: "
-       "a decode program's first K/V copy waits on one more dependent load (H200 bs1 L13300 22.50 -> 22.82 us); "
-       "outputs are unchanged, only the schedule",
-       ("tl.load(seqused_k_ptr + seq, volatile=True), 0), kv_capacity)",
-        "tl.load(seqused_k_ptr + seq), 0), kv_capacity)"),
-       note="a performance bug no output shows: killed by the sm_90 compile check "
-            "test_decode_reads_all_its_metadata_before_its_first_exit (quick; needs Triton's cuobjdump)"),
-    _m("one-byte-prefill-two-stages",
-       "fp8 / int8 caches' 64-row prefill at two pipeline stages on cards with under 160 KiB per block, like "
-       "16-bit caches (H200, fp8 q + fp8 KV prefill 4x2048 at two stages: 450.2 us instead of 373.9, measured "
-       "with the ids in the loop); outputs are unchanged, only the schedule",
-       ("three = shared_memory_per_block >= DEEP_PIPELINE_SHARED or one_byte_kv",
-        "three = shared_memory_per_block >= DEEP_PIPELINE_SHARED"), file="plan.py",
-       note="a performance bug no output shows: killed by the planner test "
-            "test_one_byte_caches_prefill_in_64_row_blocks (quick)"),
-    _m("pth-decode-deep",
-       "per-token-head caches decode at five pipeline stages like per-tensor fp8 (H200, int8 per-token-head "
-       "decode bs16 L4096: 63.9 us instead of 61.1); outputs are unchanged, only the schedule",
-       ("fp8_decode = (one_byte_kv and not kv_per_token_head and head_pad <= 128",
-        "fp8_decode = (one_byte_kv and head_pad <= 128"), file="plan.py",
-       note="a performance bug no output shows: killed by the planner test "
-            "test_fp8_caches_decode_at_five_stages (quick)"),
-    _m("plan-ignores-kv-quant-mode",
-       "make_plan does not tell the planner about per-token-head caches: they are planned as per-tensor fp8",
-       ("kv_per_token_head=kv_quant_mode_name(kv_quant_mode, k.dtype) in PER_TOKEN_HEAD_MODES,",
-        "kv_per_token_head=False,"), file="api.py",
-       note="a performance bug no output shows: killed by test_make_plan_tells_the_planner_the_kv_quant_mode (quick)"),
+    _schedule("prefill-pipeline-shallow",
+              "prefill reads the block-table ids in the loop again: at three stages each KV walk iteration waits "
+              "for every copy in flight (Decision [Block-table ids a tile ahead])",
+              ("table_ahead = not (decode and not batch_invariant) or num_stages <= 2", "table_ahead = False"),
+              killed_by="the sm_90 compile check test_prefill_keeps_kv_copies_in_flight_across_iterations (quick; "
+                        "needs Triton's cuobjdump) and the planner test "
+                        "test_prefill_sized_launches_load_the_block_table_one_tile_ahead"),
+    _schedule("decode-table-in-loop",
+              "two-stage decode copies each tile's block-table ids in the loop again instead of a tile ahead "
+              "(Decision [Block-table ids a tile ahead])",
+              ("table_ahead = not (decode and not batch_invariant) or num_stages <= 2",
+               "table_ahead = not (decode and not batch_invariant)"),
+              killed_by="the planner test test_prefill_sized_launches_load_the_block_table_one_tile_ahead"),
+    _schedule("short-decode-power-of-two-segments",
+              "short split decode keeps a power of two of segments, leaving segments of two dependent tiles and "
+              "empty ones (Decision [One tile per segment within one wave])",
+              ("DECODE_PROGRAMS_PER_SM.get(tile, 0)", "0"),
+              killed_by="the planner test test_documented_segment_counts"),
+    _schedule("one-tile-segments-past-one-wave",
+              "one tile per segment even where the programs need a second wave (Decision [One tile per segment "
+              "within one wave])",
+              ("tiles * programs_2d <= num_sms * DECODE_PROGRAMS_PER_SM.get(tile, 0)", "tiles <= 2 * wanted"),
+              killed_by="the planner test test_documented_segment_counts"),
+    _schedule("metadata-load-sunk",
+              "seqused_k's load is left to the compiler, which sinks it below the early exit on the query length: "
+              "a decode program's first K/V copy waits on one more dependent load (Decision [Volatile seqused_k "
+              "load])",
+              ("tl.load(seqused_k_ptr + seq, volatile=True), 0), kv_capacity)",
+               "tl.load(seqused_k_ptr + seq), 0), kv_capacity)"),
+              file="_attention.py",
+              killed_by="the sm_90 compile check test_decode_reads_all_its_metadata_before_its_first_exit (quick; "
+                        "needs Triton's cuobjdump)"),
+    _schedule("one-byte-prefill-two-stages",
+              "fp8 / int8 caches' 64-row prefill at two pipeline stages on cards with under 160 KiB per block, "
+              "like 16-bit caches (Decision [Pipeline stages])",
+              ("three = shared_memory_per_block >= DEEP_PIPELINE_SHARED or one_byte_kv",
+               "three = shared_memory_per_block >= DEEP_PIPELINE_SHARED"),
+              killed_by="the planner test test_one_byte_caches_prefill_in_64_row_blocks (quick)"),
+    _schedule("pth-decode-deep",
+              "per-token-head caches decode at five pipeline stages like per-tensor fp8, each tile then also "
+              "waiting on its scales (Decision [Pipeline stages])",
+              ("fp8_decode = (one_byte_kv and not kv_per_token_head and head_pad <= 128",
+               "fp8_decode = (one_byte_kv and head_pad <= 128"),
+              killed_by="the planner test test_fp8_caches_decode_at_five_stages (quick)"),
+    _schedule("plan-ignores-kv-quant-mode",
+              "the planner is not told about per-token-head caches: they are planned as per-tensor fp8",
+              ("kv_per_token_head=spec.kv_quant.per_token_head,", "kv_per_token_head=False,"),
+              killed_by="test_make_plan_tells_the_planner_the_kv_quant_mode (quick)"),
     _m("batch-invariant-unpinned",
        "batch-invariant mode pins the path only when split_kv is given: the heuristic's batch-dependent "
        "segment count leaks into a sequence's result",
@@ -343,11 +343,11 @@ CATALOG: tuple[Mutant, ...] = (
     _m("fold-scale-any-sign",
        "scores stay unscaled until exp2 whatever the scale's sign: with a negative scale the tile's 'max' is the "
        "smallest scaled score and exp2 overflows on wide logits",
-       ("fold_scale = (qk_scale >= FLOAT32_TINY and", "fold_scale = (qk_scale != 0 and"), file="api.py",
+       ("fold_scale=(qk_scale >= FLOAT32_MIN_NORMAL and", "fold_scale=(qk_scale != 0 and"), file="validate.py",
        note="negative-scale cases with logits spanning more than float32's exponent range (edge, quick)"),
     _m("fold-scale-zero",
        "a zero scale also takes the folded softmax: masked scores become -inf x 0 = NaN",
-       ("fold_scale = (qk_scale >= FLOAT32_TINY and", "fold_scale = (qk_scale >= 0 and"), file="api.py",
+       ("fold_scale=(qk_scale >= FLOAT32_MIN_NORMAL and", "fold_scale=(qk_scale >= 0 and"), file="validate.py",
        note="zero-scale cases (quick-zero-scale-decode; edge): rows with a fully masked tile"),
     _m("fold-scale-unscaled-max",
        "the folded softmax takes the row max of unscaled scores without the scale",
@@ -379,7 +379,7 @@ CATALOG: tuple[Mutant, ...] = (
        note="fp8 output whose values reach the top of the range (quick-fp8kv-fp8out, fp8out-top)"),
     _m("fp32-dot-tf32",
        "float32 inputs take tf32 tensor-core dots (10-bit mantissa) instead of IEEE float32",
-       ('DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32"', 'DOT_PRECISION="tf32"'), file="api.py",
+       ('return "ieee" if self.q_fp32 else "tf32"', 'return "tf32"'), file="spec.py",
        gpu_only=True,
        note="GPU only (the interpreter computes every dot in IEEE float32): float32 cases of the quick and "
             "numerics tiers on a GPU"),
@@ -405,8 +405,8 @@ CATALOG: tuple[Mutant, ...] = (
        "argument checks let softcap=inf through (only NaN and negatives rejected, the float32 range check "
        "bounded below only): every output becomes NaN",
        ("        if not math.isfinite(softcap) or softcap < 0:", "        if softcap != softcap or softcap < 0:"),
-       ("        if softcap > 0 and not FLOAT32_TINY <= softcap <= FLOAT32_MAX:",
-        "        if softcap > 0 and not FLOAT32_TINY <= softcap:"),
+       ("        if softcap > 0 and not LOG2_UNITS_MIN_NORMAL <= softcap <= LOG2_UNITS_MAX:",
+        "        if softcap > 0 and not LOG2_UNITS_MIN_NORMAL <= softcap:"),
        file="validate.py",
        note="bad_input tier: softcap=inf must raise ValueError '^softcap: ' with out untouched"),
     _m("window-size-unchecked-type",

@@ -1,0 +1,130 @@
+"""What a call is: the facts the planner and the launch read, each derived once.
+
+``validate.check_arguments`` returns a ``CallSpec`` for a whole call (``validate.describe_call``
+builds one from the arguments ``make_plan`` takes). Everything after validation reads its fields
+and derives nothing from the arguments again. It is built from shapes, dtypes and host scalars
+only, so building one never syncs the device and is safe inside CUDA-graph capture.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+# log2(e): the kernels keep scores, softcap, ALiBi slopes and sink logits in log2 units (exp2 softmax).
+LOG2E = 1.4426950408889634
+# Kernel-side lengths and positions are int32.
+INT32_MAX = 2**31 - 1
+# A window bound meaning "unlimited": past any sequence the kernels accept, and small enough that
+# the kernels' window arithmetic stays in int32.
+UNLIMITED = 1 << 30
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+class KVQuant(enum.IntEnum):
+    """KV-cache quantization, with vLLM's KVQuantMode names and values."""
+
+    NONE = 0
+    FP8_PER_TENSOR = 1
+    INT8_PER_TOKEN_HEAD = 2
+    FP8_PER_TOKEN_HEAD = 3
+
+    @property
+    def label(self) -> str:
+        """The mode as kv_quant_mode's string form ("int8_per_token_head")."""
+        return self.name.lower()
+
+    @property
+    def per_token_head(self) -> bool:
+        """Each cached row has its own float32 scale (``k_scale_cache`` / ``v_scale_cache``)."""
+        return self in (KVQuant.INT8_PER_TOKEN_HEAD, KVQuant.FP8_PER_TOKEN_HEAD)
+
+    @property
+    def fp8_cache(self) -> bool:
+        """The cache holds fp8 e4m3 values (dot operands go through f16)."""
+        return self in (KVQuant.FP8_PER_TENSOR, KVQuant.FP8_PER_TOKEN_HEAD)
+
+    @property
+    def per_tensor_fp8(self) -> bool:
+        """An fp8 cache scaled by ``k_descale`` / ``v_descale``."""
+        return self is KVQuant.FP8_PER_TENSOR
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    """One call, normalized: shapes, modes, the mask geometry as the kernels take it, launch options."""
+
+    # Shapes.
+    num_tokens: int
+    num_q_heads: int
+    head_size: int
+    num_seqs: int
+    num_blocks: int
+    block_size: int
+    num_kv_heads: int
+    max_seqlen_q: int
+    max_seqlen_k: int
+    # Keys one block-table row addresses (int32-capped; the kernels clamp seqused_k to it). None when
+    # described without a block table (make_plan).
+    kv_capacity: int | None
+    # Dtypes and quantization.
+    kv_quant: KVQuant
+    one_byte_kv: bool  # the cache's element size, whatever the mode says (int8 or fp8 values)
+    q_fp32: bool  # float32 queries: IEEE dots
+    q_fp8: bool  # fp8 queries: an fp8 x fp8 QK^T scaled by q_descale
+    out_fp8: bool  # fp8 output, divided by output_scale and saturated
+    descale_per_head: bool  # per-tensor fp8 descales given per (sequence, KV head)
+    # Scores, in log2 units.
+    qk_scale: float
+    softcap: float  # 0: off
+    use_alibi: bool
+    use_sinks: bool
+    fold_scale: bool  # scores stay unscaled until exp2 (the scale is known positive and normal)
+    # Mask geometry: non-negative bounds, UNLIMITED for none; chunk_size 1 and lookback 0 when unchunked.
+    window_left: int
+    window_right: int
+    chunked: bool
+    chunk_size: int
+    chunk_lookback: int
+    use_prefix: bool  # mm_prefix_range given with at least one range per sequence
+    prefix_clamp: bool  # prefix ranges keep the window's left bound
+    # Launch options.
+    split_kv: bool | None = None
+    num_segments: int | None = None
+    batch_invariant: bool = False
+    workspace_segments: int | None = None  # a given workspace's segments (None: the call allocates one)
+    workspace_counters: int | None = None  # and its merge counters
+
+    @property
+    def empty(self) -> bool:
+        """No token or no sequence: nothing to launch."""
+        return self.num_tokens == 0 or self.num_seqs == 0
+
+    @property
+    def head_pad(self) -> int:
+        return next_power_of_2(self.head_size)
+
+    @property
+    def queries_per_kv(self) -> int:
+        return self.num_q_heads // self.num_kv_heads
+
+    @property
+    def pv_f16(self) -> bool:
+        """P x V on f16 operands: fp8 caches under 16-bit or fp8 queries."""
+        return self.kv_quant.fp8_cache and not self.q_fp32
+
+    @property
+    def dot_precision(self) -> str:
+        return "ieee" if self.q_fp32 else "tf32"
+
+    @property
+    def visible_key_span(self) -> int:
+        """Most keys one sequence's queries see together (what the split-KV layout covers)."""
+        if not self.chunked:
+            return self.max_seqlen_k
+        # The first query's chunk starts at most (lookback + 1) * size - 1 keys before it.
+        span = (self.chunk_lookback + 1) * self.chunk_size + max(self.max_seqlen_q, 1) - 1
+        return min(self.max_seqlen_k, span)
