@@ -32,6 +32,7 @@ LAYOUTS = (
     "kv_unlike",       # k dense, v head-major with padded blocks: k and v strides all differ
     "bt_strided",      # block table rows longer than their used width
     "head_padded",     # q/k/v/out rows padded past head_size (padding poisoned in poison runs)
+    "qq_bias_strided", # qq_bias is every other column of a wider tensor
 )
 
 
@@ -79,7 +80,7 @@ class Case:
     kv_dtype: str | None = None  # None: same as dtype; "float8_e4m3fn" for fp8 caches
     out_dtype: str | None = None  # None: same as dtype; "float8_e4m3fn" for fp8 output
     output_scale: float = 0.05  # fp8 output only: out = attention / output_scale, saturating at 448
-    causal: bool = True
+    causal: bool | tuple[bool, ...] = True  # a tuple: per-sequence flags, passed as the int32 [num_seqs] tensor
     window_size: tuple[int, int] = (-1, -1)
     softcap: float = 0.0
     alibi: bool = False
@@ -107,6 +108,14 @@ class Case:
     # Per-token-head quantized cache: "int8_per_token_head" (kv_dtype "int8") or "fp8_per_token_head"
     # (kv_dtype "float8_e4m3fn"), with float32 scale caches [num_blocks, block_size, num_kv_heads].
     kv_quant_mode: str | None = None
+    # vLLM 0.33's arguments. qq_bias: a tree-attention bias over the new tokens ([max_seqlen_q,
+    # max_seqlen_q] float32: random values for a token's ancestors and itself, -inf elsewhere), "tree";
+    # "dead-row" also hides every new key from the first new token (its row is all -inf).
+    qq_bias: str | None = None
+    rswa_prefix_lens: tuple[int, ...] = ()  # R-SWA, with rswa_window: per-sequence prefix lengths
+    rswa_window: int | None = None
+    use_alibi_sqrt: bool = False
+    softmax_lse: bool = False  # also ask for the log-sum-exp output and judge it
 
     def __post_init__(self):
         assert len(self.seq_lens) == len(self.query_lens), self.label
@@ -120,8 +129,23 @@ class Case:
         assert self.kv_quant_mode != "fp8_per_token_head" or self.kv_dtype == "float8_e4m3fn", self.label
         assert self.kv_quant_mode != "int8_per_token_head" or self.kv_dtype == "int8", self.label
         assert not self.kv_quant_mode or not self.descale_per_head, self.label
+        assert self.qq_bias in (None, "tree", "dead-row"), self.qq_bias
+        assert (self.rswa_window is None) == (not self.rswa_prefix_lens), self.label
+        assert not self.rswa_prefix_lens or len(self.rswa_prefix_lens) == len(self.seq_lens), self.label
+        assert not self.use_alibi_sqrt or self.alibi, self.label
+        assert isinstance(self.causal, bool) or len(self.causal) == len(self.seq_lens), self.label
         # fp8 queries need a quantized cache and a 16/32-bit or fp8 output named explicitly.
         assert self.dtype != "float8_e4m3fn" or (self.kv_dtype and self.out_dtype), self.label
+
+    def causal_of(self, seq: int) -> bool:
+        return self.causal if isinstance(self.causal, bool) else bool(self.causal[seq])
+
+    def window_of(self, seq: int) -> tuple[int, int]:
+        """Sequence ``seq``'s window as (left, right): per-sequence causal flags make a bidirectional
+        sequence's window symmetric (vLLM's reading of ``window_size[0]``)."""
+        if isinstance(self.causal, bool) or self.causal[seq]:
+            return self.window_size
+        return (self.window_size[0], self.window_size[0])
 
     def ranges_of(self, seq: int) -> list[tuple[int, int]]:
         """Sequence ``seq``'s prefix ranges as (start, end) pairs."""
@@ -145,7 +169,10 @@ class Case:
                 "output_scale": self.out_dtype is not None, "chunk_lookback": self.chunk_lookback != -1,
                 "mm_prefix_range": bool(self.mm_prefix_range),
                 "mm_prefix_clamp_sliding_window": self.mm_prefix_clamp_sliding_window,
-                "kv_quant_mode": per_token_head, "k_scale_cache": per_token_head, "v_scale_cache": per_token_head}
+                "kv_quant_mode": per_token_head, "k_scale_cache": per_token_head, "v_scale_cache": per_token_head,
+                "qq_bias": self.qq_bias is not None, "rswa_prefix_lens": bool(self.rswa_prefix_lens),
+                "rswa_window": self.rswa_window is not None, "use_alibi_sqrt": self.use_alibi_sqrt,
+                "softmax_lse": self.softmax_lse}
         return tuple(name for name, on in used.items() if on)
 
     @property
@@ -181,7 +208,7 @@ ID_TAGS = {
     "head_size": lambda c: f"d{c.head_size}",
     "num_q_heads": lambda c: f"g{c.num_q_heads // c.num_kv_heads}",
     "block_size": lambda c: f"b{c.block_size}",
-    "causal": lambda c: "noncausal",
+    "causal": lambda c: "noncausal" if c.causal is False else "causal" + "".join("1" if x else "0" for x in c.causal),
     "window_size": _window_tag,
     "softcap": lambda c: f"softcap{c.softcap:g}",
     "alibi": lambda c: "alibi" + _times(c, "alibi_scale"),
@@ -198,17 +225,21 @@ ID_TAGS = {
     "mm_prefix_clamp_sliding_window": lambda c: "clamp",
     "descale_per_head": lambda c: "descale-seqhead",
     "kv_quant_mode": lambda c: "pertokenhead",
+    "qq_bias": lambda c: f"qqbias-{c.qq_bias}",
+    "rswa_window": lambda c: f"rswa{c.rswa_window}-" + ".".join(map(str, c.rswa_prefix_lens)),
+    "use_alibi_sqrt": lambda c: "sqrt",
+    "softmax_lse": lambda c: "lse",
 }
 ALWAYS_IN_ID = frozenset({"dtype", "head_size", "num_q_heads", "block_size"})
 # Fields an id shows through another tag (or through the label, which names the composition).
 COMPANIONS = {"output_scale": "out_dtype", "alibi_scale": "alibi", "sink_scale": "sinks",
-              "num_kv_heads": "num_q_heads", "label": None, "seq_lens": None, "query_lens": None}
+              "num_kv_heads": "num_q_heads", "rswa_prefix_lens": "rswa_window", "label": None, "seq_lens": None,
+              "query_lens": None}
 # Fields renamed to the API's argument names: reproducer files written before still load.
 _RENAMED = {"window": "window_size", "kv_quant": "kv_quant_mode", "prefix_ranges": "mm_prefix_range",
             "prefix_clamp": "mm_prefix_clamp_sliding_window"}
 
 
-_TUPLE_FIELDS = {f.name for f in fields(Case) if "tuple" in str(f.type)}
 _NESTED_TUPLE_FIELDS = {"mm_prefix_range"}
 
 
@@ -221,7 +252,7 @@ def case_from_dict(data: dict) -> Case:
         if old in data:
             data[new] = data.pop(old)
     known = {f.name for f in fields(Case)}
-    values = {k: (tuple(v) if k in _TUPLE_FIELDS and v is not None else v) for k, v in data.items() if k in known}
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
     for k in _NESTED_TUPLE_FIELDS & set(values):
         values[k] = tuple(tuple(r) for r in values[k])
     return Case(**values)
@@ -250,6 +281,10 @@ class Inputs:
     k_scale_cache: torch.Tensor | None = None
     v_scale_cache: torch.Tensor | None = None
     q_descale: torch.Tensor | None = None  # fp8 queries only
+    causal_flags: torch.Tensor | None = None  # int32 [num_seqs] when the case gives per-sequence flags
+    qq_bias: torch.Tensor | None = None
+    rswa_prefix_lens: torch.Tensor | None = None
+    softmax_lse: torch.Tensor | None = None  # float32 [num_tokens, num_q_heads], NaN-filled; the call writes it
 
     @property
     def max_seqlen_q(self) -> int:
@@ -273,7 +308,8 @@ class Inputs:
         """Positional arguments in the shared calling convention."""
         c = self.case
         return (self.q, self.k, self.v, out, self.cu_seqlens_q, self.max_seqlen_q, self.seqused_k,
-                self.max_seqlen_k, self.softmax_scale, c.causal, c.window_size, self.block_table, c.softcap,
+                self.max_seqlen_k, self.softmax_scale, c.causal if self.causal_flags is None else self.causal_flags,
+                c.window_size, self.block_table, c.softcap,
                 self.q_descale, self.k_descale, self.v_descale)
 
     def call_kwargs(self) -> dict:
@@ -283,7 +319,9 @@ class Inputs:
         values = {"chunk_lookback": c.chunk_lookback, "mm_prefix_range": self.mm_prefix_range,
                   "mm_prefix_clamp_sliding_window": c.mm_prefix_clamp_sliding_window,
                   "kv_quant_mode": c.kv_quant_mode, "k_scale_cache": self.k_scale_cache,
-                  "v_scale_cache": self.v_scale_cache}
+                  "v_scale_cache": self.v_scale_cache, "qq_bias": self.qq_bias,
+                  "rswa_prefix_lens": self.rswa_prefix_lens, "rswa_window": c.rswa_window,
+                  "use_alibi_sqrt": c.use_alibi_sqrt, "softmax_lse": self.softmax_lse}
         kwargs = {"alibi_slopes": self.alibi_slopes, "sinks": self.sinks, "output_scale": self.output_scale}
         kwargs.update((name, values[name]) for name in c.arguments_used if name in values)
         return kwargs
@@ -349,8 +387,12 @@ def visible_slots(case: Case, block_table: torch.Tensor, num_blocks: int) -> tor
     for seq, (seq_len, q_len) in enumerate(zip(case.seq_lens, case.query_lens)):
         if q_len == 0 or seq_len == 0:
             continue
-        keys = visibility(seq_len, q_len, case.causal, case.window_size, "cpu", chunk_lookback=case.chunk_lookback,
-                          prefix_ranges=case.ranges_of(seq), clamp_ranges_to_window=case.mm_prefix_clamp_sliding_window)
+        # qq_bias hides keys by adding -inf to their scores: they are still read, so they count as seen.
+        keys = visibility(seq_len, q_len, case.causal_of(seq), case.window_of(seq), "cpu",
+                          chunk_lookback=case.chunk_lookback, prefix_ranges=case.ranges_of(seq),
+                          clamp_ranges_to_window=case.mm_prefix_clamp_sliding_window,
+                          rswa_prefix_len=case.rswa_prefix_lens[seq] if case.rswa_prefix_lens else None,
+                          rswa_window=case.rswa_window)
         keys = keys.any(dim=0).nonzero().flatten()
         seen[block_table[seq, keys // case.block_size].long(), keys % case.block_size] = True
     return seen
@@ -401,6 +443,28 @@ def _quantize_per_seq_head(case: Case, vals, table, blocks_needed, fallback, sal
         descale[seq] = rows.abs().amax(dim=(0, 1, 3)).clamp_min(1e-6) / FP8_TOP
         out[blocks] = rows / descale[seq][None, None, :, None]
     return out, descale
+
+
+def _tree_bias(case: Case, gen) -> torch.Tensor:
+    """float32 ``[max_q, max_q]``: a random draft tree over the new tokens (each token's parent is an
+    earlier one); a token sees its ancestors and itself with a random bias, every other new key -inf."""
+    size = max(max(case.query_lens), 1)
+    parents = [0] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, size)]
+    bias = torch.full((size, size), float("-inf"))
+    for i in range(size):
+        node = i
+        while True:
+            bias[i, node] = float(torch.randn((), generator=gen)) * 0.5
+            if node == 0:
+                break
+            node = parents[node]
+    if case.qq_bias == "dead-row":
+        bias[0] = float("-inf")
+    if case.layout == "qq_bias_strided":
+        wide = torch.full((size, 2 * size), float("nan"))
+        wide[:, ::2] = bias
+        return wide[:, ::2]
+    return bias
 
 
 def build(case: Case, device, seed: int, poison: bool = False, exact: bool = False) -> Inputs:
@@ -492,6 +556,12 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
     if out_dtype in (DTYPES["float8_e4m3fn"],):
         output_scale = torch.tensor([case.output_scale], dtype=torch.float32, device=device)
     to_dev = (lambda t: None if t is None else t.to(device))
+    extras = dict(
+        causal_flags=None if isinstance(case.causal, bool) else torch.tensor(case.causal, dtype=torch.int32),
+        qq_bias=_tree_bias(case, gen) if case.qq_bias else None,
+        rswa_prefix_lens=torch.tensor(case.rswa_prefix_lens, dtype=torch.int32) if case.rswa_prefix_lens else None,
+        softmax_lse=torch.full((num_tokens, case.num_q_heads), float("nan")) if case.softmax_lse else None,
+    )
     return Inputs(
         case=case, q=q, k=k, v=v, out=out, cu_seqlens_q=cu.to(device),
         seqused_k=torch.tensor(case.seq_lens, dtype=torch.int32, device=device),
@@ -499,7 +569,7 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
         softmax_scale=case.softmax_scale_factor / math.sqrt(case.head_size), k_descale=to_dev(k_descale), v_descale=to_dev(v_descale),
         alibi_slopes=slopes, sinks=sinks, output_scale=output_scale, seed=seed,
         mm_prefix_range=to_dev(prefix_range_tensor(case)), k_scale_cache=to_dev(k_scales),
-        v_scale_cache=to_dev(v_scales), q_descale=to_dev(q_descale),
+        v_scale_cache=to_dev(v_scales), q_descale=to_dev(q_descale), **{k: to_dev(t) for k, t in extras.items()},
     )
 
 

@@ -49,7 +49,10 @@ def reference_outputs(inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
     for precision in ("float64", "native"):
         dtype = torch.float64 if precision == "float64" else inputs.out.dtype
         out = torch.zeros(inputs.q.shape, dtype=dtype, device=inputs.q.device)
-        reference.unified_attention(*inputs.call_args(out), **inputs.call_kwargs(), precision=precision)
+        kwargs = inputs.call_kwargs()
+        if inputs.softmax_lse is not None:  # the reference writes its own; inputs.softmax_lse is the call's
+            kwargs["softmax_lse"] = torch.empty(inputs.softmax_lse.shape, dtype=torch.float64, device=out.device)
+        reference.unified_attention(*inputs.call_args(out), **kwargs, precision=precision)
         results.append(as_values(out[:rows], inputs.output_scale if precision == "native" else None))
     golden, baseline = results
     if inputs.output_scale is not None and inputs.out.element_size() == 1:
@@ -67,10 +70,45 @@ def reference_pair(case: Case, device: str, seed: int) -> tuple[torch.Tensor, to
     return reference_outputs(build(case, device, seed))
 
 
+@functools.lru_cache(maxsize=64)
+def reference_lse(case: Case, device: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(golden, baseline) log-sum-exp ``[rows, num_q_heads]`` of a case that asks for it, as float64."""
+    inputs = build(case, device, seed)
+    rows = inputs.num_tokens_used
+    results = []
+    for precision in ("float64", "native"):
+        lse = torch.full(inputs.softmax_lse.shape, float("nan"), dtype=torch.float64 if precision == "float64"
+                         else torch.float32, device=inputs.q.device)
+        out = torch.zeros(inputs.q.shape, dtype=torch.float64 if precision == "float64" else inputs.out.dtype,
+                          device=inputs.q.device)
+        reference.unified_attention(*inputs.call_args(out), **{**inputs.call_kwargs(), "softmax_lse": lse},
+                                    precision=precision)
+        results.append(lse[:rows].double())
+    return results[0], results[1]
+
+
+def judge_lse(inputs: Inputs) -> Verdict:
+    """The rule on the log-sum-exp the call wrote; a row that sees nothing must be exactly -inf."""
+    golden, baseline = reference_lse(inputs.case, str(inputs.q.device), inputs.seed)
+    actual = inputs.softmax_lse[:inputs.num_tokens_used].double()
+    empty = torch.isneginf(golden)
+    if not torch.equal(torch.isneginf(actual), empty):
+        wrong = int((torch.isneginf(actual) != empty).sum())
+        return Verdict(False, float("inf"), float("inf"), 0.0, 0.0, wrong)
+    zero = torch.zeros_like(golden)
+    return judge(torch.where(empty, zero, actual), torch.where(empty, zero, golden),
+                 torch.where(empty, zero, baseline), torch.float32)
+
+
 def compare(inputs: Inputs, out: torch.Tensor) -> Verdict:
     golden, baseline = reference_pair(inputs.case, str(inputs.q.device), inputs.seed)
     rows = inputs.num_tokens_used
-    return judge(as_values(out[:rows], inputs.output_scale), golden, baseline, out.dtype)
+    verdict = judge(as_values(out[:rows], inputs.output_scale), golden, baseline, out.dtype)
+    if inputs.softmax_lse is not None and verdict.passed:
+        lse_verdict = judge_lse(inputs)
+        if not lse_verdict.passed:
+            return lse_verdict.named("softmax_lse")
+    return verdict
 
 
 def skip_if_unsupported(impl, case: Case, path: str) -> None:

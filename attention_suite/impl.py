@@ -41,6 +41,9 @@ class VllmKVQuantMode(enum.IntEnum):
 VLLM_3D_ARGS = ("seq_threshold_3D", "num_par_softmax_segments", "softmax_segm_output",
                 "softmax_segm_max", "softmax_segm_expsum")
 VLLM_DEFAULT_SEGMENTS = 16
+# Arguments that came with vLLM 0.33, as did per-sequence causal flags (the causal argument as a tensor).
+VLLM_033_ARGS = ("qq_bias", "rswa_prefix_lens", "rswa_window", "use_alibi_sqrt")
+VLLM_MAX_3D_QUERY_LEN = 8  # vLLM 0.33's MAX_3D_QUERY_LEN
 
 
 class ImplSpecError(ValueError):
@@ -112,6 +115,8 @@ class Implementation:
 
     def missing_feature(self, case) -> str | None:
         """Why this implementation cannot run ``case`` (None when it can)."""
+        if not isinstance(case.causal, bool) and not any(a in self.params for a in VLLM_033_ARGS):
+            return f"{self.spec} predates per-sequence causal flags (none of {', '.join(VLLM_033_ARGS)})"
         for param in case.arguments_used:
             if param not in self.params:
                 return f"{self.spec} has no '{param}' argument"
@@ -136,6 +141,8 @@ class Implementation:
             return f"{self.spec} reads window_size[0] only (a right window of a non-causal call is ignored)"
         if case.descale_per_head:
             return f"{self.spec} reads k_descale[0, 0] / v_descale[0, 0] only (per-tensor scales, expanded)"
+        if case.layout == "qq_bias_strided":
+            return f"{self.spec} takes qq_bias's row stride as its column count (contiguous rows only)"
         return None
 
     def vllm_kwargs(self, inputs, kwargs: dict) -> dict:
@@ -155,14 +162,23 @@ class Implementation:
             return None
         if self.style == "plain":
             return f"{self.spec} offers no way to force the {path} path (no split_kv or vLLM 3D arguments)"
-        if self.style == "vllm" and path == "3d" and case is not None and not case.is_decode:
-            return "vLLM's 3D path serves decode-only batches"
+        if self.style == "vllm" and path == "3d" and case is not None and not self._vllm_3d_serves(case):
+            return ("vLLM's 3D path serves decode batches (from 0.33 also causal verify batches of at most "
+                    f"{VLLM_MAX_3D_QUERY_LEN} tokens per sequence, without prefix ranges)")
         return None
 
     def run(self, inputs, path: str = "auto", *, out=None, num_segments=None, workspace=None,
             batch_invariant: bool = False, poison_workspace: bool = True):
         """Call the implementation on ``inputs`` through ``path`` ("2d", "3d" or "auto")."""
         out = inputs.fresh_out() if out is None else out
+        args, kwargs = self.call_arguments(inputs, path, out, num_segments=num_segments, workspace=workspace,
+                                           batch_invariant=batch_invariant, poison_workspace=poison_workspace)
+        self.func(*args, **kwargs)
+        return out
+
+    def call_arguments(self, inputs, path: str, out, *, num_segments=None, workspace=None,
+                       batch_invariant: bool = False, poison_workspace: bool = True) -> tuple[tuple, dict]:
+        """The positional and keyword arguments ``run`` passes for ``inputs`` through ``path``."""
         kwargs = {k: v for k, v in inputs.call_kwargs().items() if v is not None or k in self.params}
         kwargs = {k: v for k, v in kwargs.items() if k in self.params}
         num_segments = num_segments if num_segments is not None else inputs.case.num_segments
@@ -181,8 +197,13 @@ class Implementation:
                 if not num_segments or num_segments & (num_segments - 1):
                     num_segments = VLLM_DEFAULT_SEGMENTS
                 kwargs.update(self._vllm_3d_args(inputs, path, num_segments, poison_workspace))
-        self.func(*inputs.call_args(out), **kwargs)
-        return out
+        return inputs.call_args(out), kwargs
+
+    def _vllm_3d_serves(self, case) -> bool:
+        if case.is_decode:
+            return True
+        return (any(a in self.params for a in VLLM_033_ARGS) and max(case.query_lens) <= VLLM_MAX_3D_QUERY_LEN
+                and case.causal is True and not case.mm_prefix_range)
 
     def _vllm_3d_args(self, inputs, path, segments, poison):
         import torch
@@ -192,7 +213,9 @@ class Implementation:
         fill = float("nan") if poison else 0.0
         dev = inputs.q.device
         return {
-            "seq_threshold_3D": 0 if path == "2d" else len(inputs.case.seq_lens),
+            # Its 3D path runs when num_seqs * cdiv(max_seqlen_q, BLOCK_Q) query blocks fit the threshold:
+            # one per query token bounds that from above.
+            "seq_threshold_3D": 0 if path == "2d" else num_tokens,
             "num_par_softmax_segments": segments,
             "softmax_segm_output": torch.full((num_tokens, num_heads, segments, head_pad), fill, device=dev),
             "softmax_segm_max": torch.full((num_tokens, num_heads, segments), fill, device=dev),

@@ -32,14 +32,19 @@ COMPOSITIONS = {
     "chunked": ((60, 41), (12, 9)),
     "mixed": ((50, 23, 70, 9), (1, 23, 10, 1)),
     "varlen": ((3, 150, 1, 64), (1, 40, 1, 7)),
+    # Speculative-decoding verify batches: 2..8 drafted tokens per sequence over its context.
+    "verify": ((40, 77, 23, 61), (4, 8, 2, 5)),
 }
+# Compositions whose query lengths stay as given on every device (a verify batch stays 2..8 tokens).
+FIXED_QUERY_LENS = ("verify",)
 
 
 def composition(name: str, scale: int | None = None) -> dict:
     """A batch composition, scaled to the device (or by ``scale``)."""
     seq_lens, query_lens = COMPOSITIONS[name]
     seq_lens = _scaled(seq_lens, scale)
-    query_lens = tuple(min(k, _scaled((q,), scale)[0]) if q > 1 else q for q, k in zip(query_lens, seq_lens))
+    if name not in FIXED_QUERY_LENS:
+        query_lens = tuple(min(k, _scaled((q,), scale)[0]) if q > 1 else q for q, k in zip(query_lens, seq_lens))
     return {"seq_lens": seq_lens, "query_lens": query_lens}
 
 
@@ -109,6 +114,12 @@ def feature_cases() -> list[Case]:
         "fp8kv-descale-seqhead-f32": dict(kv_dtype="float8_e4m3fn", dtype="float32", descale_per_head=True,
                                           sinks=True),
         "chunked-attn-sinks": dict(window_size=(15, -1), chunk_lookback=0, sinks=True, alibi=True),
+        # vLLM 0.33's arguments
+        "alibi-sqrt": dict(alibi=True, use_alibi_sqrt=True, sinks=True),
+        "causal-per-seq": dict(causal=(True, False, True, False), window_size=(21, -1)),
+        "rswa": dict(rswa_prefix_lens=(9, 0, 30, 4), rswa_window=11, softcap=5.0),
+        "lse": dict(softmax_lse=True, window_size=(25, -1)),
+        "lse-sinks": dict(softmax_lse=True, sinks=True, alibi=True),
     }
     # The fields name the feature (Case.name), so the composition is the whole label.
     cases = [_case(comp, comp, **fields) for fields in features.values() for comp in ("mixed", "decode")]
@@ -124,6 +135,16 @@ def feature_cases() -> list[Case]:
         cases.append(_case("mixed", "mixed", window_size=(7, -1), mm_prefix_range=mixed_ranges, mm_prefix_clamp_sliding_window=clamp))
         cases.append(_case("decode", "decode", window_size=(7, -1), mm_prefix_range=decode_ranges, mm_prefix_clamp_sliding_window=clamp))
     cases.append(_case("mixed", "mixed", mm_prefix_range=mixed_ranges, sinks=True, softcap=4.0))
+    # Verify batches with a draft tree's bias, alone and with the features it meets in serving.
+    cases += [
+        _case("verify", "verify", qq_bias="tree"),
+        _case("verify", "verify", qq_bias="tree", sinks=True, softcap=4.0, window_size=(30, -1)),
+        _case("verify", "verify", qq_bias="tree", alibi=True, use_alibi_sqrt=True, softmax_lse=True),
+        _case("verify", "verify", qq_bias="tree", kv_dtype="float8_e4m3fn", dtype="bfloat16"),
+        _case("verify", "verify", causal=(True, True, False, True), rswa_prefix_lens=(5, 70, 0, 61), rswa_window=6),
+        _case("mixed", "mixed", causal=(False, True, False, True), mm_prefix_range=mixed_ranges),
+        _case("mixed", "mixed", rswa_prefix_lens=(3, 0, 41, 9), rswa_window=7, mm_prefix_range=mixed_ranges),
+    ]
     return cases
 
 
@@ -146,6 +167,15 @@ def edge_cases() -> list[Case]:
         _case("window-outside-segments-chunked", seq_lens=(10 * t,), query_lens=(t + 5,), window_size=(t // 2, -1),
               num_segments=6),
         _case("window-0", seq_lens=(3 * t, 40), query_lens=(1, 7), window_size=(0, -1)),
+        # vLLM 0.33's arguments at their boundaries: a draft token whose bias hides every new key (with
+        # no context it sees nothing), R-SWA prefixes of 0 and of the whole sequence and a window of
+        # one key, sqrt-ALiBi at distance 0 (one key), a bidirectional sequence with a one-key window.
+        _case("qqbias-dead-row", "prefill", qq_bias="dead-row", softmax_lse=True),
+        _case("qqbias-dead-row-verify", "verify", qq_bias="dead-row", num_segments=3),
+        _case("rswa-prefix-0-and-whole", "decode", rswa_prefix_lens=(0, 45, 0, 33), rswa_window=5, num_segments=3),
+        _case("rswa-window-1", "chunked", rswa_prefix_lens=(7, 0), rswa_window=1),
+        _case("alibi-sqrt-one-key", seq_lens=(1, 2), query_lens=(1, 2), alibi=True, use_alibi_sqrt=True),
+        _case("causal-per-seq-window-0", "mixed", causal=(False, False, True, False), window_size=(0, -1)),
         _case("masked-rows-in-segments", seq_lens=(6 * t,), query_lens=(3 * t,), num_segments=5),
         _case("qlen0-in-batch", seq_lens=(30, 40, 17, 52), query_lens=(0, 5, 0, 1), pad_tokens=3),
         _case("qlen0-decode-padded", seq_lens=(30, 40, 17), query_lens=(1, 0, 1), pad_tokens=2),
@@ -241,6 +271,12 @@ def poison_cases() -> list[Case]:
               mm_prefix_clamp_sliding_window=True),
         _case("poison-prefix-ranges-decode", "decode", window_size=(3, -1),
               mm_prefix_range=((0, 3, 16), (2, 50, 79), (3, 0, 40)), num_segments=4),
+        # R-SWA: keys between the prefix and the window are poisoned; bidirectional sequences: only
+        # what lies past seq_len or outside the symmetric window.
+        _case("poison-rswa", "chunked", rswa_prefix_lens=(9, 3), rswa_window=6),
+        _case("poison-rswa-decode", "decode", rswa_prefix_lens=(4, 0, 20, 11), rswa_window=9, num_segments=4),
+        _case("poison-causal-per-seq", "mixed", causal=(False, True, False, True), window_size=(6, -1)),
+        _case("poison-qqbias", "verify", qq_bias="tree", window_size=(12, -1)),
         # On Hopper+ the reduction is a programmatic dependent of the 3D kernel, scheduled while that
         # kernel runs: a long walk (2 segments of 8,192 keys, ~20 us) into the NaN workspace shows a
         # reduction that reads before the 3D kernel is done. Heads of 256: a merge the planner leaves
@@ -252,7 +288,8 @@ def poison_cases() -> list[Case]:
 
 
 def layout_cases() -> list[Case]:
-    cases = [_case("layout", layout=layout) for layout in LAYOUTS if layout != "contiguous"]
+    cases = [_case("layout", layout=layout) for layout in LAYOUTS if layout not in ("contiguous", "qq_bias_strided")]
+    cases.append(_case("layout", "verify", layout="qq_bias_strided", qq_bias="tree"))
     cases += [_case("layout-decode", "decode", layout=layout) for layout in ("kv_combined", "head_major")]
     return cases
 
@@ -318,6 +355,12 @@ def quick_cases() -> list[Case]:
         _case("quick-negative-scale", "chunked", logit_scale=40.0, softmax_scale_factor=-1.0, window_size=(19, -1)),
         # A zero scale: uniform weights, and masked scores that a folded scale would turn into -inf x 0.
         _case("quick-zero-scale-decode", "decode", softmax_scale_factor=0.0, window_size=(20, -1), num_segments=2),
+        # A verify batch with a draft tree's bias (strided, one dead row), sqrt-ALiBi and the
+        # log-sum-exp out; per-sequence causal flags with R-SWA and prefix ranges.
+        _case("quick-verify-tree", "verify", qq_bias="dead-row", layout="qq_bias_strided", alibi=True,
+              use_alibi_sqrt=True, softmax_lse=True, num_segments=3),
+        _case("quick-causal-per-seq-rswa", "mixed", causal=(False, True, True, False), rswa_prefix_lens=(6, 0, 31, 2),
+              rswa_window=8, mm_prefix_range=((1, 3, 12), (2, 55, 66))),
     ]
 
 

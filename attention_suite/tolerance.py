@@ -33,7 +33,7 @@ Why these constants:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -50,6 +50,10 @@ class Verdict:
     allowed_max: float
     allowed_mean: float
     nonfinite: int
+    what: str = "out"  # the output judged: out, or softmax_lse
+
+    def named(self, what: str) -> "Verdict":
+        return replace(self, what=what)
 
     @property
     def ratio(self) -> float:
@@ -61,7 +65,7 @@ class Verdict:
         return max(ratios)
 
     def message(self) -> str:
-        return (f"max err {self.max_err:.3e} (allowed {self.allowed_max:.3e}), mean err {self.mean_err:.3e} "
+        return (f"{self.what}: max err {self.max_err:.3e} (allowed {self.allowed_max:.3e}), mean err {self.mean_err:.3e} "
                 f"(allowed {self.allowed_mean:.3e}), non-finite {self.nonfinite}, ratio {self.ratio:.3g}")
 
 

@@ -8,6 +8,7 @@ from .masks import chunk_size, visibility
 from .paged import FP8_DTYPES, is_fp8, unified_attention
 from .split import (
     Partials,
+    merge_lse,
     merge_partials,
     segment_bounds,
     segment_partials,
@@ -20,6 +21,7 @@ __all__ = [
     "Partials",
     "chunk_size",
     "is_fp8",
+    "merge_lse",
     "merge_partials",
     "segment_bounds",
     "segment_partials",

@@ -136,8 +136,9 @@ def check_scalars(max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_size
         fail("softmax_scale", f"expected a float, got {type(softmax_scale).__name__}", TypeError)
     if not math.isfinite(softmax_scale):
         fail("softmax_scale", f"expected a finite float, got {softmax_scale}")
-    if not isinstance(causal, bool):
-        fail("causal", f"expected a bool, got {type(causal).__name__}", TypeError)
+    # A tensor (per-sequence flags) is checked against the metadata in check_causal.
+    if not isinstance(causal, (bool, torch.Tensor)):
+        fail("causal", f"expected a bool or an int32 tensor [num_seqs], got {type(causal).__name__}", TypeError)
     if window_size is not None:
         if not isinstance(window_size, (tuple, list)):
             fail("window_size", f"expected None or a (left, right) pair, got {type(window_size).__name__}", TypeError)
@@ -243,9 +244,25 @@ def check_quantization(q, k, out, cu_seqlens_q, q_descale, k_descale, v_descale,
     return mode
 
 
+def check_causal(causal, window_size, cu_seqlens_q, device, chunk_lookback) -> None:
+    """Per-sequence causal flags: an int32 ``[num_seqs]`` tensor, with a left-only window and no chunking."""
+    if not isinstance(causal, torch.Tensor):
+        return
+    num_seqs = cu_seqlens_q.shape[0] - 1
+    expect_int32("causal", causal, 1, device)
+    if causal.shape[0] != num_seqs:
+        fail("causal", f"expected {num_seqs} entries (one flag per sequence), got {causal.shape[0]}")
+    if window_size is not None and window_size[1] != -1:
+        fail("window_size", f"with per-sequence causal the window is (left, -1): causal sequences look back "
+                            f"only, bidirectional ones by left both ways; got {window_size!r}")
+    if is_int(chunk_lookback) and chunk_lookback >= 0:
+        fail("causal", "chunked attention is causal; per-sequence causal flags cannot be combined with it")
+
+
 def check_masking(causal, window_size, cu_seqlens_q, device, chunk_lookback, mm_prefix_range,
                   mm_prefix_clamp_sliding_window) -> None:
     """Chunked attention and bidirectional prefix ranges."""
+    check_causal(causal, window_size, cu_seqlens_q, device, chunk_lookback)
     if not is_int(chunk_lookback):
         fail("chunk_lookback", f"expected an int, got {type(chunk_lookback).__name__}", TypeError)
     if chunk_lookback < -1:
@@ -271,6 +288,60 @@ def check_masking(causal, window_size, cu_seqlens_q, device, chunk_lookback, mm_
             for start, end in ranges:
                 if start < end and start < 0:
                     fail("mm_prefix_range", f"sequence {seq} has a range [{start}, {end}] starting before 0")
+
+
+def check_qq_bias(qq_bias, max_seqlen_q: int, device) -> None:
+    """One ``[Q, K]`` bias between a sequence's new tokens, shared by every sequence and head."""
+    if qq_bias is None:
+        return
+    expect_tensor("qq_bias", qq_bias, 2)
+    expect_dtype("qq_bias", qq_bias, (torch.float16, torch.bfloat16, torch.float32))
+    expect_device("qq_bias", qq_bias, device)
+    if qq_bias.shape[0] < max_seqlen_q:
+        fail("qq_bias", f"expected at least max_seqlen_q = {max_seqlen_q} rows (one per new token), "
+                        f"got shape {tuple(qq_bias.shape)}")
+
+
+def check_rswa(rswa_prefix_lens, rswa_window, window_size, chunk_lookback, cu_seqlens_q, device) -> None:
+    """R-SWA: per-sequence prefix lengths and one window, given together; it replaces the sliding window."""
+    if rswa_prefix_lens is None and rswa_window is None:
+        return
+    if rswa_prefix_lens is None:
+        fail("rswa_prefix_lens", "required with rswa_window (pass an int32 tensor [num_seqs])")
+    if rswa_window is None:
+        fail("rswa_window", "required with rswa_prefix_lens (pass an int >= 1)")
+    num_seqs = cu_seqlens_q.shape[0] - 1
+    expect_int32("rswa_prefix_lens", rswa_prefix_lens, 1, device)
+    if rswa_prefix_lens.shape[0] != num_seqs:
+        fail("rswa_prefix_lens", f"expected {num_seqs} entries (one per sequence), got {rswa_prefix_lens.shape[0]}")
+    # The lengths themselves are metadata, not checked: negative acts as 0, past seq_len as seq_len.
+    if not is_int(rswa_window):
+        fail("rswa_window", f"expected an int, got {type(rswa_window).__name__}", TypeError)
+    if rswa_window < 1:
+        fail("rswa_window", f"expected a window >= 1, got {rswa_window}")
+    if chunk_lookback >= 0:  # before the window check: chunking always brings a left window
+        fail("rswa_window", f"R-SWA cannot be combined with chunked attention (chunk_lookback {chunk_lookback})")
+    if window_size is not None and window_size[0] >= 0:
+        fail("rswa_window", f"R-SWA replaces the sliding window; pass window_size[0] = -1, got {window_size!r}")
+
+
+def check_alibi_sqrt(use_alibi_sqrt, alibi_slopes) -> None:
+    if not isinstance(use_alibi_sqrt, bool):
+        fail("use_alibi_sqrt", f"expected a bool, got {type(use_alibi_sqrt).__name__}", TypeError)
+    if use_alibi_sqrt and alibi_slopes is None:
+        fail("use_alibi_sqrt", "needs alibi_slopes (it changes the ALiBi bias's shape)")
+
+
+def check_softmax_lse(softmax_lse, q) -> None:
+    """The optional LSE output: float32 (or float64 for the golden) ``[num_tokens, num_q_heads]``."""
+    if softmax_lse is None:
+        return
+    expect_tensor("softmax_lse", softmax_lse, 2)
+    expect_dtype("softmax_lse", softmax_lse, (torch.float32, torch.float64))
+    expect_device("softmax_lse", softmax_lse, q.device)
+    if softmax_lse.shape != q.shape[:2]:
+        fail("softmax_lse", f"expected shape {tuple(q.shape[:2])} (num_tokens, num_q_heads), "
+                            f"got {tuple(softmax_lse.shape)}")
 
 
 def check_num_segments(num_segments, allow_none: bool) -> None:
@@ -333,7 +404,8 @@ def check_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, bl
 def check_call(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
                window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
                output_scale, *, kv_quant_mode=None, k_scale_cache=None, v_scale_cache=None, chunk_lookback=-1,
-               mm_prefix_range=None, mm_prefix_clamp_sliding_window=False) -> str:
+               mm_prefix_range=None, mm_prefix_clamp_sliding_window=False, qq_bias=None, rswa_prefix_lens=None,
+               rswa_window=None, use_alibi_sqrt=False, softmax_lse=None) -> str:
     """Every check; raises before anything is written. Returns the KV quantization mode's name."""
     check_tensors(q, k, v, out, alibi_slopes, sinks)
     check_scalars(max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_size, softcap)
@@ -342,4 +414,8 @@ def check_call(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k
                               kv_quant_mode, k_scale_cache, v_scale_cache)
     check_masking(causal, window_size, cu_seqlens_q, q.device, chunk_lookback, mm_prefix_range,
                   mm_prefix_clamp_sliding_window)
+    check_qq_bias(qq_bias, max_seqlen_q, q.device)
+    check_rswa(rswa_prefix_lens, rswa_window, window_size, chunk_lookback, cu_seqlens_q, q.device)
+    check_alibi_sqrt(use_alibi_sqrt, alibi_slopes)
+    check_softmax_lse(softmax_lse, q)
     return mode

@@ -25,7 +25,7 @@ from .checks import (  # noqa: F401 (re-exported)
     fail,
     is_fp8,
 )
-from .masks import alibi_bias, stable_softcap, visibility
+from .masks import alibi_bias, qq_bias_block, stable_softcap, visibility
 
 PRECISIONS = ("float64", "native")
 NATIVE_FP8_QUERY_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -53,6 +53,8 @@ def compute_dtype_for(q_dtype: torch.dtype, precision: str, out_dtype: torch.dty
 class Call:
     """One checked call with its options normalized (window a pair, softcap a float, mode a name).
 
+    ``causal`` is a bool or the int32 ``[num_seqs]`` per-sequence flags.
+
     ``prob_dtype``: when set, unnormalized probabilities are rounded to it before ``P @ V`` while
     the normalizer sums the unrounded ones (see ``probability_rounding``).
     """
@@ -64,7 +66,7 @@ class Call:
     seqused_k: torch.Tensor
     block_table: torch.Tensor
     softmax_scale: float
-    causal: bool
+    causal: bool | torch.Tensor
     window: tuple[int, int]
     softcap: float
     q_descale: torch.Tensor | None
@@ -78,6 +80,10 @@ class Call:
     chunk_lookback: int
     mm_prefix_range: torch.Tensor | None
     mm_prefix_clamp_sliding_window: bool
+    qq_bias: torch.Tensor | None
+    rswa_prefix_lens: torch.Tensor | None
+    rswa_window: int | None
+    use_alibi_sqrt: bool
     dtype: torch.dtype
     prob_dtype: torch.dtype | None
 
@@ -141,6 +147,20 @@ def dequantize(cache: torch.Tensor, blocks, slots, seq: int, descale, scale_cach
     return rows
 
 
+def sequence_mask_args(seq: int, call: Call) -> tuple[bool, tuple[int, int]]:
+    """Sequence ``seq``'s causal flag and window.
+
+    Per-sequence flags follow vLLM: a causal sequence keeps the left window, a bidirectional one
+    gets it on both sides (the call's right bound is -1, checked).
+    """
+    if not isinstance(call.causal, torch.Tensor):
+        return call.causal, call.window
+    left = call.window[0]
+    if bool(call.causal[seq]):
+        return True, (left, -1)
+    return False, (left, left)
+
+
 def sequence_scores(seq: int, call: Call) -> SequenceScores | None:
     """Masked logits and values for sequence ``seq``; None when it has no query tokens."""
     q_start, q_end = int(call.cu_seqlens_q[seq]), int(call.cu_seqlens_q[seq + 1])
@@ -151,8 +171,15 @@ def sequence_scores(seq: int, call: Call) -> SequenceScores | None:
     num_q_heads, num_kv_heads, block_size = q.shape[1], call.k.shape[2], call.k.shape[1]
     group = num_q_heads // num_kv_heads
     ranges = () if call.mm_prefix_range is None else [tuple(r) for r in call.mm_prefix_range[seq].tolist()]
-    visible = visibility(seq_len, q_len, call.causal, call.window, q.device, chunk_lookback=call.chunk_lookback,
-                         prefix_ranges=ranges, clamp_ranges_to_window=call.mm_prefix_clamp_sliding_window)
+    causal, window = sequence_mask_args(seq, call)
+    rswa_prefix_len = None if call.rswa_prefix_lens is None else int(call.rswa_prefix_lens[seq])
+    visible = visibility(seq_len, q_len, causal, window, q.device, chunk_lookback=call.chunk_lookback,
+                         prefix_ranges=ranges, clamp_ranges_to_window=call.mm_prefix_clamp_sliding_window,
+                         rswa_prefix_len=rswa_prefix_len, rswa_window=call.rswa_window)
+    bias = None
+    if call.qq_bias is not None:
+        bias = qq_bias_block(call.qq_bias, seq_len, q_len, dtype)
+        visible = visible & ~torch.isneginf(bias)  # a -inf bias hides the key, as a mask would
     seen_by_any = visible.any(dim=0)[:, None, None]
     zero = torch.zeros((), dtype=dtype, device=q.device)
 
@@ -172,7 +199,10 @@ def sequence_scores(seq: int, call: Call) -> SequenceScores | None:
     scores = torch.einsum("qhd,khd->hqk", queries, keys) * call.softmax_scale
     scores = stable_softcap(scores, call.softcap)
     if call.alibi_slopes is not None:
-        scores = scores + alibi_bias(call.alibi_slopes.to(dtype), seq_len, q_len)
+        scores = scores + alibi_bias(call.alibi_slopes.to(dtype), seq_len, q_len, sqrt=call.use_alibi_sqrt)
+    if bias is not None:
+        scores = scores + bias[None]
+    # Masking last: an invisible key stays invisible whatever bias (even NaN or +inf) it got.
     scores = scores.masked_fill(~visible[None], float("-inf"))
     return SequenceScores(
         scores=scores,
@@ -207,6 +237,20 @@ def softmax_with_sinks(scores: torch.Tensor, values: torch.Tensor, sinks, prob_d
     return torch.where(empty, torch.zeros_like(numer), numer / safe)
 
 
+def log_sum_exp(scores: torch.Tensor, sinks) -> torch.Tensor:
+    """``[heads, q_len]`` natural-log LSE of each row's logits and the sink; -inf when both are empty."""
+    if sinks is not None:
+        sink_column = sinks[:, None, None].expand(-1, scores.shape[1], 1)
+        scores = torch.cat([scores, sink_column], dim=-1)
+    return torch.logsumexp(scores, dim=-1)
+
+
+def write_lse(softmax_lse, rows: slice, lse: torch.Tensor) -> None:
+    """Store ``[heads, q_len]`` into ``softmax_lse[rows]`` when the caller asked for it."""
+    if softmax_lse is not None:
+        softmax_lse[rows] = lse.transpose(0, 1).to(softmax_lse.dtype)
+
+
 def write_output(out: torch.Tensor, rows: slice, result: torch.Tensor, output_scale) -> None:
     """Store ``[q_len, heads, head_size]`` rows into ``out``, quantizing when ``out`` is fp8."""
     if is_fp8(out.dtype):
@@ -220,14 +264,17 @@ def prepare_call(
     q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
     window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks, output_scale,
     precision, kv_quant_mode, k_scale_cache, v_scale_cache, chunk_lookback, mm_prefix_range,
-    mm_prefix_clamp_sliding_window,
+    mm_prefix_clamp_sliding_window, qq_bias=None, rswa_prefix_lens=None, rswa_window=None, use_alibi_sqrt=False,
+    softmax_lse=None,
 ) -> Call:
     """Check every argument (raising before anything is written) and normalize the options."""
     mode = check_call(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
                       window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
                       output_scale, kv_quant_mode=kv_quant_mode, k_scale_cache=k_scale_cache,
                       v_scale_cache=v_scale_cache, chunk_lookback=chunk_lookback, mm_prefix_range=mm_prefix_range,
-                      mm_prefix_clamp_sliding_window=mm_prefix_clamp_sliding_window)
+                      mm_prefix_clamp_sliding_window=mm_prefix_clamp_sliding_window, qq_bias=qq_bias,
+                      rswa_prefix_lens=rswa_prefix_lens, rswa_window=rswa_window, use_alibi_sqrt=use_alibi_sqrt,
+                      softmax_lse=softmax_lse)
     dtype = compute_dtype_for(q.dtype, precision, out.dtype)
     return Call(
         q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, seqused_k=seqused_k, block_table=block_table,
@@ -238,6 +285,7 @@ def prepare_call(
         kv_quant_mode=mode, k_scale_cache=k_scale_cache, v_scale_cache=v_scale_cache,
         chunk_lookback=chunk_lookback, mm_prefix_range=mm_prefix_range,
         mm_prefix_clamp_sliding_window=mm_prefix_clamp_sliding_window,
+        qq_bias=qq_bias, rswa_prefix_lens=rswa_prefix_lens, rswa_window=rswa_window, use_alibi_sqrt=use_alibi_sqrt,
         dtype=dtype, prob_dtype=probability_rounding(q.dtype, v.dtype, precision),
     )
 
@@ -258,6 +306,7 @@ def unified_attention(
     kv_quant_mode=None, k_scale_cache=None, v_scale_cache=None,
     chunk_lookback=-1, mm_prefix_range=None, mm_prefix_clamp_sliding_window=False,
     split_kv=None, num_segments=None, workspace=None, batch_invariant=False, precision="float64",
+    qq_bias=None, rswa_prefix_lens=None, rswa_window=None, use_alibi_sqrt=False, softmax_lse=None,
 ):
     """Paged attention written for obviousness; writes into ``out`` and returns it.
 
@@ -277,13 +326,35 @@ def unified_attention(
       * ``chunk_lookback`` (-1 off): chunked attention, see ``masks.visibility``.
       * ``mm_prefix_range`` int32 ``[num_seqs, max_ranges, 2]`` and
         ``mm_prefix_clamp_sliding_window``: bidirectional ranges, see ``masks.visibility``.
+      * ``causal`` may be an int32 ``[num_seqs]`` tensor (nonzero = causal). A causal sequence
+        sees keys ``j <= p`` within ``p - j <= left``, a bidirectional one every key within
+        ``|p - j| <= left`` (left = window_size[0], -1 unlimited). Needs window_size[1] == -1
+        and no chunking.
+      * ``qq_bias`` float ``[Q, K]``, Q >= max_seqlen_q, any strides: the bias between a
+        sequence's new tokens (vLLM's tree attention), shared by every sequence and head. Row i
+        is the i-th new token, column j the key at ``seq_len - q_len + j``; older keys and
+        columns past K get none. Added after softcap and ALiBi, to visible keys only; a -inf
+        entry hides the key.
+      * ``rswa_prefix_lens`` int32 ``[num_seqs]`` with ``rswa_window`` (int >= 1), both or
+        neither: R-SWA, see ``masks.visibility``. Replaces the sliding window (window_size[0]
+        must be -1, no chunking); prefix ranges still widen it, their clamp has no window to use.
+      * ``use_alibi_sqrt`` (needs alibi_slopes): the bias is ``-slope * sqrt(p - j)`` for
+        ``j <= p`` and 0 for later keys, instead of ``slope * (j - p)``.
+      * ``softmax_lse`` float32 (float64 accepted for the golden) ``[num_tokens, num_q_heads]``,
+        any strides, written: each query row's natural-log log-sum-exp of its visible logits
+        (after softcap, ALiBi, qq_bias) and the sink, -inf when it has neither; padding rows
+        past ``cu_seqlens_q[-1]`` are left alone. Outputs over disjoint key shards merge as
+        ``sum_r exp(lse_r - lse) * out_r`` with ``lse = logsumexp_r(lse_r)`` (context parallelism).
+        The linear ALiBi term is ``slope * (j - p)``, so the LSE includes it with that origin.
     """
     check_num_segments(num_segments, allow_none=True)
     call = prepare_call(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
                         window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
                         output_scale, precision, kv_quant_mode, k_scale_cache, v_scale_cache, chunk_lookback,
-                        mm_prefix_range, mm_prefix_clamp_sliding_window)
+                        mm_prefix_range, mm_prefix_clamp_sliding_window, qq_bias, rswa_prefix_lens, rswa_window,
+                        use_alibi_sqrt, softmax_lse)
     for rows, parts, _ in iter_sequences(call):
         result = softmax_with_sinks(parts.scores, parts.values, parts.sinks, parts.prob_dtype)  # [heads, q_len, dim]
         write_output(out, rows, result.transpose(0, 1), output_scale)
+        write_lse(softmax_lse, rows, log_sum_exp(parts.scores, parts.sinks))
     return out

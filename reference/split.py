@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .checks import check_num_segments
-from .paged import iter_sequences, prepare_call, round_probabilities, write_output
+from .paged import iter_sequences, prepare_call, round_probabilities, write_lse, write_output
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,17 @@ def merge_partials(partials: Partials, sinks=None) -> torch.Tensor:
     return torch.where(empty[..., None], torch.zeros_like(numer), numer / safe[..., None])
 
 
+def merge_lse(partials: Partials, sinks=None) -> torch.Tensor:
+    """``[heads, q_len]`` log-sum-exp over all segments (and the sink): each segment adds ``max + log(expsum)``.
+
+    An empty segment adds ``-inf``; a row with no visible key and no sink is ``-inf``.
+    """
+    terms = partials.max + torch.log(partials.expsum)
+    if sinks is not None:
+        terms = torch.cat([terms, sinks[None, :, None].expand(1, -1, terms.shape[-1])])
+    return torch.logsumexp(terms, dim=0)
+
+
 def split_kv_attention(
     q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
     window_size, block_table, softcap, q_descale, k_descale, v_descale,
@@ -78,6 +89,7 @@ def split_kv_attention(
     kv_quant_mode=None, k_scale_cache=None, v_scale_cache=None,
     chunk_lookback=-1, mm_prefix_range=None, mm_prefix_clamp_sliding_window=False,
     num_segments=4, precision="float64", split_kv=None, workspace=None, batch_invariant=False,
+    qq_bias=None, rswa_prefix_lens=None, rswa_window=None, use_alibi_sqrt=False, softmax_lse=None,
 ):
     """Paged attention computed segment by segment and merged; must equal the single pass.
 
@@ -87,9 +99,11 @@ def split_kv_attention(
     call = prepare_call(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
                         window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
                         output_scale, precision, kv_quant_mode, k_scale_cache, v_scale_cache, chunk_lookback,
-                        mm_prefix_range, mm_prefix_clamp_sliding_window)
+                        mm_prefix_range, mm_prefix_clamp_sliding_window, qq_bias, rswa_prefix_lens, rswa_window,
+                        use_alibi_sqrt, softmax_lse)
     for rows, parts, seq_len in iter_sequences(call):
         bounds = segment_bounds(seq_len, num_segments)
         partials = segment_partials(parts.scores, parts.values, bounds, parts.prob_dtype)
         write_output(out, rows, merge_partials(partials, parts.sinks).transpose(0, 1), output_scale)
+        write_lse(softmax_lse, rows, merge_lse(partials, parts.sinks))
     return out

@@ -269,6 +269,56 @@ BAD = [
      ValueError, "mm_prefix_range"),
     ("clamp-int", _set(mm_prefix_clamp_sliding_window=1), TypeError, "mm_prefix_clamp_sliding_window"),
     ("num-segments-0", lambda a: {**a, "num_segments": 0}, ValueError, "num_segments"),
+    # qq_bias (max_seqlen_q is 3 in the batch)
+    ("qq-bias-list", _set(qq_bias=[[0.0] * 3] * 3), TypeError, "qq_bias"),
+    ("qq-bias-rank-1", _set(qq_bias=torch.zeros(3)), ValueError, "qq_bias"),
+    ("qq-bias-rank-3", _set(qq_bias=torch.zeros(1, 3, 3)), ValueError, "qq_bias"),
+    ("qq-bias-int", _set(qq_bias=torch.zeros(3, 3, dtype=torch.int32)), TypeError, "qq_bias"),
+    ("qq-bias-float64", _set(qq_bias=torch.zeros(3, 3, dtype=torch.float64)), TypeError, "qq_bias"),
+    ("qq-bias-other-device", _set(qq_bias=torch.zeros(3, 3, device="meta")), ValueError, "qq_bias"),
+    ("qq-bias-rows-below-max-q", _set(qq_bias=torch.zeros(2, 8)), ValueError, "qq_bias"),
+    # R-SWA
+    ("rswa-lens-alone", _set(rswa_prefix_lens=torch.zeros(2, dtype=torch.int32)), ValueError, "rswa_window"),
+    ("rswa-window-alone", _set(rswa_window=2), ValueError, "rswa_prefix_lens"),
+    ("rswa-lens-int64", _set(rswa_prefix_lens=torch.zeros(2, dtype=torch.int64), rswa_window=2), TypeError,
+     "rswa_prefix_lens"),
+    ("rswa-lens-list", _set(rswa_prefix_lens=[0, 0], rswa_window=2), TypeError, "rswa_prefix_lens"),
+    ("rswa-lens-length", _set(rswa_prefix_lens=torch.zeros(3, dtype=torch.int32), rswa_window=2), ValueError,
+     "rswa_prefix_lens"),
+    ("rswa-lens-rank-2", _set(rswa_prefix_lens=torch.zeros(2, 1, dtype=torch.int32), rswa_window=2), ValueError,
+     "rswa_prefix_lens"),
+    ("rswa-window-0", _set(rswa_prefix_lens=torch.zeros(2, dtype=torch.int32), rswa_window=0), ValueError,
+     "rswa_window"),
+    ("rswa-window-float", _set(rswa_prefix_lens=torch.zeros(2, dtype=torch.int32), rswa_window=2.0), TypeError,
+     "rswa_window"),
+    ("rswa-window-bool", _set(rswa_prefix_lens=torch.zeros(2, dtype=torch.int32), rswa_window=True), TypeError,
+     "rswa_window"),
+    ("rswa-with-left-window", _set(rswa_prefix_lens=torch.zeros(2, dtype=torch.int32), rswa_window=2,
+                                   window_size=(3, -1)), ValueError, "rswa_window"),
+    ("rswa-with-chunked", _set(rswa_prefix_lens=torch.zeros(2, dtype=torch.int32), rswa_window=2,
+                               window_size=(7, -1), chunk_lookback=1), ValueError, "rswa_window"),
+    # ALiBi-sqrt
+    ("alibi-sqrt-without-slopes", _set(use_alibi_sqrt=True), ValueError, "use_alibi_sqrt"),
+    ("alibi-sqrt-int", _set(use_alibi_sqrt=1, alibi_slopes=torch.ones(4)), TypeError, "use_alibi_sqrt"),
+    # per-sequence causal
+    ("causal-float", _set(causal=1.0), TypeError, "causal"),
+    ("causal-tensor-int64", _set(causal=torch.ones(2, dtype=torch.int64)), TypeError, "causal"),
+    ("causal-tensor-bool", _set(causal=torch.ones(2, dtype=torch.bool)), TypeError, "causal"),
+    ("causal-tensor-length", _set(causal=torch.ones(3, dtype=torch.int32)), ValueError, "causal"),
+    ("causal-tensor-rank-0", _set(causal=torch.tensor(1, dtype=torch.int32)), ValueError, "causal"),
+    ("causal-tensor-other-device", _set(causal=torch.ones(2, dtype=torch.int32, device="meta")), ValueError,
+     "causal"),
+    ("causal-tensor-right-window", _set(causal=torch.ones(2, dtype=torch.int32), window_size=(2, 0)), ValueError,
+     "window_size"),
+    ("causal-tensor-chunked", _set(causal=torch.ones(2, dtype=torch.int32), window_size=(7, -1), chunk_lookback=1),
+     ValueError, "causal"),
+    # softmax_lse ([5 tokens, 4 heads])
+    ("lse-list", _set(softmax_lse=[[0.0] * 4] * 5), TypeError, "softmax_lse"),
+    ("lse-float16", _set(softmax_lse=torch.zeros(5, 4, dtype=torch.float16)), TypeError, "softmax_lse"),
+    ("lse-rank-3", _set(softmax_lse=torch.zeros(5, 4, 1)), ValueError, "softmax_lse"),
+    ("lse-transposed", _set(softmax_lse=torch.zeros(4, 5)), ValueError, "softmax_lse"),
+    ("lse-too-few-tokens", _set(softmax_lse=torch.zeros(4, 4)), ValueError, "softmax_lse"),
+    ("lse-other-device", _set(softmax_lse=torch.zeros(5, 4, device="meta")), ValueError, "softmax_lse"),
 ]
 
 
@@ -276,13 +326,17 @@ BAD = [
 @pytest.mark.parametrize("fn", FUNCTIONS.values(), ids=FUNCTIONS.keys())
 @pytest.mark.parametrize("change,exc,arg", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_input_is_refused_before_writing(change, exc, arg, fn):
-    args = change(make_batch())
-    out = args["out"]
+    # A valid softmax_lse rides along (a case may replace it): it must stay untouched too.
+    args = change({**make_batch(), "softmax_lse": torch.full((5, 4), 7.0)})
+    out, lse = args["out"], args["softmax_lse"]
     before = out.clone() if out.device.type != "meta" else None
+    lse_before = lse.clone() if isinstance(lse, torch.Tensor) and lse.device.type != "meta" else None
     with pytest.raises(exc) as info:
         call(fn, args)
     assert str(info.value).startswith(f"{arg}: "), str(info.value)
     assert same_bits(out, before), "out was written before the error"
+    if isinstance(lse_before, torch.Tensor):
+        assert same_bits(lse, lse_before), "softmax_lse was written before the error"
 
 
 @pytest.mark.reference
@@ -314,13 +368,32 @@ def test_empty_batch_leaves_out_untouched(fn):
 # The independent computation: per query, per head, keys gathered one slot at a time
 
 
+def _bias_of(a: dict, seq: int, p: int, j: int) -> float:
+    """qq_bias for the pair: row = the query's index among the new tokens, column = the key's."""
+    bias = a.get("qq_bias")
+    if bias is None:
+        return 0.0
+    q_len = int(a["cu_seqlens_q"][seq + 1] - a["cu_seqlens_q"][seq])
+    context_len = int(a["seqused_k"][seq]) - q_len
+    if j < context_len or j - context_len >= bias.shape[1]:
+        return 0.0
+    return float(bias[p - context_len, j - context_len])
+
+
 def key_visible(p: int, j: int, a: dict, seq: int) -> bool:
     """The visibility rule written out directly from its definition, for one (query, key) pair."""
+    if _bias_of(a, seq, p, j) == -math.inf:  # a -inf bias hides the key like a mask
+        return False
     left, right = a["window_size"] if a["window_size"] is not None else (-1, -1)
     lookback = a.get("chunk_lookback", -1)
     if lookback >= 0:
         size = (left + 1) // (lookback + 1)
         base = j <= p and p // size - j // size <= lookback
+    elif isinstance(a["causal"], torch.Tensor):  # per sequence: causal looks back, bidirectional both ways
+        if a["causal"][seq]:
+            base = j <= p and (left < 0 or p - j <= left)
+        else:
+            base = left < 0 or abs(p - j) <= left
     else:
         base = True
         if a["causal"] and j > p:
@@ -329,6 +402,8 @@ def key_visible(p: int, j: int, a: dict, seq: int) -> bool:
             base = False
         if left >= 0 and p - j > left:
             base = False
+    if a.get("rswa_window") is not None:
+        base = base and (j < int(a["rswa_prefix_lens"][seq]) or p - j < a["rswa_window"])
     ranges = a.get("mm_prefix_range")
     if ranges is not None:
         for start, end in ranges[seq].tolist():
@@ -349,15 +424,14 @@ def _scale_of(a: dict, name: str, cache_name: str, seq: int, block: int, slot: i
     return float(descale.reshape(-1)[0]) if descale.numel() == 1 else float(descale[seq, kv_head])
 
 
-def oracle(a: dict) -> torch.Tensor:
-    """float64 ``[num_tokens, heads, dim]``; rows of no sequence stay NaN."""
+def _pairs(a: dict):
+    """Every (token, head) of every sequence with its visible logits, their value rows and the sink."""
     q, k, v = a["q"], a["k"], a["v"]
-    num_tokens, num_q_heads, head_size = q.shape
+    num_q_heads = q.shape[1]
     block_size, num_kv_heads = k.shape[1], k.shape[2]
     group = num_q_heads // num_kv_heads
     q_scale = 1.0 if a["q_descale"] is None else float(a["q_descale"].reshape(-1)[0])
     softcap = a["softcap"] or 0.0
-    result = torch.full((num_tokens, num_q_heads, head_size), float("nan"), dtype=torch.float64)
     cu, lens = a["cu_seqlens_q"].tolist(), a["seqused_k"].tolist()
     for seq, seq_len in enumerate(lens):
         q_len = cu[seq + 1] - cu[seq]
@@ -377,21 +451,43 @@ def oracle(a: dict) -> torch.Tensor:
                     if softcap:
                         s = softcap * math.tanh(s / softcap)
                     if a.get("alibi_slopes") is not None:
-                        s += float(a["alibi_slopes"][h]) * (j - p)
+                        slope = float(a["alibi_slopes"][h])
+                        if a.get("use_alibi_sqrt", False):
+                            s += -slope * math.sqrt(p - j) if j <= p else 0.0
+                        else:
+                            s += slope * (j - p)
+                    s += _bias_of(a, seq, p, j)
                     logits.append(s)
                     rows.append(v[block, slot, kv_head].double() * _scale_of(a, "v_descale", "v_scale_cache", seq,
                                                                              block, slot, kv_head))
                 sink = None if a.get("sinks") is None else float(a["sinks"][h])
-                top = max(logits + ([sink] if sink is not None else []), default=None)
-                if top is None:
-                    result[token, h] = 0.0
-                    continue
-                weights = [math.exp(s - top) for s in logits]
-                total = sum(weights) + (math.exp(sink - top) if sink is not None else 0.0)
-                acc = torch.zeros(head_size, dtype=torch.float64)
-                for w, row in zip(weights, rows):
-                    acc += w * row
-                result[token, h] = acc / total
+                yield token, h, logits, rows, sink
+
+
+def oracle_lse(a: dict) -> torch.Tensor:
+    """float64 ``[num_tokens, heads]``: torch.logsumexp of each row's visible logits and sink; padding NaN."""
+    result = torch.full(a["q"].shape[:2], float("nan"), dtype=torch.float64)
+    for token, h, logits, _, sink in _pairs(a):
+        terms = logits + ([sink] if sink is not None else [])
+        result[token, h] = torch.logsumexp(torch.tensor(terms + [-math.inf], dtype=torch.float64), dim=0)
+    return result
+
+
+def oracle(a: dict) -> torch.Tensor:
+    """float64 ``[num_tokens, heads, dim]``; rows of no sequence stay NaN."""
+    num_tokens, num_q_heads, head_size = a["q"].shape
+    result = torch.full((num_tokens, num_q_heads, head_size), float("nan"), dtype=torch.float64)
+    for token, h, logits, rows, sink in _pairs(a):
+        top = max(logits + ([sink] if sink is not None else []), default=None)
+        if top is None:
+            result[token, h] = 0.0
+            continue
+        weights = [math.exp(s - top) for s in logits]
+        total = sum(weights) + (math.exp(sink - top) if sink is not None else 0.0)
+        acc = torch.zeros(head_size, dtype=torch.float64)
+        for w, row in zip(weights, rows):
+            acc += w * row
+        result[token, h] = acc / total
     return result
 
 
@@ -671,6 +767,13 @@ SPLIT_FEATURES = {
                         "chunk_lookback": 1},
     "prefix": lambda: prefix_batch(*PREFIX[1][1:]),
     "prefix-clamped": lambda: prefix_batch(*PREFIX[2][1:]),
+    # defined in section C
+    "qq-bias-neg-inf": lambda: qq_batch("neg-inf"),
+    "rswa": lambda: rswa_batch(*RSWA[0][1:]),
+    "rswa-per-seq-causal": lambda: rswa_batch(*RSWA[5][1:]),
+    "alibi-sqrt": lambda: {**make_batch(seq_lens=(11, 6), q_lens=(4, 6), seed=25), "use_alibi_sqrt": True,
+                           "alibi_slopes": torch.tensor([0.9, -0.4, 0.3, 1.5])},
+    "per-seq-causal-window": lambda: per_seq_causal_batch([1, 0, 1, 0], (2, -1), {}),
 }
 
 
@@ -680,9 +783,11 @@ SPLIT_FEATURES = {
 def test_split_merge_equals_single_pass(feature, num_segments):
     a = feature()
     rows = used_rows(a)
-    single = golden(a)[rows]
-    split = golden(a, reference.split_kv_attention, num_segments=num_segments)[rows]
-    torch.testing.assert_close(split, single, rtol=0, atol=1e-12)
+    single, single_lse = golden_lse(a)
+    split, split_lse = golden_lse(a, reference.split_kv_attention, num_segments=num_segments)
+    torch.testing.assert_close(split[rows], single[rows], rtol=0, atol=1e-12)
+    torch.testing.assert_close(split_lse[rows], single_lse[rows], rtol=0, atol=1e-12)
+    single = single[rows]
     # The native baseline's segments round their own P (as a split kernel does): close, not equal.
     bound = 0.06 if a["q"].dtype == E4M3 else 1e-5
     native_split = native(a, reference.split_kv_attention, num_segments=num_segments)[rows]
@@ -720,6 +825,13 @@ POISON = {
     "int8-chunked": lambda: {**quant_batch("int8_per_token_head", False, False), "window_size": (7, -1),
                              "chunk_lookback": 1},
     "fp8-range-clamped": lambda: {**quantized(prefix_batch(*PREFIX[2][1:]), "fp8_per_token_head", seed=4)},
+    "int8-rswa": lambda: {**quant_batch("int8_per_token_head", False, False),
+                          "rswa_prefix_lens": torch.tensor([2, 3, 0], dtype=torch.int32), "rswa_window": 2},
+    "int8-per-seq-causal": lambda: {**quant_batch("int8_per_token_head", False, False), "window_size": (2, -1),
+                                    "causal": torch.tensor([0, 1, 0], dtype=torch.int32)},
+    # a -inf column hides key context_len + 1 from every new token of each sequence
+    "int8-qq-bias-hidden-column": lambda: {**quant_batch("int8_per_token_head", False, False),
+                                           "qq_bias": torch.tensor([[0.5, -math.inf, 0.0]] * 5)},
 }
 
 
@@ -753,3 +865,294 @@ def test_range_excluded_slots_are_unseen_only_with_the_clamp():
     assert same_bits(golden(_poison(a, range_excluded))[rows], golden(a)[rows])
     unclamped = {**a, "mm_prefix_clamp_sliding_window": False}
     assert not torch.isfinite(golden(_poison(unclamped, range_excluded))[rows]).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# C. Features: qq_bias, R-SWA, ALiBi-sqrt, per-sequence causal, softmax_lse (and context parallelism)
+
+LSE_SENTINEL = 123.0  # padding rows must keep it
+
+
+def golden_lse(a: dict, fn=reference.unified_attention, lse_dtype=torch.float64, **kwargs):
+    """The golden output and its softmax_lse (float64 unless asked otherwise)."""
+    lse = torch.full(a["q"].shape[:2], LSE_SENTINEL, dtype=lse_dtype)
+    return golden({**a, "softmax_lse": lse}, fn, **kwargs), lse
+
+
+def with_padding(a: dict, extra: int = 2, seed: int = 99) -> dict:
+    """The batch with ``extra`` padding tokens past cu_seqlens_q[-1] in q and out."""
+    gen = torch.Generator().manual_seed(seed)
+    pad = torch.randn(extra, *a["q"].shape[1:], generator=gen).to(a["q"].dtype)
+    return {**a, "q": torch.cat([a["q"], pad]), "out": torch.cat([a["out"], torch.full_like(a["out"][:extra], 0)])}
+
+
+def assert_matches_oracle(a: dict, functions=FUNCTIONS.values(), **kwargs):
+    """Output and softmax_lse of every reference function equal the pair-by-pair oracle; padding untouched."""
+    rows = used_rows(a)
+    expected, expected_lse = oracle(a)[rows], oracle_lse(a)[rows]
+    for fn in functions:
+        out, lse = golden_lse(a, fn, **kwargs)
+        torch.testing.assert_close(out[rows], expected, rtol=0, atol=1e-12, msg=f"{fn.__name__} output")
+        torch.testing.assert_close(lse[rows], expected_lse, rtol=0, atol=1e-12, msg=f"{fn.__name__} softmax_lse")
+        assert (lse[rows.stop:] == LSE_SENTINEL).all(), "padding rows of softmax_lse were written"
+    return expected
+
+
+def quick(*values, id):
+    return pytest.param(*values, id=id, marks=pytest.mark.quick)
+
+
+def qq_batch(kind: str) -> dict:
+    """Sequences of 9, 6 and 4 keys with 4, 6 and 1 new tokens (the second is all new: context 0)."""
+    a = with_padding(make_batch(seq_lens=(9, 6, 4), q_lens=(4, 6, 1), seed=21))
+    gen = torch.Generator().manual_seed(22)
+    bias = 2 * torch.randn(8, 7, generator=gen)
+    if kind == "causal-softcap-alibi":  # order matters: the bias comes after softcap and ALiBi
+        a.update(softcap=2.0, alibi_slopes=torch.tensor([0.5, -0.25, 0.1, 0.0]))
+    elif kind == "bidirectional":  # keys after the query get their bias too
+        a["causal"] = False
+    elif kind == "neg-inf":
+        bias[0, 0] = -math.inf  # hides seq 1's only key for its first token: an empty row
+        bias[3, 1] = -math.inf  # hides a visible key
+        bias[1, 4], bias[2, 5] = float("nan"), math.inf  # invisible (future) keys stay invisible
+    elif kind == "narrow":  # columns past K: no bias
+        bias = bias[:, :2]
+    elif kind == "strided-bf16":
+        bias = bias.to(torch.bfloat16).t().contiguous().t()
+    bias[6:] = float("nan")  # rows past max_seqlen_q are never read
+    if bias.shape[1] > 6:
+        bias[:, 6:] = float("nan")  # nor columns past the longest q_len
+    a["qq_bias"] = bias
+    return a
+
+
+QQ_KINDS = ["causal-softcap-alibi", "bidirectional", "neg-inf", "narrow", "strided-bf16"]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("kind", [quick(QQ_KINDS[0], id=QQ_KINDS[0])] + QQ_KINDS[1:])
+def test_qq_bias_matches_oracle(kind):
+    a = qq_batch(kind)
+    if kind == "strided-bf16":
+        assert not a["qq_bias"].is_contiguous()
+    expected = assert_matches_oracle(a)
+    assert torch.isfinite(expected).all()
+    without = golden({**a, "qq_bias": None})[used_rows(a)]
+    assert (without - expected).abs().max() > 1e-3  # the bias matters in this batch
+
+
+@pytest.mark.reference
+@pytest.mark.quick
+def test_qq_bias_neg_inf_can_empty_a_row():
+    """Token 4 (seq 1, first new token, context 0) sees only key 0, which bias[0, 0] = -inf hides."""
+    a = qq_batch("neg-inf")
+    out, lse = golden_lse(a)
+    assert (out[4] == 0).all() and torch.isneginf(lse[4]).all()
+    sinks = torch.tensor([0.5, -1.0, 0.0, 2.0])
+    out, lse = golden_lse({**a, "sinks": sinks})
+    assert (out[4] == 0).all() and torch.equal(lse[4], sinks.double())
+    assert_matches_oracle({**a, "sinks": sinks})
+
+
+@pytest.mark.reference
+@pytest.mark.quick
+def test_rswa_visibility_by_hand():
+    """Prefix 2, window 3, 8 positions: the prefix stays, then p - j < 3 (not <= 3)."""
+    mask = reference.visibility(8, 8, True, (-1, -1), "cpu", rswa_prefix_len=2, rswa_window=3)
+    rows = [mask[p].nonzero().flatten().tolist() for p in (0, 2, 4, 7)]
+    assert rows == [[0], [0, 1, 2], [0, 1, 2, 3, 4], [0, 1, 5, 6, 7]]
+    only_self = reference.visibility(6, 4, True, (-1, -1), "cpu", rswa_prefix_len=0, rswa_window=1)
+    assert torch.equal(only_self, torch.eye(6, dtype=torch.bool)[2:])
+    negative = reference.visibility(6, 6, True, (-1, -1), "cpu", rswa_prefix_len=-4, rswa_window=2)
+    assert torch.equal(negative, reference.visibility(6, 6, True, (1, -1), "cpu"))
+    past_end = reference.visibility(6, 6, True, (-1, -1), "cpu", rswa_prefix_len=50, rswa_window=1)
+    assert torch.equal(past_end, reference.visibility(6, 6, True, (-1, -1), "cpu"))
+
+
+RSWA = [
+    # (id, prefix lengths for sequences of 12, 9, 7 keys (5, 9, 1 new tokens), window, extra arguments)
+    ("mixed-w3", [4, 0, 20], 3, {}),
+    ("prefix-0-w1", [0, 0, 0], 1, {}),
+    ("whole-seq-w1", [12, 9, 7], 1, {}),
+    ("negative-w2", [-3, 2, -1], 2, {}),
+    ("bidirectional-w2", [3, 1, 2], 2, {"causal": False}),
+    ("per-seq-causal-w2", [3, 1, 2], 2, {"causal": torch.tensor([1, 0, 1], dtype=torch.int32)}),
+    ("prefix-range-w2", [2, 0, 1], 2, {"mm_prefix_range": torch.tensor([[[6, 9]], [[1, 4]], [[0, 0]]],
+                                                                     dtype=torch.int32)}),
+    ("sinks-alibi-w4", [1, 3, 0], 4, {"sinks": torch.tensor([0.5, -1.0, 0.0, 2.0]),
+                                      "alibi_slopes": torch.tensor([0.5, -0.25, 0.1, 0.0])}),
+]
+
+
+def rswa_batch(prefix, window, extra) -> dict:
+    a = make_batch(seq_lens=(12, 9, 7), q_lens=(5, 9, 1), seed=23)
+    return {**a, "rswa_prefix_lens": torch.tensor(prefix, dtype=torch.int32), "rswa_window": window, **extra}
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("prefix,window,extra", [quick(*RSWA[0][1:], id=RSWA[0][0])] + [c[1:] for c in RSWA[1:]],
+                         ids=[c[0] for c in RSWA])
+def test_rswa_matches_oracle(prefix, window, extra):
+    a = rswa_batch(prefix, window, extra)
+    expected = assert_matches_oracle(a)
+    if min(prefix) < 7:  # some key is outside both prefix and window: R-SWA is not a no-op
+        plain = golden({**a, "rswa_prefix_lens": None, "rswa_window": None})[used_rows(a)]
+        assert (plain - expected).abs().max() > 1e-3
+
+
+@pytest.mark.reference
+def test_rswa_limits_are_a_window_and_no_window():
+    """Prefix 0 is a left window of rswa_window - 1; a prefix covering the sequence is no window."""
+    base = make_batch(seq_lens=(12, 9, 7), q_lens=(5, 9, 1), seed=23)
+    for window in (1, 3):
+        rswa = golden({**base, "rswa_prefix_lens": torch.zeros(3, dtype=torch.int32), "rswa_window": window})
+        assert same_bits(rswa, golden({**base, "window_size": (window - 1, -1)}))
+    whole = golden({**base, "rswa_prefix_lens": base["seqused_k"].clone(), "rswa_window": 1})
+    assert same_bits(whole, golden(base))
+
+
+@pytest.mark.reference
+@pytest.mark.quick
+def test_alibi_sqrt_values_by_hand():
+    """-slope * sqrt(p - j) for j <= p (0 at distance 0), 0 for later keys; p = 3, 4, 5 of 6 positions."""
+    slopes = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    bias = reference.masks.alibi_bias(slopes, 6, 3, sqrt=True)
+    for h, slope in enumerate(slopes.tolist()):
+        for i, p in enumerate((3, 4, 5)):
+            for j in range(6):
+                expected = -slope * math.sqrt(p - j) if j <= p else 0.0
+                assert bias[h, i, j].item() == expected, (h, p, j)
+    assert (bias[:, [0, 1, 2], [3, 4, 5]] == 0).all()  # distance 0
+    assert bias[1, 1, 0].item() == -4.0
+
+
+ALIBI_SQRT = [
+    ("causal", {}),
+    ("bidirectional-softcap", {"causal": False, "softcap": 2.0}),
+    ("window-sinks", {"window_size": (3, -1), "sinks": torch.tensor([0.5, -1.0, 0.0, 2.0])}),
+]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("extra", [quick(ALIBI_SQRT[0][1], id=ALIBI_SQRT[0][0])] + [c[1] for c in ALIBI_SQRT[1:]],
+                         ids=[c[0] for c in ALIBI_SQRT])
+def test_alibi_sqrt_matches_oracle(extra):
+    a = make_batch(seq_lens=(11, 6, 8), q_lens=(4, 6, 1), seed=25)
+    a.update(alibi_slopes=torch.tensor([0.9, -0.4, 0.3, 1.5]), use_alibi_sqrt=True, **extra)
+    expected = assert_matches_oracle(a)
+    linear = golden({**a, "use_alibi_sqrt": False})[used_rows(a)]
+    assert (linear - expected).abs().max() > 1e-3
+
+
+PER_SEQ_CAUSAL = [
+    # (id, window, extra): flags [1, 0, 1, 0] for sequences of 10, 8, 7, 5 keys with 4, 8, 7, 1 new tokens
+    ("no-window", (-1, -1), {}),
+    ("window-2", (2, -1), {}),
+    ("window-0", (0, -1), {}),  # both kinds see only the query's own key
+    ("window-none-sinks", None, {"sinks": torch.tensor([0.5, -1.0, 0.0, 2.0])}),
+    ("window-3-ranges", (3, -1), {"mm_prefix_range": torch.tensor([[[0, 2]], [[1, 4]], [[1, 3]], [[0, 0]]],
+                                                                  dtype=torch.int32)}),
+]
+
+
+def per_seq_causal_batch(flags, window, extra) -> dict:
+    a = make_batch(seq_lens=(10, 8, 7, 5), q_lens=(4, 8, 7, 1), seed=27)
+    return {**a, "causal": torch.tensor(flags, dtype=torch.int32), "window_size": window, **extra}
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("window,extra", [quick(*PER_SEQ_CAUSAL[1][1:], id=PER_SEQ_CAUSAL[1][0])]
+                         + [c[1:] for i, c in enumerate(PER_SEQ_CAUSAL) if i != 1],
+                         ids=[PER_SEQ_CAUSAL[1][0]] + [c[0] for i, c in enumerate(PER_SEQ_CAUSAL) if i != 1])
+def test_per_seq_causal_matches_oracle(window, extra):
+    a = per_seq_causal_batch([1, 0, 1, 0], window, extra)
+    expected = assert_matches_oracle(a)
+    left = -1 if window is None else window[0]
+    for uniform in (True, False):  # the mix differs from either uniform flag (each with its own window form)
+        other = golden({**a, "causal": uniform, "window_size": (left, -1 if uniform else left)})[used_rows(a)]
+        differs = (other - expected).abs().max()
+        assert differs == 0 if left == 0 else differs > 1e-3
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("left", [-1, 2])
+def test_per_seq_causal_uniform_flags_equal_the_bool(left):
+    """All ones: causal=True with (left, -1). All zeros: causal=False with the symmetric (left, left)."""
+    ones = per_seq_causal_batch([1, 1, 1, 1], (left, -1), {})
+    assert same_bits(golden(ones), golden({**ones, "causal": True}))
+    zeros = per_seq_causal_batch([0, 0, 0, 0], (left, -1), {})
+    assert same_bits(golden(zeros), golden({**zeros, "causal": False, "window_size": (left, left)}))
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("lse_dtype", [torch.float64, torch.float32])
+def test_softmax_lse_matches_oracle(lse_dtype):
+    """Softcap, ALiBi, a window, sinks, a q_len-0 sequence and padding tokens; any strides."""
+    a = with_padding(make_batch(seq_lens=(7, 12, 3, 9), q_lens=(7, 2, 0, 3), seed=29), extra=3)
+    a.update(window_size=(4, -1), softcap=3.0, alibi_slopes=torch.tensor([0.5, -0.25, 0.1, 0.0]),
+             sinks=torch.tensor([0.3, -1.0, 2.0, 0.0]))
+    rows = used_rows(a)
+    expected = oracle_lse(a)[rows]
+    for fn in FUNCTIONS.values():
+        storage = torch.full((a["q"].shape[1], a["q"].shape[0]), LSE_SENTINEL, dtype=lse_dtype)
+        lse = storage.t()  # head-major storage: a non-contiguous [num_tokens, heads] view
+        golden({**a, "softmax_lse": lse}, fn)
+        if lse_dtype == torch.float64:
+            torch.testing.assert_close(lse[rows], expected, rtol=0, atol=1e-12)
+        else:
+            torch.testing.assert_close(lse[rows], expected.float(), rtol=1e-6, atol=1e-6)
+        assert (lse[rows.stop:] == LSE_SENTINEL).all()
+    without_sinks = {**a, "sinks": None}
+    _, lse = golden_lse(without_sinks)
+    torch.testing.assert_close(lse[rows], oracle_lse(without_sinks)[rows], rtol=0, atol=1e-12)
+    assert (lse[rows] < expected).all()  # the sink adds its exp to every row
+
+
+def _kv_shard(a: dict, first: bool, split: list[int]) -> dict:
+    """One context-parallel shard: keys [0, split) or [split, seq_len) of each sequence, block-aligned."""
+    block_size = a["k"].shape[1]
+    table, lens = a["block_table"].clone(), a["seqused_k"].tolist()
+    if first:
+        shard_lens = split
+    else:
+        shard_lens = [n - h for n, h in zip(lens, split)]
+        for seq, h in enumerate(split):  # shift the row so that key h becomes position 0
+            row = a["block_table"][seq, h // block_size:]
+            table[seq] = torch.cat([row, row[-1:].expand(h // block_size)])
+    return {**a, "seqused_k": torch.tensor(shard_lens, dtype=torch.int32), "block_table": table,
+            "max_seqlen_k": max(shard_lens)}
+
+
+CONTEXT_PARALLEL = [
+    # (id, seq_lens, q_lens, causal): nothing position-dependent, so each shard's scores are the full call's
+    ("decode-causal", (9, 16, 5, 12), (1, 1, 1, 1), True),
+    ("bidirectional-multi-token", (9, 16, 10, 12), (3, 1, 2, 4), False),
+]
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("seq_lens,q_lens,causal", [quick(*CONTEXT_PARALLEL[0][1:], id=CONTEXT_PARALLEL[0][0])]
+                         + [c[1:] for c in CONTEXT_PARALLEL[1:]], ids=[c[0] for c in CONTEXT_PARALLEL])
+@pytest.mark.parametrize("fn", FUNCTIONS.values(), ids=FUNCTIONS.keys())
+def test_context_parallel_merge_by_lse(seq_lens, q_lens, causal, fn):
+    """Two calls over disjoint key shards, merged by their softmax_lse, equal the unsharded call.
+
+    The sink belongs to one shard only (it is one extra logit of the whole softmax).
+    """
+    sinks = torch.tensor([0.5, -1.0, 0.0, 2.0])
+    a = make_batch(seq_lens=seq_lens, q_lens=q_lens, seed=31, extra_cols=0)
+    a.update(causal=causal, softcap=4.0, sinks=sinks)
+    block_size = a["k"].shape[1]
+    split = [block_size * max(1, n // 2 // block_size) for n in seq_lens]
+    assert all(q <= h <= n - q for n, h, q in zip(seq_lens, split, q_lens))
+    rows = used_rows(a)
+    full, full_lse = golden_lse(a, fn)
+    out_a, lse_a = golden_lse(_kv_shard(a, True, split), fn)
+    out_b, lse_b = golden_lse({**_kv_shard(a, False, split), "sinks": None}, fn)
+    lse = torch.logsumexp(torch.stack([lse_a, lse_b]), dim=0)
+    merged = torch.exp(lse_a - lse)[..., None] * out_a + torch.exp(lse_b - lse)[..., None] * out_b
+    torch.testing.assert_close(merged[rows], full[rows], rtol=0, atol=1e-12)
+    torch.testing.assert_close(lse[rows], full_lse[rows], rtol=0, atol=1e-12)
+    torch.testing.assert_close(full_lse[rows], oracle_lse(a)[rows], rtol=0, atol=1e-12)
+    torch.testing.assert_close(full[rows], oracle(a)[rows], rtol=0, atol=1e-12)
+    assert (out_a[rows] - full[rows]).abs().max() > 1e-2  # each shard alone is far from the answer
