@@ -31,24 +31,13 @@ from typing import Callable
 import torch
 
 from . import mapping
+from .choices import BACKENDS, BREAK_MODES, MAPPING_BREAKS  # noqa: F401  (BACKENDS: eval.engine, eval.lm)
 from .paged_cache import PagedKVCache, StepPlan
 
-# sdpa and eager are transformers' own attention (eager where a model's features, e.g. softcap
-# or sinks, are not available to sdpa).
-# "reference-native": the reference computed in the model's dtype, the same-dtype baseline of the
-# gate: its distance from the float64 reference is the rounding noise of this model and dtype
-# (both go through the same mapping, so a mapping bug cannot inflate it).
-BACKENDS = ("kernel", "reference", "reference-native", "sdpa", "eager")
 PAGED_BACKENDS = ("kernel", "reference", "reference-native")
 STOCK_BACKENDS = ("sdpa", "eager")
 IMPLEMENTATION_NAMES = {"kernel": "paged_kernel", "reference": "paged_reference",
                         "reference-native": "paged_reference_native", "sdpa": "sdpa", "eager": "eager"}
-
-# Deliberate corruptions for demonstrating that the parity gate bites (``--break-kernel``).
-BREAK_MODES = ("none", "scale", "drop-last-block")
-# A mapping that loses one feature on its way to the kernel (``--break-mapping``). It is shared
-# by both paged backends, as the real mapping is: only transformers' attention can catch it.
-MAPPING_BREAKS = ("none", "sinks", "softcap", "window", "chunk")
 
 
 @dataclass
@@ -81,7 +70,10 @@ _ACTIVE = _Active()
 
 def _kernel_fn():
     # Imported late: the kernels package is optional for the sdpa/reference backends, and on CPU
-    # TRITON_INTERPRET must be in the environment before triton is first imported.
+    # TRITON_INTERPRET must be in the environment (``setup``) before triton is first imported.
+    from . import setup
+
+    setup()
     import paged_kernels
 
     return paged_kernels.unified_attention

@@ -1,4 +1,4 @@
-"""Device and dtype defaults, and the Triton interpreter switch for GPU-less machines."""
+"""Device and dtype defaults (the Triton interpreter switch is ``eval.setup``)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,6 @@ import torch
 
 def has_cuda() -> bool:
     return torch.cuda.is_available()
-
-
-def ensure_triton_mode() -> None:
-    """Without a GPU, kernels can only run in Triton's interpreter, which must be chosen early."""
-    from attention_suite import device as suite_device
-
-    suite_device.ensure()
 
 
 def default_device() -> str:

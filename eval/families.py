@@ -3,10 +3,10 @@
 Each family is a transformers config whose attention is the published model's (query heads
 per KV head, head size, window pattern, softcap, sinks, rope) on a small width and depth, so
 the parity gate exercises every attention feature those models need. Weights are random
-(drawn here from a seeded generator, not by transformers' init, so they do not depend on the
-transformers version), the tokenizer is the tiny model's (vocab sized to it), and the folder
-is written with ``save_pretrained`` into the tiny model's cache: the job then loads it through
-``--pretrained PATH`` exactly as a real checkpoint.
+(drawn from a seeded generator by ``tiny_model.seeded_state_dict``, not by transformers' init,
+so they do not depend on the transformers version), the tokenizer is the tiny model's (vocab
+sized to it), and the folder is written with ``save_pretrained`` into the tiny model's cache:
+the job then loads it through ``--pretrained PATH`` exactly as a real checkpoint.
 
 Two scales of one family share everything but a few sizes:
 
@@ -28,8 +28,6 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import torch
 
 FORMAT_VERSION = 1
 HIDDEN, INTERMEDIATE = 64, 128
@@ -152,28 +150,21 @@ def config_for(family: Family, scale: str, tokenizer):
     return config
 
 
-def _fan_in(shape: torch.Size) -> int:
+def _fan_in(shape: tuple[int, ...]) -> int:
     # nn.Linear / embeddings store [out, in]; gpt-oss's expert banks are [experts, in, out].
     return shape[-1] if len(shape) == 2 else shape[-2]
 
 
-def seeded_state_dict(model: torch.nn.Module, seed: int, device="cpu") -> dict[str, torch.Tensor]:
-    gen = torch.Generator(device=device).manual_seed(seed)
-    state = {}
-    for name, param in sorted(model.state_dict().items()):
-        if not param.is_floating_point():
-            state[name] = param
-        elif name.endswith("norm.weight"):
-            # 1 for x * w norms; Gemma's x * (1 + w) then doubles, harmless.
-            state[name] = torch.ones_like(param)
-        else:
-            if param.dim() >= 2:
-                std = GAIN / math.sqrt(_fan_in(param.shape))
-            else:
-                std = SINK_STD if name.endswith("sinks") else 0.3
-            noise = torch.randn(param.shape, generator=gen, dtype=torch.float32, device=device)
-            state[name] = (noise * std).to(param.dtype)
-    return state
+@dataclass(frozen=True)
+class WeightInit:
+    """A family's random weights, drawn by ``tiny_model.seeded_state_dict``."""
+
+    seed: int
+
+    def std(self, name: str, shape: tuple[int, ...]) -> float:
+        if len(shape) >= 2:
+            return GAIN / math.sqrt(_fan_in(shape))
+        return SINK_STD if name.endswith("sinks") else 0.3
 
 
 def _fingerprint(family: Family, scale: str, tokenizer_dir: Path) -> str:
@@ -184,7 +175,10 @@ def _fingerprint(family: Family, scale: str, tokenizer_dir: Path) -> str:
 
 def build(family: Family, scale: str, tokenizer_dir: Path, path: Path, seed: int = 1234) -> Path:
     """Write the family's checkpoint (config, random weights, the shared tokenizer) into ``path``."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .tiny_model import seeded_state_dict
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = config_for(family, scale, tokenizer)
@@ -193,7 +187,7 @@ def build(family: Family, scale: str, tokenizer_dir: Path, path: Path, seed: int
     dtype = torch.bfloat16 if family.real_scale else torch.float32
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.load_state_dict(seeded_state_dict(model, seed, device))
+    model.load_state_dict(seeded_state_dict(model, WeightInit(seed), device))
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)

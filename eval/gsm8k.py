@@ -10,11 +10,12 @@ With ``--family NAME`` (or ``all``) the model is a random-weight checkpoint of e
 one table row per family follows the per-family sections.
 
 Exit status: 0 gate passed, 1 gate failed, 2 self-check failed (or bad usage), 3 crashed.
+
+Arguments are parsed before torch, triton, transformers or lm-eval is imported: ``--help`` and
+usage errors answer at once, and ``eval.setup`` picks the device before triton loads.
 """
 
 from __future__ import annotations
-
-import eval as _pkg  # noqa: F401  (first: turns on the Triton interpreter when there is no GPU)
 
 import argparse
 import dataclasses
@@ -27,12 +28,16 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from . import families, setup, task
+from .choices import BACKENDS, BREAK_MODES, MAPPING_BREAKS
+from .tasks import gsm8k_data
 
-from . import families, parity, task
-from .attention import BACKENDS, BREAK_MODES, MAPPING_BREAKS
-from .device import default_device, has_cuda, resolve_dtype
+if TYPE_CHECKING:  # annotations only: both import torch
+    import torch
+
+    from . import parity
 
 EXIT_PASS, EXIT_GATE_FAILED, EXIT_SELF_CHECK_FAILED, EXIT_CRASHED = 0, 1, 2, 3
 BREAK_ENV = "PAV_BREAK_KERNEL"
@@ -52,6 +57,9 @@ CPU_FAMILY_DEFAULTS = {"limit": 2, "max_gen_toks": 12, "batch_size": 2, "num_few
 GPU_FAMILY_DEFAULTS = {"limit": 64, "max_gen_toks": 256, "batch_size": 32, "num_fewshot": 8}
 PARITY_NOT_ACCURACY = ("random weights score 0 on gsm8k: the gate judges parity (kernel vs reference vs "
                        "transformers' attention), not accuracy")
+MODEL_ACCURACY = "exact_match is the model's gsm8k accuracy on each backend; the gate judges parity between them"
+# Files our random-weight checkpoints carry (tiny_model.build, families.build).
+RANDOM_WEIGHT_MARKERS = ("tiny_spec.json", "family.json")
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -63,24 +71,31 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def int_at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+def per_device_help(key: str) -> str:
+    """The defaults of ``key`` on CPU and GPU, with and without --family, as the help states them."""
+
+    def pair(cpu: dict, gpu: dict) -> str:
+        if cpu[key] == gpu[key]:
+            return f"{cpu[key]} on CPU and GPU"
+        return f"{cpu[key]} on CPU, {gpu[key]} on GPU"
+
+    return (f"(default: {pair(CPU_DEFAULTS, GPU_DEFAULTS)}; "
+            f"with --family {pair(CPU_FAMILY_DEFAULTS, GPU_FAMILY_DEFAULTS)})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,32 +111,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "model (eager for families sdpa cannot run, else sdpa)")
     p.add_argument("--trusted", default=None,
                    help="backends the kernel is judged against (default: every non-kernel backend run)")
-    cpu, gpu, fcpu, fgpu = CPU_DEFAULTS, GPU_DEFAULTS, CPU_FAMILY_DEFAULTS, GPU_FAMILY_DEFAULTS
-
-    def per_device(key: str) -> str:
-        return (f"(default: {cpu[key]} on CPU, {gpu[key]} on GPU; with --family {fcpu[key]} on CPU, "
-                f"{fgpu[key]} on GPU)")
-
-    p.add_argument("--limit", type=positive_int, default=None, help=f"problems per model {per_device('limit')}")
-    p.add_argument("--num-fewshot", type=non_negative_int, default=None,
-                   help=f"solved examples in each prompt {per_device('num_fewshot')}")
-    p.add_argument("--max-gen-toks", type=positive_int, default=None,
-                   help=f"generation budget per problem {per_device('max_gen_toks')}")
+    p.add_argument("--limit", type=int_at_least(1), default=None,
+                   help=f"problems per model {per_device_help('limit')}")
+    p.add_argument("--num-fewshot", type=int_at_least(0), default=None,
+                   help=f"solved examples in each prompt {per_device_help('num_fewshot')}")
+    p.add_argument("--max-gen-toks", type=int_at_least(1), default=None,
+                   help=f"generation budget per problem {per_device_help('max_gen_toks')}")
     p.add_argument("--dtype", default="auto", help="auto = bfloat16 on GPU, float32 on CPU (interpreter)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--batch-size", type=positive_int, default=None,
-                   help=f"sequences per prefill / decode batch {per_device('batch_size')}")
-    p.add_argument("--block-size", type=positive_int, default=16, help="paged KV cache block size")
+    p.add_argument("--batch-size", type=int_at_least(1), default=None,
+                   help=f"sequences per prefill / decode batch {per_device_help('batch_size')}")
+    p.add_argument("--block-size", type=int_at_least(1), default=16, help="paged KV cache block size")
     p.add_argument("--data-dir", default=None,
-                   help="folder with gsm8k test.jsonl/train.jsonl (or $GSM8K_DATA_DIR); default: the hub dataset")
+                   help=f"folder with gsm8k test.jsonl and train.jsonl (default: ${gsm8k_data.DATA_DIR_ENV}, "
+                        f"else {gsm8k_data.SHARED_DATA_DIR})")
     p.add_argument("--seed", type=int, default=0, help="block-table shuffle seed")
     p.add_argument("--reference-precision", default="float64", choices=("float64", "native"),
                    help="precision of the reference backend: float64 golden, or the model dtype")
     p.add_argument("--break-kernel", default=os.environ.get(BREAK_ENV, "none"), choices=BREAK_MODES,
                    help=f"debug: corrupt the kernel backend to see the gate fail (or ${BREAK_ENV})")
     p.add_argument("--break-mapping", default="none", choices=MAPPING_BREAKS,
-                   help="debug: drop one feature (sinks / softcap / window) between transformers' arguments and "
-                        "both paged backends, to see the gate fail for the families that use it")
+                   help=f"debug: drop one feature ({' / '.join(m for m in MAPPING_BREAKS if m != 'none')}) between "
+                        "transformers' arguments and both paged backends, to see the gate fail for the families "
+                        "that use it")
     p.add_argument("--self-check", default=True, action=argparse.BooleanOptionalAction,
                    help="first run the gold-answer oracle that proves the task and filters are wired right "
                         "(--no-self-check skips it)")
@@ -139,6 +151,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"unknown backends {unknown}; choose from {(*BACKENDS, STOCK)}")
     if args.family and args.pretrained != "tiny":
         p.error("--family and --pretrained name different models; give one")
+    try:
+        args.data_dir = gsm8k_data.resolve_data_dir(args.data_dir)
+    except FileNotFoundError as exc:
+        p.exit(EXIT_SELF_CHECK_FAILED, f"{p.prog}: error: {exc}\n")
+    from .device import default_device
+
     args.device = args.device or default_device()
     on_gpu = str(args.device).startswith("cuda")
     if args.family:
@@ -152,6 +170,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _versions() -> dict:
+    import torch
     import transformers
     import triton
 
@@ -166,6 +185,10 @@ def _versions() -> dict:
 
 
 def _device_name(device: str) -> str:
+    import torch
+
+    from .device import has_cuda
+
     if str(device).startswith("cuda") and has_cuda():
         return torch.cuda.get_device_name(torch.device(device))
     return f"cpu ({platform.processor() or platform.machine()}, Triton interpreter)"
@@ -193,13 +216,14 @@ def _evaluate(model, choice: task.TaskChoice, args) -> dict:
 def run_self_check(choice: task.TaskChoice, args) -> dict:
     from .lm import GoldOracleLM
 
-    oracle = GoldOracleLM(data_dir=str(choice.data_dir) if choice.data_dir else None)
+    oracle = GoldOracleLM(data_dir=str(choice.data_dir))
     res = _evaluate(oracle, choice, args)
     em = _em(res, choice.name)
     return {"metrics": {f: em[f][0] for f in task.FILTERS}, "passed": all(em[f][0] == 1.0 for f in task.FILTERS)}
 
 
 def run_backend(model, tokenizer, backend: str, choice: task.TaskChoice, args):
+    from . import parity
     from .lm import PagedAttentionLM
 
     lm = PagedAttentionLM(
@@ -262,7 +286,10 @@ def _fmt(x: float, spec: str = ".4f") -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def render(report: dict, gate_label: str = "GATE") -> str:
+def render(report: dict, gate_label: str = "GATE", accuracy_note: bool = True) -> str:
+    """The report as text; ``accuracy_note``: say under the table what its exact_match means."""
+    from . import parity
+
     lines = []
     meta = report["run"]
     lines.append(f"gsm8k ({meta['task']}, {meta['num_fewshot']}-shot, limit {meta['limit']}, "
@@ -276,13 +303,17 @@ def render(report: dict, gate_label: str = "GATE") -> str:
         lines.append(f"self-check (gold oracle): strict {_fmt(sc['metrics']['strict-match'])} "
                      f"flexible {_fmt(sc['metrics']['flexible-extract'])} -> {'PASS' if sc['passed'] else 'FAIL'}")
     lines.append("")
-    header = f"{'backend':<10} {'exact_match strict':>22} {'exact_match flexible':>22} {'time':>8}  attention calls"
+    width = max(len("backend"), *map(len, report["backends"]))
+    header = (f"{'backend':<{width}} {'exact_match strict':>22} {'exact_match flexible':>22} {'time':>8}  "
+              "attention calls")
     lines.append(header)
     lines.append("-" * len(header))
     for name, b in report["backends"].items():
         cells = [f"{_fmt(b['metrics'][f][0])} ± {_fmt(b['metrics'][f][1])}" for f in task.FILTERS]
         calls = " ".join(f"{k}={v}" for k, v in sorted(b["attention_calls"].items())) or "(stock)"
-        lines.append(f"{name:<10} {cells[0]:>22} {cells[1]:>22} {b['runtime_s']:>7.1f}s  {calls}")
+        lines.append(f"{name:<{width}} {cells[0]:>22} {cells[1]:>22} {b['runtime_s']:>7.1f}s  {calls}")
+    if accuracy_note:
+        lines.append(PARITY_NOT_ACCURACY if meta.get("random_weights") else MODEL_ACCURACY)
     noise = report.get("noise_floor")
     if noise:
         lines.append("")
@@ -324,18 +355,26 @@ def _pairs(backends: list[str], trusted: list[str] | None) -> list[tuple[str, st
 def select_noise_floor(floors: dict[str, parity.NoiseFloor]) -> parity.NoiseFloor | None:
     """The gate's floor from every backend's distance to the float64 reference: the nearest
     trusted one's, per measure (the kernel, being judged, never sets its own limit)."""
+    from . import parity
+
     return parity.nearest_floor([f for name, f in floors.items() if name != "kernel"])
+
+
+def is_random_weight(model_path: str) -> bool:
+    """Whether the checkpoint is one of ours with seeded random weights (tiny model, families)."""
+    return any((Path(model_path) / marker).is_file() for marker in RANDOM_WEIGHT_MARKERS)
 
 
 def evaluate_model(args, choice: task.TaskChoice, dtype: torch.dtype, pretrained: str, stock: str,
                    label: str) -> dict:
     """One model through every backend, the replay and the gate: a report (no self-check)."""
+    from . import parity
     from .lm import load_model_and_tokenizer
 
     backends = list(dict.fromkeys(stock if b == STOCK else b for b in args.backends))
     print(f"== loading {label} ({dtype}, {args.device})", flush=True)
     model, tokenizer, model_path = load_model_and_tokenizer(
-        pretrained, dtype, args.device, str(choice.data_dir) if choice.data_dir else None,
+        pretrained, dtype, args.device, str(choice.data_dir),
         attn_implementation="sdpa" if stock == "sdpa" else "eager")
 
     backend_results, backend_extra = {}, {}
@@ -364,6 +403,7 @@ def evaluate_model(args, choice: task.TaskChoice, dtype: torch.dtype, pretrained
     return {
         "run": {"task": choice.name, "data": choice.source, "limit": args.limit, "num_fewshot": args.num_fewshot,
                 "max_gen_toks": args.max_gen_toks, "model": label, "model_path": model_path,
+                "random_weights": is_random_weight(model_path),
                 "dtype": str(dtype).removeprefix("torch."), "device": _device_name(args.device),
                 "batch_size": args.batch_size, "block_size": args.block_size, "seed": args.seed,
                 "reference_precision": args.reference_precision, "break_kernel": args.break_kernel,
@@ -421,17 +461,18 @@ def render_family_table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    setup()
+    import torch
+
+    from .device import resolve_dtype
+
     if not args.verbose:
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
         logging.getLogger("lm-eval").setLevel(logging.ERROR)
         import transformers
 
         transformers.logging.set_verbosity_error()
-    try:
-        choice = task.choose(args.data_dir)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_SELF_CHECK_FAILED
+    choice = task.choose(args.data_dir)
     dtype = resolve_dtype(args.dtype, args.device)
     if args.device == "cpu" and "kernel" in args.backends and dtype == torch.bfloat16:
         print("warning: bf16 under the Triton interpreter is unreliable (triton #11584); use float32/float16 on CPU",
@@ -472,7 +513,7 @@ def _run_families(args, choice: task.TaskChoice, dtype: torch.dtype, report: dic
 
     on_gpu = str(args.device).startswith("cuda")
     scale = "gpu" if on_gpu else "cpu"
-    train_docs = load_train_docs(str(choice.data_dir) if choice.data_dir else None)
+    train_docs = load_train_docs(str(choice.data_dir))
     rows, reports, sections = [], {}, []
     for name in _family_names(args):
         family = families.FAMILIES[name]
@@ -492,7 +533,7 @@ def _run_families(args, choice: task.TaskChoice, dtype: torch.dtype, report: dic
                                   "scale": scale, "geometry": geometry,
                                   "sliding_window": family.sliding_window(scale)}
         reports[name] = model_report
-        sections.append(render(model_report, gate_label=f"gate [{name}]"))
+        sections.append(render(model_report, gate_label=f"gate [{name}]", accuracy_note=False))
         rows.append({"family": name, "geometry": geometry, "stock": family.stock, "parity": model_report["parity"],
                      "time_s": time.time() - start, "verdict": model_report["verdict"], "gate": gate})
     ran = [r["gate"] for r in rows if "gate" in r]

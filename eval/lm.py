@@ -14,14 +14,18 @@ import logging
 import os
 from collections import defaultdict
 
-import torch
-from lm_eval.api.model import LM
-from lm_eval.api.registry import register_model
-from tqdm import tqdm
+from . import setup
 
-from . import attention
-from .device import default_device, resolve_dtype
-from .engine import Engine
+setup()  # the device, before lm_eval imports triton (through transformers)
+
+import torch  # noqa: E402
+from lm_eval.api.model import LM  # noqa: E402
+from lm_eval.api.registry import register_model  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from . import attention  # noqa: E402
+from .device import default_device, resolve_dtype  # noqa: E402
+from .engine import Engine  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -47,6 +47,9 @@ class TinySpec:
     seed: int = 1234
     format_version: int = 1
 
+    def std(self, name: str, shape: tuple[int, ...]) -> float:
+        return self.init_std
+
 
 def cache_root() -> Path:
     if os.environ.get(CACHE_ENV):
@@ -107,16 +110,20 @@ def _llama_config(spec: TinySpec, tokenizer):
     )
 
 
-def seeded_state_dict(model: torch.nn.Module, spec: TinySpec) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(spec.seed)
+def seeded_state_dict(model: torch.nn.Module, spec, device="cpu") -> dict[str, torch.Tensor]:
+    """Weights from a generator seeded with ``spec.seed``: norm weights 1, every other float tensor
+    normal with standard deviation ``spec.std(name, shape)`` (``TinySpec``, ``families.WeightInit``)."""
+    gen = torch.Generator(device=device).manual_seed(spec.seed)
     state = {}
     for name, param in sorted(model.state_dict().items()):
         if not param.is_floating_point():
             state[name] = param
         elif name.endswith("norm.weight"):
+            # 1 for x * w norms; Gemma's x * (1 + w) then doubles, harmless.
             state[name] = torch.ones_like(param)
         else:
-            state[name] = torch.randn(param.shape, generator=gen, dtype=torch.float32) * spec.init_std
+            noise = torch.randn(param.shape, generator=gen, dtype=torch.float32, device=device)
+            state[name] = (noise * spec.std(name, param.shape)).to(param.dtype)
     return state
 
 

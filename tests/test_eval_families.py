@@ -161,13 +161,14 @@ def test_families_have_their_published_geometry(train_docs, cache_root):
 
 
 def test_family_weights_are_seeded(train_docs, cache_root):
-    from eval import families
+    from eval.families import WeightInit
+    from eval.tiny_model import seeded_state_dict
 
     model, _ = _family("gpt-oss", train_docs, cache_root)
-    a, b = families.seeded_state_dict(model, 1234), families.seeded_state_dict(model, 1234)
+    a, b = seeded_state_dict(model, WeightInit(1234)), seeded_state_dict(model, WeightInit(1234))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(a[k], v) for k, v in model.state_dict().items())
-    assert not torch.equal(families.seeded_state_dict(model, 1235)["model.layers.0.self_attn.sinks"],
+    assert not torch.equal(seeded_state_dict(model, WeightInit(1235))["model.layers.0.self_attn.sinks"],
                            a["model.layers.0.self_attn.sinks"])
 
 

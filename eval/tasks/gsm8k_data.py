@@ -11,20 +11,19 @@ import os
 from pathlib import Path
 
 DATA_DIR_ENV = "GSM8K_DATA_DIR"
+# The project's shared data beside the checkout: <checkout>/../shared/data/gsm8k.
+SHARED_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "gsm8k"
 SPLITS = ("train", "test")
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The folder given, else ``$GSM8K_DATA_DIR``; it must hold ``test.jsonl`` and ``train.jsonl``."""
-    chosen = data_dir or os.environ.get(DATA_DIR_ENV)
-    if not chosen:
-        raise FileNotFoundError(
-            f"no gsm8k data folder: pass --data-dir DIR (or metadata data_dir=DIR) or set {DATA_DIR_ENV}"
-        )
-    path = Path(chosen).expanduser().resolve()
+    """The folder given, else ``$GSM8K_DATA_DIR``, else ``SHARED_DATA_DIR``; it must hold
+    ``test.jsonl`` and ``train.jsonl``."""
+    path = Path(data_dir or os.environ.get(DATA_DIR_ENV) or SHARED_DATA_DIR).expanduser().resolve()
     missing = [f"{s}.jsonl" for s in SPLITS if not (path / f"{s}.jsonl").is_file()]
     if missing:
-        raise FileNotFoundError(f"gsm8k data folder {path} lacks {', '.join(missing)}")
+        raise FileNotFoundError(f"no gsm8k data at {path} (missing {', '.join(missing)}): pass --data-dir DIR "
+                                f"(or metadata data_dir=DIR) or set {DATA_DIR_ENV}")
     return path
 
 
