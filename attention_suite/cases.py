@@ -31,6 +31,7 @@ LAYOUTS = (
     "head_major",      # cache stored [blocks, heads, block, dim], viewed [blocks, block, heads, dim]
     "kv_unlike",       # k dense, v head-major with padded blocks: k and v strides all differ
     "bt_strided",      # block table rows longer than their used width
+    "bt_colstrided",   # block table columns two entries apart (every other column of a wider table)
     "head_padded",     # q/k/v/out rows padded past head_size (padding poisoned in poison runs)
     "qq_bias_strided", # qq_bias is every other column of a wider tensor
 )
@@ -95,6 +96,9 @@ class Case:
     pad_tokens: int = 0  # q/out rows past the last sequence (padded CUDA-graph batches)
     num_segments: int | None = None  # force a segment count on the 3D path
     table_slack: int = 1  # block-table columns past the longest sequence's last block (0: exact fit)
+    # Every query gets +a and every key -a along one shared direction: all scores near -a^2 * scale,
+    # far below zero, where the online softmax's starting maximum decides the result.
+    aligned_logits: float = 0.0
     # Keyword-only features, named as the API names them; each is passed to the implementation only
     # when it differs from its default.
     chunk_lookback: int = -1  # chunked attention (needs causal and window_size[0] >= 0); -1 off
@@ -102,9 +106,10 @@ class Case:
     # [num_seqs, max_ranges + 1, 2] the API takes, every row padded with an unused (start >= end) entry.
     mm_prefix_range: tuple = ()
     mm_prefix_clamp_sliding_window: bool = False
+    range_slack: int = 1  # unused entries past the fullest row of the range table (0: every entry in use)
     # fp8 cache only: k/v descales of shape [num_seqs, num_kv_heads]; each (sequence, KV head) is
     # scaled by its own factor before quantization, so the descales differ.
-    descale_per_head: bool = False
+    descale_per_head: bool | str = False  # True: K and V; "k" or "v": that one only, the other one element
     # Per-token-head quantized cache: "int8_per_token_head" (kv_dtype "int8") or "fp8_per_token_head"
     # (kv_dtype "float8_e4m3fn"), with float32 scale caches [num_blocks, block_size, num_kv_heads].
     kv_quant_mode: str | None = None
@@ -124,6 +129,7 @@ class Case:
         assert self.table_slack >= 0, self.label
         assert all(0 <= r[0] < len(self.seq_lens) for r in self.mm_prefix_range), self.label
         assert not self.descale_per_head or self.kv_dtype == "float8_e4m3fn", self.label
+        assert self.descale_per_head in (False, True, "k", "v"), self.descale_per_head
         assert self.kv_quant_mode in (None, "int8_per_token_head", "fp8_per_token_head"), self.kv_quant_mode
         assert (self.kv_dtype == "int8") <= (self.kv_quant_mode == "int8_per_token_head"), self.label
         assert self.kv_quant_mode != "fp8_per_token_head" or self.kv_dtype == "float8_e4m3fn", self.label
@@ -220,10 +226,12 @@ ID_TAGS = {
     "pad_tokens": lambda c: f"pad{c.pad_tokens}",
     "num_segments": lambda c: f"seg{c.num_segments}",
     "table_slack": lambda c: f"slack{c.table_slack}",
+    "aligned_logits": lambda c: f"aligned{c.aligned_logits:g}",
     "chunk_lookback": lambda c: f"chunk{c.chunk_lookback}",
     "mm_prefix_range": lambda c: "ranges" + "_".join(f"{q}.{a}.{b}" for q, a, b in c.mm_prefix_range),
     "mm_prefix_clamp_sliding_window": lambda c: "clamp",
-    "descale_per_head": lambda c: "descale-seqhead",
+    "range_slack": lambda c: f"rangeslack{c.range_slack}",
+    "descale_per_head": lambda c: "descale-seqhead" + ("" if c.descale_per_head is True else f"-{c.descale_per_head}"),
     "kv_quant_mode": lambda c: "pertokenhead",
     "qq_bias": lambda c: f"qqbias-{c.qq_bias}",
     "rswa_window": lambda c: f"rswa{c.rswa_window}-" + ".".join(map(str, c.rswa_prefix_lens)),
@@ -412,12 +420,12 @@ def scatter_block_table(blocks_needed, block_ids: torch.Tensor, width: int, fill
 def prefix_range_tensor(case: Case) -> torch.Tensor | None:
     """int32 ``[num_seqs, max_ranges + 1, 2]`` from ``case.mm_prefix_range`` (None without ranges).
 
-    Every row ends in unused entries, (5, 2) past a sequence's own ranges: start >= end must be
-    skipped whatever the values."""
+    Rows are padded with unused entries, (5, 2), past a sequence's own ranges: start >= end must be
+    skipped whatever the values. ``range_slack`` 0 with equally many ranges per row leaves none."""
     if not case.mm_prefix_range:
         return None
     num_seqs = len(case.seq_lens)
-    width = max(len(case.ranges_of(s)) for s in range(num_seqs)) + 1
+    width = max(len(case.ranges_of(s)) for s in range(num_seqs)) + case.range_slack
     table = torch.tensor([[5, 2]], dtype=torch.int32).repeat(num_seqs, width, 1)
     for seq in range(num_seqs):
         for i, (start, end) in enumerate(case.ranges_of(seq)):
@@ -443,6 +451,15 @@ def _quantize_per_seq_head(case: Case, vals, table, blocks_needed, fallback, sal
         descale[seq] = rows.abs().amax(dim=(0, 1, 3)).clamp_min(1e-6) / FP8_TOP
         out[blocks] = rows / descale[seq][None, None, :, None]
     return out, descale
+
+
+def _block_table_on(device, layout: str, backing: torch.Tensor, block_table: torch.Tensor, width: int):
+    """The block table on ``device``, the same view of its backing table as on the host."""
+    if layout == "bt_strided":
+        return backing.to(device)[:, :width]
+    if layout == "bt_colstrided":
+        return backing.to(device)[:, ::2]
+    return block_table.to(device)
 
 
 def _tree_bias(case: Case, gen) -> torch.Tensor:
@@ -492,12 +509,21 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
     table_cols = width + 5 if case.layout == "bt_strided" and not exact else width
     table = scatter_block_table(blocks_needed, order, table_cols, spare_block)
     block_table = table[:, :width] if case.layout == "bt_strided" else table
+    backing = table
+    if case.layout == "bt_colstrided":  # the odd columns hold the spare block: a wrong stride reads them
+        backing = torch.full((num_seqs, 2 * width), spare_block, dtype=torch.int32)
+        backing[:, ::2] = block_table
 
     # Values are drawn in float32 on the CPU so every device sees the same numbers.
     shape = (num_blocks, case.block_size, case.num_kv_heads, case.head_size)
     k_vals, v_vals = _randn(shape, gen), _randn(shape, gen) * case.value_scale
     num_tokens = sum(case.query_lens) + case.pad_tokens
     q_vals = _randn((num_tokens, case.num_q_heads, case.head_size), gen) * case.logit_scale
+    if case.aligned_logits:
+        # One shared unit direction, from a generator of its own: the other draws stay as they were.
+        direction = torch.randn(case.head_size, generator=torch.Generator().manual_seed(seed + 2))
+        direction = direction / direction.norm() * case.aligned_logits
+        q_vals, k_vals = q_vals + direction, k_vals - direction
     k_descale = v_descale = k_scales = v_scales = None
     if case.kv_quant_mode:  # per-token-head: every cached row quantized with its own scale
         k_vals, k_scales = per_token_head_quantize(k_vals, case.kv_dtype)
@@ -505,8 +531,9 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
     elif kv_dtype is not dtype or dtype is DTYPES["float8_e4m3fn"]:  # fp8 cache: quantize with a per-tensor scale
         k_descale, v_descale = per_tensor_fp8_descale(k_vals), per_tensor_fp8_descale(v_vals)
         k_vals, v_vals = k_vals / k_descale, v_vals / v_descale
-        if case.descale_per_head:
+        if case.descale_per_head in (True, "k"):
             k_vals, k_descale = _quantize_per_seq_head(case, k_vals * k_descale, table, blocks_needed, k_descale, 0)
+        if case.descale_per_head in (True, "v"):
             v_vals, v_descale = _quantize_per_seq_head(case, v_vals * v_descale, table, blocks_needed, v_descale, 1)
 
     if poison:
@@ -565,7 +592,7 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
     return Inputs(
         case=case, q=q, k=k, v=v, out=out, cu_seqlens_q=cu.to(device),
         seqused_k=torch.tensor(case.seq_lens, dtype=torch.int32, device=device),
-        block_table=block_table.to(device) if case.layout != "bt_strided" else table.to(device)[:, :width],
+        block_table=_block_table_on(device, case.layout, backing, block_table, width),
         softmax_scale=case.softmax_scale_factor / math.sqrt(case.head_size), k_descale=to_dev(k_descale), v_descale=to_dev(v_descale),
         alibi_slopes=slopes, sinks=sinks, output_scale=output_scale, seed=seed,
         mm_prefix_range=to_dev(prefix_range_tensor(case)), k_scale_cache=to_dev(k_scales),

@@ -102,6 +102,9 @@ def feature_cases() -> list[Case]:
         # Chunks of (23 + 1) // 2 = 12 keys, the own chunk and one before it.
         "chunked-attn": dict(window_size=(23, -1), chunk_lookback=1),
         "fp8kv-descale-seqhead": dict(kv_dtype="float8_e4m3fn", descale_per_head=True),
+        # K's descale one element, V's per (sequence, KV head), and the other way round.
+        "fp8kv-descale-v-seqhead": dict(kv_dtype="float8_e4m3fn", descale_per_head="v"),
+        "fp8kv-descale-k-seqhead": dict(kv_dtype="float8_e4m3fn", descale_per_head="k", dtype="bfloat16"),
         "int8kv-pertokenhead": dict(kv_dtype="int8", kv_quant_mode="int8_per_token_head"),
         # fp8 queries against an fp8 cache: bf16 or fp8 output.
         "fp8q-bf16out": dict(dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="bfloat16"),
@@ -167,6 +170,27 @@ def edge_cases() -> list[Case]:
         _case("window-outside-segments-chunked", seq_lens=(10 * t,), query_lens=(t + 5,), window_size=(t // 2, -1),
               num_segments=6),
         _case("window-0", seq_lens=(3 * t, 40), query_lens=(1, 7), window_size=(0, -1)),
+        # Scores all far below zero where rows' first visited tiles are fully masked (a window that
+        # starts past them), through 2D and each split: the online softmax must start from -inf, not 0.
+        _case("aligned-logits-window", "chunked", aligned_logits=30.0, window_size=(t + 3, -1)),
+        _case("aligned-logits-window-split", seq_lens=(6 * t + 5, 4 * t), query_lens=(t + 3, 1),
+              aligned_logits=30.0, window_size=(t // 2, -1), num_segments=4),
+        _case("aligned-logits-decode", "decode", aligned_logits=30.0, window_size=(t // 2 + 1, -1), num_segments=3),
+        # Block sizes that are not powers of two, below and above the tile, on tables sized exactly
+        # and read through a column stride.
+        _case("block12-prefill", "prefill", block_size=12, table_slack=0),
+        _case("block12-decode-split", "decode", block_size=12, layout="bt_colstrided", num_segments=3),
+        _case("block24-chunked", "chunked", block_size=24, layout="bt_colstrided", table_slack=0),
+        _case("block40-mixed-window", block_size=40, window_size=(19, -1), layout="bt_colstrided"),
+        # A range table whose rows are all full (no unused entry to stop at), and a range that ends
+        # exactly at the first query position of a split decode.
+        _case("ranges-no-padding", "chunked", window_size=(5, -1), mm_prefix_range=((0, 44, 58), (1, 28, 40)),
+              range_slack=0),
+        _case("range-ends-at-decode-query", "decode", window_size=(3, -1), num_segments=4,
+              mm_prefix_range=((0, 2, 16), (1, 10, 44), (2, 0, 79), (3, 20, 32)), range_slack=0),
+        # A non-power-of-two GQA group through small split decodes (the fused merge).
+        _case("gqa3-fused-merge", "decode", num_segments=3, **_gqa(3)),
+        _case("gqa6-fused-merge", "decode", num_segments=4, table_slack=0, **_gqa(6)),
         # vLLM 0.33's arguments at their boundaries: a draft token whose bias hides every new key (with
         # no context it sees nothing), R-SWA prefixes of 0 and of the whole sequence and a window of
         # one key, sqrt-ALiBi at distance 0 (one key), a bidirectional sequence with a one-key window.
@@ -277,6 +301,9 @@ def poison_cases() -> list[Case]:
         _case("poison-rswa-decode", "decode", rswa_prefix_lens=(4, 0, 20, 11), rswa_window=9, num_segments=4),
         _case("poison-causal-per-seq", "mixed", causal=(False, True, False, True), window_size=(6, -1)),
         _case("poison-qqbias", "verify", qq_bias="tree", window_size=(12, -1)),
+        _case("poison-ranges-no-padding", "chunked", window_size=(5, -1),
+              mm_prefix_range=((0, 44, 58), (1, 28, 40)), range_slack=0),
+        _case("poison-block12-colstrided", "mixed", block_size=12, layout="bt_colstrided", window_size=(9, -1)),
         # On Hopper+ the reduction is a programmatic dependent of the 3D kernel, scheduled while that
         # kernel runs: a long walk (2 segments of 8,192 keys, ~20 us) into the NaN workspace shows a
         # reduction that reads before the 3D kernel is done. Heads of 256: a merge the planner leaves
@@ -297,6 +324,7 @@ def layout_cases() -> list[Case]:
 def quick_cases() -> list[Case]:
     """A one-minute cross-section: together these cover every class ``coverage`` finds in any table
     (``tests/test_harness.py`` checks it), so each case carries several features and one layout."""
+    t = TILE_HINT
     return [
         _case("quick-decode-window-sinks", "decode", window_size=(20, -1), sinks=True, num_segments=3, layout="kv_combined"),
         # The window makes later segments empty for earlier queries (3D) and leaves rows with no
@@ -357,6 +385,18 @@ def quick_cases() -> list[Case]:
         _case("quick-zero-scale-decode", "decode", softmax_scale_factor=0.0, window_size=(20, -1), num_segments=2),
         # A verify batch with a draft tree's bias (strided, one dead row), sqrt-ALiBi and the
         # log-sum-exp out; per-sequence causal flags with R-SWA and prefix ranges.
+        # Boundaries the field-coverage rule alone does not reach: scores all far below zero past a
+        # fully masked first tile, a one-key window, a range ending at a split decode's query, an
+        # exactly sized table of non-power-of-two blocks read through a column stride, a full range
+        # table, a non-power-of-two GQA group in the fused merge, unlike descale shapes.
+        _case("quick-aligned-logits-window", seq_lens=(6 * t + 5, 4 * t), query_lens=(t + 3, 1), aligned_logits=30.0,
+              window_size=(t // 2, -1), num_segments=4),
+        _case("quick-window-0-gqa6", "decode", window_size=(0, -1), num_segments=4, table_slack=0,
+              descale_per_head="v", kv_dtype="float8_e4m3fn", **_gqa(6)),
+        _case("quick-block12-colstrided", "mixed", block_size=12, layout="bt_colstrided", table_slack=0,
+              mm_prefix_range=((0, 2, 49), (1, 5, 22), (2, 40, 69), (3, 0, 8)), range_slack=0),
+        _case("quick-range-ends-at-decode-query", "decode", window_size=(3, -1), num_segments=4,
+              mm_prefix_range=((0, 2, 16), (1, 10, 44), (2, 0, 79), (3, 20, 32))),
         _case("quick-verify-tree", "verify", qq_bias="dead-row", layout="qq_bias_strided", alibi=True,
               use_alibi_sqrt=True, softmax_lse=True, num_segments=3),
         _case("quick-causal-per-seq-rswa", "mixed", causal=(False, True, True, False), rswa_prefix_lens=(6, 0, 31, 2),
