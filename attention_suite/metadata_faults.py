@@ -70,6 +70,11 @@ def _block_id(value: Callable[[Metadata, int], int]):
     return fault
 
 
+def _block_id_in_last_block(m: Metadata, seq: int, amount: int) -> None:
+    # The sequence's last block, partly filled (its tail slots unused): the masked tail path.
+    m.block_table[seq, m.blocks_used(seq) - 1] = m.num_blocks + amount
+
+
 def _seqused_past_table(m: Metadata, seq: int, amount: int) -> None:
     m.seqused_k[seq] = m.block_table.shape[1] * m.block_size + amount
     m.max_seqlen_k = max(m.max_seqlen_k, int(m.seqused_k[seq]))  # only seqused_k is wrong
@@ -117,6 +122,7 @@ FAULTS = (
     Fault("block-id-past-end", "block_table", _block_id(lambda m, a: m.num_blocks + 5 + a), seq=2, amount=3),
     Fault("block-id-num-blocks", "block_table", _block_id(lambda m, a: m.num_blocks), seq=2, amount=1),
     Fault("block-id-minus-1", "block_table", _block_id(lambda m, a: -1), seq=0),
+    Fault("block-id-in-last-partial-block", "block_table", _block_id_in_last_block, seq=0, amount=2),
     Fault("seqused-past-table", "seqused_k", _seqused_past_table, seq=2, amount=16),
     Fault("seqused-negative", "seqused_k", _seqused_negative, seq=3, amount=5),
     Fault("q-longer-than-kv", "seqused_k", _q_longer_than_kv, seq=1, amount=1),

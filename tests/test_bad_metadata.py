@@ -108,7 +108,8 @@ def test_valid_boundary_metadata_is_accepted(ctx, label):
 @pytest.mark.bad_metadata
 @pytest.mark.quick
 @pytest.mark.parametrize("path", ("2d", "3d"))
-@pytest.mark.parametrize("label", ["block-id-minus-1", "cu-past-tokens", "cu-negative", "seqused-past-table"])
+@pytest.mark.parametrize("label", ["block-id-minus-1", "block-id-in-last-partial-block", "cu-past-tokens", "cu-negative",
+                                   "seqused-past-table"])
 def test_quick_bad_metadata(ctx, label, path):
     """A cross-section for the quick tier: refused when checked, kept inside its tensors when not."""
     fault = BY_NAME[label]

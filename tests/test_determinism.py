@@ -58,3 +58,31 @@ def test_fused_merge_workspace_reused_across_calls(ctx):
     assert int(workspace.merge_counters.abs().sum()) == 0, "a call left merge counters non-zero"
     for again in outs[1:]:
         assert same_bits(outs[0], again), f"{case.name}: a call on a reused workspace changed the output"
+
+
+@pytest.mark.determinism
+@pytest.mark.quick
+@pytest.mark.parametrize("first", ["empty-sequence", "invalid-metadata"])
+def test_workspace_after_a_call_that_skips_programs(ctx, first):
+    """A call some of whose merge programs have nothing to do (a sequence with no keys, or invalid
+    metadata in unchecked mode) must still leave the fused merge's counters at zero: the next valid
+    call on the same workspace gives the bits a fresh workspace gives."""
+    if not ctx.impl.is_ours:
+        pytest.skip("the workspace's merge counters are paged_kernels.Workspace's")
+    from attention_suite.metadata_faults import BY_NAME, break_metadata
+
+    case = tables.find("quick-decode-window-sinks")
+    inputs = build(case, ctx.device, ctx.seed)
+    workspace = split_workspace(inputs, case.num_segments)
+    if first == "empty-sequence":
+        empty = build(case.with_(seq_lens=(0,) + case.seq_lens[1:], query_lens=(0,) + case.query_lens[1:]),
+                      ctx.device, ctx.seed)
+        ctx.impl.run(empty, "3d", workspace=workspace, num_segments=case.num_segments)
+    else:
+        args, kwargs = break_metadata(inputs, BY_NAME["seqused-negative"], seq=0)
+        ctx.impl.func(*args, **kwargs, split_kv=True, num_segments=case.num_segments, workspace=workspace)
+    assert int(workspace.merge_counters.abs().sum()) == 0, f"the {first} call left merge counters non-zero"
+    reused = ctx.impl.run(inputs, "3d", workspace=workspace, num_segments=case.num_segments)
+    fresh = ctx.impl.run(inputs, "3d", workspace=split_workspace(inputs, case.num_segments),
+                         num_segments=case.num_segments)
+    assert same_bits(reused, fresh), f"{case.name}: the workspace reused after the {first} call changed the output"
