@@ -37,6 +37,62 @@ class Workspace:
         self.merge_counters = torch.zeros((max_num_tokens + max_num_seqs) * num_q_heads, dtype=torch.int32,
                                           device=device)
 
+    @classmethod
+    def over_buffers(cls, acc: torch.Tensor, max: torch.Tensor, expsum: torch.Tensor, head_size: int, *,
+                     num_segments: int | None = None, merge_counters: torch.Tensor | None = None,
+                     names: tuple[str, str, str] = ("acc", "max", "expsum")) -> "Workspace":
+        """A workspace over caller-owned buffers, nothing copied or allocated: float32 ``acc``
+        ``[max_num_tokens, num_q_heads, S, next_power_of_2(head_size)]`` and ``max``/``expsum``
+        ``[max_num_tokens, num_q_heads, S]``, all contiguous on one device (vLLM's split-KV scratch
+        buffers have this layout).
+
+        ``num_segments`` (default S, at most S) caps the segments a call may use. ``merge_counters``:
+        int32, contiguous, all zero (``__init__`` sizes them); None gives none, so every split call
+        takes the reduction launch. ``names`` name the three buffers in errors (a caller's argument
+        names). Raises ValueError naming the buffer or argument at fault.
+        """
+        acc_name, max_name, sum_name = names
+        buffers = ((acc_name, acc, 4), (max_name, max, 3), (sum_name, expsum, 3))
+        for name, t, ndim in buffers:
+            if not isinstance(t, torch.Tensor) or t.dim() != ndim:
+                shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{name}: expected a {ndim}-dimensional tensor, got {shape}")
+            if t.dtype != torch.float32:
+                raise ValueError(f"{name}: expected dtype torch.float32, got {t.dtype}")
+            if t.device != acc.device:
+                raise ValueError(f"{name}: on {t.device}, {acc_name} is on {acc.device}")
+            # The kernels index all three with max's (token, head) strides and dense segments.
+            if not t.is_contiguous():
+                raise ValueError(f"{name}: expected a contiguous tensor, got strides {t.stride()}")
+        if min(acc.shape) < 1:
+            raise ValueError(f"{acc_name}: every size must be >= 1, got shape {tuple(acc.shape)}")
+        for name, t in ((max_name, max), (sum_name, expsum)):
+            if t.shape != acc.shape[:3]:
+                raise ValueError(f"{name}: expected shape {tuple(acc.shape[:3])} ({acc_name}'s first three), "
+                                 f"got {tuple(t.shape)}")
+        if acc.shape[3] != next_power_of_2(head_size):
+            raise ValueError(f"{acc_name}: last dimension must be {next_power_of_2(head_size)} (head size "
+                             f"{head_size} padded to a power of two), got {acc.shape[3]}")
+        capacity = acc.shape[2]
+        num_segments = capacity if num_segments is None else num_segments
+        if isinstance(num_segments, bool) or not isinstance(num_segments, int) or not 1 <= num_segments <= capacity:
+            raise ValueError(f"num_segments: expected an int in [1, {capacity}] (the buffers' segments), "
+                             f"got {num_segments!r}")
+        if merge_counters is None:
+            merge_counters = torch.empty(0, dtype=torch.int32, device=acc.device)
+        elif (merge_counters.dtype != torch.int32 or merge_counters.dim() != 1 or not merge_counters.is_contiguous()
+              or merge_counters.device != acc.device):
+            raise ValueError(f"merge_counters: expected a contiguous 1-dimensional torch.int32 tensor on "
+                             f"{acc.device}, got {merge_counters.dtype} {tuple(merge_counters.shape)} on "
+                             f"{merge_counters.device}")
+        workspace = cls.__new__(cls)
+        workspace.max_num_tokens, workspace.num_q_heads = acc.shape[0], acc.shape[1]
+        workspace.head_size, workspace.head_pad = head_size, acc.shape[3]
+        workspace.num_segments = num_segments
+        workspace.acc, workspace.max, workspace.expsum = acc, max, expsum
+        workspace.merge_counters = merge_counters
+        return workspace
+
     @property
     def device(self) -> torch.device:
         return self.acc.device
