@@ -28,7 +28,14 @@ Conventions shared by every kernel here:
   (``CHUNKED``) replaces the left bound: j is visible iff ``j <= p`` and ``j >= _first_key(p)``,
   the start of the chunk ``chunk_lookback`` chunks before p's own. Bidirectional prefix ranges
   (``USE_PREFIX``) only add keys: a query inside a range sees the range's keys up to its end, so
-  rows carry an extra key interval ``[extra_lo, extra_hi]`` (``_row_extra_keys``).
+  rows carry an extra key interval ``[extra_lo, extra_hi]`` (``_row_extra_keys``). Per-sequence
+  causal flags (``PER_SEQ_CAUSAL``) pick each sequence's right bound: 0, or the host's mirrored
+  left window for a bidirectional sequence. R-SWA (``USE_RSWA``) is a sliding window of
+  ``rswa_window - 1`` keys back plus the sequence's prefix ``[0, rswa_len)``: a second key range
+  with tile phases of its own before the window's (``_stage_tiles``, ``_segment_layout``).
+- Optional outputs and biases: ``STORE_LSE`` stores each row's natural-log log-sum-exp (from the
+  2D epilogue's running max and exp-sum, or from the merge); ``USE_QQ_BIAS`` adds a bias between
+  a sequence's new tokens, ``ALIBI_SQRT`` makes ALiBi's bias ``-slope * sqrt(p - j)``.
 - All address arithmetic that can exceed 2^31 elements is done in int64.
 - Metadata is never trusted for addressing (no input may make a kernel touch memory outside its
   tensors, and checking values on the host would need a sync): ``_sequence_extent`` clamps a
@@ -46,6 +53,7 @@ from . import spec
 
 # Constexprs because @triton.jit code may only read constexpr globals.
 LOG2E = tl.constexpr(spec.LOG2E)
+LN2 = tl.constexpr(1.0 / spec.LOG2E)
 INT32_MAX = tl.constexpr(spec.INT32_MAX)
 
 
@@ -116,6 +124,13 @@ def _first_key(pos, window_left, chunk_size, chunk_lookback, CHUNKED: tl.constex
 
 
 @triton.jit
+def _rswa_prefix(rswa_ptr, seq, seq_len):
+    """R-SWA's always-visible prefix of sequence ``seq``: its length clipped to ``[0, seq_len]`` (a
+    negative length sees no prefix, one past the sequence the whole of it; metadata, never trusted)."""
+    return tl.minimum(tl.maximum(tl.load(rswa_ptr + seq), 0), seq_len)
+
+
+@triton.jit
 def _row_extra_keys(range_row_ptr, stride_range, stride_end, num_ranges, row_pos, seq_len, window_left,
                     BLOCK_M: tl.constexpr, PREFIX_CLAMP: tl.constexpr):
     """Per row, the keys prefix ranges add: ``[extra_lo, extra_hi]`` (empty when extra_lo > extra_hi).
@@ -163,14 +178,19 @@ def _prefix_first_key(range_row_ptr, stride_range, stride_end, num_ranges, conte
 
 
 @triton.jit
-def _segment_layout(seq_len, q_len, window_left, chunk_size, chunk_lookback, num_segments, range_first,
-                    TILE: tl.constexpr, CHUNKED: tl.constexpr, USE_PREFIX: tl.constexpr):
+def _segment_layout(seq_len, q_len, window_left, chunk_size, chunk_lookback, num_segments, range_first, rswa_len,
+                    TILE: tl.constexpr, CHUNKED: tl.constexpr, USE_PREFIX: tl.constexpr, USE_RSWA: tl.constexpr):
     """How a sequence's KV tiles are split into segments: (first_tile, tiles_per_segment, active).
 
     Only tiles some query of the sequence can see are split (the window's left edge for its
     first query up to the end of the sequence), so segments wholly outside a sliding window do
     not exist. Segments numbered ``>= active`` hold no tile: the 3D kernel skips them and the
     reduction never reads them. Both kernels call this so they always agree.
+
+    USE_RSWA: the split covers two tile ranges, the prefix's ``[0, cdiv(rswa_len, TILE))`` and then
+    the window's from ``first_tile`` on (never below the prefix's end), numbered one after the
+    other: segment s takes numbers ``[s, s + 1) * tiles_per_segment``, which the 3D kernel maps
+    back to tiles.
     """
     if CHUNKED:
         first_key = _first_key(seq_len - q_len, window_left, chunk_size, chunk_lookback, CHUNKED)
@@ -179,26 +199,35 @@ def _segment_layout(seq_len, q_len, window_left, chunk_size, chunk_lookback, num
     if USE_PREFIX:
         first_key = tl.minimum(first_key, range_first)
     first_tile = first_key // TILE
-    num_tiles = tl.maximum(tl.cdiv(seq_len, TILE) - first_tile, 0)
+    if USE_RSWA:
+        prefix_tiles = tl.cdiv(rswa_len, TILE)
+        first_tile = tl.maximum(first_tile, prefix_tiles)
+        num_tiles = prefix_tiles + tl.maximum(tl.cdiv(seq_len, TILE) - first_tile, 0)
+    else:
+        num_tiles = tl.maximum(tl.cdiv(seq_len, TILE) - first_tile, 0)
     tiles_per_segment = tl.cdiv(num_tiles, num_segments)
     active = tl.cdiv(num_tiles, tl.maximum(tiles_per_segment, 1))
     return first_tile, tiles_per_segment, active
 
 
 @triton.jit
-def _visible(row_pos, key, seq_len, window_left, window_right, row_first, extra_lo, extra_hi,
-             CHUNKED: tl.constexpr, USE_PREFIX: tl.constexpr):
+def _visible(row_pos, key, seq_len, window_left, window_right, row_first, extra_lo, extra_hi, rswa_hi,
+             CHUNKED: tl.constexpr, USE_PREFIX: tl.constexpr, USE_RSWA: tl.constexpr):
     """[rows, keys] visibility: inside the sequence and inside the (causal) window.
 
     CHUNKED: causal, and at or after the row's first key ``row_first`` (``_first_key``), which
-    replaces the sliding window. USE_PREFIX: also the row's prefix-range keys
-    ``[extra_lo, extra_hi]`` (``_row_extra_keys``, already inside the sequence).
+    replaces the sliding window. USE_RSWA: the window is R-SWA's (``window_left = rswa_window -
+    1``) and each row also sees the prefix keys before its ``rswa_hi``. USE_PREFIX:
+    also the row's prefix-range keys ``[extra_lo, extra_hi]`` (``_row_extra_keys``, already inside
+    the sequence).
     """
     distance = row_pos[:, None] - key[None, :]
     if CHUNKED:
         seen = (key[None, :] < seq_len) & (key[None, :] >= row_first[:, None]) & (distance >= 0)
     else:
         seen = (key[None, :] < seq_len) & (distance <= window_left) & (-distance <= window_right)
+    if USE_RSWA:
+        seen = seen | (key[None, :] < rswa_hi[:, None])
     if USE_PREFIX:
         seen = seen | ((key[None, :] >= extra_lo[:, None]) & (key[None, :] <= extra_hi[:, None]))
     return seen
@@ -276,13 +305,17 @@ def _load_kv_tile(base_ptr, phys_block, slot, stride_blk, stride_slot, stride_di
 
 
 @triton.jit
-def _tile_block_ids(block_table_row, stride_bt_blk, tile, tile_end, key_lo, key_hi, TILE: tl.constexpr,
-                    BLOCK_SIZE: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr, MASKED: tl.constexpr):
+def _tile_block_ids(block_table_row, stride_bt_blk, tile, tile_end, key_lo, key_hi, rswa_len, TILE: tl.constexpr,
+                    BLOCK_SIZE: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr, MASKED: tl.constexpr,
+                    USE_RSWA: tl.constexpr):
     """The block-table entries of the cache blocks KV tile ``tile`` covers; 0 for a tile at or
-    past ``tile_end`` and (MASKED) for blocks holding no key of ``[key_lo, key_hi)``, unread."""
+    past ``tile_end`` and (MASKED) for blocks holding no key of ``[key_lo, key_hi)`` (USE_RSWA: nor
+    of R-SWA's prefix ``[0, rswa_len)``), unread."""
     table_col = (tile * TILE) // BLOCK_SIZE + tl.arange(0, BLOCKS_PER_TILE)
     col_valid = (tile + tl.zeros([BLOCKS_PER_TILE], tl.int32)) < tile_end
     if MASKED:
+        if USE_RSWA:
+            key_lo = tl.where(table_col * BLOCK_SIZE < rswa_len, 0, key_lo)
         col_valid = col_valid & (table_col * BLOCK_SIZE < key_hi) & ((table_col + 1) * BLOCK_SIZE > key_lo)
     return tl.load(block_table_row + table_col * stride_bt_blk, mask=col_valid, other=0)
 
@@ -295,12 +328,18 @@ def _attend_tiles(
     row_pos, key_lo, key_hi, seq_len, window_left, window_right, num_blocks,
     qk_scale, softcap, alibi_slope, dims, dim_valid, row_first, extra_lo, extra_hi,
     ks_base, vs_base, stride_ks_blk, stride_ks_slot, stride_vs_blk, stride_vs_slot,
+    rswa_len, rswa_hi, qq_row_ptrs, qq_row_valid, stride_qqb_col, qq_bias_cols, context_len,
     MASKED: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_PADDED: tl.constexpr,
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr,
     CHUNKED: tl.constexpr, USE_PREFIX: tl.constexpr, KV_PER_TOKEN_HEAD: tl.constexpr, PV_F16: tl.constexpr,
-    TABLE_AHEAD: tl.constexpr, FOLD_SCALE: tl.constexpr,
+    TABLE_AHEAD: tl.constexpr, FOLD_SCALE: tl.constexpr, ALIBI_SQRT: tl.constexpr, USE_QQ_BIAS: tl.constexpr,
+    USE_RSWA: tl.constexpr,
 ):
     """Online softmax over KV tiles ``[tile_begin, tile_end)``; returns the updated (acc, m_i, l_i).
+
+    Scores are scaled, soft-capped, given their ALiBi bias (``ALIBI_SQRT``: ``-slope * sqrt(p - j)``
+    for keys at or before the row, none after) and their ``qq_bias`` (``USE_QQ_BIAS``: column
+    ``key - context_len`` of the rows' bias rows ``qq_row_ptrs``), then masked.
 
     K converts to q's dtype for QK^T. P x V takes q's dtype too, or with ``PV_F16`` (fp8 V under
     16-bit or fp8 queries) f16 operands: V exact, P computed times P_F16_SCALE and acc kept in
@@ -315,6 +354,7 @@ def _attend_tiles(
     ``[key_lo, key_hi)`` are not loaded at all (nor the block-table entry of a block holding
     none of them) and values there are zero, so NaN garbage in slots no query sees cannot reach
     the output.
+    USE_RSWA: keys of R-SWA's prefix ``[0, rswa_len)`` below ``key_lo`` are loaded too.
     In both, a block id outside ``[0, num_blocks)`` (bad metadata) is not dereferenced: it is
     clamped to block ``num_blocks - 1`` (one unsigned 32-bit min per id per tile) and its keys
     take that block's values (the output of a call with invalid metadata is unspecified). The
@@ -328,8 +368,8 @@ def _attend_tiles(
     BLOCKS_PER_TILE: tl.constexpr = TILE // BLOCK_SIZE if POW2_BLOCK and BLOCK_SIZE < TILE else 1
     IDS_AHEAD: tl.constexpr = TABLE_AHEAD and PER_BLOCK_IDS
     if IDS_AHEAD:
-        ids_ahead = _tile_block_ids(block_table_row, stride_bt_blk, tile_begin, tile_end, key_lo, key_hi, TILE,
-                                    BLOCK_SIZE, BLOCKS_PER_TILE, MASKED)
+        ids_ahead = _tile_block_ids(block_table_row, stride_bt_blk, tile_begin, tile_end, key_lo, key_hi, rswa_len,
+                                    TILE, BLOCK_SIZE, BLOCKS_PER_TILE, MASKED, USE_RSWA)
     for tile in range(tile_begin, tile_end):
         key = tile * TILE + offs
         if POW2_BLOCK:
@@ -342,7 +382,10 @@ def _attend_tiles(
             block_index = key // BLOCK_SIZE
             slot = key % BLOCK_SIZE
         if MASKED:
-            key_valid = (key >= key_lo) & (key < key_hi)
+            if USE_RSWA:
+                key_valid = ((key >= key_lo) | (key < rswa_len)) & (key < key_hi)
+            else:
+                key_valid = (key >= key_lo) & (key < key_hi)
         if PER_BLOCK_IDS:
             # One table entry per cache block the tile covers, broadcast to its keys: far fewer
             # table copies than one per key. Decision [Block-table ids per block].
@@ -351,14 +394,15 @@ def _attend_tiles(
                 # stay in flight across iterations. Decision [Block-table ids a tile ahead].
                 block_ids = ids_ahead
                 ids_ahead = _tile_block_ids(block_table_row, stride_bt_blk, tile + 1, tile_end, key_lo, key_hi,
-                                            TILE, BLOCK_SIZE, BLOCKS_PER_TILE, MASKED)
+                                            rswa_len, TILE, BLOCK_SIZE, BLOCKS_PER_TILE, MASKED, USE_RSWA)
             else:
                 # Inline rather than through _tile_block_ids: decode's masked walks compiled longer
                 # through the helper (sm_90).
                 table_col = (tile * TILE) // BLOCK_SIZE + tl.arange(0, BLOCKS_PER_TILE)
                 if MASKED:
-                    # Entries of blocks holding no key of [key_lo, key_hi) stay unread.
-                    col_valid = (table_col * BLOCK_SIZE < key_hi) & ((table_col + 1) * BLOCK_SIZE > key_lo)
+                    # Entries of blocks holding no key of [key_lo, key_hi) (nor of R-SWA's prefix) stay unread.
+                    col_lo = tl.where(table_col * BLOCK_SIZE < rswa_len, 0, key_lo) if USE_RSWA else key_lo
+                    col_valid = (table_col * BLOCK_SIZE < key_hi) & ((table_col + 1) * BLOCK_SIZE > col_lo)
                     block_ids = tl.load(block_table_row + table_col * stride_bt_blk, mask=col_valid, other=0)
                 else:
                     block_ids = tl.load(block_table_row + table_col * stride_bt_blk)
@@ -404,12 +448,24 @@ def _attend_tiles(
         if USE_SOFTCAP:
             scores = softcap * _stable_tanh(scores / softcap)
         if USE_ALIBI:
-            scores += alibi_slope[:, None] * (key[None, :] - row_pos[:, None]).to(tl.float32)
+            if ALIBI_SQRT:
+                back = tl.maximum(row_pos[:, None] - key[None, :], 0).to(tl.float32)
+                scores -= alibi_slope[:, None] * tl.sqrt(back)
+            else:
+                scores += alibi_slope[:, None] * (key[None, :] - row_pos[:, None]).to(tl.float32)
+        if USE_QQ_BIAS:
+            # Only the columns of the sequence's new tokens ([0, qq_bias_cols), clipped to the rows' bias
+            # rows) are read; other keys get no bias. A -inf entry hides its key like the mask does.
+            column = key - context_len
+            qq_valid = qq_row_valid[:, None] & ((column >= 0) & (column < qq_bias_cols))[None, :]
+            bias = tl.load(qq_row_ptrs[:, None] + column.to(tl.int64)[None, :] * stride_qqb_col, mask=qq_valid,
+                           other=0.0)
+            scores += bias.to(tl.float32) * LOG2E
         if MASKED:
             # The stand-in block's keys stay visible, as in unmasked tiles: with invalid metadata the
             # output is unspecified, and hiding them costs. Decision [Block id clamp].
             visible = _visible(row_pos, key, seq_len, window_left, window_right, row_first, extra_lo, extra_hi,
-                               CHUNKED, USE_PREFIX) & key_valid[None, :]
+                               rswa_hi, CHUNKED, USE_PREFIX, USE_RSWA) & key_valid[None, :]
             scores = tl.where(visible, scores, float("-inf"))
 
         if FOLD_SCALE:
@@ -448,22 +504,27 @@ def _attend_tiles(
 
 
 @triton.jit
-def _stage_tiles(STAGE: tl.constexpr, tile_a, tile_b, tile_c, tile_d):
-    """Tile range of phase STAGE: 0 -> [a, b) masked, 1 -> [b, c) unmasked, 2 -> [c, d) masked."""
-    tile_begin = tile_a if STAGE == 0 else (tile_b if STAGE == 1 else tile_c)
-    tile_end = tile_b if STAGE == 0 else (tile_c if STAGE == 1 else tile_d)
+def _stage_tiles(STAGE: tl.constexpr, tile_p0, tile_pu, tile_pm, tile_a, tile_b, tile_c, tile_d):
+    """Tile range of phase STAGE: 0 -> [a, b) masked, 1 -> [b, c) unmasked, 2 -> [c, d) masked; with
+    R-SWA, its prefix's tiles before them: -2 -> [p0, pu) unmasked, -1 -> [pu, pm) masked."""
+    if STAGE < 0:
+        tile_begin = tile_p0 if STAGE == -2 else tile_pu
+        tile_end = tile_pu if STAGE == -2 else tile_pm
+    else:
+        tile_begin = tile_a if STAGE == 0 else (tile_b if STAGE == 1 else tile_c)
+        tile_end = tile_b if STAGE == 0 else (tile_c if STAGE == 1 else tile_d)
     return tile_begin, tile_end
 
 
 @triton.jit
 def _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sinks_ptr, heads, head_valid, USE_SINKS: tl.constexpr,
                      CACHE: tl.constexpr):
-    """Each segment's weight ``exp2(m_s - top)`` and the merged normalizer, for ``[rows, segments]``
-    offsets ``part`` whose rows are query heads ``heads`` (with ``USE_SINKS`` each row's sink logit
-    joins the normalizer); segments outside ``valid`` weigh 0. ``CACHE``: the partial loads' cache
-    modifier: the fused merge reads partials other programs of the same launch wrote, with ``.cg``
-    (L2, never an L1 line; sm_90 `LDG.E.STRONG.GPU`); the reduction launch, which reads them after
-    the 3D launch is done, with plain loads (`LDG.E`)."""
+    """Each segment's weight ``exp2(m_s - top)``, the merged normalizer and ``top`` (0 for a row with
+    no logit), for ``[rows, segments]`` offsets ``part`` whose rows are query heads ``heads`` (with
+    ``USE_SINKS`` each row's sink logit joins the normalizer); segments outside ``valid`` weigh 0.
+    ``CACHE``: the partial loads' cache modifier: the fused merge reads partials other programs of
+    the same launch wrote, with ``.cg`` (L2, never an L1 line; sm_90 `LDG.E.STRONG.GPU`); the
+    reduction launch, which reads them after the 3D launch is done, with plain loads (`LDG.E`)."""
     seg_max = tl.load(part_max_ptr + part, mask=valid, other=float("-inf"), cache_modifier=CACHE)
     seg_sum = tl.load(part_sum_ptr + part, mask=valid, other=0.0, cache_modifier=CACHE)
     top = tl.max(seg_max, 1)
@@ -476,7 +537,7 @@ def _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sinks_ptr, heads, 
     denom = tl.sum(seg_sum * weight, 1)
     if USE_SINKS:
         denom += tl.exp2(sink - top)
-    return weight, denom
+    return weight, denom, top
 
 
 @triton.jit
@@ -490,6 +551,15 @@ def _merge_partials(part_acc_ptr, part, valid, weight, denom, dims, dim_valid, H
 
 
 @triton.jit
+def _store_lse(lse_ptrs, top, expsum, mask):
+    """Store rows' natural-log log-sum-exp from their max ``top`` (log2 units) and their exp-sum
+    relative to it; -inf for a row that saw no key and no sink (exp-sum 0)."""
+    empty = expsum == 0.0
+    lse = tl.where(empty, float("-inf"), (top + tl.log2(tl.where(empty, 1.0, expsum))) * LN2)
+    tl.store(lse_ptrs, lse, mask=mask)
+
+
+@triton.jit
 def _store_output(o_ptrs, result, mask, output_scale_ptr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr):
     """Store normalized rows into out (fp8 out: divided by its scale and saturated first)."""
     if OUT_FP8:
@@ -500,11 +570,11 @@ def _store_output(o_ptrs, result, mask, output_scale_ptr, OUT_FP8: tl.constexpr,
 
 @triton.jit
 def _merge_block_segments(
-    out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, sinks_ptr, output_scale_ptr,
+    out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, sinks_ptr, output_scale_ptr, lse_ptr,
     first_token, num_block_tokens, first_head, active, stride_o_tok, stride_o_head, stride_o_dim,
-    stride_part_tok, stride_part_head, NUM_QUERIES_PER_KV: tl.constexpr, MERGE_HEADS: tl.constexpr,
-    MERGE_SEGMENTS: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr,
-    USE_SINKS: tl.constexpr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr,
+    stride_part_tok, stride_part_head, stride_lse_tok, stride_lse_head, NUM_QUERIES_PER_KV: tl.constexpr,
+    MERGE_HEADS: tl.constexpr, MERGE_SEGMENTS: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr,
+    USE_SINKS: tl.constexpr, OUT_FP8: tl.constexpr, OUT_FP8_MAX: tl.constexpr, STORE_LSE: tl.constexpr,
 ):
     """The fused merge: the output of ``num_block_tokens`` tokens from ``first_token`` on, for the
     ``NUM_QUERIES_PER_KV`` heads from ``first_head`` on, from their ``active`` segments' partials
@@ -519,11 +589,13 @@ def _merge_block_segments(
     for t in range(0, num_block_tokens):
         token = (first_token + t).to(tl.int64)
         part = token * stride_part_tok + heads[:, None] * stride_part_head + segs[None, :]
-        weight, denom = _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sinks_ptr, heads, head_valid,
-                                         USE_SINKS, ".cg")
+        weight, denom, top = _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sinks_ptr, heads, head_valid,
+                                              USE_SINKS, ".cg")
         result = _merge_partials(part_acc_ptr, part, valid, weight, denom, dims, dim_valid, HEAD_PAD, ".cg")
         o_ptrs = out_ptr + token * stride_o_tok + heads[:, None] * stride_o_head + dims[None, :] * stride_o_dim
         _store_output(o_ptrs, result, head_valid[:, None] & dim_valid[None, :], output_scale_ptr, OUT_FP8, OUT_FP8_MAX)
+        if STORE_LSE:
+            _store_lse(lse_ptr + token * stride_lse_tok + heads * stride_lse_head, top, denom, head_valid)
 
 
 @triton.jit
@@ -531,6 +603,7 @@ def _paged_attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, block_table_ptr, cu_seqlens_q_ptr, seqused_k_ptr,
     alibi_ptr, sinks_ptr, k_descale_ptr, v_descale_ptr, output_scale_ptr, q_descale_ptr,
     part_acc_ptr, part_max_ptr, part_sum_ptr, prefix_ptr, k_scale_ptr, v_scale_ptr, merge_counter_ptr,
+    qq_bias_ptr, causal_ptr, rswa_ptr, lse_ptr,
     stride_q_tok, stride_q_head, stride_q_dim,
     stride_o_tok, stride_o_head, stride_o_dim,
     stride_k_blk, stride_k_slot, stride_k_head, stride_k_dim,
@@ -541,6 +614,7 @@ def _paged_attention_kernel(
     chunk_size, chunk_lookback, stride_pr_seq, stride_pr_range, stride_pr_end, num_ranges,
     stride_kds_seq, stride_kds_head, stride_vds_seq, stride_vds_head,
     stride_ks_blk, stride_ks_slot, stride_ks_head, stride_vs_blk, stride_vs_slot, stride_vs_head,
+    stride_qqb_row, stride_qqb_col, stride_lse_tok, stride_lse_head, qq_bias_rows, qq_bias_cols,
     NUM_QUERIES_PER_KV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
     TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr,
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, USE_SINKS: tl.constexpr,
@@ -551,6 +625,8 @@ def _paged_attention_kernel(
     PROGRAMMATIC_LAUNCH: tl.constexpr, SEQ_GRID: tl.constexpr, NARROW_Q: tl.constexpr,
     AWAIT_PRIMARY: tl.constexpr, TABLE_AHEAD: tl.constexpr, FOLD_SCALE: tl.constexpr,
     FUSED_MERGE: tl.constexpr, MERGE_HEADS: tl.constexpr, MERGE_SEGMENTS: tl.constexpr,
+    USE_QQ_BIAS: tl.constexpr, ALIBI_SQRT: tl.constexpr, PER_SEQ_CAUSAL: tl.constexpr, USE_RSWA: tl.constexpr,
+    STORE_LSE: tl.constexpr,
 ):
     if PROGRAMMATIC_LAUNCH:
         # Let the dependent launch start now: the reduction (it waits for this grid before reading
@@ -582,6 +658,10 @@ def _paged_attention_kernel(
             if q_len <= NARROW_Q:
                 return  # a short sequence: the narrow launch attends it with decode-sized blocks
     context_len = seq_len - q_len
+    if PER_SEQ_CAUSAL:
+        # The host's right bound is a bidirectional sequence's (its left window, mirrored); a causal
+        # sequence's is 0. Every bound below derives from it.
+        window_right = tl.where(tl.load(causal_ptr + seq) != 0, 0, window_right)
 
     rows = tl.arange(0, BLOCK_M)
     row_tok = local_block * BLOCK_Q + rows // NUM_QUERIES_PER_KV
@@ -621,6 +701,26 @@ def _paged_attention_kernel(
     tile_d = tl.cdiv(key_hi, TILE)
     tile_b = tl.minimum(tl.maximum(tl.cdiv(all_lo, TILE), tile_a), tile_d)
     tile_c = tl.minimum(tl.maximum(all_hi // TILE, tile_b), tile_d)
+    if USE_RSWA:
+        # R-SWA's prefix [0, rswa_len) is a second key range (the window is the sliding one, window_left =
+        # rswa_window - 1): its tiles get two phases of their own, [p0, pu) that every row sees whole
+        # (keys below all_hi) and [pu, pm) masked, and the window's phases start past them.
+        rswa_len = _rswa_prefix(rswa_ptr, seq, seq_len)
+        rswa_hi = tl.minimum(rswa_len, row_pos + window_right + 1)
+        rswa_tiles = tl.cdiv(rswa_len, TILE)
+        tile_p0 = 0
+        tile_pm = tl.minimum(rswa_tiles, tile_d)
+        tile_pu = tl.minimum(tl.minimum(rswa_len, all_hi) // TILE, tile_pm)
+        tile_a = tl.maximum(tile_a, rswa_tiles)
+        tile_b = tl.maximum(tile_b, rswa_tiles)
+        tile_c = tl.maximum(tile_c, rswa_tiles)
+        tile_d = tl.maximum(tile_d, rswa_tiles)
+    else:
+        rswa_len = seq_len  # unused
+        rswa_hi = row_pos
+        tile_p0 = tile_a
+        tile_pu = tile_a
+        tile_pm = tile_a
     if SPLIT_KV:
         if USE_PREFIX:
             range_first = _prefix_first_key(range_row_ptr, stride_pr_range, stride_pr_end, num_ranges, context_len,
@@ -628,14 +728,26 @@ def _paged_attention_kernel(
         else:
             range_first = seq_len  # unused
         first_tile, tiles_per_segment, active = _segment_layout(seq_len, q_len, window_left, chunk_size,
-                                                                chunk_lookback, num_segments, range_first, TILE,
-                                                                CHUNKED, USE_PREFIX)
+                                                                chunk_lookback, num_segments, range_first, rswa_len,
+                                                                TILE, CHUNKED, USE_PREFIX, USE_RSWA)
         # With the fused merge a sequence with no tile still has one (empty) segment: its program
         # is the one that writes the rows' output.
         if segment >= (tl.maximum(active, 1) if FUSED_MERGE else active):
             return
-        seg_lo = first_tile + segment * tiles_per_segment
-        seg_hi = seg_lo + tiles_per_segment
+        if USE_RSWA:
+            # The segment's numbers (_segment_layout): the prefix's tiles first, then the window's.
+            number_lo = segment * tiles_per_segment
+            number_hi = number_lo + tiles_per_segment
+            prefix_lo = tl.minimum(number_lo, rswa_tiles)
+            prefix_hi = tl.minimum(number_hi, rswa_tiles)
+            tile_p0 = prefix_lo
+            tile_pu = tl.minimum(tl.maximum(tile_pu, prefix_lo), prefix_hi)
+            tile_pm = tl.minimum(tl.maximum(tile_pm, prefix_lo), prefix_hi)
+            seg_lo = first_tile + tl.maximum(number_lo - rswa_tiles, 0)
+            seg_hi = first_tile + tl.maximum(number_hi - rswa_tiles, 0)
+        else:
+            seg_lo = first_tile + segment * tiles_per_segment
+            seg_hi = seg_lo + tiles_per_segment
         tile_a = tl.minimum(tl.maximum(tile_a, seg_lo), seg_hi)
         tile_b = tl.minimum(tl.maximum(tile_b, seg_lo), seg_hi)
         tile_c = tl.minimum(tl.maximum(tile_c, seg_lo), seg_hi)
@@ -662,6 +774,13 @@ def _paged_attention_kernel(
         row_first = _first_key(row_pos, window_left, chunk_size, chunk_lookback, CHUNKED)
     else:
         row_first = row_pos  # unused
+    if USE_QQ_BIAS:
+        # Row i of qq_bias is the sequence's i-th new token; rows past the bias's own (bad metadata) read none.
+        qq_row_ptrs = qq_bias_ptr + row_tok.to(tl.int64) * stride_qqb_row
+        qq_row_valid = row_valid & (row_tok < qq_bias_rows)
+    else:
+        qq_row_ptrs = row_pos  # unused
+        qq_row_valid = row_valid
 
     acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
     if USE_SINKS and not SPLIT_KV:
@@ -678,18 +797,22 @@ def _paged_attention_kernel(
     ks_base = k_scale_ptr + kv_head.to(tl.int64) * stride_ks_head
     vs_base = v_scale_ptr + kv_head.to(tl.int64) * stride_vs_head
 
-    # Masked left-edge tiles, tiles every row sees whole, masked right-edge tiles: unrolled at compile
-    # time, so each phase is its own loop specialized on MASKED.
-    for stage in tl.static_range(3):
-        tile_begin, tile_end = _stage_tiles(stage, tile_a, tile_b, tile_c, tile_d)
+    # Masked left-edge tiles, tiles every row sees whole, masked right-edge tiles (R-SWA: after its
+    # prefix's whole and masked tiles): unrolled at compile time, so each phase is its own loop
+    # specialized on MASKED.
+    FIRST_STAGE: tl.constexpr = -2 if USE_RSWA else 0
+    for stage in tl.static_range(FIRST_STAGE, 3):
+        tile_begin, tile_end = _stage_tiles(stage, tile_p0, tile_pu, tile_pm, tile_a, tile_b, tile_c, tile_d)
         acc, m_i, l_i = _attend_tiles(
             acc, m_i, l_i, q, tile_begin, tile_end, k_base, v_base, block_table_row, stride_bt_blk,
             stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
             row_pos, key_lo, key_hi, seq_len, window_left, window_right, num_blocks, scale, softcap, alibi_slope,
             dims, dim_valid, row_first, extra_lo, extra_hi,
             ks_base, vs_base, stride_ks_blk, stride_ks_slot, stride_vs_blk, stride_vs_slot,
-            stage != 1, TILE, BLOCK_SIZE, HEAD_PAD != HEAD_SIZE, USE_SOFTCAP, USE_ALIBI, DOT_PRECISION,
-            CHUNKED, USE_PREFIX, KV_PER_TOKEN_HEAD, PV_F16, TABLE_AHEAD, FOLD_SCALE)
+            rswa_len, rswa_hi, qq_row_ptrs, qq_row_valid, stride_qqb_col, qq_bias_cols, context_len,
+            (stage != 1) and (stage != -2), TILE, BLOCK_SIZE, HEAD_PAD != HEAD_SIZE, USE_SOFTCAP, USE_ALIBI,
+            DOT_PRECISION, CHUNKED, USE_PREFIX, KV_PER_TOKEN_HEAD, PV_F16, TABLE_AHEAD, FOLD_SCALE, ALIBI_SQRT,
+            USE_QQ_BIAS, USE_RSWA)
     if PV_F16:
         acc = acc * (1.0 / P_F16_SCALE)
 
@@ -714,16 +837,18 @@ def _paged_attention_kernel(
             if arrived == tl.maximum(active, 1) - 1:
                 tl.store(counter_ptr, 0)  # each launch leaves the counters as it found them: zero
                 _merge_block_segments(
-                    out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, sinks_ptr, output_scale_ptr,
+                    out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, sinks_ptr, output_scale_ptr, lse_ptr,
                     q_start + local_block * BLOCK_Q, tl.minimum(BLOCK_Q, q_len - local_block * BLOCK_Q),
                     kv_head * NUM_QUERIES_PER_KV, active, stride_o_tok, stride_o_head, stride_o_dim,
-                    stride_part_tok, stride_part_head, NUM_QUERIES_PER_KV, MERGE_HEADS, MERGE_SEGMENTS,
-                    HEAD_SIZE, HEAD_PAD, USE_SINKS, OUT_FP8, OUT_FP8_MAX)
+                    stride_part_tok, stride_part_head, stride_lse_tok, stride_lse_head, NUM_QUERIES_PER_KV,
+                    MERGE_HEADS, MERGE_SEGMENTS, HEAD_SIZE, HEAD_PAD, USE_SINKS, OUT_FP8, OUT_FP8_MAX, STORE_LSE)
     else:
         # l_i == 0 only for rows that saw no key and no sink: their acc is 0, so they store 0.
         result = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         o_ptrs = out_ptr + q_rows[:, None] * stride_o_tok + row_head[:, None] * stride_o_head + dims[None, :] * stride_o_dim
         _store_output(o_ptrs, result, row_valid[:, None] & dim_valid[None, :], output_scale_ptr, OUT_FP8, OUT_FP8_MAX)
+        if STORE_LSE:
+            _store_lse(lse_ptr + q_rows * stride_lse_tok + row_head * stride_lse_head, m_i, l_i, row_valid)
     if AWAIT_PRIMARY:
         # A programmatic dependent of the wide launch needs none of its results, but no program of
         # it ends before that launch has: whatever the stream runs next reads every row of out.
@@ -733,15 +858,16 @@ def _paged_attention_kernel(
 @triton.jit
 def _reduce_segments_kernel(
     out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, cu_seqlens_q_ptr, seqused_k_ptr,
-    sinks_ptr, output_scale_ptr, prefix_ptr,
+    sinks_ptr, output_scale_ptr, prefix_ptr, rswa_ptr, lse_ptr,
     stride_o_tok, stride_o_head, stride_o_dim,
     stride_part_tok, stride_part_head,
     num_seqs, num_tokens, kv_capacity, num_q_heads, window_left, num_segments, chunk_size, chunk_lookback,
-    stride_pr_seq, stride_pr_range, stride_pr_end, num_ranges,
+    stride_pr_seq, stride_pr_range, stride_pr_end, num_ranges, stride_lse_tok, stride_lse_head,
     TILE: tl.constexpr, HEAD_SIZE: tl.constexpr, HEAD_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr,
     HEADS: tl.constexpr, DIMS: tl.constexpr, USE_SINKS: tl.constexpr, OUT_FP8: tl.constexpr,
     OUT_FP8_MAX: tl.constexpr, CHUNKED: tl.constexpr, USE_PREFIX: tl.constexpr, PREFIX_CLAMP: tl.constexpr,
-    PROGRAMMATIC_LAUNCH: tl.constexpr, SEQ_GRID_BLOCK_Q: tl.constexpr,
+    PROGRAMMATIC_LAUNCH: tl.constexpr, SEQ_GRID_BLOCK_Q: tl.constexpr, USE_RSWA: tl.constexpr,
+    STORE_LSE: tl.constexpr,
 ):
     """Merge the segments of ``HEADS`` query heads x ``DIMS`` head-dim lanes of one token.
 
@@ -762,8 +888,13 @@ def _reduce_segments_kernel(
                                         PREFIX_CLAMP)
     else:
         range_first = seq_len  # unused
+    if USE_RSWA:
+        rswa_len = _rswa_prefix(rswa_ptr, seq, seq_len)
+    else:
+        rswa_len = seq_len  # unused
     first_tile, tiles_per_segment, active = _segment_layout(seq_len, q_len, window_left, chunk_size, chunk_lookback,
-                                                            num_segments, range_first, TILE, CHUNKED, USE_PREFIX)
+                                                            num_segments, range_first, rswa_len, TILE, CHUNKED,
+                                                            USE_PREFIX, USE_RSWA)
 
     heads = tl.program_id(1) * HEADS + tl.arange(0, HEADS)
     head_valid = heads < num_q_heads
@@ -772,10 +903,13 @@ def _reduce_segments_kernel(
     segs = tl.arange(0, SEGMENTS_PAD)
     valid = head_valid[:, None] & (segs < active)[None, :]
     part = token.to(tl.int64) * stride_part_tok + heads[:, None] * stride_part_head + segs[None, :]
-    weight, denom = _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sinks_ptr, heads, head_valid,
-                                     USE_SINKS, "")
+    weight, denom, top = _segment_weights(part_max_ptr, part_sum_ptr, part, valid, sinks_ptr, heads, head_valid,
+                                          USE_SINKS, "")
     dims = tl.program_id(2) * DIMS + tl.arange(0, DIMS)
     dim_valid = dims < HEAD_SIZE
     result = _merge_partials(part_acc_ptr, part, valid, weight, denom, dims, dim_valid, HEAD_PAD, "")
     o_ptrs = out_ptr + token.to(tl.int64) * stride_o_tok + heads[:, None] * stride_o_head + dims[None, :] * stride_o_dim
     _store_output(o_ptrs, result, head_valid[:, None] & dim_valid[None, :], output_scale_ptr, OUT_FP8, OUT_FP8_MAX)
+    if STORE_LSE:
+        if tl.program_id(2) == 0:  # the token's head-dim programs merge the same weights: one stores the LSE
+            _store_lse(lse_ptr + token.to(tl.int64) * stride_lse_tok + heads * stride_lse_head, top, denom, head_valid)

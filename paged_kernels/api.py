@@ -104,6 +104,7 @@ def unified_attention(
     kv_quant_mode=None, k_scale_cache=None, v_scale_cache=None,
     chunk_lookback=-1, mm_prefix_range=None, mm_prefix_clamp_sliding_window=False,
     split_kv=None, num_segments=None, workspace=None, batch_invariant=False, check_metadata=False,
+    qq_bias=None, rswa_prefix_lens=None, rswa_window=None, use_alibi_sqrt=False, softmax_lse=None,
 ):
     """Paged attention over a varlen batch; writes into ``out`` and returns it.
 
@@ -162,6 +163,28 @@ def unified_attention(
         ``mm_prefix_clamp_sliding_window=True`` keeps the window's left bound for the range's
         extra keys. Range values are metadata: never read on the host, bounds-safe when invalid
         (a range past the sequence adds no key past it), checked by ``validate_metadata``.
+      * ``causal`` as an int32 ``[num_seqs]`` tensor: per-sequence flags (nonzero: causal; values are
+        metadata, never read on the host). A causal sequence sees keys ``j <= p`` within ``p - j <=
+        window_size[0]``, a bidirectional one every key of the sequence within ``|p - j| <=
+        window_size[0]`` (-1: unlimited). Refused: window_size[1] other than -1 (``window_size``),
+        chunked attention (``causal``).
+      * ``qq_bias`` float16/bfloat16/float32 ``[Q, K]``, any strides, ``Q >= max_seqlen_q``: a bias
+        between each sequence's new tokens (tree attention), shared by every sequence and head. Row i
+        is the sequence's i-th new token, column j the key at ``seq_len - q_len + j`` (``0 <= j <
+        K``); older keys get none. Added after softcap and ALiBi, to visible keys only: a masked key
+        stays masked, and a -inf entry hides its key.
+      * ``rswa_prefix_lens`` int32 ``[num_seqs]`` with ``rswa_window`` (int >= 1), both or neither:
+        R-SWA. Key j is visible to position p iff the causal/bidirectional mask allows it and ``j <
+        prefix_len`` or ``p - j < rswa_window``; it replaces the sliding window (refused with
+        window_size[0] >= 0 or chunk_lookback >= 0, naming ``rswa_window``). Prefix ranges still add
+        their keys (their clamp has no window to keep). Lengths are metadata: negative acts as 0,
+        past the sequence as its length.
+      * ``use_alibi_sqrt`` (needs ``alibi_slopes``): ALiBi's bias is ``-slope * sqrt(p - j)`` for keys
+        ``j <= p`` and 0 for later ones, instead of ``slope * (j - p)``.
+      * ``softmax_lse`` float32 ``[num_tokens, num_q_heads]``, any strides, written: each query row's
+        natural-log log-sum-exp of its visible scores (after softcap, ALiBi and qq_bias) and its sink;
+        -inf for a row that sees no key and has no sink. Rows past ``cu_seqlens_q[-1]`` are left as
+        they are. On the split path it comes from the segments' merge.
     """
     spec = check_arguments(
         q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
@@ -170,6 +193,8 @@ def unified_attention(
         mm_prefix_clamp_sliding_window=mm_prefix_clamp_sliding_window,
         kv_quant_mode=kv_quant_mode, k_scale_cache=k_scale_cache, v_scale_cache=v_scale_cache,
         split_kv=split_kv, batch_invariant=batch_invariant, check_metadata=check_metadata,
+        qq_bias=qq_bias, rswa_prefix_lens=rswa_prefix_lens, rswa_window=rswa_window, use_alibi_sqrt=use_alibi_sqrt,
+        softmax_lse=softmax_lse,
     )
     checked = check_metadata or metadata_check_forced()
     if checked:
@@ -192,7 +217,9 @@ def unified_attention(
     pdl = {"launch_pdl": True} if programmatic else {}
     partials = workspace if split else None
     ranges = mm_prefix_range if spec.use_prefix else None
-    # Parameters both kernels take, under the same names.
+    lse = softmax_lse if spec.store_lse else None
+    # Parameters both kernels take, under the same names. A feature's own arguments are None while it is
+    # off: None compiles as a constant, so the kernels' parameter lists stay as they were without it.
     shared = dict(
         out_ptr=out, part_acc_ptr=q if partials is None else partials.acc,
         part_max_ptr=q if partials is None else partials.max, part_sum_ptr=q if partials is None else partials.expsum,
@@ -206,7 +233,10 @@ def unified_attention(
         num_ranges=0 if ranges is None else ranges.shape[1],
         HEAD_SIZE=spec.head_size, HEAD_PAD=spec.head_pad, USE_SINKS=spec.use_sinks, OUT_FP8=spec.out_fp8,
         OUT_FP8_MAX=FP8_E4M3_MAX, CHUNKED=spec.chunked, USE_PREFIX=spec.use_prefix, PREFIX_CLAMP=spec.prefix_clamp,
+        rswa_ptr=rswa_prefix_lens if spec.use_rswa else None, lse_ptr=lse,
+        **_feature_strides("lse", lse, "tok", "head"), USE_RSWA=spec.use_rswa, STORE_LSE=spec.store_lse,
     )
+    bias = qq_bias if spec.use_qq_bias else None
     attention = dict(
         shared, q_ptr=q, k_ptr=k, v_ptr=v, block_table_ptr=block_table, alibi_ptr=_or(alibi_slopes, q),
         k_descale_ptr=_or(k_descale, q), v_descale_ptr=_or(v_descale, q), q_descale_ptr=_or(q_descale, q),
@@ -224,6 +254,10 @@ def unified_attention(
         KV_PER_TOKEN_HEAD=spec.kv_quant.per_token_head, Q_FP8=spec.q_fp8, PV_F16=spec.pv_f16,
         FOLD_SCALE=spec.fold_scale, FUSED_MERGE=plan.fused_merge, MERGE_HEADS=plan.merge_heads,
         MERGE_SEGMENTS=plan.segments_pad,
+        qq_bias_ptr=bias, **_feature_strides("qqb", bias, "row", "col"),
+        qq_bias_rows=None if bias is None else bias.shape[0], qq_bias_cols=None if bias is None else bias.shape[1],
+        causal_ptr=causal if spec.per_seq_causal else None, USE_QQ_BIAS=spec.use_qq_bias, ALIBI_SQRT=spec.alibi_sqrt,
+        PER_SEQ_CAUSAL=spec.per_seq_causal,
     )
     narrow = plan.narrow
     _attention._paged_attention_kernel[plan.grid](
@@ -254,6 +288,13 @@ def _strides(name: str, tensor, *dims: str) -> dict:
     unused one (None), which also broadcasts a one-element descale."""
     strides = (0,) * len(dims) if tensor is None else tensor.stride()[:len(dims)]
     return {f"stride_{name}_{dim}": stride for dim, stride in zip(dims, strides)}
+
+
+def _feature_strides(name: str, tensor, *dims: str) -> dict:
+    """``_strides`` of an optional feature's tensor, or Nones while the feature is off (see ``shared``)."""
+    if tensor is None:
+        return {f"stride_{name}_{dim}": None for dim in dims}
+    return _strides(name, tensor, *dims)
 
 
 def _per_head(descale, spec: CallSpec):

@@ -76,16 +76,23 @@ class CallSpec:
     q_fp32: bool  # float32 queries: IEEE dots
     q_fp8: bool  # fp8 queries: an fp8 x fp8 QK^T scaled by q_descale
     out_fp8: bool  # fp8 output, divided by output_scale and saturated
+    store_lse: bool  # softmax_lse given: each row's natural-log log-sum-exp is stored too
     descale_per_head: bool  # per-tensor fp8 descales given per (sequence, KV head)
     # Scores, in log2 units.
     qk_scale: float
     softcap: float  # 0: off
     use_alibi: bool
+    alibi_sqrt: bool  # ALiBi's bias is -slope * sqrt(p - j) (keys at or before p), not slope * (j - p)
     use_sinks: bool
+    use_qq_bias: bool  # a bias between each sequence's new tokens (qq_bias) joins the scores
     fold_scale: bool  # scores stay unscaled until exp2 (the scale is known positive and normal)
     # Mask geometry: non-negative bounds, UNLIMITED for none; chunk_size 1 and lookback 0 when unchunked.
+    # With per-sequence causal flags window_right is a bidirectional sequence's bound (a causal one's
+    # is 0); with R-SWA window_left is its window's (rswa_window - 1).
     window_left: int
     window_right: int
+    per_seq_causal: bool  # causal given as per-sequence int32 flags
+    use_rswa: bool  # R-SWA: rswa_prefix_lens' prefix keys stay visible beside the window
     chunked: bool
     chunk_size: int
     chunk_lookback: int

@@ -18,6 +18,7 @@ from .plan import MAX_SEGMENTS
 from .spec import INT32_MAX, LOG2E, UNLIMITED, CallSpec, KVQuant
 
 QUERY_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+QQ_BIAS_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8_CACHE_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn",) if hasattr(torch, n))
 MIN_HEAD_SIZE, MAX_HEAD_SIZE = 16, 512
 # kv_quant_mode's string forms: KVQuant's member names.
@@ -153,19 +154,42 @@ def _check_chunk_lookback(chunk_lookback) -> None:
         _fail("chunk_lookback", f"expected -1 (off) or a lookback >= 0, got {chunk_lookback}")
 
 
-def _mask_geometry(window_size, causal: bool, chunk_lookback: int) -> dict:
+def _check_causal(causal, window_size, chunk_lookback, num_seqs: int, device) -> bool:
+    """``causal``: a bool, or int32 ``[num_seqs]`` per-sequence flags (nonzero: causal) with a window of
+    ``(left, -1)`` and no chunking. Returns whether it is per-sequence. Flag values are not read."""
+    if isinstance(causal, bool):
+        return False
+    if not isinstance(causal, torch.Tensor):
+        _fail("causal", f"expected a bool or an int32 tensor [num_seqs], got {causal!r}", TypeError)
+    _expect_int32_vector("causal", causal, num_seqs)
+    if causal.device != device:
+        _fail("causal", f"expected device {device} (q's), got {causal.device}")
+    if window_size is not None and window_size[1] != -1:
+        _fail("window_size", f"with per-sequence causal the window is (left, -1): causal sequences look back "
+                             f"only, bidirectional ones by left both ways; got {window_size!r}")
+    if chunk_lookback >= 0:
+        _fail("causal", "chunked attention is causal; per-sequence causal flags cannot be combined with it")
+    return True
+
+
+def _mask_geometry(window_size, causal, chunk_lookback: int) -> dict:
     """The CallSpec's window_left, window_right, chunked, chunk_size and chunk_lookback: the window
     and chunks as the kernels take them.
 
     Window bounds are non-negative: causal is right = 0, -1 is UNLIMITED, and bounds past
     UNLIMITED are capped there (they mean the same, and would make the window arithmetic int64).
+    Per-sequence flags (a tensor, checked by ``_check_causal``) give the right bound of a
+    bidirectional sequence, the left one mirrored; the kernels use 0 for causal sequences.
     Chunked attention (lookback >= 0) needs a causal call and a left window w, and has chunks of
     ``(w + 1) // (lookback + 1)`` keys, capped at INT32_MAX (a chunk that large holds every key),
     with the lookback capped at UNLIMITED; unchunked, the kernels get size 1 and lookback 0, unused.
     """
     left, right = (-1, -1) if window_size is None else (int(window_size[0]), int(window_size[1]))
     window_left = UNLIMITED if left < 0 else min(left, UNLIMITED)
-    window_right = 0 if causal else (UNLIMITED if right < 0 else min(right, UNLIMITED))
+    if isinstance(causal, torch.Tensor):
+        window_right = window_left
+    else:
+        window_right = 0 if causal else (UNLIMITED if right < 0 else min(right, UNLIMITED))
     bounds = dict(window_left=window_left, window_right=window_right)
     if chunk_lookback < 0:
         return dict(bounds, chunked=False, chunk_size=1, chunk_lookback=0)
@@ -181,12 +205,64 @@ def _mask_geometry(window_size, causal: bool, chunk_lookback: int) -> dict:
                 chunk_lookback=min(chunk_lookback, UNLIMITED))
 
 
+def _check_qq_bias(qq_bias, max_seqlen_q: int, device) -> None:
+    """A float ``[Q, K]`` bias between a sequence's new tokens (any strides), Q >= max_seqlen_q."""
+    if qq_bias is None:
+        return
+    _expect_tensor("qq_bias", qq_bias, 2)
+    if qq_bias.dtype not in QQ_BIAS_DTYPES:
+        _fail("qq_bias", f"expected dtype in {QQ_BIAS_DTYPES}, got {qq_bias.dtype}", TypeError)
+    if qq_bias.device != device:
+        _fail("qq_bias", f"expected device {device} (q's), got {qq_bias.device}")
+    if qq_bias.shape[0] < max_seqlen_q:
+        _fail("qq_bias", f"expected at least max_seqlen_q = {max_seqlen_q} rows (one per new token), "
+                         f"got shape {tuple(qq_bias.shape)}")
+
+
+def _check_rswa(rswa_prefix_lens, rswa_window, window_size, chunk_lookback: int, num_seqs: int, device) -> bool:
+    """R-SWA's int32 ``[num_seqs]`` prefix lengths (values are metadata, not read) and window (int >= 1),
+    both or neither; it replaces the sliding window. Returns whether R-SWA is on."""
+    if rswa_prefix_lens is None and rswa_window is None:
+        return False
+    if rswa_prefix_lens is None:
+        _fail("rswa_prefix_lens", "required with rswa_window (pass an int32 tensor [num_seqs])")
+    if rswa_window is None:
+        _fail("rswa_window", "required with rswa_prefix_lens (pass an int >= 1)")
+    _expect_int32_vector("rswa_prefix_lens", rswa_prefix_lens, num_seqs)
+    if rswa_prefix_lens.device != device:
+        _fail("rswa_prefix_lens", f"expected device {device} (q's), got {rswa_prefix_lens.device}")
+    if isinstance(rswa_window, bool) or not isinstance(rswa_window, int):
+        _fail("rswa_window", f"expected an int >= 1, got {rswa_window!r}", TypeError)
+    if rswa_window < 1:
+        _fail("rswa_window", f"expected a window >= 1, got {rswa_window}")
+    if chunk_lookback >= 0:
+        _fail("rswa_window", f"R-SWA cannot be combined with chunked attention (chunk_lookback {chunk_lookback})")
+    if window_size is not None and window_size[0] >= 0:
+        _fail("rswa_window", f"R-SWA replaces the sliding window; pass window_size[0] = -1, got {window_size!r}")
+    return True
+
+
+def _check_softmax_lse(softmax_lse, num_tokens: int, num_q_heads: int, device) -> None:
+    """The optional float32 ``[num_tokens, num_q_heads]`` log-sum-exp output (any strides)."""
+    if softmax_lse is None:
+        return
+    _expect_tensor("softmax_lse", softmax_lse, 2)
+    if softmax_lse.dtype != torch.float32:
+        _fail("softmax_lse", f"expected dtype torch.float32, got {softmax_lse.dtype}", TypeError)
+    if softmax_lse.device != device:
+        _fail("softmax_lse", f"expected device {device} (q's), got {softmax_lse.device}")
+    if tuple(softmax_lse.shape) != (num_tokens, num_q_heads):
+        _fail("softmax_lse", f"expected shape {(num_tokens, num_q_heads)} (num_tokens, num_q_heads), "
+                             f"got {tuple(softmax_lse.shape)}")
+
+
 def check_arguments(
     q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, softmax_scale, causal,
     window_size, block_table, softcap, q_descale, k_descale, v_descale, alibi_slopes, sinks,
     output_scale, num_segments, workspace, *, chunk_lookback=-1, mm_prefix_range=None,
     mm_prefix_clamp_sliding_window=False, split_kv=None, batch_invariant=False,
     check_metadata=False, kv_quant_mode=None, k_scale_cache=None, v_scale_cache=None,
+    qq_bias=None, rswa_prefix_lens=None, rswa_window=None, use_alibi_sqrt=False, softmax_lse=None,
 ) -> CallSpec:
     """Cheap checks; raises ValueError/TypeError naming the argument before anything is written.
     Returns the call's description.
@@ -258,7 +334,8 @@ def check_arguments(
         _fail("softmax_scale", f"expected a finite float, got {softmax_scale!r}", TypeError)
     if abs(softmax_scale) > LOG2_UNITS_MAX:
         _fail("softmax_scale", f"{softmax_scale!r} overflows float32 in log2 units (|scale| <= {LOG2_UNITS_MAX:.3g})")
-    _expect_bool("causal", causal)
+    if not isinstance(causal, (bool, torch.Tensor)):
+        _fail("causal", f"expected a bool or an int32 tensor [num_seqs], got {causal!r}", TypeError)
     if window_size is not None:
         if not isinstance(window_size, (tuple, list)):
             _fail("window_size", f"expected None or a (left, right) tuple/list of ints >= -1, got {window_size!r}",
@@ -278,13 +355,23 @@ def check_arguments(
             _fail("softcap", f"{softcap!r} is outside the float32 range the kernels use "
                              f"([{LOG2_UNITS_MIN_NORMAL:.3g}, {LOG2_UNITS_MAX:.3g}], or 0 to disable)")
     _check_chunk_lookback(chunk_lookback)
+    num_seqs = cu_seqlens_q.shape[0] - 1
+    per_seq_causal = _check_causal(causal, window_size, chunk_lookback, num_seqs, q.device)
     geometry = _mask_geometry(window_size, causal, chunk_lookback)
+    _check_qq_bias(qq_bias, max_seqlen_q, q.device)
+    use_rswa = _check_rswa(rswa_prefix_lens, rswa_window, window_size, chunk_lookback, num_seqs, q.device)
+    if use_rswa:
+        # The kernels treat R-SWA's window as the sliding window, its prefix as a second key range.
+        geometry["window_left"] = min(rswa_window - 1, UNLIMITED)
+    _expect_bool("use_alibi_sqrt", use_alibi_sqrt)
+    if use_alibi_sqrt and alibi_slopes is None:
+        _fail("use_alibi_sqrt", "needs alibi_slopes (it changes the ALiBi bias's shape)")
+    _check_softmax_lse(softmax_lse, q.shape[0], q.shape[1], q.device)
     _expect_bool("mm_prefix_clamp_sliding_window", mm_prefix_clamp_sliding_window)
     if mm_prefix_range is not None:
         _expect_tensor("mm_prefix_range", mm_prefix_range, 3)
         if mm_prefix_range.dtype != torch.int32:
             _fail("mm_prefix_range", f"expected dtype torch.int32, got {mm_prefix_range.dtype}", TypeError)
-        num_seqs = cu_seqlens_q.shape[0] - 1
         if mm_prefix_range.shape[0] != num_seqs or mm_prefix_range.shape[2] != 2:
             _fail("mm_prefix_range", f"expected shape ({num_seqs}, max_ranges, 2), got {tuple(mm_prefix_range.shape)}")
         if mm_prefix_range.device != q.device:
@@ -334,7 +421,8 @@ def check_arguments(
         softmax_scale=softmax_scale, softcap=softcap, k_descale=k_descale, v_descale=v_descale,
         alibi_slopes=alibi_slopes, sinks=sinks, mm_prefix_range=mm_prefix_range,
         mm_prefix_clamp_sliding_window=mm_prefix_clamp_sliding_window, split_kv=split_kv,
-        num_segments=num_segments, batch_invariant=batch_invariant, workspace=workspace)
+        num_segments=num_segments, batch_invariant=batch_invariant, workspace=workspace, qq_bias=qq_bias,
+        use_alibi_sqrt=use_alibi_sqrt, per_seq_causal=per_seq_causal, use_rswa=use_rswa, softmax_lse=softmax_lse)
 
 
 def describe_call(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, *, kv_quant_mode=None, causal=True,
@@ -350,7 +438,8 @@ def describe_call(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, *, kv_quant_mo
 def _describe(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, quant: KVQuant, geometry: dict, *, out=None,
               block_table=None, softmax_scale=1.0, softcap=None, k_descale=None, v_descale=None, alibi_slopes=None,
               sinks=None, mm_prefix_range=None, mm_prefix_clamp_sliding_window=False, split_kv=None,
-              num_segments=None, batch_invariant=False, workspace=None) -> CallSpec:
+              num_segments=None, batch_invariant=False, workspace=None, qq_bias=None, use_alibi_sqrt=False,
+              per_seq_causal=False, use_rswa=False, softmax_lse=None) -> CallSpec:
     num_tokens, num_q_heads, head_size = q.shape
     num_blocks, block_size, num_kv_heads = k.shape[:3]
     q_fp8 = q.dtype in FP8_CACHE_DTYPES
@@ -366,12 +455,16 @@ def _describe(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, quant: KVQuant, ge
         kv_capacity=None if block_table is None else min(block_table.shape[1] * block_size, INT32_MAX),
         kv_quant=quant, one_byte_kv=k.element_size() == 1, q_fp32=q.dtype == torch.float32, q_fp8=q_fp8,
         out_fp8=out is not None and out.dtype in FP8_CACHE_DTYPES, descale_per_head=descale_per_head,
-        qk_scale=qk_scale, softcap=softcap * LOG2E, use_alibi=alibi_slopes is not None, use_sinks=sinks is not None,
+        store_lse=softmax_lse is not None, qk_scale=qk_scale, softcap=softcap * LOG2E,
+        use_alibi=alibi_slopes is not None, alibi_sqrt=use_alibi_sqrt, use_sinks=sinks is not None,
+        use_qq_bias=qq_bias is not None,
         # Scores stay unscaled until exp2 only where the scale is known positive and normal here (fp8
-        # descales are device values; softcap, ALiBi and per-key scales act on scaled scores).
+        # descales are device values; softcap, ALiBi, qq_bias and per-key scales act on scaled scores).
         fold_scale=(qk_scale >= FLOAT32_MIN_NORMAL and softcap == 0 and alibi_slopes is None
-                    and not (quant.per_token_head or quant.per_tensor_fp8 or q_fp8)),
-        **geometry, use_prefix=use_prefix, prefix_clamp=use_prefix and mm_prefix_clamp_sliding_window,
+                    and not (quant.per_token_head or quant.per_tensor_fp8 or q_fp8) and qq_bias is None),
+        **geometry, per_seq_causal=per_seq_causal, use_rswa=use_rswa, use_prefix=use_prefix,
+        # R-SWA's window is no sliding window: the ranges' clamp has none to keep (window_size[0] is -1).
+        prefix_clamp=use_prefix and mm_prefix_clamp_sliding_window and not use_rswa,
         split_kv=split_kv, num_segments=num_segments, batch_invariant=batch_invariant,
         workspace_segments=None if workspace is None else workspace.num_segments,
         workspace_counters=None if workspace is None else workspace.merge_counters.numel(),

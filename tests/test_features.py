@@ -116,7 +116,82 @@ FEATURE_ERRORS = [
     FeatureError("fp8q-out-int", "q_descale",
                  lambda a, kw, i: (_fp8_query(a, torch.ones(1)), a.__setitem__(OUT, a[OUT].to(torch.int32))),
                  TypeError, r"^out: expected dtype"),
+    # vLLM 0.33's arguments (the mixed composition: 4 sequences, max_seqlen_q 23).
+    FeatureError("qq-bias-not-tensor", "qq_bias", _set(qq_bias=[[0.0]]), TypeError,
+                 r"^qq_bias: expected a torch.Tensor"),
+    FeatureError("qq-bias-rank", "qq_bias", _set(qq_bias=lambda i: _zeros(i, i.max_seqlen_q)), ValueError,
+                 r"^qq_bias: expected 2 dimensions"),
+    FeatureError("qq-bias-int", "qq_bias", _set(qq_bias=lambda i: _zeros(i, i.max_seqlen_q, 4, dtype=torch.int32)),
+                 TypeError, r"^qq_bias: expected dtype"),
+    FeatureError("qq-bias-float64", "qq_bias",
+                 _set(qq_bias=lambda i: _zeros(i, i.max_seqlen_q, 4, dtype=torch.float64)), TypeError,
+                 r"^qq_bias: expected dtype"),
+    FeatureError("qq-bias-rows", "qq_bias", _set(qq_bias=lambda i: _zeros(i, i.max_seqlen_q - 1, 40)), ValueError,
+                 r"^qq_bias: expected at least max_seqlen_q"),
+    FeatureError("rswa-window-alone", "rswa_window", _set(rswa_window=4), ValueError, r"^rswa_prefix_lens: required"),
+    FeatureError("rswa-lens-alone", "rswa_prefix_lens", _set(rswa_prefix_lens=lambda i: _lens(i)), ValueError,
+                 r"^rswa_window: required"),
+    FeatureError("rswa-lens-int64", "rswa_prefix_lens",
+                 _set(rswa_prefix_lens=lambda i: _zeros(i, 4, dtype=torch.int64), rswa_window=4), TypeError,
+                 r"^rswa_prefix_lens: expected dtype"),
+    FeatureError("rswa-lens-length", "rswa_prefix_lens",
+                 _set(rswa_prefix_lens=lambda i: _zeros(i, 3, dtype=torch.int32), rswa_window=4), ValueError,
+                 r"^rswa_prefix_lens: expected 4 entries"),
+    FeatureError("rswa-window-0", "rswa_window", _set(rswa_prefix_lens=lambda i: _lens(i), rswa_window=0),
+                 ValueError, r"^rswa_window: expected a window >= 1"),
+    FeatureError("rswa-window-float", "rswa_window", _set(rswa_prefix_lens=lambda i: _lens(i), rswa_window=4.0),
+                 TypeError, r"^rswa_window: expected an int"),
+    FeatureError("rswa-window-bool", "rswa_window", _set(rswa_prefix_lens=lambda i: _lens(i), rswa_window=True),
+                 TypeError, r"^rswa_window: expected an int"),
+    FeatureError("rswa-with-sliding-window", "rswa_window",
+                 _set(rswa_prefix_lens=lambda i: _lens(i), rswa_window=4, WINDOW=(15, -1)), ValueError,
+                 r"^rswa_window: R-SWA replaces the sliding window"),
+    FeatureError("rswa-with-chunks", "rswa_window",
+                 _set(rswa_prefix_lens=lambda i: _lens(i), rswa_window=4, WINDOW=(15, -1), chunk_lookback=0),
+                 ValueError, r"^rswa_window: R-SWA cannot be combined with chunked"),
+    FeatureError("sqrt-not-bool", "use_alibi_sqrt", _set(use_alibi_sqrt=1), TypeError,
+                 r"^use_alibi_sqrt: expected a bool"),
+    FeatureError("sqrt-without-slopes", "use_alibi_sqrt", _set(use_alibi_sqrt=True), ValueError,
+                 r"^use_alibi_sqrt: needs alibi_slopes"),
+    # Per-sequence causal flags came with the arguments above: implementations without qq_bias skip.
+    FeatureError("causal-flags-int64", "qq_bias", _set(CAUSAL=lambda i: _ones(i, 4, dtype=torch.int64)), TypeError,
+                 r"^causal: expected dtype"),
+    FeatureError("causal-flags-bool-tensor", "qq_bias", _set(CAUSAL=lambda i: _ones(i, 4, dtype=torch.bool)),
+                 TypeError, r"^causal: expected dtype"),
+    FeatureError("causal-flags-length", "qq_bias", _set(CAUSAL=lambda i: _ones(i, 3, dtype=torch.int32)), ValueError,
+                 r"^causal: expected 4 entries"),
+    FeatureError("causal-flags-rank", "qq_bias", _set(CAUSAL=lambda i: _ones(i, 4, 1, dtype=torch.int32)), ValueError,
+                 r"^causal: expected 1 dimensions"),
+    FeatureError("causal-flags-right-window", "qq_bias",
+                 _set(CAUSAL=lambda i: _ones(i, 4, dtype=torch.int32), WINDOW=(5, 3)), ValueError,
+                 r"^window_size: with per-sequence causal the window is \(left, -1\)"),
+    FeatureError("causal-flags-chunked", "qq_bias",
+                 _set(CAUSAL=lambda i: _ones(i, 4, dtype=torch.int32), WINDOW=(15, -1), chunk_lookback=0), ValueError,
+                 r"^causal: chunked attention is causal"),
+    FeatureError("lse-not-tensor", "softmax_lse", _set(softmax_lse=0.0), TypeError,
+                 r"^softmax_lse: expected a torch.Tensor"),
+    FeatureError("lse-float16", "softmax_lse",
+                 _set(softmax_lse=lambda i: _zeros(i, *i.q.shape[:2], dtype=torch.float16)), TypeError,
+                 r"^softmax_lse: expected dtype"),
+    FeatureError("lse-rank", "softmax_lse", _set(softmax_lse=lambda i: _zeros(i, i.q.shape[0])), ValueError,
+                 r"^softmax_lse: expected 2 dimensions"),
+    FeatureError("lse-transposed-shape", "softmax_lse",
+                 _set(softmax_lse=lambda i: _zeros(i, i.q.shape[1], i.q.shape[0])), ValueError,
+                 r"^softmax_lse: expected shape"),
 ]
+
+
+def _zeros(inputs, *shape, dtype=torch.float32):
+    return torch.zeros(shape, dtype=dtype, device=inputs.q.device)
+
+
+def _ones(inputs, *shape, dtype=torch.float32):
+    return torch.ones(shape, dtype=dtype, device=inputs.q.device)
+
+
+def _lens(inputs):
+    """Well-formed R-SWA prefix lengths for the mixed composition's 4 sequences."""
+    return _zeros(inputs, 4, dtype=torch.int32)
 
 
 def _fp8_query(args, q_descale):
@@ -232,6 +307,62 @@ def test_prefix_range_values_are_metadata(ctx):
         rows = inputs.num_tokens_used
         assert same_bits(out[rows:], inputs.out[rows:])
         assert torch.isfinite(out[:rows].float()).all()
+
+
+@pytest.mark.quick
+@pytest.mark.numerics
+@pytest.mark.parametrize("flag", [0, 1])
+def test_uniform_causal_flags_match_the_bool(ctx, flag):
+    """Per-sequence flags all equal to ``flag`` give, bit for bit, the bool call they mean: all causal is
+    causal=True with the window (w, -1), all bidirectional is causal=False with the window (w, w)."""
+    if "qq_bias" not in ctx.impl.params:
+        pytest.skip(f"{ctx.impl.spec} predates per-sequence causal flags")
+    inputs = build(tables.composition_case("mixed"), ctx.device, ctx.seed)
+    num_seqs = inputs.cu_seqlens_q.shape[0] - 1
+    flags = torch.full((num_seqs,), flag, dtype=torch.int32, device=inputs.q.device)
+    for window in (-1, 9):
+        for path in ("2d", "3d") if ctx.impl.style == "split_kv" else ("auto",):
+            outs = []
+            for causal, window_size in ((flags, (window, -1)), (bool(flag), (window, -1 if flag else window))):
+                out = inputs.fresh_out()
+                args = list(inputs.call_args(out))
+                args[CAUSAL], args[WINDOW] = causal, window_size
+                kwargs = dict(inputs.call_kwargs())
+                if ctx.impl.style == "split_kv":
+                    kwargs["split_kv"] = path == "3d"
+                ctx.impl.func(*args, **kwargs)
+                outs.append(out)
+            assert same_bits(*outs), f"{path}, window {window}: flags {flag} differ from causal={bool(flag)}"
+
+
+@pytest.mark.bad_input
+@pytest.mark.quick
+def test_rswa_lengths_and_causal_flags_are_metadata(ctx):
+    """R-SWA prefix lengths and per-sequence causal flags are never read on the host: any values run on
+    every path and give, bit for bit, what their meaning gives (a length below 0 acts as 0, one past the
+    sequence as its length, as in the reference; any nonzero flag is causal); padding rows stay untouched."""
+    if "rswa_prefix_lens" not in ctx.impl.params:
+        pytest.skip(f"{ctx.impl.spec} has no 'rswa_prefix_lens' argument")
+    inputs = build(tables.find("quick-causal-per-seq-rswa"), ctx.device, ctx.seed)
+    dev = inputs.q.device
+    garbage = (torch.tensor([-2**31, 2**31 - 1, -1, 5000], dtype=torch.int32, device=dev),
+               torch.tensor([0, 7, -1, 2**31 - 1], dtype=torch.int32, device=dev))
+    lens = inputs.seqused_k.clamp(max=2**31 - 1)
+    meant = (torch.minimum(garbage[0].clamp(min=0), lens), (garbage[1] != 0).to(torch.int32))
+    for path in ("2d", "3d") if ctx.impl.style == "split_kv" else ("auto",):
+        outs = []
+        for prefix_lens, flags in (garbage, meant):
+            out = inputs.fresh_out()
+            args = list(inputs.call_args(out))
+            args[CAUSAL] = flags
+            kwargs = {**inputs.call_kwargs(), "rswa_prefix_lens": prefix_lens}
+            if ctx.impl.style == "split_kv":
+                kwargs["split_kv"] = path == "3d"
+            ctx.impl.func(*args, **kwargs)
+            outs.append(out)
+        rows = inputs.num_tokens_used
+        assert same_bits(*outs), f"{path}: garbage metadata differs from the values it means"
+        assert same_bits(outs[0][rows:], inputs.out[rows:])
 
 
 @pytest.mark.quick

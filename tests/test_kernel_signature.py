@@ -11,10 +11,16 @@ from attention_suite import build, tables
 # Options Triton's launcher takes beside the kernel's own parameters.
 LAUNCH_OPTIONS = {"num_warps", "num_stages", "launch_pdl"}
 # Between them: a wide launch and a mixed batch's narrow one, a fused-merge split, a split with a
-# reduction launch, and every optional tensor (fp8, per-token-head scales, prefix ranges, ...).
+# reduction launch, and every optional tensor (fp8, per-token-head scales, prefix ranges, qq_bias,
+# per-sequence causal flags, R-SWA prefix lengths, the log-sum-exp output, ...).
 CASES = [("quick-mixed-narrow-boundary", None), ("quick-decode-window-sinks", True), ("quick-varlen", True),
          ("quick-prefix-ranges", True), ("quick-fp8kv-descale-seqhead", True), ("quick-int8-pertokenhead", None),
-         ("quick-fp8kv-fp8out", False)]
+         ("quick-fp8kv-fp8out", False), ("quick-verify-tree", True), ("quick-verify-tree", False),
+         ("quick-causal-per-seq-rswa", True)]
+# Feature switches some launch of each kernel must turn on (their arguments are None while off).
+SWITCHES = {"_paged_attention_kernel": ("NARROW_Q", "FUSED_MERGE", "USE_QQ_BIAS", "ALIBI_SQRT", "PER_SEQ_CAUSAL",
+                                        "USE_RSWA", "STORE_LSE"),
+            "_reduce_segments_kernel": ("USE_RSWA", "STORE_LSE")}
 
 
 class _Recorder:
@@ -63,9 +69,10 @@ def test_launches_pass_every_kernel_parameter_by_name(recorded):
             passed = set(kwargs) - LAUNCH_OPTIONS
             assert passed == set(params), (f"{name}: missing {sorted(set(params) - passed)}, "
                                            f"unknown {sorted(passed - set(params))}")
-    attention = [kwargs for _, kwargs in recorded["_paged_attention_kernel"][0].launches]
-    assert any(kw["NARROW_Q"] for kw in attention) and any(kw["FUSED_MERGE"] for kw in attention), (
-        "the cases no longer make a narrow launch and a fused-merge split")
+    for name, switches in SWITCHES.items():
+        launches = [kwargs for _, kwargs in recorded[name][0].launches]
+        off = [switch for switch in switches if not any(kw[switch] for kw in launches)]
+        assert not off, f"{name}: no case launches it with {off} on"
 
 
 @pytest.mark.dispatch
