@@ -180,6 +180,7 @@ def edge_cases() -> list[Case]:
         # and read through a column stride.
         _case("block12-prefill", "prefill", block_size=12, table_slack=0),
         _case("block12-decode-split", "decode", block_size=12, layout="bt_colstrided", num_segments=3),
+        _case("block8-decode-colstrided", "decode", block_size=8, layout="bt_colstrided", num_segments=3),
         _case("block24-chunked", "chunked", block_size=24, layout="bt_colstrided", table_slack=0),
         _case("block40-mixed-window", block_size=40, window_size=(19, -1), layout="bt_colstrided"),
         # A range table whose rows are all full (no unused entry to stop at), and a range that ends
@@ -392,7 +393,7 @@ def quick_cases() -> list[Case]:
         _case("quick-aligned-logits-window", seq_lens=(6 * t + 5, 4 * t), query_lens=(t + 3, 1), aligned_logits=30.0,
               window_size=(t // 2, -1), num_segments=4),
         _case("quick-window-0-gqa6", "decode", window_size=(0, -1), num_segments=4, table_slack=0,
-              descale_per_head="v", kv_dtype="float8_e4m3fn", **_gqa(6)),
+              descale_per_head="v", kv_dtype="float8_e4m3fn", block_size=8, layout="bt_colstrided", **_gqa(6)),
         _case("quick-block12-colstrided", "mixed", block_size=12, layout="bt_colstrided", table_slack=0,
               mm_prefix_range=((0, 2, 49), (1, 5, 22), (2, 40, 69), (3, 0, 8)), range_slack=0),
         _case("quick-range-ends-at-decode-query", "decode", window_size=(3, -1), num_segments=4,

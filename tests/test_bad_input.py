@@ -39,6 +39,19 @@ def _kw(name, value_fn):
     return mutate
 
 
+def _max_segments() -> int:
+    from paged_kernels.plan import MAX_SEGMENTS
+
+    return MAX_SEGMENTS
+
+
+def _both(*mutations):
+    def mutate(args, kwargs, inputs):
+        for m in mutations:
+            m(args, kwargs, inputs)
+    return mutate
+
+
 def _fp8_cache(args, kwargs, inputs):
     args[K], args[V] = args[K].to(FP8), args[V].to(FP8)
 
@@ -95,6 +108,9 @@ ERROR_INPUTS = [
     ErrorInput("split-kv-not-bool", _kw("split_kv", lambda i: "yes"), TypeError, r"^split_kv:"),
     ErrorInput("batch-invariant-not-bool", _kw("batch_invariant", lambda i: 1), TypeError, r"^batch_invariant:"),
     ErrorInput("num-segments-past-grid", _kw("num_segments", lambda i: 10 ** 6), ValueError, r"^num_segments:"),
+    # The limit holds on the 2D path too: the argument is checked before the planner picks a path.
+    ErrorInput("num-segments-past-max-2d", _both(_kw("num_segments", lambda i: _max_segments() + 1),
+                                                 _kw("split_kv", lambda i: False)), ValueError, r"^num_segments:"),
     ErrorInput("cu-seqlens-one-too-long", _set(CU)(lambda t, i: torch.cat([t, t[-1:]])), ValueError,
                r"^cu_seqlens_q:"),
     ErrorInput("alibi-length", _kw("alibi_slopes", lambda i: torch.ones(3, device=i.q.device)), ValueError,
@@ -110,7 +126,7 @@ ERROR_INPUTS = [
                gpu_only=True),
 ]
 OURS_ONLY = {"num-segments-zero", "workspace-too-small", "batch-invariant-with-split", "split-kv-not-bool",
-             "batch-invariant-not-bool", "num-segments-past-grid"}
+             "batch-invariant-not-bool", "num-segments-past-grid", "num-segments-past-max-2d"}
 
 
 @pytest.mark.bad_input

@@ -1021,7 +1021,8 @@ def test_alibi_sqrt_values_by_hand():
         for i, p in enumerate((3, 4, 5)):
             for j in range(6):
                 expected = -slope * math.sqrt(p - j) if j <= p else 0.0
-                assert bias[h, i, j].item() == expected, (h, p, j)
+                # torch's vectorized float64 sqrt may differ from libm's by an ulp on some builds
+                assert math.isclose(bias[h, i, j].item(), expected, rel_tol=2 ** -50), (h, p, j)
     assert (bias[:, [0, 1, 2], [3, 4, 5]] == 0).all()  # distance 0
     assert bias[1, 1, 0].item() == -4.0
 

@@ -303,6 +303,7 @@ def test_decode_graph_replay(device, seed):
         fresh = build(case.with_(label=f"{case.label}-replay{replay}", seq_lens=lens), device, seed + replay)
         # New lengths, tables and cache contents go into the captured tensors.
         kwargs["q"].copy_(fresh.q)
+        kwargs["sinks"].copy_(fresh.sinks)  # drawn from the replay's seed too
         kwargs["seqused_k"].copy_(fresh.seqused_k)
         kwargs["block_table"].zero_()
         kwargs["block_table"][:, : fresh.block_table.shape[1]].copy_(fresh.block_table)
