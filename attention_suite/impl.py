@@ -20,7 +20,6 @@ skip with the reason (``vllm_unsupported``): it reads ``window_size[0]`` only an
 
 from __future__ import annotations
 
-import enum
 import importlib
 import importlib.util
 import inspect
@@ -30,14 +29,16 @@ from pathlib import Path
 DEFAULT_SPEC = "paged_kernels:unified_attention"
 
 
-class VllmKVQuantMode(enum.IntEnum):
-    """A stand-in for vLLM's ``KVQuantMode`` (vllm.v1.kv_cache_interface), by member names and values:
-    what a vLLM-style caller passes, for tests that need one without vLLM installed."""
+def __getattr__(name: str):
+    # vLLM's KVQuantMode as the compat entry mirrors it: loaded on first use, since importing the
+    # kernels imports triton, which must wait for the device set-up.
+    if name == "VllmKVQuantMode":
+        from paged_kernels.vllm_compat import KVQuantMode
 
-    NONE = 0
-    FP8_PER_TENSOR = 1
-    INT8_PER_TOKEN_HEAD = 2
-    FP8_PER_TOKEN_HEAD = 3
+        return KVQuantMode
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 VLLM_3D_ARGS = ("seq_threshold_3D", "num_par_softmax_segments", "softmax_segm_output",
                 "softmax_segm_max", "softmax_segm_expsum")
 VLLM_DEFAULT_SEGMENTS = 16
