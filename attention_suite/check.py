@@ -41,50 +41,51 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
 
 
-def reference_outputs(inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """(golden, baseline): the reference in float64 and in the inputs' own dtype, as float64
-    values of the rows the call writes (fp8 output dequantized)."""
+def _reference_runs(inputs: Inputs):
+    """(golden, baseline, golden log-sum-exp, baseline log-sum-exp): the reference in float64 and in
+    the inputs' own dtype, as float64 values of the rows the call writes (fp8 output dequantized);
+    the log-sum-exps are None unless the case asks for them."""
     rows = inputs.num_tokens_used
-    results = []
+    outs, lses = [], []
     for precision in ("float64", "native"):
         dtype = torch.float64 if precision == "float64" else inputs.out.dtype
         out = torch.zeros(inputs.q.shape, dtype=dtype, device=inputs.q.device)
         kwargs = inputs.call_kwargs()
         if inputs.softmax_lse is not None:  # the reference writes its own; inputs.softmax_lse is the call's
-            kwargs["softmax_lse"] = torch.empty(inputs.softmax_lse.shape, dtype=torch.float64, device=out.device)
+            kwargs["softmax_lse"] = torch.full(inputs.softmax_lse.shape, float("nan"), device=out.device,
+                                               dtype=torch.float64 if precision == "float64" else torch.float32)
+            lses.append(kwargs["softmax_lse"])
         reference.unified_attention(*inputs.call_args(out), **kwargs, precision=precision)
-        results.append(as_values(out[:rows], inputs.output_scale if precision == "native" else None))
-    golden, baseline = results
+        outs.append(as_values(out[:rows], inputs.output_scale if precision == "native" else None))
+    golden, baseline = outs
     if inputs.output_scale is not None and inputs.out.element_size() == 1:
         # fp8 output saturates at the format's largest value by contract (as the baseline does):
         # judge the saturated entries as exact, and the rest by the rule.
         top = torch.finfo(inputs.out.dtype).max * float(inputs.output_scale.reshape(()))
         golden = golden.clamp(-top, top)
-    return golden, baseline
+    lse_golden, lse_baseline = (lse[:rows].double() for lse in lses) if lses else (None, None)
+    return golden, baseline, lse_golden, lse_baseline
+
+
+def reference_outputs(inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(golden, baseline) of ``inputs`` (see ``_reference_runs``)."""
+    return _reference_runs(inputs)[:2]
 
 
 @functools.lru_cache(maxsize=64)
+def _reference_of_case(case: Case, device: str, seed: int):
+    # Every path shares it; poisoned builds have the same visible data, so the same results.
+    return _reference_runs(build(case, device, seed))
+
+
 def reference_pair(case: Case, device: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``reference_outputs`` of the clean build of a case; cached, since every path shares it
-    (poisoned builds have the same visible data, so the same pair)."""
-    return reference_outputs(build(case, device, seed))
+    """``reference_outputs`` of the clean build of a case (cached)."""
+    return _reference_of_case(case, device, seed)[:2]
 
 
-@functools.lru_cache(maxsize=64)
 def reference_lse(case: Case, device: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(golden, baseline) log-sum-exp ``[rows, num_q_heads]`` of a case that asks for it, as float64."""
-    inputs = build(case, device, seed)
-    rows = inputs.num_tokens_used
-    results = []
-    for precision in ("float64", "native"):
-        lse = torch.full(inputs.softmax_lse.shape, float("nan"), dtype=torch.float64 if precision == "float64"
-                         else torch.float32, device=inputs.q.device)
-        out = torch.zeros(inputs.q.shape, dtype=torch.float64 if precision == "float64" else inputs.out.dtype,
-                          device=inputs.q.device)
-        reference.unified_attention(*inputs.call_args(out), **{**inputs.call_kwargs(), "softmax_lse": lse},
-                                    precision=precision)
-        results.append(lse[:rows].double())
-    return results[0], results[1]
+    """(golden, baseline) log-sum-exp ``[rows, num_q_heads]`` of a case that asks for it, as float64 (cached)."""
+    return _reference_of_case(case, device, seed)[2:]
 
 
 def judge_lse(inputs: Inputs) -> Verdict:
