@@ -183,6 +183,10 @@ def edge_cases() -> list[Case]:
         _case("block8-decode-colstrided", "decode", block_size=8, layout="bt_colstrided", num_segments=3),
         _case("block24-chunked", "chunked", block_size=24, layout="bt_colstrided", table_slack=0),
         _case("block40-mixed-window", block_size=40, window_size=(19, -1), layout="bt_colstrided"),
+        # An exactly sized table whose last, longest sequence ends on a tile boundary of every device,
+        # attended non-causally: its unmasked walk ends at the table's last column (what ids read a
+        # tile ahead must not step past; the sanitizer tier sees such a read, the numbers cannot).
+        _case("exact-table-unmasked-end", seq_lens=(96, 256), query_lens=(5, 40), causal=False, table_slack=0),
         # A range table whose rows are all full (no unused entry to stop at), and a range that ends
         # exactly at the first query position of a split decode.
         _case("ranges-no-padding", "chunked", window_size=(5, -1), mm_prefix_range=((0, 44, 58), (1, 28, 40)),

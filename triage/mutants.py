@@ -491,6 +491,29 @@ CATALOG: tuple[Mutant, ...] = (
     _m("lse-log2-units",
        "softmax_lse stored in the kernels' log2 units instead of the natural log",
        ("(top + tl.log2(tl.where(empty, 1.0, expsum))) * LN2)", "(top + tl.log2(tl.where(empty, 1.0, expsum))))")),
+    _m("table-ids-ahead-past-walk-end",
+       "block-table ids read a tile ahead are loaded one tile past an unmasked walk's end: the last tile "
+       "of a walk that ends at the table's last column reads past the row (the ids are never used)",
+       ("    col_valid = (tile + tl.zeros([BLOCKS_PER_TILE], tl.int32)) < tile_end\n",
+        "    col_valid = (tile + tl.zeros([BLOCKS_PER_TILE], tl.int32)) < tile_end + (0 if MASKED else 1)\n"),
+       gpu_only=True,
+       note="the values are unused, so no output changes: compute-sanitizer memcheck on an exactly sized "
+            "table (tests/test_memsafety.py, edge case exact-table-unmasked-end)"),
+    _m("fused-merge-no-barrier",
+       "the fused merge counts a program's arrival before all of its warps have stored their partials "
+       "(no barrier before the atomic): the last arriver may merge partials still being written",
+       ("            tl.debug_barrier()\n            counter_ptr = merge_counter_ptr",
+        "            counter_ptr = merge_counter_ptr"),
+       gpu_only=True,
+       note="a race between warps: tests/test_ordering.py::test_fused_merge_under_load (stress tier), "
+            "thousands of merging programs compared bitwise with the reduction launch"),
+    _m("narrow-launch-no-wait",
+       "the narrow launch (a programmatic dependent of the wide launch) ends without waiting for the wide "
+       "launch: work queued after the call may run while the wide launch still writes out",
+       ("NARROW_Q=0, AWAIT_PRIMARY=programmatic,", "NARROW_Q=0, AWAIT_PRIMARY=False,"), file="api.py",
+       gpu_only=True,
+       note="Hopper and later only (programmatic launches): tests/test_ordering.py::"
+            "test_output_read_right_after_a_mixed_call (stress tier)"),
 )
 
 BY_NAME = {m.name: m for m in CATALOG}

@@ -1,0 +1,79 @@
+"""stress tier (GPU): ordering between programs and between launches, under load.
+
+A race does not show in one small call. These run thousands of programs at once, many times, into
+NaN-filled buffers, and compare bit for bit with a launch sequence that has no such ordering to
+get wrong. The interpreter runs programs one at a time, so they are GPU-only.
+"""
+
+import pytest
+import torch
+
+from attention_suite import build, same_bits, split_workspace, tables
+
+pytestmark = pytest.mark.stress
+REPEATS = 50
+
+
+def _our_kernels(ctx):
+    if not ctx.impl.is_ours:
+        pytest.skip("exercises paged_kernels' own launch structure (fused merge, narrow launch)")
+    import paged_kernels
+
+    return paged_kernels
+
+
+def _plan(paged_kernels, inputs, **kwargs):
+    return paged_kernels.make_plan(inputs.q, inputs.k, inputs.cu_seqlens_q, inputs.max_seqlen_q, inputs.max_seqlen_k,
+                                   **kwargs)
+
+
+def test_fused_merge_under_load(ctx):
+    """512 decodes x 8 KV heads x 4 segments: 16,384 programs, each (sequence, KV head)'s last one to
+    arrive merging its segments. Every repeat equals, bit for bit, the same partials merged by the
+    separate reduction launch (one launch after the other: no arrival to count)."""
+    paged_kernels = _our_kernels(ctx)
+    num_seqs, segments = 512, 4
+    case = tables.composition_case("decode").with_(
+        label="fused-merge-load", seq_lens=tuple(64 + (37 * i) % 256 for i in range(num_seqs)),
+        query_lens=(1,) * num_seqs, num_q_heads=32, num_kv_heads=8, head_size=128, num_segments=segments)
+    inputs = build(case, ctx.device, ctx.seed)
+    fused = split_workspace(inputs, segments)
+    two_launch = paged_kernels.Workspace.over_buffers(fused.acc, fused.max, fused.expsum, case.head_size,
+                                                      merge_counters=None)
+    assert _plan(paged_kernels, inputs, split_kv=True, num_segments=segments, workspace=fused).fused_merge
+    assert not _plan(paged_kernels, inputs, split_kv=True, num_segments=segments, workspace=two_launch).fused_merge
+    expected = ctx.impl.run(inputs, "3d", workspace=two_launch, num_segments=segments)
+    outs = []
+    for _ in range(REPEATS):
+        fused.fill_(float("nan"))  # a partial read before its program stored it is NaN
+        outs.append(ctx.impl.run(inputs, "3d", workspace=fused, num_segments=segments))
+    torch.cuda.synchronize()
+    differing = [i for i, out in enumerate(outs) if not same_bits(out, expected)]
+    assert not differing, (f"{len(differing)} of {REPEATS} fused-merge repeats differ from the reduction launch "
+                           f"(first: repeat {differing[0]})")
+
+
+def test_output_read_right_after_a_mixed_call(ctx):
+    """A mixed batch's short sequences go to a narrow launch, a programmatic dependent of the wide
+    launch on Hopper and later: it starts while the wide one runs. Work queued right after the call
+    (here a copy of out) must still see every row the wide launch writes."""
+    paged_kernels = _our_kernels(ctx)
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launches need compute capability 9+")
+    decodes = 64
+    case = tables.composition_case("mixed").with_(
+        label="narrow-after-wide", seq_lens=(8192,) + (300,) * decodes, query_lens=(4096,) + (1,) * decodes,
+        num_q_heads=32, num_kv_heads=8, head_size=128)
+    inputs = build(case, ctx.device, ctx.seed)
+    assert _plan(paged_kernels, inputs, split_kv=False).narrow is not None, "the batch no longer gets a narrow launch"
+    out = inputs.fresh_out()
+    snapshots = []
+    for _ in range(REPEATS):
+        out.fill_(float("nan"))
+        ctx.impl.run(inputs, "2d", out=out)
+        snapshots.append(out.clone())  # queued behind the call, no sync in between
+    torch.cuda.synchronize()
+    final = out.clone()
+    assert not final.isnan().any(), "the call left NaN in out"
+    early = [i for i, snap in enumerate(snapshots) if not same_bits(snap, final)]
+    assert not early, f"{len(early)} of {REPEATS} copies queued right after the call saw out unfinished"
