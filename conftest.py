@@ -34,6 +34,7 @@ from attention_suite import gpus  # noqa: E402
 
 TIERS = {
     "quick": "a one-minute smoke subset of every tier (CPU CI runs it first)",
+    "cross_section": "multi-feature cases, the quick tier's candidates (quick runs those triage/kill_matrix.json selects)",
     "reference": "self-tests of the pure-PyTorch reference",
     "numerics": "dtype x head size x GQA x block size x batch composition, every path",
     "edge": "segment boundaries, empty segments, fully masked rows, q_len 0, extreme logits, dominant sinks",

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "MEMSAFETY-CASE"
 # Tails, segments, windows, GQA, strides: every code path the edge, layout, quick and poison tables build.
-CURATED_TABLES = ("edge", "layout", "quick", "poison")
+CURATED_TABLES = ("edge", "layout", "cross_section", "poison")
 
 
 def curated_cases():

@@ -326,9 +326,9 @@ def layout_cases() -> list[Case]:
     return cases
 
 
-def quick_cases() -> list[Case]:
-    """A one-minute cross-section: together these cover every class ``coverage`` finds in any table
-    (``tests/test_harness.py`` checks it), so each case carries several features and one layout."""
+def cross_section_cases() -> list[Case]:
+    """Cases that each carry several features and one layout: the quick tier's candidates. Those the
+    quick tier does not select run in the numerics tier."""
     t = TILE_HINT
     return [
         _case("quick-decode-window-sinks", "decode", window_size=(20, -1), sinks=True, num_segments=3, layout="kv_combined"),
@@ -409,6 +409,17 @@ def quick_cases() -> list[Case]:
     ]
 
 
+# The quick tier: the fewest cross-section cases that kill every catalog mutant the full CPU tiers
+# kill, plus cases until every class ``coverage`` finds in any table is covered. Chosen by
+# ``python -m triage cover`` from ``triage/kill_matrix.json``; ``tests/test_quick_cover.py`` checks both.
+QUICK_SELECTION = ('quick-decode-window-sinks', 'quick-chunked-window-softcap-alibi', 'quick-tiny-softcap-decode', 'quick-varlen', 'quick-fp8kv', 'quick-fp8kv-bf16-noncausal', 'quick-fp8kv-fp8out', 'quick-qlen0-padded', 'quick-block8-window', 'quick-mixed-narrow-boundary', 'quick-unlike-strides', 'quick-noncausal-window', 'quick-chunked-attn', 'quick-prefix-ranges', 'quick-int8-pertokenhead', 'quick-fp8-pertokenhead-decode', 'quick-fp8q-bf16out', 'quick-fp8q-fp8out-decode', 'quick-fp8kv-huge-bf16-queries', 'quick-fp8-pertokenhead-large-values', 'quick-fp8kv-descale-seqhead', 'quick-prefix-ranges-unclamped', 'quick-negative-scale', 'quick-zero-scale-decode', 'quick-aligned-logits-window', 'quick-window-0-gqa6', 'quick-block12-colstrided', 'quick-range-ends-at-decode-query', 'quick-verify-tree', 'quick-causal-per-seq-rswa')
+
+
+def quick_cases() -> list[Case]:
+    """The quick tier's cases (``QUICK_SELECTION``), in cross-section order."""
+    return [c for c in cross_section_cases() if c.label in QUICK_SELECTION]
+
+
 def ids(cases) -> list[str]:
     return [c.name for c in cases]
 
@@ -457,6 +468,7 @@ def coverage(case: Case) -> frozenset[str]:
 # Every table by the name the main job, the minimizer and the memsafety driver know it by.
 TABLES = {
     "quick": quick_cases,
+    "cross_section": cross_section_cases,
     "numerics": numerics_cases,
     "features": feature_cases,
     "edge": edge_cases,

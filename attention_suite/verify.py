@@ -19,8 +19,8 @@ import time
 from . import device as suite_device
 
 # The case tables by name (``tables.TABLES``, which imports torch; a harness test keeps the two equal).
-TIER_NAMES = ("quick", "numerics", "features", "edge", "poison", "layout")
-FULL_TIERS = ("numerics", "features", "edge", "poison", "layout")
+TIER_NAMES = ("quick", "cross_section", "numerics", "features", "edge", "poison", "layout")
+FULL_TIERS = ("cross_section", "numerics", "features", "edge", "poison", "layout")
 CPU_DEFAULT_TIERS = ("quick",)
 CPU_DEFAULT_REASON = ("the Triton interpreter runs every tile in Python, so the full tables take ~25 minutes on "
                       "2 cores; quick is their cross-section (every feature, dtype, layout and size class)")

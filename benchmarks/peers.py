@@ -46,6 +46,7 @@ VLLM_DIR_ENV = "VLLM_PEER_DIR"
 # with a fixed 16 segments per sequence.
 VLLM_MIN_LAUNCH_GRID_SIZE_2D = 128
 VLLM_NUM_SEGMENTS = 16
+VLLM_MAX_3D_QUERY_LEN = 8  # vLLM 0.33's MAX_3D_QUERY_LEN: verify batches up to 8 tokens go 3D
 # Column names the sweep already uses: a peer may not take one.
 RESERVED_NAMES = ("heuristic", "2d", "3d", "sdpa-flash", "sdpa-cudnn", "flex", "reference")
 
@@ -253,18 +254,23 @@ class PeerCalls:
 
 
 def vllm_backend_args(point, device) -> tuple[dict, str]:
-    """The 3D arguments vLLM's Triton backend passes for this batch, and a description of the path.
+    """The 3D arguments vLLM 0.33's Triton backend passes for this batch, and a description of the path.
 
-    vLLM's backend allocates the segment buffers once; the function then runs 3D only for a
-    decode-only batch (max_seqlen_q == 1) of at most seq_threshold_3D sequences. Outside that
+    The backend allocates the segment buffers once (a row per query token); the function then runs
+    3D for a causal batch of at most ``VLLM_MAX_3D_QUERY_LEN`` tokens per sequence whose query
+    blocks (``num_seqs * cdiv(max_seqlen_q, BLOCK_Q)``) number at most seq_threshold_3D. Outside that
     range the buffers are left out, which makes the function take its 2D path.
     """
     import torch
     import triton
 
     threshold = VLLM_MIN_LAUNCH_GRID_SIZE_2D // point.num_kv_heads
-    if point.max_seqlen_q > 1 or point.num_seqs > threshold:
-        why = "not decode-only" if point.max_seqlen_q > 1 else f"{point.num_seqs} seqs > seq_threshold_3D {threshold}"
+    per_kv = point.num_q_heads // point.num_kv_heads
+    block_q = (16 if per_kv <= 16 else triton.next_power_of_2(per_kv)) // per_kv  # as vLLM computes it
+    q_blocks = point.num_seqs * -(-point.max_seqlen_q // block_q)
+    if point.max_seqlen_q > VLLM_MAX_3D_QUERY_LEN or q_blocks > threshold:
+        why = (f"{point.max_seqlen_q} query tokens > {VLLM_MAX_3D_QUERY_LEN}" if point.max_seqlen_q > VLLM_MAX_3D_QUERY_LEN
+               else f"{q_blocks} query blocks > seq_threshold_3D {threshold}")
         return {}, f"2D (vLLM backend: {why})"
     head_pad = triton.next_power_of_2(point.head_size)  # as vLLM's backend pads the head
     shape = (point.num_tokens, point.num_q_heads, VLLM_NUM_SEGMENTS)
@@ -275,5 +281,5 @@ def vllm_backend_args(point, device) -> tuple[dict, str]:
         "softmax_segm_max": torch.empty(shape, dtype=torch.float32, device=device),
         "softmax_segm_expsum": torch.empty(shape, dtype=torch.float32, device=device),
     }
-    return args, (f"3D/{VLLM_NUM_SEGMENTS} (vLLM backend: decode-only, {point.num_seqs} seqs <= "
-                  f"seq_threshold_3D {threshold}; segment buffers preallocated)")
+    return args, (f"3D/{VLLM_NUM_SEGMENTS} (vLLM backend: {q_blocks} query blocks <= seq_threshold_3D {threshold}; "
+                  f"segment buffers preallocated)")

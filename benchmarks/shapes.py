@@ -30,6 +30,9 @@ BS1_GENERATED = (10, 100, 200, 400, 800, 1600, 3200, 6400, 12800)
 BS1_PROMPT = 500
 BS1_LONG = (32_768, 131_072)
 BATCHES_AT_4K = (4, 16, 64, 256)
+# Verify batches: (batch, KV length) and the drafted tokens per sequence.
+VERIFY_BATCHES = ((1, 8_192), (1, 32_768), (8, 8_192), (32, 4_096))
+VERIFY_QUERY_LENS = (2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class Target:
 @dataclass(frozen=True)
 class Point:
     name: str
-    kind: str  # "decode", "prefill" or "mixed"
+    kind: str  # "decode", "verify", "prefill" or "mixed"
     series: str  # plot/grouping label, e.g. "bs1" or "bs@4k"
     seqs: tuple[tuple[int, int], ...]  # (q_len, kv_len) per sequence, in batch order
     num_q_heads: int = 32
@@ -204,6 +207,12 @@ def build_points() -> list[Point]:
     for tag, heads in (("gqa1", dict(num_kv_heads=32)), ("h256", dict(head_size=256))):
         pts.append(_decode(f"decode-{tag}-bs1-L13300", f"bs1-{tag}", 1, 13_300, **heads))
         pts.append(_decode(f"decode-{tag}-bs16-L4096", f"bs@4k-{tag}", 16, 4_096, quick=tag == "gqa1", **heads))
+    # Speculative-decoding verify batches: q_len drafted tokens per sequence, causal, over the context.
+    for bs, L in VERIFY_BATCHES:
+        for q in VERIFY_QUERY_LENS:
+            target = Target("pct_floor", 85.0) if (bs, L) == (1, 32_768) else None
+            pts.append(Point(f"verify-q{q}-bs{bs}-L{L}", "verify", f"verify-bs{bs}-L{L}", ((q, L),) * bs,
+                             quick=(q, bs, L) in ((4, 1, 32_768), (8, 32, 4_096)), target=target, **LLAMA))
     # Prefill (causal, q_len == kv_len) and mixed (chunked prefill beside decodes).
     pts.append(Point("prefill-4x2048", "prefill", "prefill", ((2_048, 2_048),) * 4, quick=True,
                      target=Target("tflops", 250.0), **LLAMA))

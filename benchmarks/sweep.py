@@ -3,7 +3,7 @@
     python -m benchmarks.sweep                    # the whole sweep (about 2-4 min on an H100)
     python -m benchmarks.sweep --quick            # the subset with every target point
     python -m benchmarks.sweep --points decode-bs1-L13300,prefill-*
-    python -m benchmarks.sweep --tune-segments    # decode points: forced 3D at 2..128 segments vs 2D
+    python -m benchmarks.sweep --tune-segments    # decode and verify points: forced 3D at 2..128 segments vs 2D
     python -m benchmarks.sweep --dry-run [--interpret]   # CPU: build every point small, plan, render
 
 Each point is caught on its own: a failure is recorded and the sweep goes on. The JSON is
@@ -550,7 +550,7 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=None, help=f"output folder (default {DEFAULT_OUT})")
     ap.add_argument("--points", default=None, help="comma-separated point names; 'prefix*' selects by prefix")
     ap.add_argument("--tune-segments", action="store_true",
-                    help="time forced 3D at each of 2..128 segments and forced 2D on the decode points (only that)")
+                    help="time forced 3D at each of 2..128 segments and forced 2D on the decode and verify points (only that)")
     ap.add_argument("--dry-run", action="store_true", help="CPU check: build, plan and report without timing")
     ap.add_argument("--interpret", action="store_true", help="with --dry-run: run the kernels under the Triton interpreter")
     ap.add_argument("--seed", type=int, default=0)
@@ -640,7 +640,7 @@ def main(argv=None) -> int:
         run.elapsed_s = time.time() - t0
         run.save(path)
 
-    kinds, collected, runner, label = (("decode",), run.tune, run_tune, "tune ") if args.tune_segments \
+    kinds, collected, runner, label = (("decode", "verify"), run.tune, run_tune, "tune ") if args.tune_segments \
         else (None, run.points, run_point, "")
     points = shapes.select(args.points, args.quick, kinds=kinds) if kinds else shapes.select(args.points, args.quick)
     for point in points:

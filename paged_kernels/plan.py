@@ -14,6 +14,9 @@ Heuristic:
   path wins: it splits each sequence into the power of two of segments that brings the grid
   closest to ``PROGRAMS_PER_SM`` x num_sms programs (at least 2, at most one per KV tile and
   ``MAX_SEGMENTS``). Decision [Split-KV segment count].
+- Speculative-decoding verify batches (``max_seqlen_q`` <= ``VERIFY_MAX_QUERY_LEN``) also fit one
+  query block per sequence and walk the whole context: the same rule splits them. Decision [Split
+  verify batches].
 - A 2D prefill/mixed batch of two or more sequences also gets a narrow launch (``NarrowPlan``):
   one decode-sized program per (sequence, KV head) for the sequences of at most its block's
   tokens, which the wide launch skips; in prefill-sized blocks a decode fills 4 of 128 rows of
@@ -41,6 +44,8 @@ PROGRAMS_PER_SM = 2
 SPLIT_BELOW_PROGRAMS_PER_SM = 2
 # A segment holds at least this many KV tiles.
 MIN_TILES_PER_SEGMENT = 1
+# Verify batches (a few drafted tokens per sequence) split their KV like decode; vLLM's limit too.
+VERIFY_MAX_QUERY_LEN = 8
 # Upper bound on segments per sequence (the reduction loads all of them at once).
 MAX_SEGMENTS = 128
 # The interpreter has no multiprocessors; this nominal count makes small CPU batches split too.
@@ -191,13 +196,16 @@ def plan_launch(
     num_queries_per_kv = num_q_heads // num_kv_heads
     head_pad = next_power_of_2(head_size)
     decode = max_seqlen_q <= 1
+    verify = not decode and max_seqlen_q <= VERIFY_MAX_QUERY_LEN
     tile = _tile_size(head_pad, interpreter, fp32, decode and not batch_invariant)
     block_m = _block_m(num_queries_per_kv, max_seqlen_q, head_pad, decode, batch_invariant, interpreter, fp32,
                        one_byte_kv)
     block_q = block_m // num_queries_per_kv
     num_q_blocks = num_tokens // block_q + num_seqs
-    # For decode the 2D grid is one program per (sequence, KV head); prefill counts its query blocks.
-    programs_2d = (num_seqs if decode else num_q_blocks) * num_kv_heads
+    # For decode the 2D grid is one program per (sequence, KV head); prefill counts its query blocks
+    # (a verify batch whose sequences each fit one block has one working program per sequence too).
+    one_block_per_seq = decode or (verify and max_seqlen_q <= block_q)
+    programs_2d = (num_seqs if one_block_per_seq else num_q_blocks) * num_kv_heads
     span = max_seqlen_k if max_visible_keys is None else min(max_seqlen_k, max_visible_keys)
     if decode and not (batch_invariant or interpreter) and programs_2d < SPLIT_BELOW_PROGRAMS_PER_SM * num_sms:
         wanted = PROGRAMS_PER_SM * num_sms / max(programs_2d, 1)
@@ -220,10 +228,10 @@ def plan_launch(
         path, reason = ("3d" if split_kv else "2d"), f"forced by split_kv={split_kv}"
     elif num_segments is not None:
         path, reason = "3d", f"num_segments={num_segments} given"
-    elif decode and heuristic_segments > 1:
+    elif (decode or verify) and heuristic_segments > 1:
         path = "3d"
-        reason = (f"decode batch: {num_seqs} seqs x {num_kv_heads} KV heads is under "
-                  f"{SPLIT_BELOW_PROGRAMS_PER_SM} programs per SM on {num_sms} SMs")
+        reason = (f"{'decode' if decode else 'verify'} batch: {programs_2d} programs ({num_seqs} seqs x "
+                  f"{num_kv_heads} KV heads) is under {SPLIT_BELOW_PROGRAMS_PER_SM} programs per SM on {num_sms} SMs")
     else:
         path = "2d"
         reason = "prefill/mixed batch" if not decode else "decode grid already fills the device"

@@ -30,6 +30,7 @@ COMMANDS = [
     ("triage", ("minimize",)),
     ("triage", ("compare",)),
     ("triage", ("mutants",)),
+    ("triage", ("cover",)),
     ("eval.gsm8k", ()),
     ("benchmarks.sweep", ()),
     ("benchmarks.ceiling", ()),

@@ -15,10 +15,16 @@ def test_matches_reference(ctx, case, path):
     check_against_reference(ctx, case, path)
 
 
-@pytest.mark.quick
+# The cross-section: the quick tier runs the cases tables.QUICK_SELECTION names (chosen by what they
+# kill, tests/test_quick_cover.py), the numerics tier the rest.
+CROSS_SECTION = [pytest.param(c, marks=pytest.mark.quick, id=c.name) if c.label in tables.QUICK_SELECTION
+                 else pytest.param(c, id=c.name) for c in tables.cross_section_cases()]
+
+
 @pytest.mark.numerics
+@pytest.mark.cross_section
 @pytest.mark.parametrize("path", tables.PATHS)
-@pytest.mark.parametrize("case", tables.quick_cases(), ids=tables.ids(tables.quick_cases()))
-def test_quick_matches_reference(ctx, case, path):
+@pytest.mark.parametrize("case", CROSS_SECTION)
+def test_cross_section_matches_reference(ctx, case, path):
     skip_if_unsupported(ctx.impl, case, path)
     check_against_reference(ctx, case, path)

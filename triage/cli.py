@@ -5,6 +5,7 @@
   compare BASE CAND  regressions between two --error-report JSON files (exit 1 on any)
   report FILE        the worst cases of one --error-report JSON file
   mutants            run the quick tiers against every seeded kernel bug; print the kill matrix
+  cover              the quick tier's cases chosen from the stored kill matrix (greedy set cover)
 
 The device is chosen (and TRITON_INTERPRET set for CPU) before anything imports triton.
 """
@@ -107,6 +108,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the temp copies")
     p.add_argument("--detail", type=int, default=3, help="catching tests listed per mutant (default 3)")
     p.add_argument("--pytest-args", default="", help="extra pytest arguments, one string")
+
+    p = sub.add_parser("cover", help="the quick tier's cases: a greedy set cover over the stored kill matrix",
+                       description="Pick the fewest cross-section cases that kill every catalog mutant the full CPU "
+                                   "tiers kill (triage/kill_matrix.json), plus cases until every coverage class is "
+                                   "covered; print them and why. Exit 1 when tables.QUICK_SELECTION differs.")
+    p.add_argument("--matrix", default=None, help="stored kill matrix (default triage/kill_matrix.json)")
+    p.add_argument("--from-run", default=None, metavar="RUN_JSON",
+                   help='first store the rows of `triage mutants --tiers "quick or cross_section" --json RUN_JSON`')
+    p.add_argument("--full-kills", default=None, metavar="JSON",
+                   help="with --from-run: {mutant: true|false}, the full tiers' verdict on mutants quick missed")
+    p.add_argument("--source", default="", help="with --from-run: the command and commit that made the run")
     return parser
 
 
@@ -155,6 +167,10 @@ def main(argv=None) -> int:
             from .compare import run_summary
 
             return run_summary(args.file, args.top)
+        if args.command == "cover":
+            from . import cover
+
+            return cover.run(args.matrix or str(cover.KILL_MATRIX), args.from_run, args.full_kills, args.source)
         if args.command == "mutants":
             from . import mutants
 

@@ -491,6 +491,11 @@ CATALOG: tuple[Mutant, ...] = (
     _m("lse-log2-units",
        "softmax_lse stored in the kernels' log2 units instead of the natural log",
        ("(top + tl.log2(tl.where(empty, 1.0, expsum))) * LN2)", "(top + tl.log2(tl.where(empty, 1.0, expsum))))")),
+    _schedule("verify-batches-stay-2d",
+              "speculative-decoding verify batches take the 2D path whatever their grid: one program per "
+              "(sequence, KV head) walks the whole context",
+              ("    verify = not decode and max_seqlen_q <= VERIFY_MAX_QUERY_LEN\n", "    verify = False\n"),
+              killed_by="tests/test_dispatch.py::test_small_verify_batch_splits_kv (quick)"),
     _m("table-ids-ahead-past-walk-end",
        "block-table ids read a tile ahead are loaded one tile past an unmasked walk's end: the last tile "
        "of a walk that ends at the table's last column reads past the row (the ids are never used)",
