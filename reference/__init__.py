@@ -3,6 +3,7 @@
 Never imports ``paged_kernels``: the reference must stay independent of what it checks.
 """
 
+from . import int4
 from .checks import KV_QUANT_MODES
 from .masks import chunk_size, visibility
 from .paged import FP8_DTYPES, is_fp8, unified_attention
@@ -20,6 +21,7 @@ __all__ = [
     "KV_QUANT_MODES",
     "Partials",
     "chunk_size",
+    "int4",
     "is_fp8",
     "merge_lse",
     "merge_partials",

@@ -25,9 +25,10 @@ FP8_DTYPES = tuple(
 )
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 FP8_QUERY_DTYPE = torch.float8_e4m3fn
-# The KV-cache quantization modes, in the order of vLLM's KVQuantMode values (0, 1, 2, 3).
-KV_QUANT_MODES = ("none", "fp8_per_tensor", "int8_per_token_head", "fp8_per_token_head")
-PER_TOKEN_HEAD_MODES = ("int8_per_token_head", "fp8_per_token_head")
+# The KV-cache quantization modes, in the order of vLLM's KVQuantMode values (0 .. 4).
+KV_QUANT_MODES = ("none", "fp8_per_tensor", "int8_per_token_head", "fp8_per_token_head", "int4_per_token_head")
+PER_TOKEN_HEAD_MODES = ("int8_per_token_head", "fp8_per_token_head", "int4_per_token_head")
+INT4_MODE = "int4_per_token_head"  # packed: two 4-bit values per uint8, rows rotated (see reference.int4)
 
 
 def is_fp8(dtype: torch.dtype) -> bool:
@@ -82,13 +83,15 @@ def expect_scalar_scale(arg: str, value, device) -> None:
         fail(arg, f"expected a finite positive scale, got {scale}")
 
 
-def check_tensors(q, k, v, out, alibi_slopes, sinks) -> None:
-    """Ranks, dtypes, shapes and devices of the data tensors."""
+def check_tensors(q, k, v, out, alibi_slopes, sinks, kv_quant_mode=None) -> None:
+    """Ranks, dtypes, shapes and devices of the data tensors (k's width depends on the mode: an INT4
+    cache holds ``head_size // 2`` bytes per row)."""
     expect_tensor("q", q, 3)
     expect_tensor("k", k, 4)
     expect_tensor("v", v, 4)
     expect_tensor("out", out, 3)
     expect_dtype("q", q, FLOAT_DTYPES + (FP8_QUERY_DTYPE,))
+    packed = kv_quant_mode_name(kv_quant_mode, k.dtype) == INT4_MODE
     device = q.device
     for name, t in (("k", k), ("v", v), ("out", out)):
         expect_device(name, t, device)
@@ -109,7 +112,14 @@ def check_tensors(q, k, v, out, alibi_slopes, sinks) -> None:
     num_blocks, block_size, num_kv_heads, kv_head_size = k.shape
     if head_size < 1 or num_q_heads < 1:
         fail("q", f"expected at least one head of at least one element, got shape {tuple(q.shape)}")
-    if kv_head_size != head_size:
+    if packed:
+        if head_size % 2:
+            fail("q", f"kv_quant_mode {INT4_MODE!r} packs two values per byte: head size must be even, "
+                      f"got {head_size}")
+        if kv_head_size != head_size // 2:
+            fail("k", f"expected {head_size // 2} bytes per row (head size {head_size}, two 4-bit values per "
+                      f"byte) for kv_quant_mode {INT4_MODE!r}, got {kv_head_size}")
+    elif kv_head_size != head_size:
         fail("k", f"head size {kv_head_size} differs from q's {head_size}")
     if num_kv_heads < 1 or num_q_heads % num_kv_heads:
         fail("k", f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
@@ -168,7 +178,7 @@ def kv_quant_mode_name(mode, k_dtype: torch.dtype) -> str:
         name = mode.name.lower()
         if name not in KV_QUANT_MODES or KV_QUANT_MODES.index(name) != int(mode):
             fail("kv_quant_mode", f"{mode!r} is not one of NONE=0, FP8_PER_TENSOR=1, INT8_PER_TOKEN_HEAD=2, "
-                                  "FP8_PER_TOKEN_HEAD=3")
+                                  "FP8_PER_TOKEN_HEAD=3, INT4_PER_TOKEN_HEAD=4")
         return name
     if not isinstance(mode, str):
         fail("kv_quant_mode", f"expected None, a str or a KVQuantMode IntEnum, got {type(mode).__name__}", TypeError)
@@ -211,6 +221,10 @@ def check_quantization(q, k, out, cu_seqlens_q, q_descale, k_descale, v_descale,
     elif mode in ("fp8_per_tensor", "fp8_per_token_head"):
         if not is_fp8(k.dtype):
             fail("k", f"expected an fp8 cache for kv_quant_mode {mode!r}, got {k.dtype}", TypeError)
+    elif mode == INT4_MODE:
+        if k.dtype != torch.uint8:
+            fail("k", f"expected a torch.uint8 cache (two 4-bit values per byte) for kv_quant_mode {mode!r}, "
+                      f"got {k.dtype}", TypeError)
     elif k.dtype != torch.int8:
         fail("k", f"expected a torch.int8 cache for kv_quant_mode {mode!r}, got {k.dtype}", TypeError)
 
@@ -235,7 +249,8 @@ def check_quantization(q, k, out, cu_seqlens_q, q_descale, k_descale, v_descale,
         if tuple(t.shape) != (num_blocks, block_size, num_kv_heads):
             fail(name, f"expected shape {(num_blocks, block_size, num_kv_heads)} (one scale per cached row), "
                        f"got {tuple(t.shape)}")
-        # Entries are not checked: slots no query sees may hold anything, NaN included.
+        # Entries are not checked: slots no query sees may hold anything, NaN included (INT4: the zero
+        # point in the low mantissa bits too).
 
     if is_fp8(out.dtype) and output_scale is None:
         fail("output_scale", "required when out is fp8")
@@ -407,7 +422,7 @@ def check_call(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k
                mm_prefix_range=None, mm_prefix_clamp_sliding_window=False, qq_bias=None, rswa_prefix_lens=None,
                rswa_window=None, use_alibi_sqrt=False, softmax_lse=None) -> str:
     """Every check; raises before anything is written. Returns the KV quantization mode's name."""
-    check_tensors(q, k, v, out, alibi_slopes, sinks)
+    check_tensors(q, k, v, out, alibi_slopes, sinks, kv_quant_mode)
     check_scalars(max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_size, softcap)
     check_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table)
     mode = check_quantization(q, k, out, cu_seqlens_q, q_descale, k_descale, v_descale, output_scale,

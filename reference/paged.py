@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
+from . import int4
 from .checks import (  # noqa: F401 (re-exported)
     FP8_DTYPES,
+    INT4_MODE,
     KV_QUANT_MODES,
     check_call,
     check_num_segments,
@@ -135,7 +137,13 @@ def dequantize(cache: torch.Tensor, blocks, slots, seq: int, descale, scale_cach
     fp8/int8 -> float64 is exact and so is the product with a float32 scale (at most 8 + 24
     significant bits), so the golden sees the stored values exactly; the baseline rounds the scale
     and the product to its compute dtype, as a kernel dequantizing into it does.
+
+    INT4 rows are unpacked, dequantized with their zero points and rotated back (``int4.rows``):
+    exact in float64; the baseline rounds the product and every stage of the rotation to its
+    compute dtype.
     """
+    if mode == INT4_MODE:
+        return int4.rows(cache[blocks, slots], scale_cache[blocks, slots], dtype)
     rows = cache[blocks, slots].to(dtype)
     if mode == "fp8_per_tensor":
         if descale.numel() == 1:
@@ -320,9 +328,18 @@ def unified_attention(
       * ``k_descale``/``v_descale`` (per-tensor fp8 cache): one element, or ``[num_seqs,
         num_kv_heads]`` applied per (sequence, KV head).
       * ``kv_quant_mode``: None (infer: fp8 cache -> "fp8_per_tensor", else "none"), one of
-        "none", "fp8_per_tensor", "int8_per_token_head", "fp8_per_token_head", or an IntEnum with
-        those member names and values 0..3 (vLLM's KVQuantMode). The per-token-head modes take
-        float32 ``k_scale_cache``/``v_scale_cache`` ``[num_blocks, block_size, num_kv_heads]``.
+        "none", "fp8_per_tensor", "int8_per_token_head", "fp8_per_token_head",
+        "int4_per_token_head", or an IntEnum with those member names and values 0..4 (vLLM's
+        KVQuantMode). The per-token-head modes take float32 ``k_scale_cache``/``v_scale_cache``
+        ``[num_blocks, block_size, num_kv_heads]``.
+      * "int4_per_token_head" (vLLM's INT4 format, ``reference.int4``): k/v are uint8 ``[num_blocks,
+        block_size, num_kv_heads, head_size // 2]`` (head size even), two 4-bit values per byte, of
+        rows rotated by ``R = H D`` (Hadamard blocks of the largest power of two dividing head_size,
+        fixed signs); each scale-cache entry carries its row's zero point in its 4 low mantissa
+        bits. The mode promises attention over the rows ``R^-1 ((u - zero) * scale)``, in the
+        original space of q and out: every other feature means what it means for any cache. vLLM
+        refuses non-causal and per-sequence causal calls with INT4 and ignores R-SWA and chunking;
+        here they are supported (the rotation is per row, independent of the mask).
       * ``chunk_lookback`` (-1 off): chunked attention, see ``masks.visibility``.
       * ``mm_prefix_range`` int32 ``[num_seqs, max_ranges, 2]`` and
         ``mm_prefix_clamp_sliding_window``: bidirectional ranges, see ``masks.visibility``.

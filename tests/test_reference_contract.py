@@ -95,6 +95,14 @@ def quantized(a: dict, mode: str, *, q_fp8=False, per_seq_descale=False, seed=1)
         b["k"], b["v"] = a["k"].to(E4M3), a["v"].to(E4M3)
         b["k_scale_cache"] = 0.25 + 1.5 * torch.rand(num_blocks, block_size, num_kv_heads, generator=gen)
         b["v_scale_cache"] = 0.25 + 1.5 * torch.rand(num_blocks, block_size, num_kv_heads, generator=gen)
+    elif mode == "int4_per_token_head":  # random bytes; random scales with a random zero point in their low bits
+        packed_shape = (*a["k"].shape[:3], a["k"].shape[3] // 2)
+        b["k"] = torch.randint(0, 256, packed_shape, generator=gen, dtype=torch.uint8)
+        b["v"] = torch.randint(0, 256, packed_shape, generator=gen, dtype=torch.uint8)
+        for name in ("k_scale_cache", "v_scale_cache"):
+            scale = 0.05 + 0.25 * torch.rand(num_blocks, block_size, num_kv_heads, generator=gen)
+            zero = torch.randint(0, 16, scale.shape, generator=gen, dtype=torch.int32)
+            b[name] = ((scale.view(torch.int32) & ~15) | zero).view(torch.float32)
     if q_fp8:
         b["q"], b["q_descale"] = (a["q"] * 2).to(E4M3), torch.tensor([0.6])
     return b
@@ -103,8 +111,10 @@ def quantized(a: dict, mode: str, *, q_fp8=False, per_seq_descale=False, seed=1)
 # vLLM's KVQuantMode, rebuilt here without importing vLLM. (This file imports only torch, pytest, math and
 # reference by rule, so IntEnum is reached through the module of the reference that uses it.)
 KVQuantMode = reference.checks.enum.IntEnum(
-    "KVQuantMode", [("NONE", 0), ("FP8_PER_TENSOR", 1), ("INT8_PER_TOKEN_HEAD", 2), ("FP8_PER_TOKEN_HEAD", 3)])
-WrongKVQuantMode = reference.checks.enum.IntEnum("WrongKVQuantMode", [("INT8_PER_TOKEN_HEAD", 1)])
+    "KVQuantMode", [("NONE", 0), ("FP8_PER_TENSOR", 1), ("INT8_PER_TOKEN_HEAD", 2), ("FP8_PER_TOKEN_HEAD", 3),
+                    ("INT4_PER_TOKEN_HEAD", 4)])
+WrongKVQuantMode = reference.checks.enum.IntEnum("WrongKVQuantMode", [("INT8_PER_TOKEN_HEAD", 1),
+                                                                     ("INT4_PER_TOKEN_HEAD", 5)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +254,25 @@ BAD = [
     ("scale-cache-without-mode", lambda a: {**quantized(a, "fp8_per_tensor"),
                                             "k_scale_cache": torch.ones(a["k"].shape[:3])}, ValueError,
      "k_scale_cache"),
+    # INT4: a uint8 cache of head_size // 2 bytes per row, for an even head size
+    ("int4-int8-cache", lambda a: {**quantized(a, "int4_per_token_head"),
+                                   "k": quantized(a, "int4_per_token_head")["k"].to(torch.int8),
+                                   "v": quantized(a, "int4_per_token_head")["v"].to(torch.int8)}, TypeError, "k"),
+    ("int4-unpacked-width", lambda a: {**quantized(a, "int4_per_token_head"),
+                                       "k": torch.zeros(a["k"].shape, dtype=torch.uint8),
+                                       "v": torch.zeros(a["v"].shape, dtype=torch.uint8)}, ValueError, "k"),
+    ("int4-odd-head-size", lambda a: {**quantized(a, "int4_per_token_head"), "q": a["q"][..., :15],
+                                      "out": a["out"][..., :15]}, ValueError, "q"),
+    ("int4-v-narrower", lambda a: {**quantized(a, "int4_per_token_head"),
+                                   "v": quantized(a, "int4_per_token_head")["v"][..., :-1]}, ValueError, "v"),
+    ("int4-no-v-scale-cache", lambda a: {**quantized(a, "int4_per_token_head"), "v_scale_cache": None},
+     ValueError, "v_scale_cache"),
+    ("int4-scale-cache-int32", lambda a: {**quantized(a, "int4_per_token_head"),
+                                          "k_scale_cache": torch.zeros(a["k"].shape[:3], dtype=torch.int32)},
+     TypeError, "k_scale_cache"),
+    ("int4-enum-wrong-value", lambda a: {**quantized(a, "int4_per_token_head"),
+                                         "kv_quant_mode": WrongKVQuantMode.INT4_PER_TOKEN_HEAD}, ValueError,
+     "kv_quant_mode"),
     ("descale-with-per-token-head", lambda a: {**quantized(a, "int8_per_token_head"),
                                                "k_descale": torch.tensor([1.0])}, ValueError, "k_descale"),
     ("descale-wrong-2d-shape", lambda a: {**quantized(a, "fp8_per_tensor"), "k_descale": torch.ones(2, 3)},
@@ -424,9 +453,42 @@ def _scale_of(a: dict, name: str, cache_name: str, seq: int, block: int, slot: i
     return float(descale.reshape(-1)[0]) if descale.numel() == 1 else float(descale[seq, kv_head])
 
 
+# vLLM's INT4 format written out from its definition: the +-1 signs vLLM draws (seeded), the Sylvester
+# Hadamard entry (-1)^popcount(i & j), the low nibble holding the even dimension, the zero point in the
+# scale's 4 low mantissa bits (cleared before scaling).
+INT4_SIGN_SEED = 0x9E3779B9
+
+
+def _int4_row(cache: torch.Tensor, scales: torch.Tensor, block: int, slot: int, kv_head: int) -> torch.Tensor:
+    """One cached INT4 row in the original space: D H ((u - zero) * scale) / b, b = largest power of 2 | dim."""
+    packed = cache[block, slot, kv_head].tolist()
+    dim = 2 * len(packed)
+    nibbles = [(packed[i // 2] >> (4 * (i % 2))) & 15 for i in range(dim)]
+    bits = int(scales[block, slot, kv_head].reshape(1).view(torch.int32))
+    zero = bits & 15
+    scale = float(torch.tensor([bits & ~15], dtype=torch.int32).view(torch.float32))
+    rotated = [(u - zero) * scale for u in nibbles]
+    b = dim & -dim
+    signs = 2 * torch.bernoulli(torch.full((b,), 0.5), generator=torch.Generator().manual_seed(INT4_SIGN_SEED)) - 1
+    row = torch.zeros(dim, dtype=torch.float64)
+    for group in range(0, dim, b):
+        for i in range(b):
+            total = sum((-1) ** bin(i & j).count("1") * rotated[group + j] for j in range(b))
+            row[group + i] = float(signs[i]) * total / b
+    return row
+
+
+def _row_of(a: dict, cache_name: str, descale_name: str, scale_name: str, seq, block, slot, kv_head):
+    """One cached row dequantized in float64."""
+    if a.get("kv_quant_mode") == "int4_per_token_head":
+        return _int4_row(a[cache_name], a[scale_name], block, slot, kv_head)
+    return a[cache_name][block, slot, kv_head].double() * _scale_of(a, descale_name, scale_name, seq, block, slot,
+                                                                     kv_head)
+
+
 def _pairs(a: dict):
     """Every (token, head) of every sequence with its visible logits, their value rows and the sink."""
-    q, k, v = a["q"], a["k"], a["v"]
+    q, k = a["q"], a["k"]
     num_q_heads = q.shape[1]
     block_size, num_kv_heads = k.shape[1], k.shape[2]
     group = num_q_heads // num_kv_heads
@@ -445,8 +507,7 @@ def _pairs(a: dict):
                     if not key_visible(p, j, a, seq):
                         continue
                     block, slot = int(a["block_table"][seq, j // block_size]), j % block_size
-                    key = k[block, slot, kv_head].double() * _scale_of(a, "k_descale", "k_scale_cache", seq, block,
-                                                                        slot, kv_head)
+                    key = _row_of(a, "k", "k_descale", "k_scale_cache", seq, block, slot, kv_head)
                     s = float(query @ key) * a["softmax_scale"]
                     if softcap:
                         s = softcap * math.tanh(s / softcap)
@@ -458,8 +519,7 @@ def _pairs(a: dict):
                             s += slope * (j - p)
                     s += _bias_of(a, seq, p, j)
                     logits.append(s)
-                    rows.append(v[block, slot, kv_head].double() * _scale_of(a, "v_descale", "v_scale_cache", seq,
-                                                                             block, slot, kv_head))
+                    rows.append(_row_of(a, "v", "v_descale", "v_scale_cache", seq, block, slot, kv_head))
                 sink = None if a.get("sinks") is None else float(a["sinks"][h])
                 yield token, h, logits, rows, sink
 
@@ -534,6 +594,8 @@ QUANT = [
     ("fp8q-int8-pth", "int8_per_token_head", True, False),
     ("fp8-pth", "fp8_per_token_head", False, False),
     ("fp8q-fp8-pth", "fp8_per_token_head", True, False),
+    ("int4-pth", "int4_per_token_head", False, False),
+    ("fp8q-int4-pth", "int4_per_token_head", True, False),
 ]
 
 
@@ -565,7 +627,8 @@ def test_quantized_golden_matches_oracle(mode, q_fp8, per_seq):
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("mode", ["none", "fp8_per_tensor", "int8_per_token_head", "fp8_per_token_head"])
+@pytest.mark.parametrize("mode", ["none", "fp8_per_tensor", "int8_per_token_head", "fp8_per_token_head",
+                                  "int4_per_token_head"])
 def test_kv_quant_mode_forms_agree(mode):
     """The string, vLLM's IntEnum member and (for today's two modes) None mean the same thing."""
     a = make_batch() if mode == "none" else quant_batch(mode, False, False)
