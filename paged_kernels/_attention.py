@@ -289,8 +289,8 @@ def _load_kv_tile(base_ptr, phys_block, slot, stride_blk, stride_slot, stride_di
                   TRANSPOSED: tl.constexpr, MASKED: tl.constexpr):
     """Gather a tile of cache rows: ``[HEAD_PAD, TILE]`` when TRANSPOSED (keys), else ``[TILE, HEAD_PAD]``.
 
-    Unmasked (tiles every row sees, whole heads) the loads carry no predicate (Decision [Unmasked
-    KV loads]); the caller then guarantees every ``phys_block`` is a real block.
+    Unmasked (tiles every row sees, whole heads) the loads carry no predicate (Decision [Block id
+    clamp]); the caller then guarantees every ``phys_block`` is a real block.
     """
     row_off = phys_block * stride_blk + slot.to(tl.int64) * stride_slot
     if TRANSPOSED:

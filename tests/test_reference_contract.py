@@ -556,6 +556,16 @@ def golden(a: dict, fn=reference.unified_attention, **kwargs) -> torch.Tensor:
     return call(fn, {**a, "out": out}, **kwargs)
 
 
+def assert_golden_matches_oracle(a):
+    """Every reference entry point equals the float64 oracle on the rows the batch uses;
+    returns (rows, the oracle's values there)."""
+    rows = used_rows(a)
+    expected = oracle(a)[rows]
+    for fn in FUNCTIONS.values():
+        torch.testing.assert_close(golden(a, fn)[rows], expected, rtol=0, atol=1e-12)
+    return rows, expected
+
+
 def used_rows(a: dict) -> slice:
     return slice(0, int(a["cu_seqlens_q"][-1]))
 
@@ -620,10 +630,7 @@ def native(a: dict, fn=reference.unified_attention, out_dtype=None, **kwargs) ->
 @pytest.mark.parametrize("mode,q_fp8,per_seq", [c[1:] for c in QUANT], ids=[c[0] for c in QUANT])
 def test_quantized_golden_matches_oracle(mode, q_fp8, per_seq):
     a = quant_batch(mode, q_fp8, per_seq)
-    rows = used_rows(a)
-    expected = oracle(a)[rows]
-    for fn in FUNCTIONS.values():
-        torch.testing.assert_close(golden(a, fn)[rows], expected, rtol=0, atol=1e-12)
+    rows, expected = assert_golden_matches_oracle(a)
 
 
 @pytest.mark.reference
@@ -767,10 +774,7 @@ def test_chunk_boundaries_by_hand():
 def test_chunked_matches_oracle(left, lookback):
     a = {**make_batch(seq_lens=(14, 17, 9), q_lens=(14, 3, 1), seed=11), "window_size": (left, -1),
          "chunk_lookback": lookback, "sinks": torch.tensor([0.5, -1.0, 0.0, 1.0])}
-    rows = used_rows(a)
-    expected = oracle(a)[rows]
-    for fn in FUNCTIONS.values():
-        torch.testing.assert_close(golden(a, fn)[rows], expected, rtol=0, atol=1e-12)
+    rows, expected = assert_golden_matches_oracle(a)
     sliding = golden({**a, "chunk_lookback": -1})[rows]
     assert (sliding - expected).abs().max() > 1e-3  # chunking replaced the window: it is not a no-op
 
@@ -811,10 +815,7 @@ def prefix_batch(window, ranges, clamp, seed=13):
 @pytest.mark.parametrize("window,ranges,clamp", [c[1:] for c in PREFIX], ids=[c[0] for c in PREFIX])
 def test_prefix_ranges_match_oracle(window, ranges, clamp):
     a = prefix_batch(window, ranges, clamp)
-    rows = used_rows(a)
-    expected = oracle(a)[rows]
-    for fn in FUNCTIONS.values():
-        torch.testing.assert_close(golden(a, fn)[rows], expected, rtol=0, atol=1e-12)
+    rows, expected = assert_golden_matches_oracle(a)
     without = golden({**a, "mm_prefix_range": None})[rows]
     assert (without - expected).abs().max() > 1e-3  # the ranges matter in this batch
     if window[0] >= 0:  # and so does the clamp
