@@ -160,8 +160,9 @@ class Point:
         return f"{self.kind} {heads}{formats}: " + " + ".join(parts)
 
     def scaled(self, factor: int) -> "Point":
-        """The same point with every length divided by ``factor`` (at least 1): for CPU dry runs."""
-        seqs = tuple((max(1, q // factor) if q > 1 else 1, max(1, k // factor)) for q, k in self.seqs)
+        """The same point with every length divided by ``factor`` (at least 1): for CPU dry runs.
+        Query lengths up to 8 (decode, verify batches) are kept: they are what the point is about."""
+        seqs = tuple((q if q <= 8 else max(1, q // factor), max(1, k // factor)) for q, k in self.seqs)
         seqs = tuple((min(q, k), k) for q, k in seqs)
         return replace(self, seqs=seqs)
 
