@@ -144,6 +144,14 @@ class Implementation:
             return f"{self.spec} reads k_descale[0, 0] / v_descale[0, 0] only (per-tensor scales, expanded)"
         if case.layout == "qq_bias_strided":
             return f"{self.spec} takes qq_bias's row stride as its column count (contiguous rows only)"
+        if case.kv_quant_mode == "int4_per_token_head":
+            # Its INT4 launcher (int4_per_token_head.py) asserts causal calls and takes no other mask argument.
+            if case.causal is not True:
+                return f"{self.spec} asserts causal attention with INT4 caches"
+            if case.chunk_lookback >= 0 or case.rswa_window is not None:
+                return f"{self.spec} ignores chunked attention and R-SWA with INT4 caches"
+            if case.out_dtype:
+                return f"{self.spec} rotates an INT4 call's output back after storing it in out's dtype"
         return None
 
     def vllm_kwargs(self, inputs, kwargs: dict) -> dict:

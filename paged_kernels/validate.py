@@ -318,8 +318,7 @@ def check_arguments(
         if head_size % 2:
             _fail("q", f"kv_quant_mode {quant.label!r} packs two values per byte: head size must be even, "
                        f"got {head_size}")
-        # (Another dtype is refused by _check_quant_cache, naming it: its width says nothing.)
-        if k.dtype == torch.uint8 and kv_head_size != head_size // 2:
+        if kv_head_size != head_size // 2:
             _fail("k", f"expected {head_size // 2} bytes per row (head size {head_size}, two 4-bit values per "
                        f"byte) for kv_quant_mode {quant.label!r}, got {kv_head_size}")
     elif kv_head_size != head_size:
