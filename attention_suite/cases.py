@@ -8,11 +8,14 @@ poison (NaN/Inf) in every cache slot and buffer the result must not depend on.
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
+from reference import int4 as reference_int4
 from reference import visibility
 
 DTYPES = {
@@ -21,7 +24,9 @@ DTYPES = {
     "float32": torch.float32,
     "float8_e4m3fn": getattr(torch, "float8_e4m3fn", None),
     "int8": torch.int8,  # per-token-head quantized caches only
+    "int4": torch.uint8,  # INT4 per-token-head caches only: two 4-bit values per stored byte
 }
+INT4_MODE = reference_int4.MODE
 LAYOUTS = (
     "contiguous",      # every tensor dense
     "fused_qkv",       # q is a slice of a fused [tokens, q_heads + 2 kv_heads, dim] projection
@@ -37,7 +42,8 @@ LAYOUTS = (
 )
 
 
-_DTYPE_TAGS = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float8_e4m3fn": "fp8", "int8": "i8"}
+_DTYPE_TAGS = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float8_e4m3fn": "fp8", "int8": "i8",
+               "int4": "int4"}
 # Largest stored magnitude a quantizer maps its amax to: fp8 lands on 240, under e4m3fn's 448.
 FP8_TOP = 240.0
 INT8_TOP = 127.0
@@ -59,6 +65,86 @@ def per_token_head_quantize(x: torch.Tensor, kv_dtype: str) -> tuple[torch.Tenso
     if kv_dtype == "int8":
         values = values.round().clamp(-INT8_TOP, INT8_TOP)
     return values, scales
+
+
+@functools.lru_cache(maxsize=None)
+def _vllm_int4_module():
+    """vLLM's ``int4_per_token_head`` module from the peer copy (``benchmarks.peers.vllm_dir()``), or None
+    where it is absent or does not import."""
+    from benchmarks.peers import vllm_dir
+
+    folder = vllm_dir()
+    if not (folder / "vllm" / "v1" / "attention" / "ops" / "int4_per_token_head.py").is_file():
+        return None
+    added = str(folder) not in sys.path
+    if added:
+        sys.path.append(str(folder))  # appended: the peer folder holds a reference/ of its own
+    try:
+        from vllm.v1.attention.ops import int4_per_token_head
+    except Exception:  # noqa: BLE001 (a peer that does not import is a peer we do not use)
+        return None
+    finally:
+        if added:
+            sys.path.remove(str(folder))
+    return int4_per_token_head
+
+
+def int4_writer(device) -> tuple[object, str]:
+    """(the INT4 cache writer for caches on ``device``, its name): vLLM's ``reshape_and_cache_int4`` where
+    the peer copy imports and its Triton kernel can run there (a GPU, or the CPU under the interpreter),
+    else ``reference.int4.reshape_and_cache``, which stores the same bytes (tests/test_int4_format.py)."""
+    import os
+
+    device = torch.device(device)
+    runnable = device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+    module = _vllm_int4_module() if runnable else None
+    if module is None:
+        return reference_int4.reshape_and_cache, "reference"
+
+    def vllm_writer(key, value, key_cache, value_cache, slot_mapping, k_scale_cache, v_scale_cache):
+        module.reshape_and_cache_int4(key, value, key_cache, value_cache, slot_mapping, k_scale_cache=k_scale_cache,
+                                      v_scale_cache=v_scale_cache)
+
+    return vllm_writer, "vllm"
+
+
+def int4_quantize(k_rows: torch.Tensor, v_rows: torch.Tensor, device) -> tuple[torch.Tensor, ...]:
+    """INT4 caches of K and V rows ``[blocks, block_size, kv_heads, head]`` (float16/bfloat16/float32, the
+    model's dtype), every slot written: (k uint8 ``[..., head // 2]``, v, k scales ``[blocks, block_size,
+    kv_heads]``, v scales), on the CPU. Written on ``device`` where vLLM's writer runs there."""
+    writer, name = int4_writer(device)
+    where = torch.device(device) if name == "vllm" else torch.device("cpu")
+    blocks, block_size, heads, head = k_rows.shape
+    caches = [torch.zeros(blocks, block_size, heads, head // 2, dtype=torch.uint8, device=where) for _ in range(2)]
+    scales = [torch.zeros(blocks, block_size, heads, dtype=torch.float32, device=where) for _ in range(2)]
+    slots = torch.arange(blocks * block_size, device=where)
+    writer(k_rows.reshape(-1, heads, head).to(where), v_rows.reshape(-1, heads, head).to(where), *caches, slots,
+           *scales)
+    return tuple(t.cpu() for t in (*caches, *scales))
+
+
+def int4_special_rows(rows: torch.Tensor, kind: str, gen) -> torch.Tensor:
+    """Float32 rows ``[blocks, block_size, kv_heads, head]`` with rows at the INT4 writer's boundaries
+    (``Case.int4_rows``); each row's sign from a coin of ``gen``.
+
+    "floor" (every row): ``c * sign_0`` at the first value of each rotation group, 0 elsewhere, which
+    rotates to exactly ``c`` everywhere (H's first column is all ones): a zero range, so the scale
+    clamps at its floor (1e-6) and the zero point is 0 (c = +0.75) or 15 (c = -0.75). Every row, so
+    the output is of the floor's size and the rule judges it at that size. "one-signed" (KV head 0,
+    the other heads stay ordinary): rows that rotate to values of one sign, 0.1 or more from zero:
+    zero point 0 (positive) or 15 (negative), with an ordinary scale."""
+    head = rows.shape[-1]
+    block = reference_int4.rotation_block(head)
+    if kind == "floor":
+        sign = torch.where(torch.rand(rows.shape[:3], generator=gen) < 0.5, -1.0, 1.0)[..., None]
+        special = torch.zeros(rows.shape)
+        special[..., ::block] = 0.75 * float(reference_int4.rht_signs(block)[0])
+        return special * sign
+    sign = torch.where(torch.rand(rows.shape[:2], generator=gen) < 0.5, -1.0, 1.0)[..., None]
+    magnitudes = torch.rand(*rows.shape[:2], head, generator=gen) + 0.1
+    rows = rows.clone()
+    rows[:, :, 0] = reference_int4.rotate_back((magnitudes * sign).double()).float()
+    return rows
 
 
 @dataclass(frozen=True)
@@ -110,9 +196,13 @@ class Case:
     # fp8 cache only: k/v descales of shape [num_seqs, num_kv_heads]; each (sequence, KV head) is
     # scaled by its own factor before quantization, so the descales differ.
     descale_per_head: bool | str = False  # True: K and V; "k" or "v": that one only, the other one element
-    # Per-token-head quantized cache: "int8_per_token_head" (kv_dtype "int8") or "fp8_per_token_head"
-    # (kv_dtype "float8_e4m3fn"), with float32 scale caches [num_blocks, block_size, num_kv_heads].
+    # Per-token-head quantized cache: "int8_per_token_head" (kv_dtype "int8"), "fp8_per_token_head"
+    # (kv_dtype "float8_e4m3fn") or "int4_per_token_head" (kv_dtype "int4": vLLM's packed, rotated
+    # format, reference.int4), with float32 scale caches [num_blocks, block_size, num_kv_heads].
     kv_quant_mode: str | None = None
+    # INT4 only: rows at the writer's boundaries ("floor": every row, "one-signed": KV head 0's;
+    # int4_special_rows).
+    int4_rows: str | None = None
     # vLLM 0.33's arguments. qq_bias: a tree-attention bias over the new tokens ([max_seqlen_q,
     # max_seqlen_q] float32: random values for a token's ancestors and itself, -inf elsewhere), "tree";
     # "dead-row" also hides every new key from the first new token (its row is all -inf).
@@ -130,7 +220,11 @@ class Case:
         assert all(0 <= r[0] < len(self.seq_lens) for r in self.mm_prefix_range), self.label
         assert not self.descale_per_head or self.kv_dtype == "float8_e4m3fn", self.label
         assert self.descale_per_head in (False, True, "k", "v"), self.descale_per_head
-        assert self.kv_quant_mode in (None, "int8_per_token_head", "fp8_per_token_head"), self.kv_quant_mode
+        assert self.kv_quant_mode in (None, "int8_per_token_head", "fp8_per_token_head", INT4_MODE), self.kv_quant_mode
+        assert (self.kv_dtype == "int4") == (self.kv_quant_mode == INT4_MODE), self.label
+        assert self.kv_quant_mode != INT4_MODE or self.head_size % 2 == 0, self.label
+        assert self.int4_rows in (None, "floor", "one-signed") and (not self.int4_rows or self.kv_dtype == "int4"), \
+            self.label
         assert (self.kv_dtype == "int8") <= (self.kv_quant_mode == "int8_per_token_head"), self.label
         assert self.kv_quant_mode != "fp8_per_token_head" or self.kv_dtype == "float8_e4m3fn", self.label
         assert self.kv_quant_mode != "int8_per_token_head" or self.kv_dtype == "int8", self.label
@@ -233,6 +327,7 @@ ID_TAGS = {
     "range_slack": lambda c: f"rangeslack{c.range_slack}",
     "descale_per_head": lambda c: "descale-seqhead" + ("" if c.descale_per_head is True else f"-{c.descale_per_head}"),
     "kv_quant_mode": lambda c: "pertokenhead",
+    "int4_rows": lambda c: f"int4rows-{c.int4_rows}",
     "qq_bias": lambda c: f"qqbias-{c.qq_bias}",
     "rswa_window": lambda c: f"rswa{c.rswa_window}-" + ".".join(map(str, c.rswa_prefix_lens)),
     "use_alibi_sqrt": lambda c: "sqrt",
@@ -343,8 +438,14 @@ def _randn(shape, gen, dtype=torch.float32):
     return torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
 
 
+def _cache_row_width(case: Case) -> int:
+    """Elements per cached row: the head size, or its bytes for a packed INT4 cache."""
+    return case.head_size // 2 if case.kv_dtype == "int4" else case.head_size
+
+
 def _cache_pair(case: Case, num_blocks: int, dtype, device):
-    shape = (num_blocks, case.block_size, case.num_kv_heads, case.head_size)
+    width = _cache_row_width(case)
+    shape = (num_blocks, case.block_size, case.num_kv_heads, width)
     if case.layout == "kv_combined":
         kv = torch.empty(num_blocks, 2, *shape[1:], dtype=dtype, device=device)
         return kv[:, 0], kv[:, 1]
@@ -352,17 +453,17 @@ def _cache_pair(case: Case, num_blocks: int, dtype, device):
         kv = torch.empty(2, *shape, dtype=dtype, device=device)
         return kv[0], kv[1]
     if case.layout == "head_major":
-        store = (num_blocks, case.num_kv_heads, case.block_size, case.head_size)
+        store = (num_blocks, case.num_kv_heads, case.block_size, width)
         return (torch.empty(store, dtype=dtype, device=device).permute(0, 2, 1, 3),
                 torch.empty(store, dtype=dtype, device=device).permute(0, 2, 1, 3))
     if case.layout == "kv_unlike":
-        store = (num_blocks + 1, case.num_kv_heads, case.block_size + 3, case.head_size)
+        store = (num_blocks + 1, case.num_kv_heads, case.block_size + 3, width)
         v = torch.empty(store, dtype=dtype, device=device)[1:, :, 2:2 + case.block_size].permute(0, 2, 1, 3)
         return torch.empty(shape, dtype=dtype, device=device), v
     if case.layout == "head_padded":
-        padded = (*shape[:-1], case.head_size + 8)
-        return (torch.empty(padded, dtype=dtype, device=device)[..., : case.head_size],
-                torch.empty(padded, dtype=dtype, device=device)[..., : case.head_size])
+        padded = (*shape[:-1], width + 8)
+        return (torch.empty(padded, dtype=dtype, device=device)[..., :width],
+                torch.empty(padded, dtype=dtype, device=device)[..., :width])
     return torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device)
 
 
@@ -525,7 +626,13 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
         direction = direction / direction.norm() * case.aligned_logits
         q_vals, k_vals = q_vals + direction, k_vals - direction
     k_descale = v_descale = k_scales = v_scales = None
-    if case.kv_quant_mode:  # per-token-head: every cached row quantized with its own scale
+    if case.kv_quant_mode == INT4_MODE:  # packed and rotated, by vLLM's writer where it runs (int4_writer)
+        if case.int4_rows:
+            k_vals = int4_special_rows(k_vals, case.int4_rows, gen)
+            v_vals = int4_special_rows(v_vals, case.int4_rows, gen)
+        k_vals, v_vals, k_scales, v_scales = int4_quantize(k_vals.to(dtype), v_vals.to(dtype),
+                                                           "cpu" if torch.device(device).type == "meta" else device)
+    elif case.kv_quant_mode:  # per-token-head: every cached row quantized with its own scale
         k_vals, k_scales = per_token_head_quantize(k_vals, case.kv_dtype)
         v_vals, v_scales = per_token_head_quantize(v_vals, case.kv_dtype)
     elif kv_dtype is not dtype or dtype is DTYPES["float8_e4m3fn"]:  # fp8 cache: quantize with a per-tensor scale
@@ -543,9 +650,12 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
         # A separate generator keeps every later draw identical between clean and poisoned runs.
         coin = torch.rand(hidden.shape, generator=torch.Generator().manual_seed(seed + 1))
         poison_values = torch.where(coin < 0.5, float("nan"), float("inf"))
-        fill = poison_values[..., None, None].expand(shape)
-        mask = hidden[..., None, None].expand(shape)
-        if kv_dtype == torch.int8:  # int8 rows cannot hold NaN: their scales carry the poison
+        fill = poison_values[..., None, None].expand(k_vals.shape)
+        mask = hidden[..., None, None].expand(k_vals.shape)
+        if kv_dtype == torch.uint8:  # INT4 bytes cannot hold NaN either: all nibbles 15 in K, 0 in V
+            k_vals = torch.where(mask, torch.full_like(k_vals, 0xFF), k_vals)
+            v_vals = torch.where(mask, torch.zeros_like(v_vals), v_vals)
+        elif kv_dtype == torch.int8:  # int8 rows cannot hold NaN: their scales carry the poison
             k_vals = torch.where(mask, torch.full_like(k_vals, 127.0), k_vals)
             v_vals = torch.where(mask, torch.full_like(v_vals, -127.0), v_vals)
         else:
@@ -569,8 +679,9 @@ def build(case: Case, device, seed: int, poison: bool = False, exact: bool = Fal
     out.fill_(float("nan") if out_dtype.is_floating_point else 0)
     if case.layout == "head_padded":
         pad_value = float("nan") if poison else 0.0
-        for t in (q, k, v):
-            _fill_padding(t, pad_value)
+        _fill_padding(q, pad_value)
+        for t in (k, v):  # integer caches: the largest value stands for NaN
+            _fill_padding(t, pad_value if t.dtype.is_floating_point else (0xFF if poison else 0))
 
     cu = torch.tensor([0] + [sum(case.query_lens[: i + 1]) for i in range(num_seqs)], dtype=torch.int32)
     slopes = None

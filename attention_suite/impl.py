@@ -144,7 +144,23 @@ class Implementation:
             return f"{self.spec} reads k_descale[0, 0] / v_descale[0, 0] only (per-tensor scales, expanded)"
         if case.layout == "qq_bias_strided":
             return f"{self.spec} takes qq_bias's row stride as its column count (contiguous rows only)"
+        if case.kv_quant_mode and not self.vllm_knows_mode(case.kv_quant_mode):
+            return f"{self.spec}'s KVQuantMode has no {case.kv_quant_mode.upper()} member"
+        if case.kv_quant_mode == "int4_per_token_head":
+            # Its INT4 launcher (int4_per_token_head.py) asserts causal calls and takes no other mask argument.
+            if case.causal is not True:
+                return f"{self.spec} asserts causal attention with INT4 caches"
+            if case.chunk_lookback >= 0 or case.rswa_window is not None:
+                return f"{self.spec} ignores chunked attention and R-SWA with INT4 caches"
+            if case.out_dtype:
+                return f"{self.spec} rotates an INT4 call's output back after storing it in out's dtype"
         return None
+
+    def vllm_knows_mode(self, mode: str) -> bool:
+        """Whether the KVQuantMode of a vLLM-style signature has a member for ``mode`` (older vLLM copies
+        predate INT4_PER_TOKEN_HEAD); true where the default is no enum."""
+        enum_type = type(self.signature.parameters["kv_quant_mode"].default) if "kv_quant_mode" in self.params else None
+        return not hasattr(enum_type, "__members__") or mode.upper() in enum_type.__members__
 
     def vllm_kwargs(self, inputs, kwargs: dict) -> dict:
         """Our keywords in vLLM's dialect (see the module docstring)."""

@@ -56,6 +56,10 @@ def _gqa(ratio: int) -> dict:
 BASE = dict(dtype="float16", head_size=64, block_size=16, **_gqa(4))
 
 
+# vLLM's INT4 per-token-head cache (reference.int4): packed, rotated rows with per-row scales and zero points.
+INT4 = dict(kv_dtype="int4", kv_quant_mode="int4_per_token_head")
+
+
 def _case(label: str, comp: str = "mixed", **fields) -> Case:
     """A case around BASE on composition ``comp``; its id is ``label`` plus the fields (``Case.name``)."""
     return Case(label=label, **{**BASE, **composition(comp), **fields})
@@ -78,6 +82,11 @@ def numerics_cases() -> list[Case]:
         cases.append(_case("mixed", head_size=32 if not ON_GPU else 64, **_gqa(ratio)))
     for block in (8, 32, 48, 64, 128, 528):
         cases.append(_case("mixed", block_size=block))
+    # INT4 caches on decode and mixed batches; rotation groups of 64 (the whole head), 16 (head 80),
+    # 8 (head 40, padded to 64 dims) and 32 (head 32, one query head per KV head).
+    cases += [_case("decode", "decode", **INT4), _case("mixed", "mixed", **INT4),
+              _case("mixed", head_size=80, **INT4), _case("decode", "decode", head_size=40, **_gqa(8), **INT4),
+              _case("mixed", head_size=32, **_gqa(1), **INT4)]
     if ON_GPU:
         cases.append(_case("decode-long", "decode", dtype="bfloat16", head_size=128,
                            seq_lens=(4100, 9000, 513, 1), query_lens=(1, 1, 1, 1), **_gqa(4)))
@@ -224,6 +233,13 @@ def edge_cases() -> list[Case]:
         _case("dominant-sinks-decode", "decode", sinks=True, sink_scale=60.0),
         # fp8 output: 2^-7 puts the largest outputs (~3.5) at ~450, the top of e4m3; 2^-10 saturates many.
         _case("fp8out-top", out_dtype="float8_e4m3fn", output_scale=2.0 ** -7),
+        # INT4 rows at the writer's boundaries: rotated rows that are constant (the scale clamps at its
+        # floor; zero points 0 and 15) or of one sign (zero points 0 and 15, ordinary scales); and the
+        # output rotated back before it is quantized to fp8.
+        _case("int4-floor-rows", int4_rows="floor", **INT4),
+        _case("int4-floor-rows-decode", "decode", int4_rows="floor", num_segments=3, **INT4),
+        _case("int4-one-signed-rows", "chunked", int4_rows="one-signed", **INT4),
+        _case("int4-fp8out", "decode", out_dtype="float8_e4m3fn", output_scale=2.0 ** -7, num_segments=2, **INT4),
         _case("fp8out-saturating", "decode", out_dtype="float8_e4m3fn", output_scale=2.0 ** -10),
         _case("exact-fit-table", table_slack=0),
         _case("exact-fit-table-decode", "decode", table_slack=0, num_segments=4),
@@ -287,6 +303,8 @@ def poison_cases() -> list[Case]:
         _case("poison-int8-pertokenhead", kv_dtype="int8", kv_quant_mode="int8_per_token_head", window_size=(11, -1)),
         _case("poison-fp8-pertokenhead-decode", "decode", kv_dtype="float8_e4m3fn", kv_quant_mode="fp8_per_token_head",
               window_size=(9, -1), num_segments=4),
+        _case("poison-int4-pertokenhead", window_size=(11, -1), **INT4),
+        _case("poison-int4-pertokenhead-decode", "decode", window_size=(9, -1), num_segments=4, **INT4),
         _case("poison-int8-pertokenhead-ranges", "chunked", kv_dtype="int8", kv_quant_mode="int8_per_token_head",
               window_size=(5, -1), mm_prefix_range=((0, 44, 58), (1, 28, 40))),
         _case("poison-fp8q", "chunked", dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="bfloat16",
@@ -369,6 +387,10 @@ def cross_section_cases() -> list[Case]:
               layout="kv_combined"),
         _case("quick-fp8-pertokenhead-decode", "decode", kv_dtype="float8_e4m3fn", kv_quant_mode="fp8_per_token_head",
               dtype="bfloat16", num_segments=3),
+        # vLLM's INT4 cache: rotation groups of 16 in a padded head of 80, a head-major cache, one KV
+        # head's rows of one sign (zero points 0 and 15), the other's ordinary.
+        _case("quick-int4-pertokenhead", "chunked", head_size=80, window_size=(19, -1), sinks=True, num_segments=3,
+              layout="head_major", int4_rows="one-signed", **INT4),
         # fp8 queries (fp8 x fp8 QK^T, f16 P x V) with bf16 output, and with fp8 output.
         _case("quick-fp8q-bf16out", "chunked", dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="bfloat16",
               window_size=(19, -1)),
@@ -412,7 +434,7 @@ def cross_section_cases() -> list[Case]:
 # The quick tier: the fewest cross-section cases that kill every catalog mutant the full CPU tiers
 # kill, plus cases until every class ``coverage`` finds in any table is covered. Chosen by
 # ``python -m triage cover`` from ``triage/kill_matrix.json``; ``tests/test_quick_cover.py`` checks both.
-QUICK_SELECTION = ('quick-decode-window-sinks', 'quick-chunked-window-softcap-alibi', 'quick-tiny-softcap-decode', 'quick-varlen', 'quick-fp8kv', 'quick-fp8kv-bf16-noncausal', 'quick-fp8kv-fp8out', 'quick-qlen0-padded', 'quick-block8-window', 'quick-mixed-narrow-boundary', 'quick-unlike-strides', 'quick-noncausal-window', 'quick-chunked-attn', 'quick-prefix-ranges', 'quick-int8-pertokenhead', 'quick-fp8-pertokenhead-decode', 'quick-fp8q-bf16out', 'quick-fp8q-fp8out-decode', 'quick-fp8kv-huge-bf16-queries', 'quick-fp8-pertokenhead-large-values', 'quick-fp8kv-descale-seqhead', 'quick-prefix-ranges-unclamped', 'quick-negative-scale', 'quick-zero-scale-decode', 'quick-aligned-logits-window', 'quick-window-0-gqa6', 'quick-block12-colstrided', 'quick-range-ends-at-decode-query', 'quick-verify-tree', 'quick-causal-per-seq-rswa')
+QUICK_SELECTION = ('quick-decode-window-sinks', 'quick-chunked-window-softcap-alibi', 'quick-tiny-softcap-decode', 'quick-varlen', 'quick-fp8kv', 'quick-fp8kv-bf16-noncausal', 'quick-fp8kv-fp8out', 'quick-qlen0-padded', 'quick-block8-window', 'quick-mixed-narrow-boundary', 'quick-unlike-strides', 'quick-noncausal-window', 'quick-chunked-attn', 'quick-prefix-ranges', 'quick-int8-pertokenhead', 'quick-fp8-pertokenhead-decode', 'quick-fp8q-bf16out', 'quick-fp8q-fp8out-decode', 'quick-fp8kv-huge-bf16-queries', 'quick-fp8-pertokenhead-large-values', 'quick-fp8kv-descale-seqhead', 'quick-prefix-ranges-unclamped', 'quick-negative-scale', 'quick-zero-scale-decode', 'quick-aligned-logits-window', 'quick-window-0-gqa6', 'quick-block12-colstrided', 'quick-range-ends-at-decode-query', 'quick-verify-tree', 'quick-causal-per-seq-rswa', 'quick-int4-pertokenhead')
 
 
 def quick_cases() -> list[Case]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from attention_suite import per_tensor_fp8_descale, per_token_head_quantize
+from reference import int4
 
 from .shapes import KV_QUANT_MODE, Point
 
@@ -31,12 +32,27 @@ def quantize_int8_per_token_head(x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return values.to(torch.int8), scales
 
 
+# Blocks quantized at once: bounds the writer's float32 temporaries (a few times the chunk's size).
+INT4_CHUNK_BLOCKS = 4096
+
+
+def quantize_int4_per_token_head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """vLLM's INT4 format (``reference.int4``'s writer, the bytes vLLM stores): (uint8 ``[..., head // 2]``,
+    float32 scales carrying the zero points), quantized a chunk of blocks at a time, on x's device."""
+    packed = torch.empty(*x.shape[:-1], x.shape[-1] // 2, dtype=torch.uint8, device=x.device)
+    scales = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+    for start in range(0, x.shape[0], INT4_CHUNK_BLOCKS):
+        rows = slice(start, start + INT4_CHUNK_BLOCKS)
+        packed[rows], scales[rows] = int4.quantize(x[rows], "k_cache")
+    return packed, scales
+
+
 @dataclass
 class PagedInputs:
     point: Point
     q: list[torch.Tensor]  # per copy, [num_tokens, num_q_heads, head_size]
     out: list[torch.Tensor]  # per copy, like q
-    k_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_size], all copies
+    k_cache: torch.Tensor  # [num_blocks, block_size, num_kv_heads, head_size] (int4-pth: head_size // 2), all copies
     v_cache: torch.Tensor
     block_tables: list[torch.Tensor]  # per copy, int32 [num_seqs, max_blocks]
     cu_seqlens_q: torch.Tensor  # int32 [num_seqs + 1]
@@ -45,7 +61,7 @@ class PagedInputs:
     q_descale: torch.Tensor | None = None  # fp8 q: one float32 element, shared by the copies
     k_descale: torch.Tensor | None = None  # fp8 KV: one float32 element each
     v_descale: torch.Tensor | None = None
-    k_scale_cache: torch.Tensor | None = None  # int8-pth: float32 [num_blocks, block_size, num_kv_heads]
+    k_scale_cache: torch.Tensor | None = None  # int8/int4-pth: float32 [num_blocks, block_size, num_kv_heads]
     v_scale_cache: torch.Tensor | None = None
 
     @property
@@ -80,8 +96,10 @@ class PagedInputs:
         return q if self.q_descale is None else (q.float() * self.q_descale).to(self.dtype)
 
     def _values(self, cache: torch.Tensor, ids: torch.Tensor, descale, scale_cache) -> torch.Tensor:
-        """Blocks ``ids`` of ``cache`` in the compute dtype, dequantized."""
+        """Blocks ``ids`` of ``cache`` in the compute dtype, dequantized (int4-pth: rotated back too)."""
         x = cache[ids]
+        if self.point.kv_format == "int4-pth":
+            return int4.rows(x, scale_cache[ids], torch.float32).to(self.dtype)
         if scale_cache is not None:
             return (x.float() * scale_cache[ids][..., None]).to(self.dtype)
         return x if descale is None else (x.float() * descale).to(self.dtype)
@@ -100,7 +118,7 @@ class PagedInputs:
         kv_len = kv_lens.pop()
         nb = -(-kv_len // self.point.block_size)
         ids = self.block_tables[copy][seq_ids, :nb].long()  # [n, nb]
-        shape = (len(seq_ids), nb * self.point.block_size, *self.k_cache.shape[2:])
+        shape = (len(seq_ids), nb * self.point.block_size, self.point.num_kv_heads, self.point.head_size)
         k = self._values(self.k_cache, ids, self.k_descale, self.k_scale_cache).reshape(shape)[:, :kv_len].contiguous()
         v = self._values(self.v_cache, ids, self.v_descale, self.v_scale_cache).reshape(shape)[:, :kv_len].contiguous()
         return k, v
@@ -148,6 +166,9 @@ def build_inputs(point: Point, copies: int, device, dtype=torch.bfloat16, seed: 
     elif point.kv_format == "int8-pth":
         (k_cache, quant["k_scale_cache"]), (v_cache, quant["v_scale_cache"]) = \
             quantize_int8_per_token_head(k_cache), quantize_int8_per_token_head(v_cache)
+    elif point.kv_format == "int4-pth":
+        (k_cache, quant["k_scale_cache"]), (v_cache, quant["v_scale_cache"]) = \
+            quantize_int4_per_token_head(k_cache), quantize_int4_per_token_head(v_cache)
     if point.q_format == "fp8":
         _, quant["q_descale"] = quantize_fp8(torch.stack(q))  # one descale for every copy
         q = [(x.float() / quant["q_descale"]).to(FP8) for x in q]
@@ -165,15 +186,17 @@ def _metadata(point: Point, device) -> dict:
 
 
 def _unfilled_inputs(point: Point, device, cache_shape, q_shape, out, tables) -> PagedInputs:
-    kv_dtype = {"bf16": out[0].dtype, "fp8": FP8, "int8-pth": torch.int8}[point.kv_format]
+    kv_dtype = {"bf16": out[0].dtype, "fp8": FP8, "int8-pth": torch.int8, "int4-pth": torch.uint8}[point.kv_format]
     q_dtype = FP8 if point.q_format == "fp8" else out[0].dtype
     one = torch.ones(1, dtype=torch.float32, device=device)
     quant: dict = {}
     if point.kv_format == "fp8":
         quant.update(k_descale=one, v_descale=one.clone())
-    elif point.kv_format == "int8-pth":
+    elif point.kv_format in ("int8-pth", "int4-pth"):
         scales = torch.ones(cache_shape[:3], dtype=torch.float32, device=device)
         quant.update(k_scale_cache=scales, v_scale_cache=scales.clone())
+    if point.kv_format == "int4-pth":  # two 4-bit values per byte
+        cache_shape = (*cache_shape[:3], cache_shape[3] // 2)
     if point.q_format == "fp8":
         quant["q_descale"] = one.clone()
     return PagedInputs(point=point, q=[torch.empty(q_shape, dtype=q_dtype, device=device) for _ in out], out=out,

@@ -16,9 +16,10 @@ How a peer is called depends on what its signature offers, as in the suite:
   only, i.e. the implementation's own choice of path.
 
 Quantized points (``Peer.quant_args``): fp8 descales positionally (vLLM: expanded to
-``[num_seqs, num_kv_heads]`` with ``kv_quant_mode=KVQuantMode.FP8_PER_TENSOR``); an int8 per
-token-head cache needs ``kv_quant_mode``, ``k_scale_cache`` and ``v_scale_cache`` in the
-signature, else the peer is recorded n/a with the reason.
+``[num_seqs, num_kv_heads]`` with ``kv_quant_mode=KVQuantMode.FP8_PER_TENSOR``); a per token-head
+cache (int8, or vLLM's packed INT4: ``INT4_PER_TOKEN_HEAD``, which vLLM's function hands to its own
+INT4 launcher) needs ``kv_quant_mode``, ``k_scale_cache`` and ``v_scale_cache`` in the signature,
+else the peer is recorded n/a with the reason.
 
 A bad ``--impl`` (malformed; no such module, file or function; an import that fails) is the
 command's one-line usage error, exit 2: the form and the module or file are checked while parsing,
@@ -227,9 +228,9 @@ class Peer:
         """The positional (q_descale, k_descale, v_descale) and the keywords of the point's formats.
 
         fp8 descales go positionally (the suite's convention); vLLM gets them as its backend passes
-        them, expanded to ``[num_seqs, num_kv_heads]``, and its KVQuantMode member. An int8 per
-        token-head cache needs ``kv_quant_mode`` and the scale caches in the signature, else
-        PeerUnsupported.
+        them, expanded to ``[num_seqs, num_kv_heads]``, and its KVQuantMode member. A per token-head
+        cache (int8, INT4) needs ``kv_quant_mode`` and the scale caches in the signature, else
+        PeerUnsupported; a vLLM whose KVQuantMode lacks the mode is PeerUnsupported too.
         """
         point, ours = inputs.point, inputs.quant_kwargs()
         descales = [ours.pop(n) for n in ("q_descale", "k_descale", "v_descale")]
@@ -242,6 +243,9 @@ class Peer:
         if self.style == "vllm":
             descales[1:] = [d.expand(point.num_seqs, point.num_kv_heads) if d is not None else None
                             for d in descales[1:]]
+            mode = ours.get("kv_quant_mode")
+            if mode is not None and not self.impl.vllm_knows_mode(mode):  # an older vLLM (no INT4 member)
+                raise PeerUnsupported(f"{self.spec.target}: its KVQuantMode has no {mode.upper()} member; not run")
             ours = self.impl.vllm_kwargs(inputs, ours)  # the mode as vLLM's KVQuantMode member
         return tuple(descales), {k: v for k, v in ours.items() if k in self.impl.params}
 

@@ -19,11 +19,13 @@ BLOCK_SIZE = 16
 DTYPE = "bfloat16"
 ELEMENT_BYTES = 2  # bf16: queries, outputs and the unquantized cache
 # Bytes per cached element of each KV format, and per query element of each query format.
-KV_ELEMENT_BYTES = {"bf16": 2, "fp8": 1, "int8-pth": 1}
+KV_ELEMENT_BYTES = {"bf16": 2, "fp8": 1, "int8-pth": 1, "int4-pth": 0.5}
 Q_ELEMENT_BYTES = {"bf16": 2, "fp8": 1}
-SCALE_BYTES = 4  # int8-pth: one float32 scale per (slot, KV head), for K and for V
+SCALE_BYTES = 4  # per-token-head formats: one float32 scale per (slot, KV head), for K and for V
+PER_TOKEN_HEAD_FORMATS = ("int8-pth", "int4-pth")
 # The kernel's kv_quant_mode for each KV format (fp8: per-tensor k_descale / v_descale).
-KV_QUANT_MODE = {"bf16": None, "fp8": "fp8_per_tensor", "int8-pth": "int8_per_token_head"}
+KV_QUANT_MODE = {"bf16": None, "fp8": "fp8_per_tensor", "int8-pth": "int8_per_token_head",
+                 "int4-pth": "int4_per_token_head"}
 
 # The reference experiment: 500 prompt tokens plus this many generated tokens.
 BS1_GENERATED = (10, 100, 200, 400, 800, 1600, 3200, 6400, 12800)
@@ -70,7 +72,7 @@ class Point:
     quick: bool = False
     target: Target | None = None
     note: str = ""
-    kv_format: str = "bf16"  # a KV_ELEMENT_BYTES key: "bf16", "fp8" (per tensor), "int8-pth" (per token-head)
+    kv_format: str = "bf16"  # a KV_ELEMENT_BYTES key: "bf16", "fp8" (per tensor), "int8-pth"/"int4-pth" (per token-head)
     q_format: str = "bf16"  # "bf16" or "fp8" (needs an fp8 cache); the output is bf16 either way
 
     def __post_init__(self):
@@ -119,8 +121,8 @@ class Point:
 
     def slot_bytes(self) -> int:
         """Bytes of one cached token of K (or V): its values plus, per token-head, its scales."""
-        scales = SCALE_BYTES if self.kv_format == "int8-pth" else 0
-        return self.num_kv_heads * (self.head_size * KV_ELEMENT_BYTES[self.kv_format] + scales)
+        scales = SCALE_BYTES if self.kv_format in PER_TOKEN_HEAD_FORMATS else 0
+        return self.num_kv_heads * (int(self.head_size * KV_ELEMENT_BYTES[self.kv_format]) + scales)
 
     def kv_bytes(self) -> int:
         """K and V bytes a kernel must read: every visible key and value once (with its scales)."""
@@ -224,7 +226,7 @@ def build_points() -> list[Point]:
                           "(vLLM order: decodes first)", **LLAMA))
     # Quantized: the issue's fp8 / int8 points, each judged against its own bytes or our bf16 prefill
     # (last, so a sweep cut by its time budget still has every bf16 point).
-    for tag, kv_format in (("fp8kv", "fp8"), ("int8pth", "int8-pth")):
+    for tag, kv_format in (("fp8kv", "fp8"), ("int8pth", "int8-pth"), ("int4pth", "int4-pth")):
         for bs, L, series in ((1, 131_072, "bs1"), (16, 4_096, "bs@4k")):
             pts.append(_decode(f"decode-{tag}-bs{bs}-L{L}", f"{series}-{tag}", bs, L, quick=True,
                                target=Target("pct_floor", 90.0), kv_format=kv_format))

@@ -321,6 +321,69 @@ def _tile_block_ids(block_table_row, stride_bt_blk, tile, tile_end, key_lo, key_
 
 
 @triton.jit
+def _rht_signs(HEAD_PAD: tl.constexpr, RHT_BLOCK: tl.constexpr, RHT_SIGNS: tl.constexpr):
+    """``[HEAD_PAD]`` float32: the INT4 rotation's signs ``D`` (bit i of ``RHT_SIGNS`` set: -1), repeated
+    over every group of ``RHT_BLOCK`` dims. The mask is a compile-time int: read 16 bits at a time."""
+    lane = tl.arange(0, HEAD_PAD) % RHT_BLOCK
+    negative = tl.zeros([HEAD_PAD], tl.int32)
+    for word in tl.static_range((RHT_BLOCK + 15) // 16):
+        bits: tl.constexpr = (RHT_SIGNS >> (16 * word)) & 0xFFFF
+        negative = tl.where(lane // 16 == word, (bits >> (lane % 16)) & 1, negative)
+    return 1.0 - 2.0 * negative.to(tl.float32)
+
+
+@triton.jit
+def _hadamard(HEAD_PAD: tl.constexpr, RHT_BLOCK: tl.constexpr):
+    """``[HEAD_PAD, HEAD_PAD]`` float32 ``H``: block diagonal, each block the Sylvester-Hadamard matrix of
+    order ``RHT_BLOCK`` (entry (i, j): (-1)^popcount(i & j)); symmetric, ``H @ H = RHT_BLOCK * I``."""
+    dims = tl.arange(0, HEAD_PAD)
+    both = dims[:, None] & dims[None, :] & (RHT_BLOCK - 1)
+    # The parity of the set bits, folded down (RHT_BLOCK <= 512 < 2^16).
+    both ^= both >> 8
+    both ^= both >> 4
+    both ^= both >> 2
+    both ^= both >> 1
+    same_group = (dims[:, None] // RHT_BLOCK) == (dims[None, :] // RHT_BLOCK)
+    return tl.where(same_group, 1.0 - 2.0 * (both & 1).to(tl.float32), 0.0)
+
+
+@triton.jit
+def _rotate_rows(x, HEAD_PAD: tl.constexpr, RHT_BLOCK: tl.constexpr, RHT_SIGNS: tl.constexpr, INVERSE: tl.constexpr):
+    """INT4 caches hold rows rotated by ``R = H D``. Rows of ``x`` (float32 ``[rows, HEAD_PAD]``) times
+    ``R / b`` (queries, into the cache's space: ``(R q / b) . (R k) = q . k``, so the softmax scale stays)
+    or, ``INVERSE``, times ``R^-1 = D H / b`` (an output back into q's space). ``/ b`` is a power of two,
+    and keeps ``|R q / b| <= max |q|``: no overflow in q's dtype. IEEE float32 dot: +-1 products are exact."""
+    signs = _rht_signs(HEAD_PAD, RHT_BLOCK, RHT_SIGNS)
+    if INVERSE:
+        rotated = tl.dot(x, _hadamard(HEAD_PAD, RHT_BLOCK), input_precision="ieee") * signs[None, :]
+    else:
+        rotated = tl.dot(x * signs[None, :], _hadamard(HEAD_PAD, RHT_BLOCK), input_precision="ieee")
+    return rotated * (1.0 / RHT_BLOCK)
+
+
+@triton.jit
+def _unpack_int4(packed, zero, KEYS_ON_ROWS: tl.constexpr):
+    """A loaded INT4 tile of bytes, ``[keys, HEAD_PAD // 2]`` (``KEYS_ON_ROWS``) or ``[HEAD_PAD // 2,
+    keys]``, as ``[keys, HEAD_PAD]`` / ``[HEAD_PAD, keys]`` float32 ``u - zero`` (integers in [-15, 15]:
+    exact in every dot dtype; the scale multiplies scores or probabilities, as for int8). Byte i holds
+    dim 2i in its low nibble, dim 2i + 1 in its high one. Float32, not int32: the Triton interpreter
+    converts integers to bf16 wrongly (the float32 -> bf16 step is exact here)."""
+    low = (packed & 0xF).to(tl.int32)
+    high = (packed >> 4).to(tl.int32)
+    if KEYS_ON_ROWS:
+        return (tl.interleave(low, high) - zero[:, None]).to(tl.float32)
+    return (tl.trans(tl.interleave(tl.trans(low), tl.trans(high))) - zero[None, :]).to(tl.float32)
+
+
+@triton.jit
+def _split_int4_scale(raw):
+    """INT4 scale-cache entries (float32) -> (the scale with its 4 low mantissa bits cleared, the zero
+    point those bits hold, int32)."""
+    bits = raw.to(tl.int32, bitcast=True)
+    return (bits & -16).to(tl.float32, bitcast=True), bits & 0xF
+
+
+@triton.jit
 def _attend_tiles(
     acc, m_i, l_i, q, tile_begin, tile_end,
     k_base, v_base, block_table_row, stride_bt_blk,
@@ -333,13 +396,17 @@ def _attend_tiles(
     USE_SOFTCAP: tl.constexpr, USE_ALIBI: tl.constexpr, DOT_PRECISION: tl.constexpr,
     CHUNKED: tl.constexpr, USE_PREFIX: tl.constexpr, KV_PER_TOKEN_HEAD: tl.constexpr, PV_F16: tl.constexpr,
     TABLE_AHEAD: tl.constexpr, FOLD_SCALE: tl.constexpr, ALIBI_SQRT: tl.constexpr, USE_QQ_BIAS: tl.constexpr,
-    USE_RSWA: tl.constexpr,
+    USE_RSWA: tl.constexpr, KV_INT4: tl.constexpr,
 ):
     """Online softmax over KV tiles ``[tile_begin, tile_end)``; returns the updated (acc, m_i, l_i).
 
     Scores are scaled, soft-capped, given their ALiBi bias (``ALIBI_SQRT``: ``-slope * sqrt(p - j)``
     for keys at or before the row, none after) and their ``qq_bias`` (``USE_QQ_BIAS``: column
     ``key - context_len`` of the rows' bias rows ``qq_row_ptrs``), then masked.
+
+    ``KV_INT4`` (packed INT4 rows, per-token-head): ``dims`` / ``dim_valid`` address bytes, each unpacked
+    into two dims with the row's zero point subtracted (``_unpack_int4``); q and the output are in the
+    cache's rotated space (the caller rotates them).
 
     K converts to q's dtype for QK^T. P x V takes q's dtype too, or with ``PV_F16`` (fp8 V under
     16-bit or fp8 queries) f16 operands: V exact, P computed times P_F16_SCALE and acc kept in
@@ -435,6 +502,12 @@ def _attend_tiles(
             else:
                 k_row_scale = tl.load(ks_ptrs)
                 v_row_scale = tl.load(vs_ptrs)
+            if KV_INT4:
+                # Masked-off keys read scale 0 (zero point 0): their bytes, loaded as 0, center to 0.
+                k_row_scale, k_zero = _split_int4_scale(k_row_scale)
+                v_row_scale, v_zero = _split_int4_scale(v_row_scale)
+                k_tile = _unpack_int4(k_tile, k_zero, False)
+                v_tile = _unpack_int4(v_tile, v_zero, True)
         k_tile = k_tile.to(q.dtype)
         # fp8 queries: fp8 x fp8 for QK^T only; P x V in f16: fp8 wgmma wants V's keys contiguous,
         # the cache stores each key's dims contiguous. Decision [fp8 queries' P x V in f16].
@@ -626,7 +699,7 @@ def _paged_attention_kernel(
     AWAIT_PRIMARY: tl.constexpr, TABLE_AHEAD: tl.constexpr, FOLD_SCALE: tl.constexpr,
     FUSED_MERGE: tl.constexpr, MERGE_HEADS: tl.constexpr, MERGE_SEGMENTS: tl.constexpr,
     USE_QQ_BIAS: tl.constexpr, ALIBI_SQRT: tl.constexpr, PER_SEQ_CAUSAL: tl.constexpr, USE_RSWA: tl.constexpr,
-    STORE_LSE: tl.constexpr,
+    STORE_LSE: tl.constexpr, KV_INT4: tl.constexpr, RHT_BLOCK: tl.constexpr, RHT_SIGNS: tl.constexpr,
 ):
     if PROGRAMMATIC_LAUNCH:
         # Let the dependent launch start now: the reduction (it waits for this grid before reading
@@ -670,11 +743,21 @@ def _paged_attention_kernel(
     row_pos = context_len + row_tok
     dims = tl.arange(0, HEAD_PAD)
     dim_valid = dims < HEAD_SIZE
+    if KV_INT4:
+        # A packed row's bytes: two dims each.
+        kv_dims = tl.arange(0, HEAD_PAD // 2)
+        kv_dim_valid = kv_dims < HEAD_SIZE // 2
+    else:
+        kv_dims = dims
+        kv_dim_valid = dim_valid
 
     # q stays in registers for the whole KV walk.
     q_rows = (q_start + row_tok).to(tl.int64)
     q_ptrs = q_ptr + q_rows[:, None] * stride_q_tok + row_head[:, None] * stride_q_head + dims[None, :] * stride_q_dim
     q = tl.load(q_ptrs, mask=row_valid[:, None] & dim_valid[None, :], other=0.0)
+    if KV_INT4:
+        # Into the cache's rotated space once per program (the output comes back after the walk).
+        q = _rotate_rows(q.to(tl.float32), HEAD_PAD, RHT_BLOCK, RHT_SIGNS, False).to(q.dtype)
 
     # Keys some row of this block sees, and keys every row sees (those tiles skip masking).
     first_pos = context_len + local_block * BLOCK_Q
@@ -807,14 +890,17 @@ def _paged_attention_kernel(
             acc, m_i, l_i, q, tile_begin, tile_end, k_base, v_base, block_table_row, stride_bt_blk,
             stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
             row_pos, key_lo, key_hi, seq_len, window_left, window_right, num_blocks, scale, softcap, alibi_slope,
-            dims, dim_valid, row_first, extra_lo, extra_hi,
+            kv_dims, kv_dim_valid, row_first, extra_lo, extra_hi,
             ks_base, vs_base, stride_ks_blk, stride_ks_slot, stride_vs_blk, stride_vs_slot,
             rswa_len, rswa_hi, qq_row_ptrs, qq_row_valid, stride_qqb_col, qq_bias_cols, context_len,
             (stage != 1) and (stage != -2), TILE, BLOCK_SIZE, HEAD_PAD != HEAD_SIZE, USE_SOFTCAP, USE_ALIBI,
             DOT_PRECISION, CHUNKED, USE_PREFIX, KV_PER_TOKEN_HEAD, PV_F16, TABLE_AHEAD, FOLD_SCALE, ALIBI_SQRT,
-            USE_QQ_BIAS, USE_RSWA)
+            USE_QQ_BIAS, USE_RSWA, KV_INT4)
     if PV_F16:
         acc = acc * (1.0 / P_F16_SCALE)
+    if KV_INT4:
+        # Back into q's space; the 3D kernel's partials too (the merge is linear in them).
+        acc = _rotate_rows(acc, HEAD_PAD, RHT_BLOCK, RHT_SIGNS, True)
 
     if KV_FP8:
         if DESCALE_PER_HEAD:

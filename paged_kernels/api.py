@@ -141,11 +141,25 @@ def unified_attention(
       * ``k_descale``/``v_descale`` of an fp8 cache: one element, or ``[num_seqs, num_kv_heads]``
         applied per (sequence, KV head) (any strides).
       * ``kv_quant_mode``: None (infer: fp8 cache -> "fp8_per_tensor", else "none"), one of
-        "none", "fp8_per_tensor", "int8_per_token_head", "fp8_per_token_head", or an IntEnum with
-        those member names and values 0..3 (vLLM's KVQuantMode). The per-token-head modes take an
-        int8 / fp8 e4m3 cache and float32 ``k_scale_cache``/``v_scale_cache`` ``[num_blocks,
-        block_size, num_kv_heads]`` (any strides): each cached row is dequantized by its own scale;
-        scales of slots no query sees are never read.
+        "none", "fp8_per_tensor", "int8_per_token_head", "fp8_per_token_head",
+        "int4_per_token_head", or an IntEnum with those member names and values 0..4 (vLLM's
+        KVQuantMode). The per-token-head modes take an int8 / fp8 e4m3 / packed uint8 cache and
+        float32 ``k_scale_cache``/``v_scale_cache`` ``[num_blocks, block_size, num_kv_heads]`` (any
+        strides): each cached row is dequantized by its own scale; scales of slots no query sees
+        are never read.
+      * "int4_per_token_head" (vLLM 0.33's INT4 format, ``reference.int4``): k/v are uint8
+        ``[num_blocks, block_size, num_kv_heads, head_size // 2]`` (head size even), value 2i of a
+        row in the low nibble of byte i, 2i + 1 in the high one; each scale entry holds its row's
+        zero point in its 4 low mantissa bits (cleared before scaling). Rows are stored rotated by
+        ``R = H D`` (Hadamard blocks of the largest power of two b dividing head_size, vLLM's fixed
+        signs); the result is attention over the rows ``R^-1 ((u - zero) * scale)``, in q's and out's
+        space. The kernels rotate q by ``R / b`` when they load it and the output by ``R^-1`` before
+        storing it (or storing a 3D partial), so softmax_scale, softcap, ALiBi, sinks, qq_bias,
+        softmax_lse, fp8 output and every mask mean what they mean for any cache (vLLM refuses
+        non-causal calls with INT4; these kernels do not). Refused: fp8 queries
+        (NotImplementedError naming ``kv_quant_mode``, as for every per-token-head cache), an odd
+        head size (``q``), a cache that is not uint8 (``k``/``v``, TypeError) or not head_size // 2
+        bytes wide (``k``).
       * fp8 queries: q in float8_e4m3fn with a one-element float32 ``q_descale``, against a
         per-tensor fp8 cache (out: float16/bfloat16/float32 or fp8). QK^T is an fp8 x fp8 dot, P @ V
         an f16 one (the normalizer sums the probabilities unrounded). Per-token-head caches with fp8
@@ -257,7 +271,8 @@ def unified_attention(
         qq_bias_ptr=bias, **_feature_strides("qqb", bias, "row", "col"),
         qq_bias_rows=None if bias is None else bias.shape[0], qq_bias_cols=None if bias is None else bias.shape[1],
         causal_ptr=causal if spec.per_seq_causal else None, USE_QQ_BIAS=spec.use_qq_bias, ALIBI_SQRT=spec.alibi_sqrt,
-        PER_SEQ_CAUSAL=spec.per_seq_causal,
+        PER_SEQ_CAUSAL=spec.per_seq_causal, KV_INT4=spec.kv_quant.packed_int4, RHT_BLOCK=spec.rht_block,
+        RHT_SIGNS=spec.rht_signs,
     )
     narrow = plan.narrow
     _attention._paged_attention_kernel[plan.grid](

@@ -9,7 +9,10 @@ only, so building one never syncs the device and is safe inside CUDA-graph captu
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
+
+import torch
 
 # log2(e): the kernels keep scores, softcap, ALiBi slopes and sink logits in log2 units (exp2 softmax).
 LOG2E = 1.4426950408889634
@@ -24,6 +27,27 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
+def rotation_block(head_size: int) -> int:
+    """INT4 caches: the rotation's group size ``b``, the largest power of two dividing ``head_size``."""
+    return head_size & -head_size
+
+
+# vLLM's seed for the INT4 rotation's random signs: part of the cache format.
+RHT_SIGN_SEED = 0x9E3779B9
+
+
+@functools.lru_cache(maxsize=None)
+def rht_sign_bits(block: int) -> int:
+    """The ``D`` of a ``block``-sized INT4 rotation group as a bitmask (bit i set: sign i is -1).
+
+    The signs are vLLM's draws (``block`` Bernoulli(0.5) from a CPU generator seeded with
+    ``RHT_SIGN_SEED``); as an int they reach the kernels as a compile-time constant, so a call
+    uploads nothing (CUDA-graph capture needs no warm-up for them)."""
+    generator = torch.Generator(device="cpu").manual_seed(RHT_SIGN_SEED)
+    draws = torch.bernoulli(torch.full((block,), 0.5), generator=generator)
+    return sum(1 << i for i, draw in enumerate(draws.tolist()) if draw == 0.0)
+
+
 class KVQuant(enum.IntEnum):
     """KV-cache quantization, with vLLM's KVQuantMode names and values."""
 
@@ -31,6 +55,7 @@ class KVQuant(enum.IntEnum):
     FP8_PER_TENSOR = 1
     INT8_PER_TOKEN_HEAD = 2
     FP8_PER_TOKEN_HEAD = 3
+    INT4_PER_TOKEN_HEAD = 4
 
     @property
     def label(self) -> str:
@@ -40,7 +65,13 @@ class KVQuant(enum.IntEnum):
     @property
     def per_token_head(self) -> bool:
         """Each cached row has its own float32 scale (``k_scale_cache`` / ``v_scale_cache``)."""
-        return self in (KVQuant.INT8_PER_TOKEN_HEAD, KVQuant.FP8_PER_TOKEN_HEAD)
+        return self in (KVQuant.INT8_PER_TOKEN_HEAD, KVQuant.FP8_PER_TOKEN_HEAD, KVQuant.INT4_PER_TOKEN_HEAD)
+
+    @property
+    def packed_int4(self) -> bool:
+        """uint8 caches of ``head_size // 2`` bytes per row (two 4-bit values, low nibble first) of rows
+        rotated by ``R = H D`` (``rotation_block``), the zero point in each scale's 4 low mantissa bits."""
+        return self is KVQuant.INT4_PER_TOKEN_HEAD
 
     @property
     def fp8_cache(self) -> bool:
@@ -126,6 +157,16 @@ class CallSpec:
     @property
     def dot_precision(self) -> str:
         return "ieee" if self.q_fp32 else "tf32"
+
+    @property
+    def rht_block(self) -> int:
+        """INT4: the rotation's group size (1 for other caches: no rotation)."""
+        return rotation_block(self.head_size) if self.kv_quant.packed_int4 else 1
+
+    @property
+    def rht_signs(self) -> int:
+        """INT4: the rotation's sign bitmask (``rht_sign_bits``); 0 for other caches."""
+        return rht_sign_bits(self.rht_block) if self.kv_quant.packed_int4 else 0
 
     @property
     def visible_key_span(self) -> int:

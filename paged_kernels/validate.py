@@ -110,7 +110,7 @@ def _kv_quant(mode, k_dtype) -> KVQuant:
         name = mode.name.lower()
         if name not in KV_QUANT_MODES or KV_QUANT_MODES.index(name) != int(mode):
             _fail("kv_quant_mode", f"{mode!r} is not one of NONE=0, FP8_PER_TENSOR=1, INT8_PER_TOKEN_HEAD=2, "
-                                   "FP8_PER_TOKEN_HEAD=3")
+                                   "FP8_PER_TOKEN_HEAD=3, INT4_PER_TOKEN_HEAD=4")
         return KVQuant[name.upper()]
     if not isinstance(mode, str):
         _fail("kv_quant_mode", f"expected None, a str or a KVQuantMode IntEnum, got {type(mode).__name__}", TypeError)
@@ -128,6 +128,10 @@ def _check_quant_cache(q, k, quant: KVQuant, k_scale_cache, v_scale_cache) -> No
     elif quant.fp8_cache:
         if k.dtype not in FP8_CACHE_DTYPES:
             _fail("k", f"expected an fp8 e4m3 cache for kv_quant_mode {mode!r}, got {k.dtype}", TypeError)
+    elif quant.packed_int4:
+        if k.dtype != torch.uint8:
+            _fail("k", f"expected a torch.uint8 cache (two 4-bit values per byte) for kv_quant_mode {mode!r}, "
+                       f"got {k.dtype}", TypeError)
     elif k.dtype != torch.int8:
         _fail("k", f"expected a torch.int8 cache for kv_quant_mode {mode!r}, got {k.dtype}", TypeError)
     for name, t in (("k_scale_cache", k_scale_cache), ("v_scale_cache", v_scale_cache)):
@@ -290,7 +294,8 @@ def check_arguments(
         _fail("kv_quant_mode", f"fp8 queries with a per-token-head cache ({quant.label!r}) are not supported "
                                "by these kernels; use a per-tensor fp8 cache", NotImplementedError)
     for name, cache in (("k", k), ("v", v)):
-        quantized = cache.dtype in FP8_CACHE_DTYPES or (cache.dtype == torch.int8 and quant.per_token_head)
+        # (Whether the quantized dtype suits the mode is _check_quant_cache's question.)
+        quantized = cache.dtype in FP8_CACHE_DTYPES or (cache.dtype in (torch.int8, torch.uint8) and quant.per_token_head)
         if cache.dtype != q.dtype and not quantized:
             _fail(name, f"expected dtype {q.dtype} (q's) or an fp8 e4m3 cache, got {cache.dtype}", TypeError)
     if v.dtype != k.dtype:
@@ -307,10 +312,17 @@ def check_arguments(
 
     num_tokens, num_q_heads, head_size = q.shape
     num_blocks, block_size, num_kv_heads, kv_head_size = k.shape
-    if kv_head_size != head_size:
-        _fail("k", f"head size {kv_head_size} differs from q's {head_size}")
     if not MIN_HEAD_SIZE <= head_size <= MAX_HEAD_SIZE:
         _fail("q", f"head size must be in [{MIN_HEAD_SIZE}, {MAX_HEAD_SIZE}], got {head_size}")
+    if quant.packed_int4:
+        if head_size % 2:
+            _fail("q", f"kv_quant_mode {quant.label!r} packs two values per byte: head size must be even, "
+                       f"got {head_size}")
+        if kv_head_size != head_size // 2:
+            _fail("k", f"expected {head_size // 2} bytes per row (head size {head_size}, two 4-bit values per "
+                       f"byte) for kv_quant_mode {quant.label!r}, got {kv_head_size}")
+    elif kv_head_size != head_size:
+        _fail("k", f"head size {kv_head_size} differs from q's {head_size}")
     if num_kv_heads == 0 or num_q_heads % num_kv_heads:
         _fail("k", f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
     if block_size < 1 or num_blocks < 1:

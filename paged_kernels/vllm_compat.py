@@ -20,7 +20,7 @@ from .workspace import Workspace
 
 class KVQuantMode(enum.IntEnum):
     """vLLM's ``vllm.v1.kv_cache_interface.KVQuantMode``, by names and values (IntEnum members
-    compare equal to vLLM's own). The first four are ours too; the rest raise NotImplementedError."""
+    compare equal to vLLM's own). The first five are ours too; the rest raise NotImplementedError."""
 
     NONE = 0
     FP8_PER_TENSOR = 1
@@ -32,7 +32,7 @@ class KVQuantMode(enum.IntEnum):
 
 
 _SUPPORTED_MODES = frozenset({KVQuantMode.NONE, KVQuantMode.FP8_PER_TENSOR, KVQuantMode.INT8_PER_TOKEN_HEAD,
-                              KVQuantMode.FP8_PER_TOKEN_HEAD})
+                              KVQuantMode.FP8_PER_TOKEN_HEAD, KVQuantMode.INT4_PER_TOKEN_HEAD})
 # Read once: the keywords our kernels take now (features still being added raise by name until then).
 _OUR_PARAMETERS = frozenset(inspect.signature(_unified_attention).parameters)
 _SEGMENT_BUFFERS = ("softmax_segm_output", "softmax_segm_max", "softmax_segm_expsum")
@@ -89,9 +89,9 @@ def unified_attention(
     passes them expanded to ``[num_seqs, num_kv_heads]`` for every cache; ours reads one element or
     one per (sequence, KV head)); ``q_descale`` unless q is fp8; ``window_size[1]`` (a non-causal
     window is ``window_size[0]`` on both sides); ``chunk_lookback`` without a left window; R-SWA
-    unless both ``rswa_prefix_lens`` and ``rswa_window`` are given. k and v wider than ``head_size``
-    (vLLM's packed per-token-head cache keeps its scales there) are read through their first
-    ``head_size`` entries. ``use_td`` (tensor-descriptor loads for Intel GPUs) has no effect here.
+    unless both ``rswa_prefix_lens`` and ``rswa_window`` are given. k and v wider than a row
+    (``head_size`` entries, INT4: ``head_size // 2`` bytes; vLLM's per-token-head cache keeps its
+    scales after the row) are read through their first row's width. ``use_td`` (tensor-descriptor loads for Intel GPUs) has no effect here.
     ``VLLM_BATCH_INVARIANT=1`` in the environment (read per call) selects our batch-invariant mode.
 
     Split-KV: with all three segment buffers (float32 ``[T, num_q_heads, S, next_pow2(head_size)]``
@@ -103,15 +103,17 @@ def unified_attention(
     Split decodes merge in the attention launch using one module-level counter tensor per (device,
     size), kept at zero, so calls sharing it must be stream-ordered as calls sharing the buffers are.
 
-    ``kv_quant_mode`` INT4_PER_TOKEN_HEAD (and vLLM's later modes) raise NotImplementedError, as
-    does a non-default argument our kernels do not take yet. Beyond vLLM: ``softmax_lse``, float32
+    ``kv_quant_mode`` INT4_PER_TOKEN_HEAD maps onto "int4_per_token_head" (the rotation of q and of the
+    output happens inside our kernels; where vLLM asserts a causal call, ours also computes the others).
+    NVFP4 and TURBOQUANT raise NotImplementedError naming ``kv_quant_mode``, as does a non-default
+    argument our kernels do not take yet. Beyond vLLM: ``softmax_lse``, float32
     ``[num_tokens, num_q_heads]``, receives each row's natural-log log-sum-exp.
     """
     del use_td  # a load strategy for Intel GPUs; the result is the same without it
     mode = _quant_mode(kv_quant_mode, k)
-    head_size = q.shape[-1]
-    if k.dim() == 4 and k.shape[-1] > head_size:
-        k, v = k[..., :head_size], v[..., :head_size]  # views; vLLM reads the first head_size entries too
+    width = q.shape[-1] // 2 if mode == KVQuantMode.INT4_PER_TOKEN_HEAD else q.shape[-1]
+    if k.dim() == 4 and k.shape[-1] > width:
+        k, v = k[..., :width], v[..., :width]  # views; vLLM reads the first row's width too
     if mode != KVQuantMode.FP8_PER_TENSOR:
         k_descale = v_descale = None
     if q.dtype.itemsize != 1:

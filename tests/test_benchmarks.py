@@ -23,6 +23,7 @@ def test_bench_quantized_floor_bytes():
     assert _point("decode-bs1-L131072").kv_bytes() == slots * 128 * 2 * 2
     assert _point("decode-fp8kv-bs1-L131072").kv_bytes() == slots * 128 * 1 * 2
     assert _point("decode-int8pth-bs1-L131072").kv_bytes() == slots * (128 + 4) * 2  # + a float32 scale each
+    assert _point("decode-int4pth-bs1-L131072").kv_bytes() == slots * (64 + 4) * 2  # two values per byte
     fp8q = _point("prefill-fp8q-fp8kv-4x2048")
     assert fp8q.qo_bytes() == 8192 * 32 * 128 * (1 + 2)  # fp8 q in, bf16 out
     assert fp8q.floor_bytes() == fp8q.kv_bytes() + fp8q.qo_bytes() == 2 * 8192 * 8 * 128 + 8192 * 32 * 128 * 3
@@ -31,6 +32,7 @@ def test_bench_quantized_floor_bytes():
 def test_bench_quantized_points_quick_and_selection():
     for name, bf16 in (("decode-fp8kv-bs16-L4096", "decode-bs16-L4096"),
                        ("decode-int8pth-bs1-L131072", "decode-bs1-L131072"),
+                       ("decode-int4pth-bs16-L4096", "decode-bs16-L4096"),
                        ("prefill-fp8q-fp8kv-4x2048", "prefill-4x2048")):
         assert _point(name).quick == _point(bf16).quick
     chosen = [p.name for p in shapes.select("prefill-fp8q-fp8kv-4x2048")]
@@ -100,7 +102,8 @@ def test_bench_old_check_keys_land_on_each_result():
     assert "decode-bs1-L510 / 2d: OUTPUT MISMATCH vs sdpa-flash: 3 of 8 outputs are NaN/inf" in notes
 
 
-@pytest.mark.parametrize("name", ["decode-fp8kv-bs16-L4096", "decode-int8pth-bs16-L4096", "prefill-fp8q-fp8kv-4x2048"])
+@pytest.mark.parametrize("name", ["decode-fp8kv-bs16-L4096", "decode-int8pth-bs16-L4096", "decode-int4pth-bs16-L4096",
+                                  "prefill-fp8q-fp8kv-4x2048"])
 def test_bench_quantized_inputs_dequantize_to_the_bf16_values(name):
     point = _point(name).scaled(64)
     plain = build_inputs(dataclasses.replace(point, kv_format="bf16", q_format="bf16"), 1, "cpu", torch.float32)
@@ -109,6 +112,11 @@ def test_bench_quantized_inputs_dequantize_to_the_bf16_values(name):
     for x, ref in zip(quant.dense_kv(0, ids), plain.dense_kv(0, ids)):
         if point.kv_format == "fp8":
             assert torch.allclose(x, ref, rtol=2 ** -4, atol=quant.k_descale.item() * 2 ** -6)
+        elif point.kv_format == "int4-pth":
+            # Half a step per rotated value; rotating back divides a row's error norm by sqrt(b) (b = 128).
+            steps = torch.cat([quant.k_scale_cache.flatten(), quant.v_scale_cache.flatten()]).max()
+            assert ((x - ref).norm(dim=-1) <= 0.5001 * steps * (point.head_size / 128) ** 0.5 + 1e-5).all()
+            assert (x - ref).abs().max() > 1e-3  # 4 bits: lossy, so the values did go through the format
         else:  # int8: half a step of its (slot, head) scale
             assert ((x - ref).abs() <= ref.abs().amax(-1, keepdim=True) / 254 + 1e-6).all()
     assert torch.allclose(quant.q_values(0), plain.q[0], rtol=2 ** -4, atol=1e-2)
@@ -116,6 +124,10 @@ def test_bench_quantized_inputs_dequantize_to_the_bf16_values(name):
     if point.kv_format == "int8-pth":
         assert kw["kv_quant_mode"] == "int8_per_token_head" and kw["k_descale"] is None
         assert kw["k_scale_cache"].shape == quant.k_cache.shape[:3] and quant.k_cache.dtype == torch.int8
+    elif point.kv_format == "int4-pth":
+        assert kw["kv_quant_mode"] == "int4_per_token_head" and kw["k_descale"] is None
+        assert quant.k_cache.dtype == torch.uint8 and quant.k_cache.shape[-1] == point.head_size // 2
+        assert kw["k_scale_cache"].shape == quant.k_cache.shape[:3]
     else:
         assert kw["kv_quant_mode"] == "fp8_per_tensor" and kw["k_descale"].shape == (1,)
     assert (kw["q_descale"] is None) == (point.q_format == "bf16")

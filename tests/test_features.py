@@ -99,6 +99,23 @@ FEATURE_ERRORS = [
                  lambda a, kw, i: (_quant(a, kw, i, torch.int8, "int8_per_token_head"),
                                    a.__setitem__(KDESC, torch.ones(1, device=a[Q].device))),
                  ValueError, r"^k_descale: only used with a per-tensor"),
+    # INT4 per-token-head caches: uint8, half the head size wide, an even head size, both scale caches.
+    FeatureError("int4-int8-cache", "kv_quant_mode", lambda a, kw, i: _int4(a, kw, i, dtype=torch.int8), TypeError,
+                 r"^k: expected a torch.uint8 cache"),
+    FeatureError("int4-f16-cache", "kv_quant_mode", lambda a, kw, i: _int4(a, kw, i, dtype=torch.float16),
+                 TypeError, r"^k: expected a torch.uint8 cache"),
+    FeatureError("int4-full-width", "kv_quant_mode", lambda a, kw, i: _int4(a, kw, i, width=a[Q].shape[-1]),
+                 ValueError, r"^k: expected \d+ bytes per row"),
+    FeatureError("int4-odd-head-size", "kv_quant_mode", lambda a, kw, i: _int4(a, kw, i, width=31, head_size=63),
+                 ValueError, r"^q: kv_quant_mode 'int4_per_token_head' packs two values per byte"),
+    FeatureError("int4-no-scale-cache", "kv_quant_mode",
+                 lambda a, kw, i: (_int4(a, kw, i), kw.pop("k_scale_cache")), ValueError, r"^k_scale_cache: required"),
+    FeatureError("int4-scale-cache-shape", "kv_quant_mode",
+                 lambda a, kw, i: (_int4(a, kw, i), kw.update(v_scale_cache=kw["v_scale_cache"][:1])),
+                 ValueError, r"^v_scale_cache: expected shape"),
+    FeatureError("int4-descale", "kv_quant_mode",
+                 lambda a, kw, i: (_int4(a, kw, i), a.__setitem__(VDESC, torch.ones(1, device=a[Q].device))),
+                 ValueError, r"^v_descale: only used with a per-tensor"),
     FeatureError("quant-scale-cache-without-mode", "k_scale_cache",
                  _set(k_scale_cache=lambda i: torch.ones(i.k.shape[:3], device=i.q.device)),
                  ValueError, r"^k_scale_cache: only used with a per-token-head"),
@@ -215,6 +232,19 @@ def _quant(args, kwargs, inputs, dtype, mode):
     args[K], args[V] = args[K].to(dtype), args[V].to(dtype)
     shape = tuple(args[K].shape[:3])
     kwargs.update(kv_quant_mode=mode, k_scale_cache=torch.ones(shape, device=args[Q].device),
+                  v_scale_cache=torch.ones(shape, device=args[Q].device))
+
+
+def _int4(args, kwargs, inputs, dtype=torch.uint8, width=None, head_size=None):
+    """An INT4 per-token-head call: caches of ``dtype``, ``width`` bytes per row (default: half the head
+    size), well-formed scale caches; ``head_size`` narrows q and out first."""
+    if head_size is not None:
+        args[Q], args[OUT] = args[Q][..., :head_size], args[OUT][..., :head_size]
+    width = args[Q].shape[-1] // 2 if width is None else width
+    args[K] = torch.zeros(*args[K].shape[:3], width, dtype=dtype, device=args[Q].device)
+    args[V] = torch.zeros_like(args[K])
+    shape = tuple(args[K].shape[:3])
+    kwargs.update(kv_quant_mode="int4_per_token_head", k_scale_cache=torch.ones(shape, device=args[Q].device),
                   v_scale_cache=torch.ones(shape, device=args[Q].device))
 
 
@@ -373,13 +403,15 @@ def test_kv_quant_mode_forms_agree(ctx, form):
     and "fp8_per_tensor" for a per-tensor fp8 cache."""
     if not ctx.impl.is_ours:
         pytest.skip("the accepted forms of paged_kernels.unified_attention's kv_quant_mode")
-    inputs = build(tables.find("quick-int8-pertokenhead"), ctx.device, ctx.seed)
-    runs = []
-    for mode in ("int8_per_token_head", KVQuantMode.INT8_PER_TOKEN_HEAD if form == "enum" else "int8_per_token_head"):
-        out = inputs.fresh_out()
-        ctx.impl.func(*inputs.call_args(out), **{**inputs.call_kwargs(), "kv_quant_mode": mode})
-        runs.append(out)
-    assert same_bits(*runs)
+    for label, member in (("quick-int8-pertokenhead", KVQuantMode.INT8_PER_TOKEN_HEAD),
+                          ("quick-int4-pertokenhead", KVQuantMode.INT4_PER_TOKEN_HEAD)):
+        inputs = build(tables.find(label), ctx.device, ctx.seed)
+        runs = []
+        for mode in (member.name.lower(), member if form == "enum" else member.name.lower()):
+            out = inputs.fresh_out()
+            ctx.impl.func(*inputs.call_args(out), **{**inputs.call_kwargs(), "kv_quant_mode": mode})
+            runs.append(out)
+        assert same_bits(*runs), label
     fp8 = build(tables.find("quick-fp8kv"), ctx.device, ctx.seed)
     runs = []
     for mode in (None, KVQuantMode.FP8_PER_TENSOR if form == "enum" else "fp8_per_tensor"):
@@ -390,14 +422,18 @@ def test_kv_quant_mode_forms_agree(ctx, form):
 
 
 @pytest.mark.bad_input
-def test_fp8_query_with_per_token_head_cache_is_refused(ctx):
+@pytest.mark.parametrize("mode", ["fp8_per_token_head", "int4_per_token_head"])
+def test_fp8_query_with_per_token_head_cache_is_refused(ctx, mode):
     """A limit of these kernels (the reference supports it): named NotImplementedError, nothing written."""
     if not ctx.impl.is_ours:
         pytest.skip("a limit of paged_kernels.unified_attention")
     inputs = build(tables.composition_case("mixed"), ctx.device, ctx.seed)
     args, kwargs = list(inputs.call_args(inputs.fresh_out())), dict(inputs.call_kwargs())
     _fp8_query(args, torch.ones(1))
-    _quant(args, kwargs, inputs, torch.float8_e4m3fn, "fp8_per_token_head")
+    if mode == "int4_per_token_head":
+        _int4(args, kwargs, inputs)
+    else:
+        _quant(args, kwargs, inputs, torch.float8_e4m3fn, mode)
     args[KDESC] = args[VDESC] = None
     before = args[OUT].clone()
     with pytest.raises(NotImplementedError, match=r"^kv_quant_mode: fp8 queries with a per-token-head cache"):

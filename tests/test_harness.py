@@ -174,6 +174,7 @@ def _vllm_style(q, k, v, out, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_
 @pytest.mark.quick
 @pytest.mark.parametrize("label, expected", [("quick-fp8kv", _QuantMode.FP8_PER_TENSOR),
                                              ("quick-int8-pertokenhead", _QuantMode.INT8_PER_TOKEN_HEAD),
+                                             ("quick-int4-pertokenhead", _QuantMode.INT4_PER_TOKEN_HEAD),
                                              ("quick-varlen", _QuantMode.NONE)])
 def test_vllm_dialect_passes_its_own_quant_mode(device, label, expected):
     """vLLM dequantizes an fp8 cache only when told (FP8_PER_TENSOR) and takes its own enum: the
@@ -199,3 +200,35 @@ def test_every_case_field_shows_in_the_id():
     assert not untagged, f"Case fields with no id tag (attention_suite.cases.ID_TAGS): {untagged}"
     names = collections.Counter(c.name for c in tables.all_cases())
     assert not [n for n, count in names.items() if count > 1], "two cases share an id"
+
+
+@pytest.mark.harness
+def test_poisoned_int4_build_poisons_hidden_scales():
+    """INT4 bytes cannot hold NaN: the hidden slots' scales carry it; visible bytes and scales stay."""
+    case = tables.find("poison-int4-pertokenhead")
+    clean, poisoned = build(case, "cpu", 7), build(case, "cpu", 7, poison=True)
+    seen = visible_slots(case, clean.block_table.cpu(), clean.k.shape[0])
+    assert (~seen).any() and clean.k.dtype == torch.uint8 and clean.k.shape[-1] == case.head_size // 2
+    for name in ("k", "v", "k_scale_cache", "v_scale_cache"):
+        assert same_bits(getattr(clean, name)[seen], getattr(poisoned, name)[seen]), name
+    for name in ("k_scale_cache", "v_scale_cache"):
+        assert not torch.isfinite(getattr(poisoned, name)[~seen]).any(), name
+
+
+@pytest.mark.harness
+def test_int4_builder_uses_vllms_writer_where_it_imports(device, monkeypatch):
+    """Caches come from vLLM's reshape_and_cache_int4 when the peer copy imports (under the interpreter
+    it stores what reference.int4's writer stores; a GPU build may fuse an FMA, so CPU only)."""
+    from attention_suite import cases
+
+    if device != "cpu":
+        pytest.skip("bit for bit under the interpreter only")
+    if cases.int4_writer(device)[1] != "vllm":
+        pytest.skip("vLLM's peer copy does not import here: the builder uses reference.int4's writer")
+    case = tables.find("quick-int4-pertokenhead")
+    via_vllm = build(case, device, 3)
+    monkeypatch.setattr(cases, "_vllm_int4_module", lambda: None)
+    assert cases.int4_writer(device)[1] == "reference"
+    via_reference = build(case, device, 3)
+    for name in ("k", "v", "k_scale_cache", "v_scale_cache"):
+        assert same_bits(getattr(via_vllm, name), getattr(via_reference, name)), name

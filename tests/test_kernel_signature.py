@@ -12,14 +12,14 @@ from attention_suite import build, tables
 LAUNCH_OPTIONS = {"num_warps", "num_stages", "launch_pdl"}
 # Between them: a wide launch and a mixed batch's narrow one, a fused-merge split, a split with a
 # reduction launch, and every optional tensor (fp8, per-token-head scales, prefix ranges, qq_bias,
-# per-sequence causal flags, R-SWA prefix lengths, the log-sum-exp output, ...).
+# per-sequence causal flags, R-SWA prefix lengths, the log-sum-exp output, packed INT4 caches, ...).
 CASES = [("quick-mixed-narrow-boundary", None), ("quick-decode-window-sinks", True), ("quick-varlen", True),
          ("quick-prefix-ranges", True), ("quick-fp8kv-descale-seqhead", True), ("quick-int8-pertokenhead", None),
          ("quick-fp8kv-fp8out", False), ("quick-verify-tree", True), ("quick-verify-tree", False),
-         ("quick-causal-per-seq-rswa", True)]
+         ("quick-causal-per-seq-rswa", True), ("quick-int4-pertokenhead", True)]
 # Feature switches some launch of each kernel must turn on (their arguments are None while off).
 SWITCHES = {"_paged_attention_kernel": ("NARROW_Q", "FUSED_MERGE", "USE_QQ_BIAS", "ALIBI_SQRT", "PER_SEQ_CAUSAL",
-                                        "USE_RSWA", "STORE_LSE"),
+                                        "USE_RSWA", "STORE_LSE", "KV_INT4"),
             "_reduce_segments_kernel": ("USE_RSWA", "STORE_LSE")}
 
 

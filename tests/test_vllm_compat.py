@@ -37,6 +37,8 @@ MODES = {
     "fp8_per_tensor": ("bfloat16", "float8_e4m3fn", None, KVQuantMode.FP8_PER_TENSOR),
     "int8_per_token_head": ("float16", "int8", "int8_per_token_head", KVQuantMode.INT8_PER_TOKEN_HEAD),
     "fp8_per_token_head": ("bfloat16", "float8_e4m3fn", "fp8_per_token_head", KVQuantMode.FP8_PER_TOKEN_HEAD),
+    # Packed: head_size // 2 bytes per row, then the scale's 4 bytes.
+    "int4_per_token_head": ("bfloat16", "int4", "int4_per_token_head", KVQuantMode.INT4_PER_TOKEN_HEAD),
 }
 
 
@@ -59,7 +61,7 @@ def _packed_cache(inputs, quant: str | None):
 
     Per-token-head caches hold ``[K | K scale | V | V scale]`` per (block, head, slot), the scales as
     float32 bytes in the padding (vLLM's ``_ensure_scale_caches``); the others ``[K | V]``."""
-    num_blocks, block_size, num_kv_heads, head_size = inputs.k.shape
+    num_blocks, block_size, num_kv_heads, head_size = inputs.k.shape  # INT4: head_size // 2 bytes
     pad = SCALE_PAD if quant else 0
     half = head_size + pad
     one_byte = inputs.k.element_size() == 1
@@ -115,8 +117,8 @@ def vllm_call(inputs, mode: str, rows: int | None = None):
         kv_quant_mode=MODES[mode][3], k_scale_cache=k_scales, v_scale_cache=v_scales, chunk_lookback=-1,
         use_td=False, mm_prefix_clamp_sliding_window=False,
     )
-    head = case.head_size
-    ours = dataclasses.replace(inputs, k=k[..., :head], v=v[..., :head], k_scale_cache=k_scales,
+    width = inputs.k.shape[-1]  # a row's elements (INT4: bytes)
+    ours = dataclasses.replace(inputs, k=k[..., :width], v=v[..., :width], k_scale_cache=k_scales,
                                v_scale_cache=v_scales)
     return kwargs, ours
 
@@ -203,8 +205,8 @@ def test_2d_without_usable_buffers(device, why):
 
 @pytest.mark.harness
 @pytest.mark.quick
-@pytest.mark.parametrize("mode", [KVQuantMode.INT4_PER_TOKEN_HEAD, 4, KVQuantMode.NVFP4],
-                         ids=["int4", "plain-int-4", "nvfp4"])
+@pytest.mark.parametrize("mode", [KVQuantMode.NVFP4, 5, KVQuantMode.TURBOQUANT],
+                         ids=["nvfp4", "plain-int-5", "turboquant"])
 def test_unsupported_quant_mode_names_kv_quant_mode(device, mode):
     kwargs, _ = vllm_call(build(serving_case("auto", "decode", dtype="float16"), device, 0), "auto")
     out_before = kwargs["out"].clone()
@@ -257,6 +259,12 @@ def test_mapping_onto_ours(monkeypatch):
     assert args[13:16] == (None, None, None), "descales of a per-token-head cache / 16-bit queries are ignored"
     assert kwargs.pop("softmax_lse") is lse and kwargs.pop("chunk_lookback") == 1
     assert kwargs == {"kv_quant_mode": KVQuantMode.INT8_PER_TOKEN_HEAD, "workspace": None, "split_kv": False}
+
+    packed = torch.zeros(2, 16, 2, 32 // 2 + SCALE_PAD, dtype=torch.uint8)
+    unified_attention(**{**base, "k": packed, "v": packed}, kv_quant_mode=KVQuantMode.INT4_PER_TOKEN_HEAD)
+    args, kwargs = calls.pop()
+    assert args[1].shape[-1] == 16 and args[1].data_ptr() == packed.data_ptr(), "INT4: the first head_size // 2 bytes"
+    assert kwargs["kv_quant_mode"] == KVQuantMode.INT4_PER_TOKEN_HEAD
 
     unified_attention(**{**base, "window_size": (-1, -1)}, chunk_lookback=1)
     assert "chunk_lookback" not in calls.pop()[1], "vLLM turns chunking off without a window"
