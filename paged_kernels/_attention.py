@@ -36,6 +36,9 @@ Conventions shared by every kernel here:
 - Optional outputs and biases: ``STORE_LSE`` stores each row's natural-log log-sum-exp (from the
   2D epilogue's running max and exp-sum, or from the merge); ``USE_QQ_BIAS`` adds a bias between
   a sequence's new tokens, ``ALIBI_SQRT`` makes ALiBi's bias ``-slope * sqrt(p - j)``.
+- INT4 caches (``KV_INT4``, vLLM's format): rows of ``HEAD_SIZE // 2`` bytes, unpacked per tile
+  (``_unpack_int4``), stored rotated by ``R = H D``. q enters that space once per program and the
+  accumulator leaves it before any store (``_rotate_rows``); in between it is the per-token-head walk.
 - All address arithmetic that can exceed 2^31 elements is done in int64.
 - Metadata is never trusted for addressing (no input may make a kernel touch memory outside its
   tensors, and checking values on the host would need a sync): ``_sequence_extent`` clamps a
@@ -328,7 +331,7 @@ def _rht_signs(HEAD_PAD: tl.constexpr, RHT_BLOCK: tl.constexpr, RHT_SIGNS: tl.co
     negative = tl.zeros([HEAD_PAD], tl.int32)
     for word in tl.static_range((RHT_BLOCK + 15) // 16):
         bits: tl.constexpr = (RHT_SIGNS >> (16 * word)) & 0xFFFF
-        negative = tl.where(lane // 16 == word, (bits >> (lane % 16)) & 1, negative)
+        negative = tl.where(lane // 16 == word, (tl.full([HEAD_PAD], bits, tl.int32) >> (lane % 16)) & 1, negative)
     return 1.0 - 2.0 * negative.to(tl.float32)
 
 
