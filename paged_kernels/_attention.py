@@ -330,7 +330,7 @@ def _rht_signs(HEAD_PAD: tl.constexpr, RHT_BLOCK: tl.constexpr, RHT_SIGNS: tl.co
     lane = tl.arange(0, HEAD_PAD) % RHT_BLOCK
     negative = tl.zeros([HEAD_PAD], tl.int32)
     for word in tl.static_range((RHT_BLOCK + 15) // 16):
-        bits: tl.constexpr = (RHT_SIGNS >> (16 * word)) & 0xFFFF
+        bits = (RHT_SIGNS >> (16 * word)) & 0xFFFF  # a constexpr (no annotation: it is reassigned per word)
         negative = tl.where(lane // 16 == word, (tl.full([HEAD_PAD], bits, tl.int32) >> (lane % 16)) & 1, negative)
     return 1.0 - 2.0 * negative.to(tl.float32)
 
@@ -373,9 +373,12 @@ def _unpack_int4(packed, zero, KEYS_ON_ROWS: tl.constexpr):
     converts integers to bf16 wrongly (the float32 -> bf16 step is exact here)."""
     low = (packed & 0xF).to(tl.int32)
     high = (packed >> 4).to(tl.int32)
+    # if/else, not an early return: compiled Triton also traces the statements after a static branch's return.
     if KEYS_ON_ROWS:
-        return (tl.interleave(low, high) - zero[:, None]).to(tl.float32)
-    return (tl.trans(tl.interleave(tl.trans(low), tl.trans(high))) - zero[None, :]).to(tl.float32)
+        centered = tl.interleave(low, high) - zero[:, None]
+    else:
+        centered = tl.trans(tl.interleave(tl.trans(low), tl.trans(high))) - zero[None, :]
+    return centered.to(tl.float32)
 
 
 @triton.jit

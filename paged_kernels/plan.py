@@ -15,8 +15,8 @@ Heuristic:
   closest to ``PROGRAMS_PER_SM`` x num_sms programs (at least 2, at most one per KV tile and
   ``MAX_SEGMENTS``). Decision [Split-KV segment count].
 - Speculative-decoding verify batches (``max_seqlen_q`` <= ``VERIFY_MAX_QUERY_LEN``) also fit one
-  query block per sequence and walk the whole context: the same rule splits them. Decision [Split
-  verify batches].
+  query block per sequence and walk the whole context: the same rule splits them, while their grid
+  has fewer programs than SMs. Decision [Split verify batches].
 - A 2D prefill/mixed batch of two or more sequences also gets a narrow launch (``NarrowPlan``):
   one decode-sized program per (sequence, KV head) for the sequences of at most its block's
   tokens, which the wide launch skips; in prefill-sized blocks a decode fills 4 of 128 rows of
@@ -46,6 +46,9 @@ SPLIT_BELOW_PROGRAMS_PER_SM = 2
 MIN_TILES_PER_SEGMENT = 1
 # Verify batches (a few drafted tokens per sequence) split their KV like decode; vLLM's limit too.
 VERIFY_MAX_QUERY_LEN = 8
+# ... but only while their 2D grid has fewer programs than SMs: each program carries up to 8x the rows
+# of a decode one, so the split's merge costs more. Decision [Split verify batches].
+VERIFY_SPLIT_BELOW_PROGRAMS_PER_SM = 1
 # Upper bound on segments per sequence (the reduction loads all of them at once).
 MAX_SEGMENTS = 128
 # The interpreter has no multiprocessors; this nominal count makes small CPU batches split too.
@@ -212,6 +215,8 @@ def plan_launch(
         while tile > MIN_DECODE_TILE and math.ceil(span / tile) < wanted:
             tile //= 2
     heuristic_segments = choose_num_segments(programs_2d, span, tile, num_sms)
+    if verify and programs_2d >= VERIFY_SPLIT_BELOW_PROGRAMS_PER_SM * num_sms:
+        heuristic_segments = 1
     tiles = math.ceil(span / tile)
     if (decode and not (batch_invariant or interpreter or one_byte_kv) and head_pad <= 128 and heuristic_segments > 1
             and tiles <= MAX_SEGMENTS and tiles * programs_2d <= num_sms * DECODE_PROGRAMS_PER_SM.get(tile, 0)):

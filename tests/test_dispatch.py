@@ -54,7 +54,7 @@ def test_short_decode_stays_2d(planner):
 
 @pytest.mark.dispatch
 @pytest.mark.quick
-@pytest.mark.parametrize("num_seqs, q_len, seq_len", [(1, 2, 8192), (1, 8, 32_768), (8, 4, 8192), (32, 8, 4096)])
+@pytest.mark.parametrize("num_seqs, q_len, seq_len", [(1, 2, 8192), (1, 8, 32_768), (8, 4, 8192), (16, 8, 4096)])
 def test_small_verify_batch_splits_kv(planner, num_seqs, q_len, seq_len):
     """A few drafted tokens per sequence fit one query block: a grid as small as decode's, split alike."""
     plan = planner.plan_launch(**LLAMA, num_tokens=num_seqs * q_len, num_seqs=num_seqs, max_seqlen_q=q_len,
@@ -65,8 +65,8 @@ def test_small_verify_batch_splits_kv(planner, num_seqs, q_len, seq_len):
 @pytest.mark.dispatch
 @pytest.mark.quick
 def test_verify_grid_that_fills_the_device_stays_2d(planner):
-    full = planner.SPLIT_BELOW_PROGRAMS_PER_SM * H100_SMS // LLAMA["num_kv_heads"]
-    for num_seqs, q_len in ((full, 4), (4, planner.VERIFY_MAX_QUERY_LEN + 1)):
+    full = -(-planner.VERIFY_SPLIT_BELOW_PROGRAMS_PER_SM * H100_SMS // LLAMA["num_kv_heads"])  # ceil
+    for num_seqs, q_len in ((full, 4), (32, 8), (4, planner.VERIFY_MAX_QUERY_LEN + 1)):
         plan = planner.plan_launch(**LLAMA, num_tokens=num_seqs * q_len, num_seqs=num_seqs, max_seqlen_q=q_len,
                                    max_seqlen_k=8192)
         assert plan.path == "2d", plan

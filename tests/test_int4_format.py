@@ -74,7 +74,8 @@ def vllm_int4():
 @pytest.mark.reference
 @pytest.mark.parametrize("head_size", HEAD_SIZES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-def test_writer_matches_vllm_bit_for_bit(vllm_int4, dtype, head_size):
+def test_writer_matches_vllm_bit_for_bit(vllm_int4, device, dtype, head_size):
+    """vLLM's writer runs where the suite runs it (the GPU, or the CPU under the interpreter)."""
     num_blocks, block_size, num_kv_heads = 4, 4, 2
     key = random_rows((10, num_kv_heads, head_size), dtype, seed=head_size)
     value = random_rows((10, num_kv_heads, head_size), dtype, seed=head_size + 1)
@@ -89,8 +90,10 @@ def test_writer_matches_vllm_bit_for_bit(vllm_int4, dtype, head_size):
         if writer == "ours":
             int4.reshape_and_cache(key, value, *caches[:2], slots, *caches[2:])
         else:
-            vllm_int4.reshape_and_cache_int4(key, value, *caches[:2], slots, k_scale_cache=caches[2],
-                                             v_scale_cache=caches[3])
+            on_device = [c.to(device) for c in caches]
+            vllm_int4.reshape_and_cache_int4(key.to(device), value.to(device), *on_device[:2], slots.to(device),
+                                             k_scale_cache=on_device[2], v_scale_cache=on_device[3])
+            caches = [c.cpu() for c in on_device]
         results.append(caches)
     for name, ours, theirs in zip(("key_cache", "value_cache", "k_scale_cache", "v_scale_cache"), *results):
         assert torch.equal(ours.view(torch.uint8), theirs.view(torch.uint8)), name

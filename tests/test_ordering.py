@@ -1,14 +1,14 @@
 """stress tier (GPU): ordering between programs and between launches, under load.
 
 A race does not show in one small call. These run thousands of programs at once, many times, into
-NaN-filled buffers, and compare bit for bit with a launch sequence that has no such ordering to
-get wrong. The interpreter runs programs one at a time, so they are GPU-only.
+NaN-filled buffers: every repeat must give the same bits as every other and pass the tolerance rule.
+The interpreter runs programs one at a time, so they are GPU-only.
 """
 
 import pytest
 import torch
 
-from attention_suite import build, same_bits, split_workspace, tables
+from attention_suite import build, compare, same_bits, split_workspace, tables
 
 pytestmark = pytest.mark.stress
 REPEATS = 50
@@ -29,8 +29,9 @@ def _plan(paged_kernels, inputs, **kwargs):
 
 def test_fused_merge_under_load(ctx):
     """512 decodes x 8 KV heads x 4 segments: 16,384 programs, each (sequence, KV head)'s last one to
-    arrive merging its segments. Every repeat equals, bit for bit, the same partials merged by the
-    separate reduction launch (one launch after the other: no arrival to count)."""
+    arrive merging its segments from a NaN-filled workspace. A merge that reads a partial before its
+    program stored it gives NaN or a result that changes from repeat to repeat. (The reduction launch
+    merges in another order: its bits may differ, so it is no bitwise yardstick; the H100 showed so.)"""
     paged_kernels = _our_kernels(ctx)
     num_seqs, segments = 512, 4
     case = tables.composition_case("decode").with_(
@@ -38,19 +39,16 @@ def test_fused_merge_under_load(ctx):
         query_lens=(1,) * num_seqs, num_q_heads=32, num_kv_heads=8, head_size=128, num_segments=segments)
     inputs = build(case, ctx.device, ctx.seed)
     fused = split_workspace(inputs, segments)
-    two_launch = paged_kernels.Workspace.over_buffers(fused.acc, fused.max, fused.expsum, case.head_size,
-                                                      merge_counters=None)
     assert _plan(paged_kernels, inputs, split_kv=True, num_segments=segments, workspace=fused).fused_merge
-    assert not _plan(paged_kernels, inputs, split_kv=True, num_segments=segments, workspace=two_launch).fused_merge
-    expected = ctx.impl.run(inputs, "3d", workspace=two_launch, num_segments=segments)
     outs = []
     for _ in range(REPEATS):
         fused.fill_(float("nan"))  # a partial read before its program stored it is NaN
         outs.append(ctx.impl.run(inputs, "3d", workspace=fused, num_segments=segments))
     torch.cuda.synchronize()
-    differing = [i for i, out in enumerate(outs) if not same_bits(out, expected)]
-    assert not differing, (f"{len(differing)} of {REPEATS} fused-merge repeats differ from the reduction launch "
-                           f"(first: repeat {differing[0]})")
+    differing = [i for i, out in enumerate(outs) if not same_bits(out, outs[0])]
+    assert not differing, f"{len(differing)} of {REPEATS} fused-merge repeats differ from the first (first: {differing[0]})"
+    verdict = compare(inputs, outs[0])
+    assert verdict.passed, f"fused merge under load: {verdict}"
 
 
 def test_output_read_right_after_a_mixed_call(ctx):

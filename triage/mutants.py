@@ -496,6 +496,12 @@ CATALOG: tuple[Mutant, ...] = (
               "(sequence, KV head) walks the whole context",
               ("    verify = not decode and max_seqlen_q <= VERIFY_MAX_QUERY_LEN\n", "    verify = False\n"),
               killed_by="tests/test_dispatch.py::test_small_verify_batch_splits_kv (quick)"),
+    _schedule("verify-splits-like-decode",
+              "verify batches split up to decode's 2 programs per SM: a 32-sequence verify batch of 8 tokens "
+              "(256 programs on 132 SMs) splits, 0.78x the 2D time on an H100",
+              ("    if verify and programs_2d >= VERIFY_SPLIT_BELOW_PROGRAMS_PER_SM * num_sms:\n",
+               "    if verify and programs_2d >= SPLIT_BELOW_PROGRAMS_PER_SM * num_sms:\n"),
+              killed_by="tests/test_dispatch.py::test_verify_grid_that_fills_the_device_stays_2d (quick)"),
     _m("int4-nibble-order-swapped",
        "INT4 caches: a byte's high nibble read as the even dim and the low one as the odd dim",
        ("    low = (packed & 0xF).to(tl.int32)\n    high = (packed >> 4).to(tl.int32)\n",
@@ -545,14 +551,17 @@ CATALOG: tuple[Mutant, ...] = (
         "            counter_ptr = merge_counter_ptr"),
        gpu_only=True,
        note="a race between warps: tests/test_ordering.py::test_fused_merge_under_load (stress tier), "
-            "thousands of merging programs compared bitwise with the reduction launch"),
+            "thousands of merging programs from a NaN workspace, 50 repeats bitwise alike and within tolerance; "
+            "a kill not yet seen on a GPU"),
     _m("narrow-launch-no-wait",
        "the narrow launch (a programmatic dependent of the wide launch) ends without waiting for the wide "
        "launch: work queued after the call may run while the wide launch still writes out",
        ("NARROW_Q=0, AWAIT_PRIMARY=programmatic,", "NARROW_Q=0, AWAIT_PRIMARY=False,"), file="api.py",
        gpu_only=True,
        note="Hopper and later only (programmatic launches): tests/test_ordering.py::"
-            "test_output_read_right_after_a_mixed_call (stress tier)"),
+            "test_output_read_right_after_a_mixed_call (stress tier) did not kill it on an H100: the copy "
+            "queued after the call is stream-ordered behind both launches; a follow-up that is itself a "
+            "programmatic dependent may be needed, or the mutant is equivalent"),
 )
 
 BY_NAME = {m.name: m for m in CATALOG}
