@@ -431,10 +431,25 @@ def cross_section_cases() -> list[Case]:
     ]
 
 
+# Cross-section cases the quick tier keeps whatever the kill matrix says: boundary classes that no
+# catalog mutant stands for (the bugs that showed them are not in the catalog).
+QUICK_PINNED = {
+    "quick-range-ends-at-decode-query": "a prefix range ending exactly at a split decode's first query",
+}
+
 # The quick tier: the fewest cross-section cases that kill every catalog mutant the full CPU tiers
 # kill, plus cases until every class ``coverage`` finds in any table is covered. Chosen by
 # ``python -m triage cover`` from ``triage/kill_matrix.json``; ``tests/test_quick_cover.py`` checks both.
-QUICK_SELECTION = ('quick-decode-window-sinks', 'quick-chunked-window-softcap-alibi', 'quick-tiny-softcap-decode', 'quick-varlen', 'quick-fp8kv', 'quick-fp8kv-bf16-noncausal', 'quick-fp8kv-fp8out', 'quick-qlen0-padded', 'quick-block8-window', 'quick-mixed-narrow-boundary', 'quick-unlike-strides', 'quick-noncausal-window', 'quick-chunked-attn', 'quick-prefix-ranges', 'quick-int8-pertokenhead', 'quick-fp8-pertokenhead-decode', 'quick-fp8q-bf16out', 'quick-fp8q-fp8out-decode', 'quick-fp8kv-huge-bf16-queries', 'quick-fp8-pertokenhead-large-values', 'quick-fp8kv-descale-seqhead', 'quick-prefix-ranges-unclamped', 'quick-negative-scale', 'quick-zero-scale-decode', 'quick-aligned-logits-window', 'quick-window-0-gqa6', 'quick-block12-colstrided', 'quick-range-ends-at-decode-query', 'quick-verify-tree', 'quick-causal-per-seq-rswa', 'quick-int4-pertokenhead')
+QUICK_SELECTION = (
+    "quick-chunked-window-softcap-alibi", "quick-tiny-softcap-decode", "quick-varlen", "quick-fp8kv",
+    "quick-fp8kv-bf16-noncausal", "quick-fp8kv-fp8out", "quick-qlen0-padded", "quick-block8-window",
+    "quick-unlike-strides", "quick-noncausal-window", "quick-chunked-attn", "quick-prefix-ranges",
+    "quick-int8-pertokenhead", "quick-int4-pertokenhead", "quick-fp8q-bf16out", "quick-fp8q-fp8out-decode",
+    "quick-fp8kv-huge-bf16-queries", "quick-fp8-pertokenhead-large-values", "quick-negative-scale",
+    "quick-zero-scale-decode", "quick-aligned-logits-window", "quick-window-0-gqa6",
+    "quick-block12-colstrided", "quick-range-ends-at-decode-query", "quick-verify-tree",
+    "quick-causal-per-seq-rswa",
+)
 
 
 def quick_cases() -> list[Case]:

@@ -73,12 +73,17 @@ def greedy_cover(kills: dict[str, set[str]], required: set[str], fixed: set[str]
     return chosen
 
 
-def choose(matrix: dict, cross_section, all_cases, coverage) -> tuple[list[str], dict]:
+def choose(matrix: dict, cross_section, all_cases, coverage, pinned: dict | None = None) -> tuple[list[str], dict]:
     """(labels of the quick cases in cross-section order, why: {label: reason}).
 
     ``cross_section``: the candidate cases; ``all_cases``: every table's cases (the classes to
-    cover); ``coverage``: case -> its classes (``tables.coverage``)."""
+    cover); ``coverage``: case -> its classes (``tables.coverage``); ``pinned``: {label: reason} of
+    cases quick keeps whatever the matrix says (a boundary class no catalog mutant stands for)."""
     labels = [c.label for c in cross_section]
+    pinned = dict(pinned or {})
+    unknown = sorted(set(pinned) - set(labels))
+    if unknown:
+        raise ValueError(f"pinned cases not in the cross-section: {unknown}")
     kills: dict[str, set[str]] = {f"case:{lb}": set() for lb in labels}
     fixed, required = set(), set()
     for name, row in matrix["mutants"].items():
@@ -88,7 +93,8 @@ def choose(matrix: dict, cross_section, all_cases, coverage) -> tuple[list[str],
             kills.setdefault(unit, set()).add(name)
             if not unit.startswith("case:"):
                 fixed.add(unit)
-    why = {}
+    why = {label: f"pinned: {reason}" for label, reason in pinned.items()}
+    fixed |= {f"case:{label}" for label in pinned}
     for unit in greedy_cover(kills, required, fixed):
         label = unit.removeprefix("case:")
         why[label] = "kills " + ", ".join(sorted(kills[unit]))
@@ -123,7 +129,7 @@ def run(matrix_path: str = str(KILL_MATRIX), from_run: str | None = None, full_k
         Path(matrix_path).write_text(json.dumps(matrix, indent=1, sort_keys=True) + "\n")
         print(f"wrote {matrix_path} ({len(rows['mutants'])} rows from the run)")
     matrix = load(Path(matrix_path))
-    chosen, why = choose(matrix, cross, tables.all_cases(), tables.coverage)
+    chosen, why = choose(matrix, cross, tables.all_cases(), tables.coverage, tables.QUICK_PINNED)
     required = sorted(n for n, r in matrix["mutants"].items() if r["full_tiers_kill"])
     missed = sorted(n for n, r in matrix["mutants"].items() if not r["full_tiers_kill"])
     print(f"{len(required)} mutants killed by the full tiers, {len(missed)} by none: {', '.join(missed) or '-'}")
