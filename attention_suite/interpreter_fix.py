@@ -1,4 +1,4 @@
-"""Narrowly scoped fixes for two Triton interpreter bugs, installed by the test harness.
+"""Narrowly scoped fixes for three Triton interpreter bugs, installed by the test harness.
 
 1. bf16 ``tl.dot`` (triton issue #11584): the interpreter keeps bf16 tensors as uint16 bit
    patterns and ``create_dot`` multiplies those integers. The fix widens bf16 operands to
@@ -6,6 +6,8 @@
 2. float32 -> fp8 e4m3 casts: ``create_fp_to_fp`` drops the rounding carry into the exponent
    and rounds ties away from even. The fix does that one conversion through torch, which
    rounds to nearest-even like the GPU's ``cvt.rn``.
+3. integer -> bf16 casts: ``cast_impl`` stores the integer as the bf16 bit pattern. The fix goes
+   through float32 (exact for int8) and the interpreter's own float32 -> bf16 conversion.
 
 Each fix is installed only when its probe (``paged_kernels._interpreter_probe``) shows the bug, only
 on builders whose method has the known signature, and it checks itself: after installing, the
@@ -58,11 +60,24 @@ def _fixed_fp8_cast(original):
     return create_fp_to_fp
 
 
+def _fixed_int_to_bf16(original):
+    import triton.language as tl
+
+    def create_si_to_fp(self, src, dst_type):
+        if dst_type.scalar == tl.bfloat16:
+            return self.cast_impl(self.cast_impl(src, tl.float32), dst_type)
+        return original(self, src, dst_type)
+
+    return create_si_to_fp
+
+
 FIXES = (
     _Fix("bf16 tl.dot (triton #11584)", "create_dot",
          ("self", "a", "b", "d", "input_precision", "max_num_imprecise_acc"), "bf16_dot_is_exact", _fixed_dot),
     _Fix("fp32->fp8e4m3 cast rounding", "create_fp_to_fp",
          ("self", "src", "dst_type", "rounding_mode"), "fp8_cast_is_exact", _fixed_fp8_cast),
+    _Fix("int -> bf16 cast", "create_si_to_fp", ("self", "src", "dst_type"), "int_to_bf16_is_exact",
+         _fixed_int_to_bf16),
 )
 _installed: set[str] = set()
 

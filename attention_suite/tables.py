@@ -115,6 +115,8 @@ def feature_cases() -> list[Case]:
         "fp8kv-descale-v-seqhead": dict(kv_dtype="float8_e4m3fn", descale_per_head="v"),
         "fp8kv-descale-k-seqhead": dict(kv_dtype="float8_e4m3fn", descale_per_head="k", dtype="bfloat16"),
         "int8kv-pertokenhead": dict(kv_dtype="int8", kv_quant_mode="int8_per_token_head"),
+        # int8 -> bf16 in the kernel (the interpreter needs its int -> bf16 cast fix for this one).
+        "int8kv-pertokenhead-bf16q": dict(kv_dtype="int8", kv_quant_mode="int8_per_token_head", dtype="bfloat16"),
         # fp8 queries against an fp8 cache: bf16 or fp8 output.
         "fp8q-bf16out": dict(dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="bfloat16"),
         "fp8q-fp8out": dict(dtype="float8_e4m3fn", kv_dtype="float8_e4m3fn", out_dtype="float8_e4m3fn", sinks=True),
@@ -383,6 +385,8 @@ def cross_section_cases() -> list[Case]:
         _case("quick-prefix-ranges", "chunked", window_size=(5, -1), mm_prefix_range=((0, 44, 58), (1, 28, 40)),
               mm_prefix_clamp_sliding_window=True, num_segments=3),
         # Per-token-head quantized caches, int8 and fp8.
+        _case("quick-int8-pertokenhead-bf16-decode", "decode", dtype="bfloat16", kv_dtype="int8",
+              kv_quant_mode="int8_per_token_head", num_segments=3),
         _case("quick-int8-pertokenhead", "chunked", kv_dtype="int8", kv_quant_mode="int8_per_token_head", window_size=(19, -1),
               layout="kv_combined"),
         _case("quick-fp8-pertokenhead-decode", "decode", kv_dtype="float8_e4m3fn", kv_quant_mode="fp8_per_token_head",
@@ -444,11 +448,11 @@ QUICK_SELECTION = (
     "quick-chunked-window-softcap-alibi", "quick-tiny-softcap-decode", "quick-varlen", "quick-fp8kv",
     "quick-fp8kv-bf16-noncausal", "quick-fp8kv-fp8out", "quick-qlen0-padded", "quick-block8-window",
     "quick-unlike-strides", "quick-noncausal-window", "quick-chunked-attn", "quick-prefix-ranges",
-    "quick-int8-pertokenhead", "quick-int4-pertokenhead", "quick-fp8q-bf16out", "quick-fp8q-fp8out-decode",
-    "quick-fp8kv-huge-bf16-queries", "quick-fp8-pertokenhead-large-values", "quick-negative-scale",
-    "quick-zero-scale-decode", "quick-aligned-logits-window", "quick-window-0-gqa6",
-    "quick-block12-colstrided", "quick-range-ends-at-decode-query", "quick-verify-tree",
-    "quick-causal-per-seq-rswa",
+    "quick-int8-pertokenhead-bf16-decode", "quick-int8-pertokenhead", "quick-int4-pertokenhead",
+    "quick-fp8q-bf16out", "quick-fp8q-fp8out-decode", "quick-fp8kv-huge-bf16-queries",
+    "quick-fp8-pertokenhead-large-values", "quick-negative-scale", "quick-zero-scale-decode",
+    "quick-aligned-logits-window", "quick-window-0-gqa6", "quick-block12-colstrided",
+    "quick-range-ends-at-decode-query", "quick-verify-tree", "quick-causal-per-seq-rswa",
 )
 
 

@@ -5,6 +5,8 @@
 - fp8 e4m3 x fp8 e4m3 ``tl.dot`` (fp8 queries against an fp8 cache): checked the same way.
 - float32 -> fp8 e4m3 casts: the affected versions drop the rounding carry into the exponent
   (31.99 becomes 16, not 32) and round ties away from even.
+- integer -> bf16 casts: the affected versions store the integer itself as the bf16 bit pattern
+  (1 becomes 9.2e-41, -1 NaN).
 Each probe runs a tiny kernel and compares with torch; the kernels refuse the affected dtype
 under the interpreter while its probe fails, instead of returning wrong results.
 """
@@ -64,6 +66,23 @@ def fp8_cast_is_exact() -> bool:
     return fp8_cast_mismatches() == 0
 
 
+# Every int8 value: an int8 cache's K/V convert to bf16 queries' dtype in the kernel.
+_INT_PROBE_VALUES = tuple(range(-128, 128))
+
+
+def int_to_bf16_mismatches() -> int:
+    """How many int8 values the interpreter's int8 -> bf16 cast gets wrong (0 when right)."""
+    x = torch.tensor(_INT_PROBE_VALUES, dtype=torch.int8)
+    y = torch.empty(len(_INT_PROBE_VALUES), dtype=torch.bfloat16)
+    _fp8_cast_probe_kernel[(1,)](x, y, N=len(_INT_PROBE_VALUES))
+    return int((y.float() != x.float()).sum())
+
+
+@functools.lru_cache(maxsize=None)
+def int_to_bf16_is_exact() -> bool:
+    return int_to_bf16_mismatches() == 0
+
+
 def fp8_dot_error() -> float:
     """Max abs error of a 16x16 float8_e4m3fn x float8_e4m3fn tl.dot against torch (0.0 when right).
 
@@ -86,3 +105,4 @@ def reset() -> None:
     fp8_dot_is_exact.cache_clear()
     bf16_dot_is_exact.cache_clear()
     fp8_cast_is_exact.cache_clear()
+    int_to_bf16_is_exact.cache_clear()

@@ -61,7 +61,7 @@ def _compute_capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
-def _check_backend(q: torch.Tensor, out: torch.Tensor) -> None:
+def _check_backend(q: torch.Tensor, k: torch.Tensor, out: torch.Tensor) -> None:
     if q.device.type == "cpu" and not interpreting():
         raise ValueError("q: CPU tensors need the Triton interpreter; set TRITON_INTERPRET=1 before importing triton")
     if not interpreting():
@@ -75,6 +75,10 @@ def _check_backend(q: torch.Tensor, out: torch.Tensor) -> None:
     if q.dtype in FP8_CACHE_DTYPES and not probe.fp8_dot_is_exact():
         raise NotImplementedError(
             "q: float8_e4m3fn x float8_e4m3fn tl.dot is wrong under this Triton interpreter; run on a GPU")
+    if q.dtype == torch.bfloat16 and k.dtype == torch.int8 and not probe.int_to_bf16_is_exact():
+        raise NotImplementedError(
+            "k: int8 -> bfloat16 casts store the integer as the bit pattern under this Triton interpreter; "
+            "run on a GPU, or install the test harness's interpreter fix first")
     if out.dtype in FP8_CACHE_DTYPES and not probe.fp8_cast_is_exact():
         raise NotImplementedError(
             "out: float32 -> fp8 casts round wrongly under this Triton interpreter; "
@@ -214,7 +218,7 @@ def unified_attention(
     if checked:
         validate_metadata(q, k, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table,
                           mm_prefix_range=mm_prefix_range)
-    _check_backend(q, out)
+    _check_backend(q, k, out)
     plan = _plan(spec, q.device)
     if spec.empty:
         return out  # nothing to attend: launch nothing, leave out as it is

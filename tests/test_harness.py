@@ -43,7 +43,7 @@ def test_this_worker_is_on_its_gpu(request):
 
 @pytest.mark.harness
 @pytest.mark.quick
-@pytest.mark.parametrize("fix_index", [0, 1], ids=["bf16-dot", "fp8-cast"])
+@pytest.mark.parametrize("fix_index", [0, 1, 2], ids=["bf16-dot", "fp8-cast", "int-bf16-cast"])
 def test_interpreter_fix(device, fix_index):
     """Each installed fix is needed (its probe fails without it) and sufficient (passes with it)."""
     if device != "cpu":
