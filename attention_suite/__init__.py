@@ -18,7 +18,7 @@ _PUBLIC = {
     # cases: one call as data, and the builder of its tensors
     "Case": "cases", "Inputs": "cases", "build": "cases", "visible_slots": "cases", "slice_sequence": "cases",
     "scatter_block_table": "cases", "case_from_dict": "cases", "DTYPES": "cases", "LAYOUTS": "cases",
-    "per_tensor_fp8_descale": "cases", "per_token_head_quantize": "cases",
+    "per_tensor_fp8_descale": "cases", "per_token_head_quantize": "cases", "vllm_int4_module": "cases",
     # the rule and the reference pair
     "Verdict": "tolerance", "judge": "tolerance", "as_values": "tolerance",
     "Context": "check", "reference_outputs": "check", "reference_pair": "check", "compare": "check",

@@ -68,7 +68,7 @@ def per_token_head_quantize(x: torch.Tensor, kv_dtype: str) -> tuple[torch.Tenso
 
 
 @functools.lru_cache(maxsize=None)
-def _vllm_int4_module():
+def vllm_int4_module():
     """vLLM's ``int4_per_token_head`` module from the peer copy (``benchmarks.peers.vllm_dir()``), or None
     where it is absent or does not import."""
     from benchmarks.peers import vllm_dir
@@ -97,7 +97,7 @@ def int4_writer(device) -> tuple[object, str]:
 
     device = torch.device(device)
     runnable = device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
-    module = _vllm_int4_module() if runnable else None
+    module = vllm_int4_module() if runnable else None
     if module is None:
         return reference_int4.reshape_and_cache, "reference"
 

@@ -369,8 +369,8 @@ def _unpack_int4(packed, zero, KEYS_ON_ROWS: tl.constexpr):
     """A loaded INT4 tile of bytes, ``[keys, HEAD_PAD // 2]`` (``KEYS_ON_ROWS``) or ``[HEAD_PAD // 2,
     keys]``, as ``[keys, HEAD_PAD]`` / ``[HEAD_PAD, keys]`` float32 ``u - zero`` (integers in [-15, 15]:
     exact in every dot dtype; the scale multiplies scores or probabilities, as for int8). Byte i holds
-    dim 2i in its low nibble, dim 2i + 1 in its high one. Float32, not int32: the Triton interpreter
-    converts integers to bf16 wrongly (the float32 -> bf16 step is exact here)."""
+    dim 2i in its low nibble, dim 2i + 1 in its high one. Float32, not int32: an unfixed Triton
+    interpreter casts integers to bf16 as bit patterns (the float32 -> bf16 step is exact here)."""
     low = (packed & 0xF).to(tl.int32)
     high = (packed >> 4).to(tl.int32)
     # if/else, not an early return: compiled Triton also traces the statements after a static branch's return.

@@ -165,10 +165,12 @@ def _floor_power_of_2(n: int) -> int:
     return 1 << (max(n, 1).bit_length() - 1)
 
 
-def choose_num_segments(programs_2d: int, max_seqlen_k: int, tile_size: int, num_sms: int) -> int:
-    """Segments per sequence for a decode grid of ``programs_2d`` programs; 1 means "stay 2D"."""
+def choose_num_segments(programs_2d: int, max_seqlen_k: int, tile_size: int, num_sms: int,
+                        split_below: int = SPLIT_BELOW_PROGRAMS_PER_SM) -> int:
+    """Segments per sequence for a decode grid of ``programs_2d`` programs; 1 means "stay 2D" (always
+    from ``split_below`` programs per SM on)."""
     programs_2d = max(programs_2d, 1)
-    if programs_2d >= SPLIT_BELOW_PROGRAMS_PER_SM * num_sms:
+    if programs_2d >= split_below * num_sms:
         return 1
     tiles = math.ceil(max_seqlen_k / tile_size) // MIN_TILES_PER_SEGMENT
     cap = _floor_power_of_2(min(tiles, MAX_SEGMENTS))
@@ -214,9 +216,9 @@ def plan_launch(
         wanted = PROGRAMS_PER_SM * num_sms / max(programs_2d, 1)
         while tile > MIN_DECODE_TILE and math.ceil(span / tile) < wanted:
             tile //= 2
-    heuristic_segments = choose_num_segments(programs_2d, span, tile, num_sms)
-    if verify and programs_2d >= VERIFY_SPLIT_BELOW_PROGRAMS_PER_SM * num_sms:
-        heuristic_segments = 1
+    heuristic_segments = choose_num_segments(
+        programs_2d, span, tile, num_sms,
+        VERIFY_SPLIT_BELOW_PROGRAMS_PER_SM if verify else SPLIT_BELOW_PROGRAMS_PER_SM)
     tiles = math.ceil(span / tile)
     if (decode and not (batch_invariant or interpreter or one_byte_kv) and head_pad <= 128 and heuristic_segments > 1
             and tiles <= MAX_SEGMENTS and tiles * programs_2d <= num_sms * DECODE_PROGRAMS_PER_SM.get(tile, 0)):

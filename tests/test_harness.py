@@ -227,7 +227,7 @@ def test_int4_builder_uses_vllms_writer_where_it_imports(device, monkeypatch):
         pytest.skip("vLLM's peer copy does not import here: the builder uses reference.int4's writer")
     case = tables.find("quick-int4-pertokenhead")
     via_vllm = build(case, device, 3)
-    monkeypatch.setattr(cases, "_vllm_int4_module", lambda: None)
+    monkeypatch.setattr(cases, "vllm_int4_module", lambda: None)
     assert cases.int4_writer(device)[1] == "reference"
     via_reference = build(case, device, 3)
     for name in ("k", "v", "k_scale_cache", "v_scale_cache"):

@@ -7,13 +7,13 @@ the quantization step, attention in the original space against vLLM's rotated-sp
 """
 
 import math
-import sys
 
 import pytest
 import torch
 
 import reference
 from reference import int4
+from attention_suite import vllm_int4_module
 from benchmarks.peers import VLLM_DIR_ENV, vllm_dir
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -57,25 +57,20 @@ def random_rows(shape, dtype, seed):
 
 @pytest.fixture(scope="module")
 def vllm_int4():
-    folder = vllm_dir()
-    source = folder / "vllm" / "v1" / "attention" / "ops" / "int4_per_token_head.py"
-    if not source.is_file():
-        pytest.skip(f"vLLM peer copy not found at {folder} (set {VLLM_DIR_ENV})")
-    # Appended, never prepended: the peer folder holds a reference/ of its own.
-    sys.path.append(str(folder))
-    try:
-        from vllm.v1.attention.ops import int4_per_token_head
-
-        yield int4_per_token_head
-    finally:
-        sys.path.remove(str(folder))
+    module = vllm_int4_module()  # the suite's own loader of the peer's module
+    if module is None:
+        pytest.skip(f"vLLM peer copy not found or not importable at {vllm_dir()} (set {VLLM_DIR_ENV})")
+    return module
 
 
 @pytest.mark.reference
 @pytest.mark.parametrize("head_size", HEAD_SIZES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 def test_writer_matches_vllm_bit_for_bit(vllm_int4, device, dtype, head_size):
-    """vLLM's writer runs where the suite runs it (the GPU, or the CPU under the interpreter)."""
+    """Under the interpreter, where vLLM's Triton writer computes as written; compiled, it may contract
+    a multiply-add into an FMA (as test_harness's builder test says), which no one has checked yet."""
+    if device != "cpu":
+        pytest.skip("bit for bit under the interpreter only")
     num_blocks, block_size, num_kv_heads = 4, 4, 2
     key = random_rows((10, num_kv_heads, head_size), dtype, seed=head_size)
     value = random_rows((10, num_kv_heads, head_size), dtype, seed=head_size + 1)
@@ -90,10 +85,8 @@ def test_writer_matches_vllm_bit_for_bit(vllm_int4, device, dtype, head_size):
         if writer == "ours":
             int4.reshape_and_cache(key, value, *caches[:2], slots, *caches[2:])
         else:
-            on_device = [c.to(device) for c in caches]
-            vllm_int4.reshape_and_cache_int4(key.to(device), value.to(device), *on_device[:2], slots.to(device),
-                                             k_scale_cache=on_device[2], v_scale_cache=on_device[3])
-            caches = [c.cpu() for c in on_device]
+            vllm_int4.reshape_and_cache_int4(key, value, *caches[:2], slots, k_scale_cache=caches[2],
+                                             v_scale_cache=caches[3])
         results.append(caches)
     for name, ours, theirs in zip(("key_cache", "value_cache", "k_scale_cache", "v_scale_cache"), *results):
         assert torch.equal(ours.view(torch.uint8), theirs.view(torch.uint8)), name

@@ -499,8 +499,8 @@ CATALOG: tuple[Mutant, ...] = (
     _schedule("verify-splits-like-decode",
               "verify batches split up to decode's 2 programs per SM: a 32-sequence verify batch of 8 tokens "
               "(256 programs on 132 SMs) splits, 0.78x the 2D time on an H100",
-              ("    if verify and programs_2d >= VERIFY_SPLIT_BELOW_PROGRAMS_PER_SM * num_sms:\n",
-               "    if verify and programs_2d >= SPLIT_BELOW_PROGRAMS_PER_SM * num_sms:\n"),
+              ("VERIFY_SPLIT_BELOW_PROGRAMS_PER_SM if verify else SPLIT_BELOW_PROGRAMS_PER_SM)",
+               "SPLIT_BELOW_PROGRAMS_PER_SM)"),
               killed_by="tests/test_dispatch.py::test_verify_grid_that_fills_the_device_stays_2d (quick)"),
     _m("int4-nibble-order-swapped",
        "INT4 caches: a byte's high nibble read as the even dim and the low one as the odd dim",
