@@ -6,7 +6,8 @@ A varlen batch becomes one dense call per group of sequences that share ``(q_len
 
 Masks: ``q_len == kv_len`` uses ``is_causal=True``; ``q_len == 1`` needs no mask (the query is
 the last position); anything else (a chunk after cached context) needs the bottom-right causal
-mask: ``causal_lower_right`` for flash, an explicit boolean mask for cuDNN.
+mask: ``causal_lower_right`` for flash, an explicit boolean mask for cuDNN. A verify batch's draft
+tree narrows that mask among the new tokens (cuDNN only: flash takes no arbitrary mask).
 
 GQA: first ``enable_gqa=True``; if the backend rejects it, K/V heads are expanded to the query
 heads (materialized, so the call reads ``num_q_heads / num_kv_heads`` times the KV bytes) and
@@ -104,6 +105,16 @@ def _try_once(baseline: SdpaBaseline) -> str | None:
             return _failure_reason(exc, caught)
 
 
+def bottom_right_mask(point, q_len: int, kv_len: int, device) -> torch.Tensor:
+    """Boolean ``[q_len, kv_len]``: the keys each of ``q_len`` queries at the end of a ``kv_len``-key
+    sequence sees (causal; among the new tokens only ancestors and self under a draft tree)."""
+    rows = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+    mask = torch.arange(kv_len, device=device)[None, :] <= rows
+    if point.tree:
+        mask[:, kv_len - q_len:] = torch.tensor(point.tree_visible(), device=device)
+    return mask
+
+
 def build_sdpa(name: str, inputs: PagedInputs, copies: int | None = None) -> SdpaBaseline:
     """Contiguous copies of the point's KV and a ready-to-time baseline, or BaselineUnavailable."""
     if name not in BASELINES:
@@ -112,6 +123,8 @@ def build_sdpa(name: str, inputs: PagedInputs, copies: int | None = None) -> Sdp
     copies = inputs.copies if copies is None else copies
     h, hkv, d = point.num_q_heads, point.num_kv_heads, point.head_size
     ranges = inputs.token_ranges()
+    if point.tree and name == "sdpa-flash":
+        raise BaselineUnavailable("a draft tree needs an arbitrary mask; the flash backend takes none")
     by_shape: dict[tuple[int, int], list[int]] = {}
     for i, s in enumerate(point.seqs):
         by_shape.setdefault(s, []).append(i)
@@ -136,8 +149,7 @@ def build_sdpa(name: str, inputs: PagedInputs, copies: int | None = None) -> Sdp
 
                     g.mask = causal_lower_right(q_len, kv_len)
                 else:
-                    rows = torch.arange(q_len, device=idx.device)[:, None] + (kv_len - q_len)
-                    g.mask = torch.arange(kv_len, device=idx.device)[None, :] <= rows
+                    g.mask = bottom_right_mask(point, q_len, kv_len, idx.device)
             groups.append(g)
         return groups
 

@@ -98,9 +98,15 @@ def build_flex(inputs, compile: bool) -> FlexBaseline:
     rows = torch.arange(b, device=device)[:, None].expand(b, max_blocks)
     used = logical < torch.tensor(point.blocks_per_seq(), device=device)[:, None]
 
+    tree = torch.tensor(point.tree_visible(), device=device) if point.tree else None
+
     def causal_bottom_right(bi, hi, q_idx, kv_idx):
         # Queries sit at the end of their sequence: query i sees keys up to kv_len - q_len + i.
-        return kv_idx <= q_idx + (kv_len[bi] - q_len)
+        causal = kv_idx <= q_idx + (kv_len[bi] - q_len)
+        if tree is None:
+            return causal
+        new = kv_idx - (kv_len[bi] - q_len)  # among the new tokens, a draft tree's ancestors only
+        return causal & ((new < 0) | tree[q_idx, new.clamp(0, q_len - 1)])
 
     logical_mask = create_block_mask(causal_bottom_right, b, None, q_len, max_blocks * page,
                                      device=device, BLOCK_SIZE=(128, page))

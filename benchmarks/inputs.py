@@ -63,6 +63,7 @@ class PagedInputs:
     v_descale: torch.Tensor | None = None
     k_scale_cache: torch.Tensor | None = None  # int8/int4-pth: float32 [num_blocks, block_size, num_kv_heads]
     v_scale_cache: torch.Tensor | None = None
+    qq_bias: torch.Tensor | None = None  # a draft tree's float32 [q_len, q_len] bias (0 / -inf)
 
     @property
     def copies(self) -> int:
@@ -89,6 +90,10 @@ class PagedInputs:
         if self.k_scale_cache is not None:
             kw.update(k_scale_cache=self.k_scale_cache, v_scale_cache=self.v_scale_cache)
         return kw
+
+    def feature_kwargs(self) -> dict:
+        """``unified_attention``'s keywords for the point's features beyond the cache formats."""
+        return {} if self.qq_bias is None else {"qq_bias": self.qq_bias}
 
     def q_values(self, copy: int) -> torch.Tensor:
         """Copy ``copy``'s queries in the compute dtype (dequantized for fp8 queries)."""
@@ -182,7 +187,11 @@ def _metadata(point: Point, device) -> dict:
     cu = torch.zeros(point.num_seqs + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(torch.tensor(q_lens, dtype=torch.int32), 0)
     seqused = torch.tensor([kl for _, kl in point.seqs], dtype=torch.int32)
-    return dict(cu_seqlens_q=cu.to(device), seqused_k=seqused.to(device), softmax_scale=point.head_size ** -0.5)
+    meta = dict(cu_seqlens_q=cu.to(device), seqused_k=seqused.to(device), softmax_scale=point.head_size ** -0.5)
+    if point.tree:
+        visible = torch.tensor(point.tree_visible())
+        meta["qq_bias"] = torch.zeros(visible.shape).masked_fill_(~visible, float("-inf")).to(device)
+    return meta
 
 
 def _unfilled_inputs(point: Point, device, cache_shape, q_shape, out, tables) -> PagedInputs:

@@ -193,6 +193,11 @@ class Peer:
             extra, config = vllm_backend_args(point, inputs.q[0].device)
         descales, quant = self.quant_args(inputs)
         extra.update(quant)
+        features = inputs.feature_kwargs()
+        missing = [n for n in features if n not in self.impl.params]
+        if missing:
+            raise PeerUnsupported(f"{self.spec.target} has no {', '.join(missing)} argument(s); not run")
+        extra.update(features)
         func = self.impl.func
         if self.style == "split_kv" and "workspace" in self.impl.params:
             workspace = self._workspace(inputs, quant)

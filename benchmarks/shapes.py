@@ -35,6 +35,9 @@ BATCHES_AT_4K = (4, 16, 64, 256)
 # Verify batches: (batch, KV length) and the drafted tokens per sequence.
 VERIFY_BATCHES = ((1, 8_192), (1, 32_768), (8, 8_192), (32, 4_096))
 VERIFY_QUERY_LENS = (2, 4, 8)
+# A draft tree of 4 tokens (parent of each; -1: the root), verified with a qq_bias that hides every new
+# token but a token's ancestors and itself (EAGLE-style tree attention).
+VERIFY_TREE = (-1, 0, 0, 1)
 
 
 @dataclass(frozen=True)
@@ -74,12 +77,27 @@ class Point:
     note: str = ""
     kv_format: str = "bf16"  # a KV_ELEMENT_BYTES key: "bf16", "fp8" (per tensor), "int8-pth"/"int4-pth" (per token-head)
     q_format: str = "bf16"  # "bf16" or "fp8" (needs an fp8 cache); the output is bf16 either way
+    tree: tuple[int, ...] = ()  # a verify batch's draft tree: each new token's parent (-1: root); () none
 
     def __post_init__(self):
         if self.kv_format not in KV_ELEMENT_BYTES or self.q_format not in Q_ELEMENT_BYTES:
             raise ValueError(f"{self.name}: unknown kv_format {self.kv_format!r} or q_format {self.q_format!r}")
         if self.q_format == "fp8" and self.kv_format != "fp8":
             raise ValueError(f"{self.name}: fp8 queries need the per-tensor fp8 cache")
+        if self.tree and (any(q != len(self.tree) for q, _ in self.seqs) or self.tree[0] != -1
+                          or any(not 0 <= parent < i for i, parent in enumerate(self.tree) if i)):
+            raise ValueError(f"{self.name}: tree {self.tree} must give every sequence's new tokens a parent "
+                             "before them (the first is the root, -1)")
+
+    def tree_visible(self) -> list[list[bool]]:
+        """``[i][j]``: new token i sees new token j (j is i or one of its ancestors); [] without a tree."""
+        visible = [[False] * len(self.tree) for _ in self.tree]
+        for i in range(len(self.tree)):
+            j = i
+            while j >= 0:
+                visible[i][j] = True
+                j = self.tree[j]
+        return visible
 
     # -- derived sizes ------------------------------------------------------------------
     @property
@@ -141,7 +159,11 @@ class Point:
         return sum(self.blocks_per_seq()) * self.block_size * self.slot_bytes() * 2
 
     def visible_pairs(self) -> int:
-        """(query, key) pairs the causal mask lets through, with queries at the end of their sequence."""
+        """(query, key) pairs the causal mask (and a draft tree) lets through, with queries at the end of
+        their sequence."""
+        if self.tree:
+            among_new = sum(map(sum, self.tree_visible()))
+            return sum(q * (k - q) + among_new for q, k in self.seqs)
         return sum(causal_pairs(q, k) for q, k in self.seqs)
 
     def flops(self) -> int:
@@ -159,7 +181,8 @@ class Point:
         heads = f"{self.num_q_heads}/{self.num_kv_heads}x{self.head_size}"
         parts = [f"{n} x (q={q}, kv={k})" for (q, k), n in self.shape_groups().items()]
         formats = f" ({self.formats})" if self.quantized else ""
-        return f"{self.kind} {heads}{formats}: " + " + ".join(parts)
+        tree = f", draft tree {self.tree} by qq_bias" if self.tree else ""
+        return f"{self.kind} {heads}{formats}{tree}: " + " + ".join(parts)
 
     def scaled(self, factor: int) -> "Point":
         """The same point with every length divided by ``factor`` (at least 1): for CPU dry runs.
@@ -216,6 +239,9 @@ def build_points() -> list[Point]:
             target = Target("pct_floor", 85.0) if (bs, L) == (1, 32_768) else None
             pts.append(Point(f"verify-q{q}-bs{bs}-L{L}", "verify", f"verify-bs{bs}-L{L}", ((q, L),) * bs,
                              quick=(q, bs, L) in ((4, 1, 32_768), (8, 32, 4_096)), target=target, **LLAMA))
+    q = len(VERIFY_TREE)
+    pts.append(Point(f"verify-tree{q}-bs8-L8192", "verify", "verify-tree", ((q, 8_192),) * 8, tree=VERIFY_TREE,
+                     note=f"draft tree {VERIFY_TREE} (parents) as a qq_bias of 0 / -inf", **LLAMA))
     # Prefill (causal, q_len == kv_len) and mixed (chunked prefill beside decodes).
     pts.append(Point("prefill-4x2048", "prefill", "prefill", ((2_048, 2_048),) * 4, quick=True,
                      target=Target("tflops", 250.0), **LLAMA))

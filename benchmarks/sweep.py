@@ -90,7 +90,7 @@ def _ours(inputs, ws, **kw) -> list[Callable[[], object]]:
             return paged_kernels.unified_attention(
                 inputs.q[c], inputs.k_cache, inputs.v_cache, inputs.out[c], inputs.cu_seqlens_q,
                 inputs.max_seqlen_q, inputs.seqused_k, inputs.max_seqlen_k, inputs.softmax_scale, True, (-1, -1),
-                inputs.block_tables[c], 0.0, **inputs.quant_kwargs(), workspace=ws, **kw)
+                inputs.block_tables[c], 0.0, **inputs.quant_kwargs(), **inputs.feature_kwargs(), workspace=ws, **kw)
         return call
 
     return [make(c) for c in range(inputs.copies)]

@@ -208,3 +208,26 @@ def test_bench_split_kv_peer_gets_its_own_preallocated_workspace():
                              inputs.max_seqlen_k)
     assert workspace.num_segments == plan.num_segments and workspace.max_num_tokens == inputs.q[0].shape[0]
     assert "preallocated workspace" in calls.config
+
+
+def test_bench_tree_point_bias_and_baseline_mask_agree():
+    """The tree verify point's qq_bias (ours, vLLM) and the boolean mask its SDPA baseline gets hide the
+    same keys: the reference with the bias equals dense attention under the mask, per sequence."""
+    import reference
+    from benchmarks.baselines import bottom_right_mask
+
+    point = _point(f"verify-tree{len(shapes.VERIFY_TREE)}-bs8-L8192").scaled(256)
+    x = build_inputs(point, 1, "cpu", torch.float32)
+    out = reference.unified_attention(x.q[0], x.k_cache, x.v_cache, torch.empty_like(x.q[0]), x.cu_seqlens_q,
+                                      x.max_seqlen_q, x.seqused_k, x.max_seqlen_k, x.softmax_scale, True, (-1, -1),
+                                      x.block_tables[0], 0.0, None, None, None, qq_bias=x.qq_bias)
+    q_len, kv_len = point.seqs[0]
+    mask = bottom_right_mask(point, q_len, kv_len, "cpu")
+    assert not mask[:, kv_len - q_len:].tril().all(), "the tree hides no new token: the point tests no tree"
+    k, v = x.dense_kv(0, list(range(point.num_seqs)))
+    group = point.num_q_heads // point.num_kv_heads
+    for s, (start, end) in enumerate(x.token_ranges()):
+        q = x.q[0][start:end].transpose(0, 1)  # [heads, q_len, d]
+        ks, vs = (t[s].transpose(0, 1).repeat_interleave(group, 0) for t in (k, v))
+        dense = torch.nn.functional.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, scale=x.softmax_scale)
+        torch.testing.assert_close(out[start:end], dense.transpose(0, 1), rtol=1e-5, atol=1e-5)

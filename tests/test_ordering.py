@@ -51,10 +51,31 @@ def test_fused_merge_under_load(ctx):
     assert verdict.passed, f"fused merge under load: {verdict}"
 
 
+def _programmatic_copy():
+    """A copy kernel launched as a programmatic dependent of whatever the stream ran last: it may start
+    before that launch ends and waits (``gdc_wait``) only for it, as a serving stack's next kernel may."""
+    import triton
+    import triton.language as tl
+    from triton.language.extra.cuda import gdc_wait
+
+    @triton.jit
+    def copy(src_ptr, dst_ptr, numel, BLOCK: tl.constexpr):
+        gdc_wait()
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(dst_ptr + offsets, tl.load(src_ptr + offsets, mask=offsets < numel), mask=offsets < numel)
+
+    def launch(src: torch.Tensor, dst: torch.Tensor):
+        block = 1024
+        copy[(triton.cdiv(src.numel(), block),)](src, dst, src.numel(), BLOCK=block, launch_pdl=True)
+
+    return launch
+
+
 def test_output_read_right_after_a_mixed_call(ctx):
     """A mixed batch's short sequences go to a narrow launch, a programmatic dependent of the wide
-    launch on Hopper and later: it starts while the wide one runs. Work queued right after the call
-    (here a copy of out) must still see every row the wide launch writes."""
+    launch on Hopper and later: it starts while the wide one runs. The kernel the stream runs next must
+    still see every row the wide launch writes, whether it is stream-ordered (a clone) or itself a
+    programmatic dependent that waits only for the launch before it (the narrow one)."""
     paged_kernels = _our_kernels(ctx)
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("programmatic dependent launches need compute capability 9+")
@@ -64,14 +85,20 @@ def test_output_read_right_after_a_mixed_call(ctx):
         num_q_heads=32, num_kv_heads=8, head_size=128)
     inputs = build(case, ctx.device, ctx.seed)
     assert _plan(paged_kernels, inputs, split_kv=False).narrow is not None, "the batch no longer gets a narrow launch"
+    programmatic_copy = _programmatic_copy()
     out = inputs.fresh_out()
-    snapshots = []
-    for _ in range(REPEATS):
+    snapshots = {"stream-ordered": [], "programmatic": []}
+    for repeat in range(REPEATS):
         out.fill_(float("nan"))
         ctx.impl.run(inputs, "2d", out=out)
-        snapshots.append(out.clone())  # queued behind the call, no sync in between
+        if repeat % 2:  # no sync in between either way
+            snapshots["stream-ordered"].append(out.clone())
+        else:
+            snapshot = torch.empty_like(out)
+            programmatic_copy(out, snapshot)
+            snapshots["programmatic"].append(snapshot)
     torch.cuda.synchronize()
     final = out.clone()
     assert not final.isnan().any(), "the call left NaN in out"
-    early = [i for i, snap in enumerate(snapshots) if not same_bits(snap, final)]
-    assert not early, f"{len(early)} of {REPEATS} copies queued right after the call saw out unfinished"
+    early = {how: sum(not same_bits(snap, final) for snap in snaps) for how, snaps in snapshots.items()}
+    assert not any(early.values()), f"copies that saw out unfinished, of {REPEATS // 2} each: {early}"
