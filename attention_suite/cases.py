@@ -69,11 +69,11 @@ def per_token_head_quantize(x: torch.Tensor, kv_dtype: str) -> tuple[torch.Tenso
 
 @functools.lru_cache(maxsize=None)
 def vllm_int4_module():
-    """vLLM's ``int4_per_token_head`` module from the peer copy (``benchmarks.peers.vllm_dir()``), or None
+    """vLLM's ``int4_per_token_head`` module from the peer copy (``impl.vllm_peer_dir()``), or None
     where it is absent or does not import."""
-    from benchmarks.peers import vllm_dir
+    from .impl import vllm_peer_dir
 
-    folder = vllm_dir()
+    folder = vllm_peer_dir()
     if not (folder / "vllm" / "v1" / "attention" / "ops" / "int4_per_token_head.py").is_file():
         return None
     added = str(folder) not in sys.path

@@ -47,6 +47,18 @@ VLLM_033_ARGS = ("qq_bias", "rswa_prefix_lens", "rswa_window", "use_alibi_sqrt")
 VLLM_MAX_3D_QUERY_LEN = 8  # vLLM 0.33's MAX_3D_QUERY_LEN
 
 
+VLLM_DIR_ENV = "VLLM_PEER_DIR"
+
+
+def vllm_peer_dir() -> Path:
+    """The unmodified vLLM copy the suite and the benchmarks name as a peer: ``$VLLM_PEER_DIR``, else
+    ``../shared/peers/vllm`` beside the repository."""
+    import os
+
+    env = os.environ.get(VLLM_DIR_ENV)
+    return Path(env).resolve() if env else (Path(__file__).resolve().parents[2] / "shared" / "peers" / "vllm").resolve()
+
+
 class ImplSpecError(ValueError):
     """A spec that names no loadable function; the message says what was wrong, in one line."""
 

@@ -31,18 +31,17 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import inspect
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NoReturn
 
+from attention_suite.impl import VLLM_DIR_ENV, vllm_peer_dir
+
 from .records import PeerInfo
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 VLLM_SHORTCUT = "vllm"
 VLLM_FUNC = "vllm.v1.attention.ops.triton_unified_attention:unified_attention"
-VLLM_DIR_ENV = "VLLM_PEER_DIR"
 # vLLM's Triton backend (triton_attn.py): 3D below MIN_LAUNCH_GRID_SIZE_2D // num_kv_heads sequences,
 # with a fixed 16 segments per sequence.
 VLLM_MIN_LAUNCH_GRID_SIZE_2D = 128
@@ -76,8 +75,7 @@ class PeerSpec:
 
 def vllm_dir() -> Path:
     """The unmodified vLLM copy: ``$VLLM_PEER_DIR``, else ``<repo root>/../shared/peers/vllm``."""
-    env = os.environ.get(VLLM_DIR_ENV)
-    return Path(env).resolve() if env else (REPO_ROOT.parent / "shared" / "peers" / "vllm").resolve()
+    return vllm_peer_dir()
 
 
 def parse_impl(value: str) -> PeerSpec:

@@ -13,19 +13,19 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from attention_suite import Implementation, as_values, build, judge, reference_outputs, same_bits, tables
+from attention_suite import (VLLM_DIR_ENV, Implementation, as_values, build, judge, reference_outputs, same_bits,
+                             tables, vllm_peer_dir)
 from attention_suite import device as suite_device
 
 suite_device.ensure()
 from paged_kernels import vllm_compat  # noqa: E402  (after the device set-up: it imports triton)
 from paged_kernels.vllm_compat import KVQuantMode, unified_attention  # noqa: E402
 
-PEER = Path(__file__).resolve().parents[2] / "shared" / "peers" / "vllm"
+PEER = vllm_peer_dir()
 COMPAT_SPEC = "paged_kernels.vllm_compat:unified_attention"
 SEGMENTS = 16  # vLLM's NUM_PAR_SOFTMAX_SEGMENTS
 MIN_LAUNCH_GRID_SIZE_2D = 128  # vLLM's seq_threshold_3D = MIN_LAUNCH_GRID_SIZE_2D // num_kv_heads
@@ -132,7 +132,7 @@ def assert_matches_reference(ours, out, what: str) -> None:
 @pytest.fixture(scope="module")
 def vllm_function():
     if not (PEER / "vllm").is_dir():
-        pytest.skip(f"vLLM's copy not found at {PEER}")
+        pytest.skip(f"vLLM's copy not found at {PEER} (set {VLLM_DIR_ENV})")
     if str(PEER) not in sys.path:
         sys.path.append(str(PEER))  # appended: its reference/ folder must not shadow ours
     from vllm.v1.attention.ops import triton_unified_attention as peer

@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from attention_suite import Implementation, build, compare, tables
-from benchmarks.peers import VLLM_DIR_ENV, VLLM_FUNC, vllm_dir
+from attention_suite import VLLM_DIR_ENV, Implementation, build, compare, tables, vllm_peer_dir
+from benchmarks.peers import VLLM_FUNC
 
 
 @pytest.fixture(scope="module")
 def vllm_impl():
-    folder = vllm_dir()  # the benchmarks' lookup: $VLLM_PEER_DIR, else ../shared/peers/vllm
+    folder = vllm_peer_dir()  # $VLLM_PEER_DIR, else ../shared/peers/vllm
     if not (folder / "vllm" / "v1" / "attention" / "ops" / "triton_unified_attention.py").is_file():
         pytest.skip(f"vLLM peer copy not found at {folder} (set {VLLM_DIR_ENV})")
     sys.path.insert(0, str(folder))

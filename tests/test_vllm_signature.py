@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import inspect
 import sys
-from pathlib import Path
 
 import pytest
 
-from attention_suite import Implementation, build, tables
+from attention_suite import VLLM_DIR_ENV, Implementation, build, tables, vllm_peer_dir
 
-PEER = Path(__file__).resolve().parents[2] / "shared" / "peers" / "vllm"
+PEER = vllm_peer_dir()
 PEER_SPEC = "vllm.v1.attention.ops.triton_unified_attention:unified_attention"
 # Arguments that change how a kernel runs, never what it computes.
 NO_SEMANTIC_EFFECT = {
@@ -62,7 +61,7 @@ def exercised_parameters(impl: Implementation) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def vllm_impl() -> Implementation:
     if not (PEER / "vllm").is_dir():
-        pytest.skip(f"vLLM's copy not found at {PEER}")
+        pytest.skip(f"vLLM's copy not found at {PEER} (set {VLLM_DIR_ENV})")
     if str(PEER) not in sys.path:
         sys.path.append(str(PEER))  # appended: its reference/ folder must not shadow ours
     return Implementation.load(PEER_SPEC)

@@ -502,6 +502,14 @@ CATALOG: tuple[Mutant, ...] = (
               ("VERIFY_SPLIT_BELOW_PROGRAMS_PER_SM if verify else SPLIT_BELOW_PROGRAMS_PER_SM)",
                "SPLIT_BELOW_PROGRAMS_PER_SM)"),
               killed_by="tests/test_dispatch.py::test_verify_grid_that_fills_the_device_stays_2d (quick)"),
+    _m("int4-short-tiles",
+       "compiled INT4 launches take decode's short tiles (down to 16 keys), where the compiled unpack "
+       "gave wrong outputs on an H100",
+       ("    if packed_int4 and not interpreter:\n        min_tile = INT4_MIN_TILE\n",
+        "    if packed_int4 and not interpreter and False:\n        min_tile = INT4_MIN_TILE\n"),
+       file="plan.py",
+       note="wrong outputs on a GPU only (the interpreter's INT4 tiles are 16 keys and right): killed on the "
+            "CPU by tests/test_dispatch.py::test_compiled_int4_tiles_hold_at_least_64_keys (quick)"),
     _m("int4-nibble-order-swapped",
        "INT4 caches: a byte's high nibble read as the even dim and the low one as the odd dim",
        ("    low = (packed & 0xF).to(tl.int32)\n    high = (packed >> 4).to(tl.int32)\n",
@@ -552,16 +560,18 @@ CATALOG: tuple[Mutant, ...] = (
        gpu_only=True,
        note="a race between warps: tests/test_ordering.py::test_fused_merge_under_load (stress tier), "
             "thousands of merging programs from a NaN workspace, 50 repeats bitwise alike and within tolerance; "
-            "a kill not yet seen on a GPU"),
+            "SURVIVED it on an H100 (control passed): the window between warp 0's arrival and the other "
+            "warps' partial stores was never hit; no test that exposes it is known"),
     _m("narrow-launch-no-wait",
        "the narrow launch (a programmatic dependent of the wide launch) ends without waiting for the wide "
        "launch: work queued after the call may run while the wide launch still writes out",
        ("NARROW_Q=0, AWAIT_PRIMARY=programmatic,", "NARROW_Q=0, AWAIT_PRIMARY=False,"), file="api.py",
        gpu_only=True,
        note="Hopper and later only (programmatic launches): tests/test_ordering.py::"
-            "test_output_read_right_after_a_mixed_call (stress tier) did not kill it on an H100: the copy "
-            "queued after the call is stream-ordered behind both launches; a follow-up that is itself a "
-            "programmatic dependent may be needed, or the mutant is equivalent"),
+            "test_output_read_right_after_a_mixed_call (stress tier) did not kill it on an H100, neither "
+            "through a stream-ordered clone (50 of 50 complete) nor through a copy kernel that is itself a "
+            "programmatic dependent waiting only for the narrow launch (25 of 25): on that card work after a "
+            "dependent launch saw the primary finished; likely equivalent there"),
 )
 
 BY_NAME = {m.name: m for m in CATALOG}

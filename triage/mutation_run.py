@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from attention_suite import VLLM_DIR_ENV, vllm_peer_dir
+
 from . import mutants as catalog
 
 REPO_ROOT = catalog.REPO_ROOT
@@ -207,6 +209,8 @@ def run_one(mutant: catalog.Mutant | None, *, tiers: str, device: str, timeout: 
             PYTHONDONTWRITEBYTECODE="1",
             ATTN_TRIAGE_TEST_TIMEOUT=str(test_timeout),
         )
+        # The copy sits elsewhere: it finds the vLLM peer where this checkout does.
+        env.setdefault(VLLM_DIR_ENV, str(vllm_peer_dir()))
         if threads:
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         cmd = [sys.executable, "-m", "pytest", "tests", "-m", tiers, "-q", "-p", "no:cacheprovider",
