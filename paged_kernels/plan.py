@@ -271,7 +271,7 @@ def plan_launch(
                                                         shared_memory_per_block, one_byte_kv, kv_per_token_head)
         narrow = NarrowPlan(
             block_m=narrow_block_m, block_q=narrow_block_q,
-            tile_size=max(_tile_size(head_pad, interpreter, fp32, True), min_tile if packed_int4 else 0),
+            tile_size=max(_tile_size(head_pad, interpreter, fp32, True), min_tile),
             num_warps=narrow_warps, num_stages=narrow_stages, grid=(num_seqs, num_kv_heads, 1))
         reason += f"; sequences of <= {narrow_block_q} tokens in a narrow launch"
 
