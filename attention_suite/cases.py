@@ -8,9 +8,7 @@ poison (NaN/Inf) in every cache slot and buffer the result must not depend on.
 
 from __future__ import annotations
 
-import functools
 import math
-import sys
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
@@ -67,26 +65,12 @@ def per_token_head_quantize(x: torch.Tensor, kv_dtype: str) -> tuple[torch.Tenso
     return values, scales
 
 
-@functools.lru_cache(maxsize=None)
 def vllm_int4_module():
-    """vLLM's ``int4_per_token_head`` module from the peer copy (``impl.vllm_peer_dir()``), or None
-    where it is absent or does not import."""
-    from .impl import vllm_peer_dir
+    """vLLM's ``int4_per_token_head`` module from the peer copy, or None where it is absent or does not
+    import."""
+    from .impl import vllm_peer_module
 
-    folder = vllm_peer_dir()
-    if not (folder / "vllm" / "v1" / "attention" / "ops" / "int4_per_token_head.py").is_file():
-        return None
-    added = str(folder) not in sys.path
-    if added:
-        sys.path.append(str(folder))  # appended: the peer folder holds a reference/ of its own
-    try:
-        from vllm.v1.attention.ops import int4_per_token_head
-    except Exception:  # noqa: BLE001 (a peer that does not import is a peer we do not use)
-        return None
-    finally:
-        if added:
-            sys.path.remove(str(folder))
-    return int4_per_token_head
+    return vllm_peer_module("vllm.v1.attention.ops.int4_per_token_head")
 
 
 def int4_writer(device) -> tuple[object, str]:

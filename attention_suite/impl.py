@@ -23,6 +23,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,15 +50,30 @@ VLLM_MAX_3D_QUERY_LEN = 8  # vLLM 0.33's MAX_3D_QUERY_LEN
 
 
 VLLM_DIR_ENV = "VLLM_PEER_DIR"
+VLLM_FUNC = "vllm.v1.attention.ops.triton_unified_attention:unified_attention"
 
 
 def vllm_peer_dir() -> Path:
     """The unmodified vLLM copy the suite and the benchmarks name as a peer: ``$VLLM_PEER_DIR``, else
     ``../shared/peers/vllm`` beside the repository."""
-    import os
-
     env = os.environ.get(VLLM_DIR_ENV)
     return Path(env).resolve() if env else (Path(__file__).resolve().parents[2] / "shared" / "peers" / "vllm").resolve()
+
+
+def vllm_peer_module(name: str):
+    """Module ``name`` (e.g. ``vllm.v1.attention.ops.int4_per_token_head``) from the vLLM peer copy, or
+    None where the copy lacks it or it does not import. The copy's folder is appended to sys.path (and
+    stays, for the module's own later imports): it holds a ``reference/`` of its own that must not
+    shadow ours."""
+    folder = vllm_peer_dir()
+    if not (folder / (name.replace(".", "/") + ".py")).is_file():
+        return None
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+    try:
+        return importlib.import_module(name)
+    except Exception:  # noqa: BLE001 (a peer that does not import is a peer we do not use)
+        return None
 
 
 class ImplSpecError(ValueError):

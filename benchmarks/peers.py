@@ -36,12 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from attention_suite.impl import VLLM_DIR_ENV, vllm_peer_dir
+from attention_suite.impl import VLLM_DIR_ENV, VLLM_FUNC, vllm_peer_dir
 
 from .records import PeerInfo
 
 VLLM_SHORTCUT = "vllm"
-VLLM_FUNC = "vllm.v1.attention.ops.triton_unified_attention:unified_attention"
 # vLLM's Triton backend (triton_attn.py): 3D below MIN_LAUNCH_GRID_SIZE_2D // num_kv_heads sequences,
 # with a fixed 16 segments per sequence.
 VLLM_MIN_LAUNCH_GRID_SIZE_2D = 128
@@ -73,16 +72,11 @@ class PeerSpec:
         return f"--impl {self.name}={self.target}"
 
 
-def vllm_dir() -> Path:
-    """The unmodified vLLM copy: ``$VLLM_PEER_DIR``, else ``<repo root>/../shared/peers/vllm``."""
-    return vllm_peer_dir()
-
-
 def parse_impl(value: str) -> PeerSpec:
     """``vllm`` or ``NAME=MODULE:FUNC`` / ``NAME=path/to/file.py:FUNC`` -> PeerSpec."""
     value = value.strip()
     if value == VLLM_SHORTCUT:
-        spec = PeerSpec(VLLM_SHORTCUT, VLLM_FUNC, str(vllm_dir()))
+        spec = PeerSpec(VLLM_SHORTCUT, VLLM_FUNC, str(vllm_peer_dir()))
         check_target(spec)
         return spec
     name, sep, target = value.partition("=")

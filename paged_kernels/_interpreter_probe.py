@@ -44,7 +44,7 @@ def bf16_dot_is_exact() -> bool:
 
 
 @triton.jit
-def _fp8_cast_probe_kernel(x_ptr, y_ptr, N: tl.constexpr):
+def _cast_probe_kernel(x_ptr, y_ptr, N: tl.constexpr):
     idx = tl.arange(0, N)
     tl.store(y_ptr + idx, tl.load(x_ptr + idx).to(y_ptr.dtype.element_ty))
 
@@ -57,7 +57,7 @@ def fp8_cast_mismatches() -> int:
     """How many probe values the interpreter's float32 -> fp8 e4m3 cast gets wrong (0 when right)."""
     x = torch.tensor(_FP8_PROBE_VALUES, dtype=torch.float32)
     y = torch.empty(len(_FP8_PROBE_VALUES), dtype=torch.float8_e4m3fn)
-    _fp8_cast_probe_kernel[(1,)](x, y, N=len(_FP8_PROBE_VALUES))
+    _cast_probe_kernel[(1,)](x, y, N=len(_FP8_PROBE_VALUES))
     return int((y.float() != x.to(torch.float8_e4m3fn).float()).sum())
 
 
@@ -74,7 +74,7 @@ def int_to_bf16_mismatches() -> int:
     """How many int8 values the interpreter's int8 -> bf16 cast gets wrong (0 when right)."""
     x = torch.tensor(_INT_PROBE_VALUES, dtype=torch.int8)
     y = torch.empty(len(_INT_PROBE_VALUES), dtype=torch.bfloat16)
-    _fp8_cast_probe_kernel[(1,)](x, y, N=len(_INT_PROBE_VALUES))
+    _cast_probe_kernel[(1,)](x, y, N=len(_INT_PROBE_VALUES))
     return int((y.float() != x.float()).sum())
 
 

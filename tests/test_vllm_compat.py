@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import sys
 
 import pytest
 import torch
 
 from attention_suite import (VLLM_DIR_ENV, Implementation, as_values, build, judge, reference_outputs, same_bits,
-                             tables, vllm_peer_dir)
+                             tables, vllm_peer_dir, vllm_peer_module)
 from attention_suite import device as suite_device
 
 suite_device.ensure()
 from paged_kernels import vllm_compat  # noqa: E402  (after the device set-up: it imports triton)
 from paged_kernels.vllm_compat import KVQuantMode, unified_attention  # noqa: E402
 
-PEER = vllm_peer_dir()
 COMPAT_SPEC = "paged_kernels.vllm_compat:unified_attention"
 SEGMENTS = 16  # vLLM's NUM_PAR_SOFTMAX_SEGMENTS
 MIN_LAUNCH_GRID_SIZE_2D = 128  # vLLM's seq_threshold_3D = MIN_LAUNCH_GRID_SIZE_2D // num_kv_heads
@@ -131,12 +129,9 @@ def assert_matches_reference(ours, out, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def vllm_function():
-    if not (PEER / "vllm").is_dir():
-        pytest.skip(f"vLLM's copy not found at {PEER} (set {VLLM_DIR_ENV})")
-    if str(PEER) not in sys.path:
-        sys.path.append(str(PEER))  # appended: its reference/ folder must not shadow ours
-    from vllm.v1.attention.ops import triton_unified_attention as peer
-
+    peer = vllm_peer_module("vllm.v1.attention.ops.triton_unified_attention")
+    if peer is None:
+        pytest.skip(f"vLLM's copy not found or not importable at {vllm_peer_dir()} (set {VLLM_DIR_ENV})")
     return peer.unified_attention
 
 

@@ -2,24 +2,18 @@
 ``../shared/peers/vllm`` (or ``$VLLM_PEER_DIR``); skips with the reason where it is absent."""
 
 import dataclasses
-import sys
 
 import pytest
 
-from attention_suite import VLLM_DIR_ENV, Implementation, build, compare, tables, vllm_peer_dir
-from benchmarks.peers import VLLM_FUNC
+from attention_suite import (VLLM_DIR_ENV, VLLM_FUNC, Implementation, build, compare, tables, vllm_peer_dir,
+                             vllm_peer_module)
 
 
 @pytest.fixture(scope="module")
 def vllm_impl():
-    folder = vllm_peer_dir()  # $VLLM_PEER_DIR, else ../shared/peers/vllm
-    if not (folder / "vllm" / "v1" / "attention" / "ops" / "triton_unified_attention.py").is_file():
-        pytest.skip(f"vLLM peer copy not found at {folder} (set {VLLM_DIR_ENV})")
-    sys.path.insert(0, str(folder))
-    try:
-        yield Implementation.load(VLLM_FUNC)
-    finally:
-        sys.path.remove(str(folder))
+    if vllm_peer_module(VLLM_FUNC.partition(":")[0]) is None:
+        pytest.skip(f"vLLM peer copy not found or not importable at {vllm_peer_dir()} (set {VLLM_DIR_ENV})")
+    return Implementation.load(VLLM_FUNC)
 
 
 @pytest.mark.harness

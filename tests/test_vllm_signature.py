@@ -10,14 +10,11 @@ suite exercises it.
 from __future__ import annotations
 
 import inspect
-import sys
 
 import pytest
 
-from attention_suite import VLLM_DIR_ENV, Implementation, build, tables, vllm_peer_dir
+from attention_suite import VLLM_DIR_ENV, VLLM_FUNC, Implementation, build, tables, vllm_peer_dir, vllm_peer_module
 
-PEER = vllm_peer_dir()
-PEER_SPEC = "vllm.v1.attention.ops.triton_unified_attention:unified_attention"
 # Arguments that change how a kernel runs, never what it computes.
 NO_SEMANTIC_EFFECT = {
     "use_td": "tensor-descriptor (2D block) loads for Intel Xe2/Xe3 GPUs: a load strategy, same result",
@@ -60,11 +57,9 @@ def exercised_parameters(impl: Implementation) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def vllm_impl() -> Implementation:
-    if not (PEER / "vllm").is_dir():
-        pytest.skip(f"vLLM's copy not found at {PEER} (set {VLLM_DIR_ENV})")
-    if str(PEER) not in sys.path:
-        sys.path.append(str(PEER))  # appended: its reference/ folder must not shadow ours
-    return Implementation.load(PEER_SPEC)
+    if vllm_peer_module(VLLM_FUNC.partition(":")[0]) is None:
+        pytest.skip(f"vLLM's copy not found or not importable at {vllm_peer_dir()} (set {VLLM_DIR_ENV})")
+    return Implementation.load(VLLM_FUNC)
 
 
 @pytest.mark.harness
