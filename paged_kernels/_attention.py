@@ -37,8 +37,9 @@ Conventions shared by every kernel here:
   2D epilogue's running max and exp-sum, or from the merge); ``USE_QQ_BIAS`` adds a bias between
   a sequence's new tokens, ``ALIBI_SQRT`` makes ALiBi's bias ``-slope * sqrt(p - j)``.
 - INT4 caches (``KV_INT4``, vLLM's format): rows of ``HEAD_SIZE // 2`` bytes, unpacked per tile
-  (``_unpack_int4``), stored rotated by ``R = H D``. q enters that space once per program and the
-  accumulator leaves it before any store (``_rotate_rows``); in between it is the per-token-head walk.
+  (``_unpack_int4``) into their even and odd dims, stored rotated by ``R = H D``. q enters that space
+  once per program, split the same way, and the two accumulators leave it before any store
+  (``_rotate_into_halves``, ``_rotate_from_halves``); in between it is the per-token-head walk.
 - All address arithmetic that can exceed 2^31 elements is done in int64.
 - Metadata is never trusted for addressing (no input may make a kernel touch memory outside its
   tensors, and checking values on the host would need a sync): ``_sequence_extent`` clamps a
@@ -336,49 +337,61 @@ def _rht_signs(HEAD_PAD: tl.constexpr, RHT_BLOCK: tl.constexpr, RHT_SIGNS: tl.co
 
 
 @triton.jit
-def _hadamard(HEAD_PAD: tl.constexpr, RHT_BLOCK: tl.constexpr):
-    """``[HEAD_PAD, HEAD_PAD]`` float32 ``H``: block diagonal, each block the Sylvester-Hadamard matrix of
-    order ``RHT_BLOCK`` (entry (i, j): (-1)^popcount(i & j)); symmetric, ``H @ H = RHT_BLOCK * I``."""
-    dims = tl.arange(0, HEAD_PAD)
-    both = dims[:, None] & dims[None, :] & (RHT_BLOCK - 1)
+def _hadamard_entries(rows, cols, RHT_BLOCK: tl.constexpr):
+    """float32 ``H[rows, cols]`` for index vectors ``rows`` and ``cols``. ``H`` is block diagonal, each block
+    the Sylvester-Hadamard matrix of order ``RHT_BLOCK`` (entry (i, j): (-1)^popcount(i & j)); symmetric,
+    ``H @ H = RHT_BLOCK * I``. Indices at or past the padded head fall in no block with a real dim."""
+    both = rows[:, None] & cols[None, :] & (RHT_BLOCK - 1)
     # The parity of the set bits, folded down (RHT_BLOCK <= 512 < 2^16).
     both ^= both >> 8
     both ^= both >> 4
     both ^= both >> 2
     both ^= both >> 1
-    same_group = (dims[:, None] // RHT_BLOCK) == (dims[None, :] // RHT_BLOCK)
+    same_group = (rows[:, None] // RHT_BLOCK) == (cols[None, :] // RHT_BLOCK)
     return tl.where(same_group, 1.0 - 2.0 * (both & 1).to(tl.float32), 0.0)
 
 
 @triton.jit
-def _rotate_rows(x, HEAD_PAD: tl.constexpr, RHT_BLOCK: tl.constexpr, RHT_SIGNS: tl.constexpr, INVERSE: tl.constexpr):
-    """INT4 caches hold rows rotated by ``R = H D``. Rows of ``x`` (float32 ``[rows, HEAD_PAD]``) times
-    ``R / b`` (queries, into the cache's space: ``(R q / b) . (R k) = q . k``, so the softmax scale stays)
-    or, ``INVERSE``, times ``R^-1 = D H / b`` (an output back into q's space). ``/ b`` is a power of two,
-    and keeps ``|R q / b| <= max |q|``: no overflow in q's dtype. IEEE float32 dot: +-1 products are exact."""
-    signs = _rht_signs(HEAD_PAD, RHT_BLOCK, RHT_SIGNS)
-    if INVERSE:
-        rotated = tl.dot(x, _hadamard(HEAD_PAD, RHT_BLOCK), input_precision="ieee") * signs[None, :]
-    else:
-        rotated = tl.dot(x * signs[None, :], _hadamard(HEAD_PAD, RHT_BLOCK), input_precision="ieee")
-    return rotated * (1.0 / RHT_BLOCK)
+def _rotate_into_halves(x, HEAD_PAD: tl.constexpr, LANES: tl.constexpr, RHT_BLOCK: tl.constexpr,
+                        RHT_SIGNS: tl.constexpr):
+    """INT4 caches hold rows rotated by ``R = H D``. Rows of ``x`` (float32 ``[rows, HEAD_PAD]``) times ``R / b``,
+    into the cache's space (``(R q / b) . (R k) = q . k``, so the softmax scale stays), returned as the
+    rotated rows' even dims and odd dims (``[rows, LANES]`` each): the dims of a byte's low and high
+    nibbles, so the cache's tiles are never interleaved. ``/ b`` is a power of two and keeps
+    ``|R q / b| <= max |q|``: no overflow in q's dtype. IEEE float32 dots: +-1 products are exact."""
+    dims = tl.arange(0, HEAD_PAD)
+    lanes = tl.arange(0, LANES)
+    signed = x * _rht_signs(HEAD_PAD, RHT_BLOCK, RHT_SIGNS)[None, :]
+    even = tl.dot(signed, _hadamard_entries(dims, 2 * lanes, RHT_BLOCK), input_precision="ieee")
+    odd = tl.dot(signed, _hadamard_entries(dims, 2 * lanes + 1, RHT_BLOCK), input_precision="ieee")
+    return even * (1.0 / RHT_BLOCK), odd * (1.0 / RHT_BLOCK)
 
 
 @triton.jit
-def _unpack_int4(packed, zero, KEYS_ON_ROWS: tl.constexpr):
-    """A loaded INT4 tile of bytes, ``[keys, HEAD_PAD // 2]`` (``KEYS_ON_ROWS``) or ``[HEAD_PAD // 2,
-    keys]``, as ``[keys, HEAD_PAD]`` / ``[HEAD_PAD, keys]`` float32 ``u - zero`` (integers in [-15, 15]:
-    exact in every dot dtype; the scale multiplies scores or probabilities, as for int8). Byte i holds
-    dim 2i in its low nibble, dim 2i + 1 in its high one. Float32, not int32: an unfixed Triton
-    interpreter casts integers to bf16 as bit patterns (the float32 -> bf16 step is exact here)."""
-    low = (packed & 0xF).to(tl.int32)
-    high = (packed >> 4).to(tl.int32)
-    # if/else, not an early return: compiled Triton also traces the statements after a static branch's return.
-    if KEYS_ON_ROWS:
-        centered = tl.interleave(low, high) - zero[:, None]
-    else:
-        centered = tl.trans(tl.interleave(tl.trans(low), tl.trans(high))) - zero[None, :]
-    return centered.to(tl.float32)
+def _rotate_from_halves(even, odd, HEAD_PAD: tl.constexpr, LANES: tl.constexpr, RHT_BLOCK: tl.constexpr,
+                        RHT_SIGNS: tl.constexpr):
+    """Rows in the cache's rotated space, given as their even and odd dims (float32 ``[rows, LANES]``), times
+    ``R^-1 = D H / b``: float32 ``[rows, HEAD_PAD]`` in q's space."""
+    dims = tl.arange(0, HEAD_PAD)
+    lanes = tl.arange(0, LANES)
+    rows = tl.dot(even, _hadamard_entries(2 * lanes, dims, RHT_BLOCK), input_precision="ieee")
+    rows = tl.dot(odd, _hadamard_entries(2 * lanes + 1, dims, RHT_BLOCK), rows, input_precision="ieee")
+    return rows * (_rht_signs(HEAD_PAD, RHT_BLOCK, RHT_SIGNS) * (1.0 / RHT_BLOCK))[None, :]
+
+
+@triton.jit
+def _unpack_int4(packed, zero):
+    """A loaded INT4 tile of bytes (byte i of a row holds dim 2i in its low nibble, dim 2i + 1 in its high
+    one) as two float32 tiles of its shape, the even dims and the odd dims, each ``u - zero`` (``zero``
+    broadcasts along the keys; integers in [-15, 15]: exact in every dot dtype; the scale multiplies
+    scores or probabilities, as for int8). A nibble ``u`` becomes float32 ``2^23 + u`` by setting the
+    exponent bits above it, and ``2^23 + zero`` is subtracted: no integer-to-float conversion. Float32,
+    not int32: an unfixed Triton interpreter casts integers to bf16 as bit patterns."""
+    bits = packed.to(tl.int32)
+    offset = (zero | 0x4B000000).to(tl.float32, bitcast=True)
+    low = ((bits & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - offset
+    high = ((bits >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - offset
+    return low, high
 
 
 @triton.jit
@@ -391,7 +404,7 @@ def _split_int4_scale(raw):
 
 @triton.jit
 def _attend_tiles(
-    acc, m_i, l_i, q, tile_begin, tile_end,
+    acc, m_i, l_i, acc_odd, q, q_odd, tile_begin, tile_end,
     k_base, v_base, block_table_row, stride_bt_blk,
     stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
     row_pos, key_lo, key_hi, seq_len, window_left, window_right, num_blocks,
@@ -404,15 +417,17 @@ def _attend_tiles(
     TABLE_AHEAD: tl.constexpr, FOLD_SCALE: tl.constexpr, ALIBI_SQRT: tl.constexpr, USE_QQ_BIAS: tl.constexpr,
     USE_RSWA: tl.constexpr, KV_INT4: tl.constexpr,
 ):
-    """Online softmax over KV tiles ``[tile_begin, tile_end)``; returns the updated (acc, m_i, l_i).
+    """Online softmax over KV tiles ``[tile_begin, tile_end)``; returns the updated (acc, m_i, l_i, acc_odd).
 
     Scores are scaled, soft-capped, given their ALiBi bias (``ALIBI_SQRT``: ``-slope * sqrt(p - j)``
     for keys at or before the row, none after) and their ``qq_bias`` (``USE_QQ_BIAS``: column
     ``key - context_len`` of the rows' bias rows ``qq_row_ptrs``), then masked.
 
     ``KV_INT4`` (packed INT4 rows, per-token-head): ``dims`` / ``dim_valid`` address bytes, each unpacked
-    into two dims with the row's zero point subtracted (``_unpack_int4``); q and the output are in the
-    cache's rotated space (the caller rotates them).
+    into two dims with the row's zero point subtracted (``_unpack_int4``). Every tile stays split in its
+    even and odd dims: ``q`` / ``acc`` hold the even dims of the rotated q / accumulator and ``q_odd`` /
+    ``acc_odd`` the odd ones (the caller rotates them); QK^T and P x V are two dots each. Other caches
+    leave ``q_odd`` and ``acc_odd`` untouched.
 
     K converts to q's dtype for QK^T. P x V takes q's dtype too, or with ``PV_F16`` (fp8 V under
     16-bit or fp8 queries) f16 operands: V exact, P computed times P_F16_SCALE and acc kept in
@@ -512,14 +527,16 @@ def _attend_tiles(
                 # Masked-off keys read scale 0 (zero point 0): their bytes, loaded as 0, center to 0.
                 k_row_scale, k_zero = _split_int4_scale(k_row_scale)
                 v_row_scale, v_zero = _split_int4_scale(v_row_scale)
-                k_tile = _unpack_int4(k_tile, k_zero, False)
-                v_tile = _unpack_int4(v_tile, v_zero, True)
+                k_tile, k_odd = _unpack_int4(k_tile, k_zero[None, :])
+                v_tile, v_odd = _unpack_int4(v_tile, v_zero[:, None])
         k_tile = k_tile.to(q.dtype)
         # fp8 queries: fp8 x fp8 for QK^T only; P x V in f16: fp8 wgmma wants V's keys contiguous,
         # the cache stores each key's dims contiguous. Decision [fp8 queries' P x V in f16].
         v_tile = v_tile.to(tl.float16 if PV_F16 else q.dtype)
 
         scores = tl.dot(q, k_tile, input_precision=DOT_PRECISION)
+        if KV_INT4:
+            scores = tl.dot(q_odd, k_odd.to(q.dtype), scores, input_precision=DOT_PRECISION)
         if not FOLD_SCALE:
             scores = scores * qk_scale
         if KV_PER_TOKEN_HEAD:
@@ -577,9 +594,12 @@ def _attend_tiles(
             l_i = l_i * alpha + tl.sum(p, 1)
             p_v = p * v_row_scale[None, :] if KV_PER_TOKEN_HEAD else p
             pv = tl.dot(p_v.to(v_tile.dtype), v_tile, input_precision=DOT_PRECISION)
+            if KV_INT4:
+                pv_odd = tl.dot(p_v.to(v_tile.dtype), v_odd.to(v_tile.dtype), input_precision=DOT_PRECISION)
+                acc_odd = acc_odd * alpha[:, None] + pv_odd
         acc = acc * alpha[:, None] + pv
         m_i = m_new
-    return acc, m_i, l_i
+    return acc, m_i, l_i, acc_odd
 
 
 @triton.jit
@@ -750,20 +770,28 @@ def _paged_attention_kernel(
     dims = tl.arange(0, HEAD_PAD)
     dim_valid = dims < HEAD_SIZE
     if KV_INT4:
-        # A packed row's bytes: two dims each.
-        kv_dims = tl.arange(0, HEAD_PAD // 2)
+        # A packed row's bytes, two dims each; at least 16 lanes, a dot's shortest inner dim.
+        INT4_LANES: tl.constexpr = HEAD_PAD // 2 if HEAD_PAD >= 32 else 16
+        kv_dims = tl.arange(0, INT4_LANES)
         kv_dim_valid = kv_dims < HEAD_SIZE // 2
+        KV_PADDED: tl.constexpr = 2 * INT4_LANES != HEAD_SIZE
     else:
         kv_dims = dims
         kv_dim_valid = dim_valid
+        KV_PADDED: tl.constexpr = HEAD_PAD != HEAD_SIZE
 
     # q stays in registers for the whole KV walk.
     q_rows = (q_start + row_tok).to(tl.int64)
     q_ptrs = q_ptr + q_rows[:, None] * stride_q_tok + row_head[:, None] * stride_q_head + dims[None, :] * stride_q_dim
     q = tl.load(q_ptrs, mask=row_valid[:, None] & dim_valid[None, :], other=0.0)
     if KV_INT4:
-        # Into the cache's rotated space once per program (the output comes back after the walk).
-        q = _rotate_rows(q.to(tl.float32), HEAD_PAD, RHT_BLOCK, RHT_SIGNS, False).to(q.dtype)
+        # Into the cache's rotated space once per program, split in even and odd dims (the output comes
+        # back after the walk).
+        q_even, q_odd = _rotate_into_halves(q.to(tl.float32), HEAD_PAD, INT4_LANES, RHT_BLOCK, RHT_SIGNS)
+        q_odd = q_odd.to(q.dtype)
+        q = q_even.to(q.dtype)
+    else:
+        q_odd = q  # unused
 
     # Keys some row of this block sees, and keys every row sees (those tiles skip masking).
     first_pos = context_len + local_block * BLOCK_Q
@@ -871,7 +899,12 @@ def _paged_attention_kernel(
         qq_row_ptrs = row_pos  # unused
         qq_row_valid = row_valid
 
-    acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+    if KV_INT4:
+        acc = tl.zeros([BLOCK_M, INT4_LANES], dtype=tl.float32)
+        acc_odd = tl.zeros([BLOCK_M, INT4_LANES], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
+        acc_odd = tl.zeros([1, 1], dtype=tl.float32)  # unused
     if USE_SINKS and not SPLIT_KV:
         # The sink is one extra logit with no value: start the softmax from it.
         m_i = tl.load(sinks_ptr + row_head, mask=row_valid, other=float("-inf")).to(tl.float32) * LOG2E
@@ -892,21 +925,21 @@ def _paged_attention_kernel(
     FIRST_STAGE: tl.constexpr = -2 if USE_RSWA else 0
     for stage in tl.static_range(FIRST_STAGE, 3):
         tile_begin, tile_end = _stage_tiles(stage, tile_p0, tile_pu, tile_pm, tile_a, tile_b, tile_c, tile_d)
-        acc, m_i, l_i = _attend_tiles(
-            acc, m_i, l_i, q, tile_begin, tile_end, k_base, v_base, block_table_row, stride_bt_blk,
+        acc, m_i, l_i, acc_odd = _attend_tiles(
+            acc, m_i, l_i, acc_odd, q, q_odd, tile_begin, tile_end, k_base, v_base, block_table_row, stride_bt_blk,
             stride_k_blk, stride_k_slot, stride_k_dim, stride_v_blk, stride_v_slot, stride_v_dim,
             row_pos, key_lo, key_hi, seq_len, window_left, window_right, num_blocks, scale, softcap, alibi_slope,
             kv_dims, kv_dim_valid, row_first, extra_lo, extra_hi,
             ks_base, vs_base, stride_ks_blk, stride_ks_slot, stride_vs_blk, stride_vs_slot,
             rswa_len, rswa_hi, qq_row_ptrs, qq_row_valid, stride_qqb_col, qq_bias_cols, context_len,
-            (stage != 1) and (stage != -2), TILE, BLOCK_SIZE, HEAD_PAD != HEAD_SIZE, USE_SOFTCAP, USE_ALIBI,
+            (stage != 1) and (stage != -2), TILE, BLOCK_SIZE, KV_PADDED, USE_SOFTCAP, USE_ALIBI,
             DOT_PRECISION, CHUNKED, USE_PREFIX, KV_PER_TOKEN_HEAD, PV_F16, TABLE_AHEAD, FOLD_SCALE, ALIBI_SQRT,
             USE_QQ_BIAS, USE_RSWA, KV_INT4)
     if PV_F16:
         acc = acc * (1.0 / P_F16_SCALE)
     if KV_INT4:
         # Back into q's space; the 3D kernel's partials too (the merge is linear in them).
-        acc = _rotate_rows(acc, HEAD_PAD, RHT_BLOCK, RHT_SIGNS, True)
+        acc = _rotate_from_halves(acc, acc_odd, HEAD_PAD, INT4_LANES, RHT_BLOCK, RHT_SIGNS)
 
     if KV_FP8:
         if DESCALE_PER_HEAD:

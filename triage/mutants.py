@@ -512,8 +512,10 @@ CATALOG: tuple[Mutant, ...] = (
             "CPU by tests/test_dispatch.py::test_compiled_int4_tiles_hold_at_least_64_keys (quick)"),
     _m("int4-nibble-order-swapped",
        "INT4 caches: a byte's high nibble read as the even dim and the low one as the odd dim",
-       ("    low = (packed & 0xF).to(tl.int32)\n    high = (packed >> 4).to(tl.int32)\n",
-        "    low = (packed >> 4).to(tl.int32)\n    high = (packed & 0xF).to(tl.int32)\n")),
+       ("    low = ((bits & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - offset\n"
+        "    high = ((bits >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - offset\n",
+        "    low = ((bits >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - offset\n"
+        "    high = ((bits & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - offset\n")),
     _m("int4-zero-point-ignored",
        "INT4 caches: the zero point in the scale's low mantissa bits is never subtracted (u * scale)",
        ("return (bits & -16).to(tl.float32, bitcast=True), bits & 0xF",
@@ -528,22 +530,30 @@ CATALOG: tuple[Mutant, ...] = (
         "return (bits & -16).to(tl.float32, bitcast=True), bits & 0x7")),
     _m("int4-q-not-rotated",
        "INT4 caches: q is dotted with the rotated keys as it is, not rotated by R / b first",
-       ("        q = _rotate_rows(q.to(tl.float32), HEAD_PAD, RHT_BLOCK, RHT_SIGNS, False).to(q.dtype)\n",
-        "        q = q\n")),
+       ("    signed = x * _rht_signs(HEAD_PAD, RHT_BLOCK, RHT_SIGNS)[None, :]\n"
+        "    even = tl.dot(signed, _hadamard_entries(dims, 2 * lanes, RHT_BLOCK), input_precision=\"ieee\")\n"
+        "    odd = tl.dot(signed, _hadamard_entries(dims, 2 * lanes + 1, RHT_BLOCK), input_precision=\"ieee\")\n"
+        "    return even * (1.0 / RHT_BLOCK), odd * (1.0 / RHT_BLOCK)\n",
+        "    even = tl.dot(x, (dims[:, None] == 2 * lanes[None, :]).to(tl.float32), input_precision=\"ieee\")\n"
+        "    odd = tl.dot(x, (dims[:, None] == 2 * lanes[None, :] + 1).to(tl.float32), input_precision=\"ieee\")\n"
+        "    return even, odd\n")),
     _m("int4-output-not-rotated-back",
        "INT4 caches: the output (and each 3D partial) stays in the cache's rotated space (no R^-1)",
-       ("        acc = _rotate_rows(acc, HEAD_PAD, RHT_BLOCK, RHT_SIGNS, True)\n", "        acc = acc\n")),
+       ("    rows = tl.dot(even, _hadamard_entries(2 * lanes, dims, RHT_BLOCK), input_precision=\"ieee\")\n"
+        "    rows = tl.dot(odd, _hadamard_entries(2 * lanes + 1, dims, RHT_BLOCK), rows, input_precision=\"ieee\")\n"
+        "    return rows * (_rht_signs(HEAD_PAD, RHT_BLOCK, RHT_SIGNS) * (1.0 / RHT_BLOCK))[None, :]\n",
+        "    rows = tl.dot(even, (2 * lanes[:, None] == dims[None, :]).to(tl.float32), input_precision=\"ieee\")\n"
+        "    rows = tl.dot(odd, (2 * lanes[:, None] + 1 == dims[None, :]).to(tl.float32), rows, "
+        "input_precision=\"ieee\")\n"
+        "    return rows\n")),
     _m("int4-rotation-without-signs",
        "INT4 caches: q and the output rotated by H alone, without the random signs D the writer applied",
-       ("    signs = _rht_signs(HEAD_PAD, RHT_BLOCK, RHT_SIGNS)\n",
-        "    signs = tl.full([HEAD_PAD], 1.0, tl.float32)\n")),
+       ("    return 1.0 - 2.0 * negative.to(tl.float32)\n", "    return 1.0 + 0.0 * negative.to(tl.float32)\n")),
     _m("int4-rotation-over-padded-head",
        "INT4 caches: one Hadamard block over the padded head instead of blocks of the largest power of two "
        "dividing head_size (equivalent for power-of-two heads only)",
-       ("    both = dims[:, None] & dims[None, :] & (RHT_BLOCK - 1)\n",
-        "    both = dims[:, None] & dims[None, :] & (HEAD_PAD - 1)\n"),
-       ("    same_group = (dims[:, None] // RHT_BLOCK) == (dims[None, :] // RHT_BLOCK)\n",
-        "    same_group = dims[:, None] < HEAD_PAD\n")),
+       ("def _hadamard_entries(rows, cols, RHT_BLOCK: tl.constexpr):\n",
+        "def _hadamard_entries(rows, cols, RHT_BLOCK_: tl.constexpr):\n    RHT_BLOCK: tl.constexpr = 512\n")),
     _m("table-ids-ahead-past-walk-end",
        "block-table ids read a tile ahead are loaded one tile past an unmasked walk's end: the last tile "
        "of a walk that ends at the table's last column reads past the row (the ids are never used)",
