@@ -22,8 +22,7 @@ Heuristic:
   tokens, which the wide launch skips; in prefill-sized blocks a decode fills 4 of 128 rows of
   every tile's matrix work. Decision [Narrow launch for a mixed batch's decodes].
 - A split decode sequence with fewer 128-key tiles than wanted segments halves its tile (down to
-  ``MIN_DECODE_TILE``; ``INT4_MIN_TILE`` for compiled INT4 launches) until it has enough. Decision
-  [Short decode tiles].
+  ``MIN_DECODE_TILE``) until it has enough. Decision [Short decode tiles].
 - A short split decode whose programs all fit one wave takes one tile per segment
   (``DECODE_PROGRAMS_PER_SM``) instead of a power of two of segments. Decision [One tile per
   segment within one wave].
@@ -60,9 +59,6 @@ DECODE_PROGRAMS_PER_SM = {16: 6, 32: 5, 64: 3, 128: 2}
 # Short split decode: the KV tile may shrink down to this many keys so that a sequence with fewer
 # 128-key tiles than wanted segments still spreads over enough programs.
 MIN_DECODE_TILE = 16
-# Compiled INT4 launches take KV tiles of at least this many keys: at 16 keys the compiled unpack gave
-# wrong outputs (not at 64 or 128). Decision [INT4 tiles of at least 64 keys].
-INT4_MIN_TILE = 64
 # Head-dim lanes per reduction program on GPUs.
 REDUCE_DIM_BLOCK = 32
 # Split decode merges in the attention launch while one program's share (heads x segments x head
@@ -189,7 +185,7 @@ def plan_launch(
     split_kv: bool | None = None, num_segments: int | None = None, batch_invariant: bool = False,
     max_segments: int | None = None, max_visible_keys: int | None = None, one_byte_kv: bool = False,
     kv_per_token_head: bool = False, shared_memory_per_block: int = HOPPER_SHARED_PER_BLOCK,
-    merge_counters: int | None = None, packed_int4: bool = False,
+    merge_counters: int | None = None,
 ) -> LaunchPlan:
     """Plan a launch from shapes and host integers only (no device reads).
 
@@ -207,10 +203,6 @@ def plan_launch(
     decode = max_seqlen_q <= 1
     verify = not decode and max_seqlen_q <= VERIFY_MAX_QUERY_LEN
     tile = _tile_size(head_pad, interpreter, fp32, decode and not batch_invariant)
-    min_tile = MIN_DECODE_TILE
-    if packed_int4 and not interpreter:
-        min_tile = INT4_MIN_TILE
-        tile = max(tile, INT4_MIN_TILE)
     block_m = _block_m(num_queries_per_kv, max_seqlen_q, head_pad, decode, batch_invariant, interpreter, fp32,
                        one_byte_kv)
     block_q = block_m // num_queries_per_kv
@@ -222,7 +214,7 @@ def plan_launch(
     span = max_seqlen_k if max_visible_keys is None else min(max_seqlen_k, max_visible_keys)
     if decode and not (batch_invariant or interpreter) and programs_2d < SPLIT_BELOW_PROGRAMS_PER_SM * num_sms:
         wanted = PROGRAMS_PER_SM * num_sms / max(programs_2d, 1)
-        while tile > min_tile and math.ceil(span / tile) < wanted:
+        while tile > MIN_DECODE_TILE and math.ceil(span / tile) < wanted:
             tile //= 2
     heuristic_segments = choose_num_segments(
         programs_2d, span, tile, num_sms,
@@ -270,8 +262,7 @@ def plan_launch(
         narrow_warps, narrow_stages = _warps_and_stages(narrow_block_m, head_pad, True, interpreter,
                                                         shared_memory_per_block, one_byte_kv, kv_per_token_head)
         narrow = NarrowPlan(
-            block_m=narrow_block_m, block_q=narrow_block_q,
-            tile_size=max(_tile_size(head_pad, interpreter, fp32, True), min_tile),
+            block_m=narrow_block_m, block_q=narrow_block_q, tile_size=_tile_size(head_pad, interpreter, fp32, True),
             num_warps=narrow_warps, num_stages=narrow_stages, grid=(num_seqs, num_kv_heads, 1))
         reason += f"; sequences of <= {narrow_block_q} tokens in a narrow launch"
 
@@ -329,5 +320,4 @@ def plan_call(spec: CallSpec, *, num_sms: int, interpreter: bool, shared_memory_
         max_segments=spec.workspace_segments, max_visible_keys=spec.visible_key_span,
         one_byte_kv=spec.one_byte_kv, kv_per_token_head=spec.kv_quant.per_token_head,
         shared_memory_per_block=shared_memory_per_block, merge_counters=spec.workspace_counters,
-        packed_int4=spec.kv_quant.packed_int4,
     )

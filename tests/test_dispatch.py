@@ -74,22 +74,6 @@ def test_verify_grid_that_fills_the_device_stays_2d(planner):
 
 @pytest.mark.dispatch
 @pytest.mark.quick
-@pytest.mark.parametrize("num_seqs, q_len, seq_len", [(1, 1, 500), (4, 1, 480), (1, 1, 131_072), (8, 4, 8192),
-                                                      (4, 300, 2048)])
-@pytest.mark.parametrize("split_kv", [None, True, False])
-def test_compiled_int4_tiles_hold_at_least_64_keys(planner, num_seqs, q_len, seq_len, split_kv):
-    """Compiled INT4 launches gave wrong outputs at 16-key tiles (H100; right at 64 and 128): the
-    planner never gives them fewer keys per tile, short split decodes and narrow launches included."""
-    for head_size, fp32 in ((64, False), (128, False), (256, False), (64, True)):
-        plan = planner.plan_launch(**dict(LLAMA, head_size=head_size), num_tokens=num_seqs * q_len, num_seqs=num_seqs,
-                                   max_seqlen_q=q_len, max_seqlen_k=seq_len, split_kv=split_kv, fp32=fp32,
-                                   one_byte_kv=True, kv_per_token_head=True, packed_int4=True)
-        tiles = [plan.tile_size] + ([plan.narrow.tile_size] if plan.narrow else [])
-        assert min(tiles) >= planner.INT4_MIN_TILE == 64, (head_size, fp32, plan)
-
-
-@pytest.mark.dispatch
-@pytest.mark.quick
 def test_prefill_is_2d_with_large_query_blocks(planner):
     plan = planner.plan_launch(**PREFILL_4X2048)
     assert plan.path == "2d" and plan.block_m >= 64, plan

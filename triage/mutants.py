@@ -502,14 +502,6 @@ CATALOG: tuple[Mutant, ...] = (
               ("VERIFY_SPLIT_BELOW_PROGRAMS_PER_SM if verify else SPLIT_BELOW_PROGRAMS_PER_SM)",
                "SPLIT_BELOW_PROGRAMS_PER_SM)"),
               killed_by="tests/test_dispatch.py::test_verify_grid_that_fills_the_device_stays_2d (quick)"),
-    _m("int4-short-tiles",
-       "compiled INT4 launches take decode's short tiles (down to 16 keys), where the compiled unpack "
-       "gave wrong outputs on an H100",
-       ("    if packed_int4 and not interpreter:\n        min_tile = INT4_MIN_TILE\n",
-        "    if packed_int4 and not interpreter and False:\n        min_tile = INT4_MIN_TILE\n"),
-       file="plan.py",
-       note="wrong outputs on a GPU only (the interpreter's INT4 tiles are 16 keys and right): killed on the "
-            "CPU by tests/test_dispatch.py::test_compiled_int4_tiles_hold_at_least_64_keys (quick)"),
     _m("int4-nibble-order-swapped",
        "INT4 caches: a byte's high nibble read as the even dim and the low one as the odd dim",
        ("    low = ((bits & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - offset\n"
