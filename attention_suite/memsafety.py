@@ -10,7 +10,8 @@ allocation or touches never-written bytes and is reported.
     attn-memsafety ...               (the same, as an installed command)
 
 runs every case in one sanitizer process per tool and prints the first report with the case
-that triggered it. ``--kernels DIR`` puts DIR first on PYTHONPATH, so a deliberately broken copy
+that triggered it; ``--shard I/N`` runs every N-th case from the I-th (the tier's tests run N shards
+per tool side by side: one process over every case outlasts a GPU job's time limit). ``--kernels DIR`` puts DIR first on PYTHONPATH, so a deliberately broken copy
 of the kernels can be checked (the tier's own tests do that).
 """
 
@@ -37,8 +38,26 @@ def curated_cases():
     return [c for c in tables.all_cases(CURATED_TABLES) if c.layout != "head_padded"]
 
 
-def run_cases(selected: list[str] | None = None, with_faults: bool = False) -> None:
-    """Driver, run inside the sanitizer: launches every case through both paths."""
+def in_shard(items: list, shard: tuple[int, int] | None) -> list:
+    """Shard ``(i, n)`` of ``items``: every n-th from the i-th (None: all). The n shards partition them."""
+    if shard is None:
+        return list(items)
+    index, count = shard
+    return list(items)[index::count]
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not match or not int(match.group(1)) < int(match.group(2)):
+        raise ValueError(f"--shard: expected I/N with 0 <= I < N, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def run_cases(selected: list[str] | None = None, with_faults: bool = False,
+              shard: tuple[int, int] | None = None) -> None:
+    """Driver, run inside the sanitizer: launches every case (of ``shard``) through both paths."""
     import torch
 
     import paged_kernels
@@ -46,7 +65,7 @@ def run_cases(selected: list[str] | None = None, with_faults: bool = False) -> N
     from .cases import build
     from .check import split_workspace
 
-    for case in curated_cases():
+    for case in in_shard(curated_cases(), shard):
         if selected and case.name not in selected and case.label not in selected:
             continue
         for path in ("2d", "3d"):
@@ -60,11 +79,11 @@ def run_cases(selected: list[str] | None = None, with_faults: bool = False) -> N
             paged_kernels.unified_attention(*inputs.call_args(inputs.out), **kwargs, split_kv=path == "3d")
             torch.cuda.synchronize()
     if with_faults:
-        run_metadata_faults(selected)
+        run_metadata_faults(selected, shard)
     print(f"{MARKER} done", flush=True)
 
 
-def run_metadata_faults(selected: list[str] | None = None) -> None:
+def run_metadata_faults(selected: list[str] | None = None, shard: tuple[int, int] | None = None) -> None:
     """Every invalid-metadata fault, unchecked, through both paths: the output is unspecified, but
     no access may leave the (exactly sized) tensors. memcheck only: with invalid lengths the 3D
     reduction may legitimately combine segments the kernel skipped, which initcheck would flag."""
@@ -76,7 +95,7 @@ def run_metadata_faults(selected: list[str] | None = None) -> None:
     from .check import split_workspace
     from .metadata_faults import FAULT_CASE, FAULTS, break_metadata
 
-    for fault in FAULTS:
+    for fault in in_shard(FAULTS, shard):
         if selected and f"fault:{fault.name}" not in selected:
             continue
         for path in ("2d", "3d"):
@@ -90,7 +109,8 @@ def run_metadata_faults(selected: list[str] | None = None) -> None:
             torch.cuda.synchronize()
 
 
-def sanitize(tool: str, kernels_dir: str | None = None, selected: list[str] | None = None, timeout: int = 540):
+def sanitize(tool: str, kernels_dir: str | None = None, selected: list[str] | None = None, timeout: int = 540,
+             shard: tuple[int, int] | None = None):
     """Run the driver under ``compute-sanitizer --tool TOOL``; returns (ok, first report, log)."""
     env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + env.get("PYTHONPATH", "").split(os.pathsep))
@@ -104,6 +124,8 @@ def sanitize(tool: str, kernels_dir: str | None = None, selected: list[str] | No
     cmd += [sys.executable, "-m", "attention_suite.memsafety", "--driver"] + (["--faults"] if tool == "memcheck" else [])
     if selected:
         cmd += ["--cases", ",".join(selected)]
+    if shard is not None:
+        cmd += ["--shard", f"{shard[0]}/{shard[1]}"]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     log = proc.stdout + proc.stderr
     return proc.returncode == 0 and f"{MARKER} done" in log, first_report(log), log
@@ -127,13 +149,18 @@ def main(argv=None) -> int:
     parser.add_argument("--tool", default="all", choices=("memcheck", "initcheck", "all"))
     parser.add_argument("--kernels", default=None, help="folder holding a 'paged_kernels' package to check instead")
     parser.add_argument("--cases", default=None, help="comma-separated case names or labels (default: all)")
+    parser.add_argument("--shard", default=None, help="I/N: every N-th case from the I-th (default: all)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--driver", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--faults", action="store_true", help=argparse.SUPPRESS)  # driver: bad-metadata calls too
     args = parser.parse_args(argv)
     selected = args.cases.split(",") if args.cases else None
+    try:
+        shard = parse_shard(args.shard)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.list:
-        print("\n".join(c.name for c in curated_cases()))
+        print("\n".join(c.name for c in in_shard(curated_cases(), shard)))
         return 0
     if args.driver:
         from . import device
@@ -142,13 +169,14 @@ def main(argv=None) -> int:
         import paged_kernels
 
         print(f"{MARKER} kernels from {paged_kernels.__file__}", flush=True)
-        run_cases(selected, with_faults=args.faults)
+        run_cases(selected, with_faults=args.faults, shard=shard)
         return 0
     failed = 0
     for tool in (("memcheck", "initcheck") if args.tool == "all" else (args.tool,)):
         start = time.time()
-        ok, report, _ = sanitize(tool, args.kernels, selected)
-        print(f"{tool}: {'clean' if ok else 'REPORTED'} ({time.time() - start:.0f} s, {len(curated_cases())} cases x 2 paths)")
+        ok, report, _ = sanitize(tool, args.kernels, selected, shard=shard)
+        cases = len(in_shard(curated_cases(), shard))
+        print(f"{tool}: {'clean' if ok else 'REPORTED'} ({time.time() - start:.0f} s, {cases} cases x 2 paths)")
         if not ok:
             failed += 1
             print(report)

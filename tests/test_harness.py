@@ -25,6 +25,19 @@ def test_round_robin_pinning_balances(num_workers, num_gpus):
 
 
 @pytest.mark.harness
+def test_memsafety_shards_partition_the_curated_cases():
+    from attention_suite import memsafety
+
+    cases = [c.name for c in memsafety.curated_cases()]
+    shards = [[c.name for c in memsafety.in_shard(memsafety.curated_cases(), (i, 4))] for i in range(4)]
+    assert all(shards) and sorted(sum(shards, [])) == sorted(cases)
+    assert memsafety.parse_shard("3/4") == (3, 4) and memsafety.parse_shard(None) is None
+    for bad in ("4/4", "1", "-1/2", "a/b"):
+        with pytest.raises(ValueError, match="--shard"):
+            memsafety.parse_shard(bad)
+
+
+@pytest.mark.harness
 def test_pinning_edge_cases():
     assert gpus.assign_gpu(None, 4) == 0  # the controller / a plain run
     assert gpus.assign_gpu("gw5", 0) is None  # no GPU

@@ -12,6 +12,8 @@ import pytest
 from attention_suite import memsafety
 from triage import mutants
 
+# Clean runs per tool, side by side under xdist: one sanitizer process over every case outlasts a job's limit.
+SHARDS = 4
 PROBE_CASES = ["seg-boundaries-batch", "fewer-keys-than-segments", "quick-varlen", "kv-len-1-prefill"]
 BAD_METADATA_PROBES = ["fault:block-id-past-end", "fault:block-id-minus-1", "fault:cu-past-tokens",
                        "fault:seqused-past-table"]
@@ -35,9 +37,10 @@ def _needs_sanitizer():
 
 
 @pytest.mark.memsafety
+@pytest.mark.parametrize("shard", range(SHARDS))
 @pytest.mark.parametrize("tool", ["memcheck", "initcheck"])
-def test_kernels_are_clean_under_sanitizer(tool):
-    ok, report, _ = memsafety.sanitize(tool)
+def test_kernels_are_clean_under_sanitizer(tool, shard):
+    ok, report, _ = memsafety.sanitize(tool, shard=(shard, SHARDS))
     assert ok, f"{tool} reported:\n{report}"
 
 
