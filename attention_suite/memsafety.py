@@ -10,9 +10,10 @@ allocation or touches never-written bytes and is reported.
     attn-memsafety ...               (the same, as an installed command)
 
 runs every case in one sanitizer process per tool and prints the first report with the case
-that triggered it; ``--shard I/N`` runs every N-th case from the I-th (the tier's tests run N shards
-per tool side by side: one process over every case outlasts a GPU job's time limit). ``--kernels DIR`` puts DIR first on PYTHONPATH, so a deliberately broken copy
-of the kernels can be checked (the tier's own tests do that).
+that triggered it. ``--shard I/N`` runs every N-th case from the I-th: the tier's tests run shards
+side by side, as one process over every case is the tier's longest. ``--kernels DIR`` puts DIR
+first on PYTHONPATH, so a deliberately broken copy of the kernels can be checked (the tier's own
+tests do that).
 """
 
 from __future__ import annotations
