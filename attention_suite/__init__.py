@@ -26,7 +26,7 @@ _PUBLIC = {
     "skip_if_unsupported": "check", "split_workspace": "check", "assert_untouched_padding": "check",
     # the implementation under test
     "Implementation": "impl", "ImplSpecError": "impl", "DEFAULT_SPEC": "impl", "load_function": "impl", "VllmKVQuantMode": "impl",
-    "vllm_peer_dir": "impl", "vllm_peer_module": "impl", "VLLM_DIR_ENV": "impl", "VLLM_FUNC": "impl",
+    "vllm_peer_dir": "impl", "vllm_peer_module": "impl", "vllm_peer_absent": "impl", "VLLM_DIR_ENV": "impl", "VLLM_FUNC": "impl",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -60,6 +60,11 @@ def vllm_peer_dir() -> Path:
     return Path(env).resolve() if env else (Path(__file__).resolve().parents[2] / "shared" / "peers" / "vllm").resolve()
 
 
+def vllm_peer_absent() -> str:
+    """Why a module of the vLLM peer copy did not load: the skip reason of every test that needs one."""
+    return f"vLLM peer copy not found or not importable at {vllm_peer_dir()} (set ${VLLM_DIR_ENV})"
+
+
 def vllm_peer_module(name: str):
     """Module ``name`` (e.g. ``vllm.v1.attention.ops.int4_per_token_head``) from the vLLM peer copy, or
     None where the copy lacks it or it does not import. The copy's folder is appended to sys.path (and

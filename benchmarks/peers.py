@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from attention_suite.impl import VLLM_DIR_ENV, VLLM_FUNC, vllm_peer_dir
+from attention_suite import VLLM_DIR_ENV, VLLM_FUNC, vllm_peer_dir
 
 from .records import PeerInfo
 

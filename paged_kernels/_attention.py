@@ -385,8 +385,7 @@ def _unpack_int4(packed, zero):
     one) as two float32 tiles of its shape, the even dims and the odd dims, each ``u - zero`` (``zero``
     broadcasts along the keys; integers in [-15, 15]: exact in every dot dtype; the scale multiplies
     scores or probabilities, as for int8). A nibble ``u`` becomes float32 ``2^23 + u`` by setting the
-    exponent bits above it, and ``2^23 + zero`` is subtracted: no integer-to-float conversion. Float32,
-    not int32: an unfixed Triton interpreter casts integers to bf16 as bit patterns."""
+    exponent bits above it, and ``2^23 + zero`` is subtracted: no integer-to-float conversion."""
     bits = packed.to(tl.int32)
     offset = (zero | 0x4B000000).to(tl.float32, bitcast=True)
     low = ((bits & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - offset

@@ -13,7 +13,7 @@ import torch
 
 import reference
 from reference import int4
-from attention_suite import VLLM_DIR_ENV, vllm_int4_module, vllm_peer_dir
+from attention_suite import vllm_int4_module, vllm_peer_absent
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HEAD_SIZES = (16, 40, 64, 80, 128)  # rotation groups of 16, 8, 64, 16 and 128 values
@@ -58,7 +58,7 @@ def random_rows(shape, dtype, seed):
 def vllm_int4():
     module = vllm_int4_module()  # the suite's own loader of the peer's module
     if module is None:
-        pytest.skip(f"vLLM peer copy not found or not importable at {vllm_peer_dir()} (set {VLLM_DIR_ENV})")
+        pytest.skip(vllm_peer_absent())
     return module
 
 

@@ -16,8 +16,8 @@ import inspect
 import pytest
 import torch
 
-from attention_suite import (VLLM_DIR_ENV, Implementation, as_values, build, judge, reference_outputs, same_bits,
-                             tables, vllm_peer_dir, vllm_peer_module)
+from attention_suite import (Implementation, as_values, build, judge, reference_outputs, same_bits, tables,
+                             vllm_peer_absent, vllm_peer_module)
 from attention_suite import device as suite_device
 
 suite_device.ensure()
@@ -131,7 +131,7 @@ def assert_matches_reference(ours, out, what: str) -> None:
 def vllm_function():
     peer = vllm_peer_module("vllm.v1.attention.ops.triton_unified_attention")
     if peer is None:
-        pytest.skip(f"vLLM's copy not found or not importable at {vllm_peer_dir()} (set {VLLM_DIR_ENV})")
+        pytest.skip(vllm_peer_absent())
     return peer.unified_attention
 
 

@@ -5,14 +5,13 @@ import dataclasses
 
 import pytest
 
-from attention_suite import (VLLM_DIR_ENV, VLLM_FUNC, Implementation, build, compare, tables, vllm_peer_dir,
-                             vllm_peer_module)
+from attention_suite import VLLM_FUNC, Implementation, build, compare, tables, vllm_peer_absent, vllm_peer_module
 
 
 @pytest.fixture(scope="module")
 def vllm_impl():
     if vllm_peer_module(VLLM_FUNC.partition(":")[0]) is None:
-        pytest.skip(f"vLLM peer copy not found or not importable at {vllm_peer_dir()} (set {VLLM_DIR_ENV})")
+        pytest.skip(vllm_peer_absent())
     return Implementation.load(VLLM_FUNC)
 
 

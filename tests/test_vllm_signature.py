@@ -13,7 +13,7 @@ import inspect
 
 import pytest
 
-from attention_suite import VLLM_DIR_ENV, VLLM_FUNC, Implementation, build, tables, vllm_peer_dir, vllm_peer_module
+from attention_suite import VLLM_FUNC, Implementation, build, tables, vllm_peer_absent, vllm_peer_module
 
 # Arguments that change how a kernel runs, never what it computes.
 NO_SEMANTIC_EFFECT = {
@@ -58,7 +58,7 @@ def exercised_parameters(impl: Implementation) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def vllm_impl() -> Implementation:
     if vllm_peer_module(VLLM_FUNC.partition(":")[0]) is None:
-        pytest.skip(f"vLLM's copy not found or not importable at {vllm_peer_dir()} (set {VLLM_DIR_ENV})")
+        pytest.skip(vllm_peer_absent())
     return Implementation.load(VLLM_FUNC)
 
 
