@@ -76,6 +76,21 @@ def reset_compile_cache() -> None:
     _COMPILED.clear()
 
 
+def bottom_right_mask_mod(point, q_len: int, kv_len: torch.Tensor) -> Callable:
+    """flex's ``mask_mod(b, h, q_idx, kv_idx)`` for the point: causal with the queries at the end of
+    each sequence (``kv_len[b]`` keys), and among the new tokens only a draft tree's ancestors and self."""
+    tree = torch.tensor(point.tree_visible(), device=kv_len.device) if point.tree else None
+
+    def mask_mod(bi, hi, q_idx, kv_idx):
+        causal = kv_idx <= q_idx + (kv_len[bi] - q_len)
+        if tree is None:
+            return causal
+        new = kv_idx - (kv_len[bi] - q_len)
+        return causal & ((new < 0) | tree[q_idx, new.clamp(0, q_len - 1)])
+
+    return mask_mod
+
+
 def build_flex(inputs, compile: bool) -> FlexBaseline:
     """A ready-to-time FlexAttention call per rotated copy over the paged cache, or FlexUnavailable."""
     BlockMask, create_block_mask, flex_attention, PagedAttention = _imports()
@@ -98,17 +113,7 @@ def build_flex(inputs, compile: bool) -> FlexBaseline:
     rows = torch.arange(b, device=device)[:, None].expand(b, max_blocks)
     used = logical < torch.tensor(point.blocks_per_seq(), device=device)[:, None]
 
-    tree = torch.tensor(point.tree_visible(), device=device) if point.tree else None
-
-    def causal_bottom_right(bi, hi, q_idx, kv_idx):
-        # Queries sit at the end of their sequence: query i sees keys up to kv_len - q_len + i.
-        causal = kv_idx <= q_idx + (kv_len[bi] - q_len)
-        if tree is None:
-            return causal
-        new = kv_idx - (kv_len[bi] - q_len)  # among the new tokens, a draft tree's ancestors only
-        return causal & ((new < 0) | tree[q_idx, new.clamp(0, q_len - 1)])
-
-    logical_mask = create_block_mask(causal_bottom_right, b, None, q_len, max_blocks * page,
+    logical_mask = create_block_mask(bottom_right_mask_mod(point, q_len, kv_len), b, None, q_len, max_blocks * page,
                                      device=device, BLOCK_SIZE=(128, page))
     pagers, masks = [], []
     for table in inputs.block_tables:

@@ -210,6 +210,23 @@ def test_bench_split_kv_peer_gets_its_own_preallocated_workspace():
     assert "preallocated workspace" in calls.config
 
 
+@pytest.mark.parametrize("name", ["verify-q4-bs8-L8192", f"verify-tree{len(shapes.VERIFY_TREE)}-bs8-L8192"])
+def test_bench_flex_mask_and_baseline_mask_agree(name):
+    """flex's mask function and the SDPA baseline's boolean mask let the same (query, key) pairs through,
+    per sequence; the baseline mask is tied to the qq_bias by the test below."""
+    from benchmarks.baselines import bottom_right_mask
+    from benchmarks.flex import bottom_right_mask_mod
+
+    point = _point(name).scaled(256)
+    kv_lens = torch.tensor([kv + 3 * s for s, (_, kv) in enumerate(point.seqs)])  # lengths differ per sequence
+    q_len = point.seqs[0][0]
+    mask_mod = bottom_right_mask_mod(point, q_len, kv_lens)
+    for s, kv_len in enumerate(kv_lens.tolist()):
+        q_idx, kv_idx = torch.meshgrid(torch.arange(q_len), torch.arange(kv_len), indexing="ij")
+        flex = mask_mod(torch.full_like(q_idx, s), torch.zeros_like(q_idx), q_idx, kv_idx)
+        torch.testing.assert_close(flex, bottom_right_mask(point, q_len, kv_len, "cpu"))
+
+
 def test_bench_tree_point_bias_and_baseline_mask_agree():
     """The tree verify point's qq_bias (ours, vLLM) and the boolean mask its SDPA baseline gets hide the
     same keys: the reference with the bias equals dense attention under the mask, per sequence."""
