@@ -171,16 +171,19 @@ def analyze(name: str, grid: tuple, kernel, limits: sass.SmLimits, num_sms: int,
 
 
 def point_columns(point, peers, columns) -> list[tuple[str, object, object]]:
-    """(column, zero-argument call, module of its implementation) for our columns and each peer."""
+    """(column, maker of its zero-argument call, module of its implementation) for our columns and each
+    peer. A peer's call is made inside ``compile_only`` too: building it may plan (a workspace sized by
+    the peer's planner), and the plan must see the target's SM count, not the CPU's."""
     import paged_kernels
     from .inputs import build_inputs
     from .sweep import _ours
 
     inputs = build_inputs(point, 1, "cpu", fill=False)
     ours_module = sys.modules[paged_kernels.unified_attention.__module__]
-    out = [(c, _ours(inputs, None, **OUR_COLUMNS[c])[0], ours_module) for c in columns]
+    out = [(c, lambda kw=OUR_COLUMNS[c]: _ours(inputs, None, **kw)[0], ours_module) for c in columns]
     for peer in peers:
-        out.append((peer.spec.name, peer.build(inputs).calls[0], sys.modules.get(peer.impl.func.__module__)))
+        out.append((peer.spec.name, lambda peer=peer: peer.build(inputs).calls[0],
+                    sys.modules.get(peer.impl.func.__module__)))
     return out
 
 
@@ -188,10 +191,10 @@ def disasm_point(point, peers=(), columns=tuple(OUR_COLUMNS), arch=DEFAULT_ARCH,
                  dump: Path | None = None) -> dict:
     limits = sass.ARCH_LIMITS[arch]
     record = {"point": point.name, "describe": point.describe(), "columns": {}}
-    for column, call, module in point_columns(point, peers, columns):
+    for column, make_call, module in point_columns(point, peers, columns):
         try:
             with compile_only(arch, num_sms, module) as launches:
-                call()
+                make_call()()
         except DisasmError:
             raise
         except Exception as exc:  # noqa: BLE001 - one column that cannot compile is recorded, not fatal

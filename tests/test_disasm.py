@@ -95,9 +95,11 @@ def _nvidia_tools_present() -> bool:
 def test_disasm_compiles_what_the_planner_launches(tmp_path):
     point = next(p for p in shapes.POINTS if p.name == "decode-bs1-L510")
     out = tmp_path / "disasm.json"
-    res = _run_disasm("--points", point.name, "--columns", "heuristic", "--json", str(out), "--all-loops")
+    res = _run_disasm("--points", point.name, "--columns", "heuristic", "--json", str(out), "--all-loops",
+                      "--impl", "copy=paged_kernels:unified_attention")
     assert res.returncode == 0, res.stderr[-2000:]
-    launches = json.loads(out.read_text())["points"][0]["columns"]["heuristic"]["launches"]
+    columns = json.loads(out.read_text())["points"][0]["columns"]
+    launches = columns["heuristic"]["launches"]
     plan = plan_launch(num_tokens=point.num_tokens, num_seqs=point.num_seqs, max_seqlen_q=point.max_seqlen_q,
                        max_seqlen_k=point.max_seqlen_k, num_q_heads=point.num_q_heads,
                        num_kv_heads=point.num_kv_heads, head_size=point.head_size, num_sms=132, interpreter=False)
@@ -105,13 +107,17 @@ def test_disasm_compiles_what_the_planner_launches(tmp_path):
     if plan.path == "3d":
         expected.append(("_reduce_segments_kernel", list(plan.reduce_grid), plan.reduce_num_warps))
     assert [(ln["kernel"], ln["grid"], ln["num_warps"]) for ln in launches] == expected
+    # A peer plans for the target as well (its workspace is sized by its planner): our own package as a
+    # peer launches what our column launches (this point splits by the SM count).
+    assert [(ln["kernel"], ln["grid"], ln["num_warps"]) for ln in columns["copy"]["launches"]] == expected
     attention = launches[0]
     assert attention["registers"] > 0 and attention["sass_instructions"] > 0
     assert attention["loop"]["mix"].get("mma", 0) > 0  # the KV walk runs on the matrix units
     assert attention["ctas_per_sm"] >= 1
     # --all-loops: one line per loop of every launch, each with its own mix.
     loop_lines = [line for line in res.stdout.splitlines() if " loop " in line and " at 0x" in line]
-    assert len(loop_lines) == sum(len(ln["loops"]) for ln in launches) >= 3, res.stdout
+    assert len(loop_lines) == sum(len(ln["loops"]) for column in columns.values() for ln in column["launches"]) >= 3, \
+        res.stdout
 
 
 @pytest.mark.skipif(not _nvidia_tools_present(), reason="Triton's NVIDIA backend tools (cuobjdump) are not installed")
