@@ -566,8 +566,9 @@ CATALOG: tuple[Mutant, ...] = (
         'arrived = tl.atomic_add(counter_ptr, 1, sem="relaxed", scope="gpu")'),
        gpu_only=True,
        note="a race between programs (sm_90 code loses MEMBAR.ALL.GPU before the atomic and CCTL.IVALL after "
-            "it): tests/test_ordering.py::test_fused_merge_under_load (stress tier), thousands of merging "
-            "programs from a NaN workspace, 50 repeats bitwise alike and within tolerance; not yet run on a GPU"),
+            "it): tests/test_ordering.py::test_fused_merge_under_load (stress tier), merging programs from a "
+            "NaN workspace in many waves and in one wave, every repeat bitwise alike and within tolerance; "
+            "not yet run on a GPU"),
     _m("narrow-launch-no-wait",
        "the narrow launch (a programmatic dependent of the wide launch) ends without waiting for the wide "
        "launch: work queued after the call may run while the wide launch still writes out",
