@@ -60,7 +60,8 @@ def test_fused_merge_under_load(ctx, load):
             first = out
         elif not same_bits(out, first):
             differing.append(repeat)
-    assert not differing, f"{len(differing)} of {repeats} fused-merge repeats differ from the first (first: {differing[0]})"
+    assert not differing, \
+        f"{len(differing)} of {repeats} fused-merge repeats differ from the first (first: {differing[0]})"
     verdict = compare(inputs, first)
     assert verdict.passed, f"fused merge under load ({load}): {verdict}"
 
