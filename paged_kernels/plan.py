@@ -270,9 +270,10 @@ def plan_launch(
                                               shared_memory_per_block, one_byte_kv, kv_per_token_head)
     merge_heads = next_power_of_2(num_queries_per_kv)
     merge_lanes = merge_heads * next_power_of_2(segments) * head_pad
-    # Decode programs index by sequence: no cu_seqlens_q search before the first KV read, no surplus
-    # programs; batch-invariant launches keep one grid. Decision [Sequence-indexed decode grid].
-    seq_grid = decode and not batch_invariant
+    # Decode programs, and verify programs whose sequences fit one block, index by sequence: no cu_seqlens_q
+    # search before the first KV read, no surplus programs; batch-invariant launches keep one grid.
+    # Decision [Sequence-indexed decode grid].
+    seq_grid = (decode or (verify and one_block_per_seq)) and not batch_invariant
     # Block-table ids a tile ahead, in registers (see _attend_tiles): every launch but five-stage
     # (fp8) decode, where they cost the second program per SM. Decision [Block-table ids a tile ahead].
     table_ahead = not (decode and not batch_invariant) or num_stages <= 2

@@ -276,12 +276,21 @@ def test_wide_merges_keep_the_reduction_launch(planner):
 @pytest.mark.dispatch
 @pytest.mark.quick
 def test_decode_launches_index_programs_by_sequence(planner):
-    """Decode grids count sequences, so no program searches cu_seqlens_q for its own (a chain of
-    dependent loads before its first KV read) and none is surplus; prefill, mixed and
-    batch-invariant grids count query blocks."""
+    """Decode grids, and verify grids whose sequences each fit one query block, count sequences, so no
+    program searches cu_seqlens_q for its own (a chain of dependent loads before its first KV read) and
+    none is surplus; prefill, mixed, batch-invariant grids and verify batches that need two blocks per
+    sequence count query blocks."""
     for num_seqs, seq_len in ((1, 510), (4, 4096), (16, 4096), (256, 4096)):
         plan = _decode(planner, num_seqs, seq_len)
         assert plan.seq_grid and plan.grid[0] == num_seqs, plan
+    for num_seqs, q_len, split in ((1, 4, True), (8, 2, True), (32, 8, False)):
+        plan = planner.plan_launch(**LLAMA, num_tokens=num_seqs * q_len, num_seqs=num_seqs, max_seqlen_q=q_len,
+                                   max_seqlen_k=4096, split_kv=split)
+        assert plan.seq_grid and plan.grid[0] == num_seqs and plan.block_q >= q_len, plan
+    # float32 caps a block at 32 rows: 8 tokens x 8 heads need two blocks per sequence.
+    two_blocks = planner.plan_launch(**{**LLAMA, "num_kv_heads": 4}, num_tokens=8, num_seqs=1, max_seqlen_q=8,
+                                     max_seqlen_k=4096, fp32=True)
+    assert not two_blocks.seq_grid and two_blocks.block_q < 8, two_blocks
     invariant = _decode(planner, 16, 4096, batch_invariant=True)
     assert not invariant.seq_grid and invariant.grid[0] == 16 // invariant.block_q + 16
     prefill = planner.plan_launch(**PREFILL_4X2048)

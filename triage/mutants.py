@@ -247,7 +247,13 @@ CATALOG: tuple[Mutant, ...] = (
     _m("decode-grid-by-block",
        "decode launches count query blocks again: every program searches cu_seqlens_q for its sequence "
        "(dependent loads before its first KV read) and surplus programs exit",
-       ("    seq_grid = decode and not batch_invariant\n", "    seq_grid = False\n"), file="plan.py"),
+       ("    seq_grid = (decode or (verify and one_block_per_seq)) and not batch_invariant\n",
+        "    seq_grid = verify and one_block_per_seq and not batch_invariant\n"), file="plan.py"),
+    _m("verify-grid-by-block",
+       "verify launches whose sequences fit one query block count query blocks again: one surplus program "
+       "per sequence, and every program searches cu_seqlens_q",
+       ("    seq_grid = (decode or (verify and one_block_per_seq)) and not batch_invariant\n",
+        "    seq_grid = decode and not batch_invariant\n"), file="plan.py"),
     _m("fused-merge-never",
        "split decode always launches the reduction, small merges included (Decision [Fused merge])",
        ("    fused_merge = (path == \"3d\" and decode", "    fused_merge = False and (path == \"3d\" and decode"),
