@@ -575,6 +575,19 @@ CATALOG: tuple[Mutant, ...] = (
             "it): tests/test_ordering.py::test_fused_merge_under_load (stress tier), merging programs from a "
             "NaN workspace in many waves and in one wave, every repeat bitwise alike and within tolerance; "
             "not yet run on a GPU"),
+    _m("fused-merge-stores-after-arrival",
+       "the fused merge's programs store their partial accumulators after counting their arrival: the last "
+       "arriver may merge a partial that is not written yet",
+       ("        tl.store(acc_ptrs, acc, mask=row_valid[:, None])\n        if FUSED_MERGE:\n",
+        "        if not FUSED_MERGE:\n            tl.store(acc_ptrs, acc, mask=row_valid[:, None])\n"
+        "        if FUSED_MERGE:\n"),
+       ('arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")\n',
+        'arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")\n'
+        '            tl.store(acc_ptrs, acc, mask=row_valid[:, None])\n            tl.debug_barrier()\n'),
+       gpu_only=True,
+       note="a race between programs (the interpreter runs them one after another, each storing before the "
+            "next arrives): tests/test_ordering.py::test_fused_merge_under_load (stress tier); the breakage of "
+            "the arrival order that the ordering test must see where the relaxed atomic shows nothing"),
     _m("narrow-launch-no-wait",
        "the narrow launch (a programmatic dependent of the wide launch) ends without waiting for the wide "
        "launch: work queued after the call may run while the wide launch still writes out",
