@@ -586,8 +586,9 @@ CATALOG: tuple[Mutant, ...] = (
         '            tl.store(acc_ptrs, acc, mask=row_valid[:, None])\n            tl.debug_barrier()\n'),
        gpu_only=True,
        note="a race between programs (the interpreter runs them one after another, each storing before the "
-            "next arrives): tests/test_ordering.py::test_fused_merge_under_load (stress tier); the breakage of "
-            "the arrival order that the ordering test must see where the relaxed atomic shows nothing"),
+            "next arrives): tests/test_ordering.py::test_fused_merge_under_load (stress tier), a breakage of the "
+            "arrival order in program order, not only in the memory model as fused-merge-relaxed-arrival; "
+            "not yet run on a GPU"),
     _m("narrow-launch-no-wait",
        "the narrow launch (a programmatic dependent of the wide launch) ends without waiting for the wide "
        "launch: work queued after the call may run while the wide launch still writes out",
